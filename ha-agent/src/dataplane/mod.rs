@@ -1,0 +1,1 @@
+//! The data plane loader: the only module that knows map names and layouts.

@@ -1,0 +1,8 @@
+//! The ha agent: role state machine, heartbeat, VIP management, monitors,
+//! sync, and the loader of the XDP data plane.
+//!
+//! Pure logic (`fsm`, `config`, `heartbeat::codec`, ...) is kept apart from
+//! I/O so that it can be tested without root.
+
+pub mod cli;
+pub mod dataplane;

@@ -1,0 +1,3 @@
+fn main() -> anyhow::Result<()> {
+    ha_agent::cli::main()
+}

@@ -1,0 +1,114 @@
+//! `ha_fence`: tc egress fence on each service interface.
+//!
+//! XDP sees only ingress. While this node is not active, or its lease has
+//! lapsed, this drops what it would send *as* the VIP (packets with a VIP
+//! source, ARP with a VIP sender, neighbour advertisements for a VIP) and
+//! new outbound TCP connections to fenced ports (e.g. 25), so that a fenced
+//! MTA cannot deliver a queue the new primary also delivers.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContext};
+use ha_common::Counter;
+
+use crate::{
+    maps::{count, FENCE_PORTS, GATE},
+    pkt::{
+        is_vip4, is_vip6, v4, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, IPPROTO_ICMPV6,
+        IPPROTO_TCP,
+    },
+};
+
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+/// Enough linear bytes for two VLAN tags, a full IPv4 header and TCP flags,
+/// or IPv6 + an NA target.
+const PULL_LEN: u32 = 14 + 8 + 60 + 14;
+
+enum Out {
+    Other,
+    VipSourced,
+    FencedPort,
+}
+
+#[classifier]
+pub fn ha_fence(ctx: TcContext) -> i32 {
+    let mut p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    // Locally built packets normally carry their headers in the linear
+    // area; pull them in when they do not, so nothing escapes the fence.
+    let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
+    if ((p.end - p.data) as u32) < want && ctx.pull_data(want).is_ok() {
+        p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    }
+    let class = classify(&p);
+    let (drop_passive, drop_lease) = match class {
+        Out::Other => {
+            count(Counter::FenceNonVip);
+            return TC_ACT_OK;
+        }
+        Out::VipSourced => (Counter::FenceDropPassive, Counter::FenceDropLease),
+        Out::FencedPort => (Counter::FenceDropPort, Counter::FenceDropPort),
+    };
+    let Some(g) = GATE.get(0) else {
+        count(drop_passive);
+        return TC_ACT_SHOT;
+    };
+    if g.active == 0 {
+        count(drop_passive);
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: helper with no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now < g.lease_deadline_ns {
+        count(Counter::FencePassActive);
+        return TC_ACT_OK;
+    }
+    count(drop_lease);
+    TC_ACT_SHOT
+}
+
+/// A TCP SYN (without ACK) to a fenced port, at L4 offset `l4`.
+#[inline(always)]
+fn fenced_syn(p: &Pkt, l4: usize) -> bool {
+    let Some(t) = p.read::<[u8; 14]>(l4) else { return false };
+    if t[13] & 0x12 != 0x02 {
+        return false;
+    }
+    let port = u16::from_be_bytes([t[2], t[3]]) as u32;
+    // SAFETY: presence test only.
+    unsafe { FENCE_PORTS.get(&port) }.is_some()
+}
+
+#[inline(always)]
+fn classify(p: &Pkt) -> Out {
+    let Some((et, l3)) = p.l2() else { return Out::Other };
+    if et == ETH_P_IP {
+        let Some(h) = v4(p, l3) else { return Out::Other };
+        if is_vip4(h.src) {
+            return Out::VipSourced;
+        }
+        if h.proto == IPPROTO_TCP && !h.later_fragment && fenced_syn(p, l3 + (h.ihl & 0x3c)) {
+            return Out::FencedPort;
+        }
+        Out::Other
+    } else if et == ETH_P_ARP {
+        let Some(a) = p.read::<[u8; 28]>(l3) else { return Out::Other };
+        if a[0..6] == [0, 1, 8, 0, 6, 4] && is_vip4([a[14], a[15], a[16], a[17]]) {
+            return Out::VipSourced;
+        }
+        Out::Other
+    } else if et == ETH_P_IPV6 {
+        if is_vip6(p, l3 + 8) == Some(true) {
+            return Out::VipSourced;
+        }
+        let Some(nh) = p.read::<u8>(l3 + 6) else { return Out::Other };
+        if nh == IPPROTO_ICMPV6 {
+            if p.read::<u8>(l3 + 40) == Some(ICMPV6_NA) && is_vip6(p, l3 + 48) == Some(true) {
+                return Out::VipSourced;
+            }
+        } else if nh == IPPROTO_TCP && fenced_syn(p, l3 + 40) {
+            return Out::FencedPort;
+        }
+        Out::Other
+    } else {
+        Out::Other
+    }
+}

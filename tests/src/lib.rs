@@ -1,0 +1,1 @@
+//! Test topology helpers.
