@@ -31,13 +31,14 @@ enum Out {
 
 #[classifier]
 pub fn ha_fence(ctx: TcContext) -> i32 {
-    let mut p = Pkt { data: ctx.data(), end: ctx.data_end() };
     // Locally built packets normally carry their headers in the linear
     // area; pull them in when they do not, so nothing escapes the fence.
+    // (A pull invalidates packet pointers: read them afresh either way.)
     let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
-    if ((p.end - p.data) as u32) < want && ctx.pull_data(want).is_ok() {
-        p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        let _ = ctx.pull_data(want);
     }
+    let p = Pkt { data: ctx.data(), end: ctx.data_end() };
     let class = classify(&p);
     let (drop_passive, drop_lease) = match class {
         Out::Other => {

@@ -1,1 +1,5 @@
-//! Test topology helpers.
+//! Test helpers for ha: crafted packets, privilege checks, network
+//! namespace topologies.
+
+pub mod packets;
+pub mod privileges;
