@@ -7,7 +7,7 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use ha_common::{
-    frame::offsets, Counter, HbLinkConfig, FAMILY_V4, FAMILY_V6, HB_FRAME_LEN, HB_MAGIC,
+    frame::offsets, Counter, HbLinkConfig, FAMILY_V4, FAMILY_V6, HB_FRAME_LEN, HB_LINK_SLOTS, HB_MAGIC,
     HB_PROTOCOL_VERSION, HB_RING_SLOTS, MAX_LINKS,
 };
 
@@ -38,10 +38,12 @@ enum Seen {
 
 #[inline(always)]
 fn inspect(p: &Pkt, ifindex: u32) {
-    // SAFETY: the value is copied out at once.
-    let Some(link) = (unsafe { HB_LINKS.get(&ifindex) }).copied() else {
-        count(Counter::HbUnknownLink);
-        return;
+    let link = match HB_LINKS.get(ifindex & (HB_LINK_SLOTS - 1)) {
+        Some(l) if l.ifindex == ifindex && ifindex != 0 => *l,
+        _ => {
+            count(Counter::HbUnknownLink);
+            return;
+        }
     };
     let seen = classify(p, &link);
     match seen {

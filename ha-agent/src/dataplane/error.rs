@@ -60,6 +60,14 @@ pub enum DataPlaneError {
     /// The heartbeat link id is out of range.
     #[error("heartbeat link id {0} out of range (at most {max} links)", max = ha_common::MAX_LINKS)]
     LinkId(u32),
+    /// Two heartbeat interfaces share a slot of the link table.
+    #[error("heartbeat interfaces with ifindex {ifindex} and {other} collide in the link table (ifindex modulo {slots}); recreate one interface", slots = ha_common::HB_LINK_SLOTS)]
+    LinkSlot {
+        /// The interface being configured.
+        ifindex: u32,
+        /// The interface already in the slot.
+        other: u32,
+    },
     /// More VIPs than the map holds.
     #[error("{0} VIPs configured, the data plane holds at most {max}", max = ha_common::MAX_VIPS)]
     TooManyVips(usize),

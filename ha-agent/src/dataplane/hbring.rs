@@ -6,10 +6,10 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, MapData, PerCpuArray},
     Ebpf,
 };
-use ha_common::{map, HbExpect, HbLinkConfig, HbRecord, FAMILY_V4, FAMILY_V6, HB_RING_SLOTS, MAX_LINKS};
+use ha_common::{map, HbExpect, HbLinkConfig, HbRecord, FAMILY_V4, FAMILY_V6, HB_LINK_SLOTS, HB_RING_SLOTS, MAX_LINKS};
 
 use super::{gate::take_map, DataPlaneError};
 
@@ -27,7 +27,7 @@ pub struct LinkSpec {
 }
 
 struct Maps {
-    links: HashMap<MapData, u32, HbLinkConfig>,
+    links: Array<MapData, HbLinkConfig>,
     ring: PerCpuArray<MapData, HbRecord>,
     expect: Array<MapData, HbExpect>,
 }
@@ -69,14 +69,21 @@ impl HeartbeatTimes {
             }
         };
         let cfg = HbLinkConfig {
+            ifindex,
+            reserved: 0,
             link_id: spec.link_id,
             family,
             port: u32::from(spec.port),
             cluster_id: spec.cluster_id,
             peer_addr,
         };
+        let slot = ifindex % HB_LINK_SLOTS;
         let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.links.insert(ifindex, cfg, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))
+        let cur = m.links.get(&slot, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))?;
+        if cur.ifindex != 0 && cur.ifindex != ifindex {
+            return Err(DataPlaneError::LinkSlot { ifindex, other: cur.ifindex });
+        }
+        m.links.set(slot, cfg, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))
     }
 
     /// Tells the heartbeat program which token the peer's frame
