@@ -88,7 +88,7 @@ fn dataplane(args: &[String]) -> Result<()> {
         Path { name: "fence: SYN to fenced port (passive)", prog: Fence, setup: Setup::Passive, packet: syn25.clone(), reference: RefTcClock },
     ];
 
-    let mut measure = |dp: &mut DataPlane, prog: ProgramKind, pkt: &[u8]| -> Result<f64> {
+    let measure = |dp: &mut DataPlane, prog: ProgramKind, pkt: &[u8]| -> Result<f64> {
         let mut v = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             let o = dp.test_run(prog, pkt, if prog.is_tc() { None } else { Some(1) }, repeat)?;
