@@ -1,1 +1,9 @@
-//! Test topology helpers.
+//! Test support for ha: network namespaces with cleanup on drop, netlink
+//! helpers and the standard two-node topology that end-to-end tests use.
+
+pub mod link;
+pub mod netns;
+pub mod topology;
+
+pub use netns::{Netns, NsChild, require_root};
+pub use topology::Topology;
