@@ -6,3 +6,5 @@
 
 pub mod cli;
 pub mod dataplane;
+pub mod monitor;
+pub mod vip;
