@@ -5,4 +5,5 @@
 //! I/O so that it can be tested without root.
 
 pub mod cli;
+pub mod config;
 pub mod dataplane;
