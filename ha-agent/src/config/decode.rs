@@ -35,8 +35,11 @@ pub(crate) struct Decoded {
     pub metrics: Option<RawMetrics>,
 }
 
-const TOP_KEYS: &str = "node, cluster, heartbeat, interface, backup, config_sync, monitor, hooks, \
-                        runtime, metrics";
+/// Top-level keys, in the order of the documentation.
+const SECTIONS: &[&str] = &[
+    "node", "cluster", "heartbeat", "interface", "backup", "config_sync", "monitor", "hooks",
+    "runtime", "metrics",
+];
 
 /// Decodes `text`; `None` when it is not even valid TOML.
 pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
@@ -64,19 +67,23 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
         runtime: Some(RawRuntime::default()),
         metrics: Some(RawMetrics::default()),
     };
-    for (key, value) in table {
+    // Sections in the documented order (a toml::Table is sorted by name),
+    // so problems come out in the order an operator reads the file.
+    let mut entries: Vec<(String, toml::Value)> = table.into_iter().collect();
+    entries.sort_by_key(|(k, _)| SECTIONS.iter().position(|s| s == k).unwrap_or(SECTIONS.len()));
+    for (key, value) in entries {
         match key.as_str() {
-            "node" => d.node = section(value, "node", problems),
-            "cluster" => d.cluster = section(value, "cluster", problems),
-            "heartbeat" => d.heartbeat = list(value, "heartbeat", problems),
-            "interface" => d.interface = list(value, "interface", problems),
-            "backup" => d.backup = section(value, "backup", problems),
-            "config_sync" => d.config_sync = section(value, "config_sync", problems),
+            "node" => d.node = section(value, &key, problems),
+            "cluster" => d.cluster = section(value, &key, problems),
+            "heartbeat" => d.heartbeat = list(value, &key, problems),
+            "interface" => d.interface = list(value, &key, problems),
+            "backup" => d.backup = section(value, &key, problems),
+            "config_sync" => d.config_sync = section(value, &key, problems),
             "monitor" => decode_monitor(value, &mut d, problems),
-            "hooks" => d.hooks = section(value, "hooks", problems),
-            "runtime" => d.runtime = section(value, "runtime", problems),
-            "metrics" => d.metrics = section(value, "metrics", problems),
-            _ => problems.push(key, format!("unknown key, expected one of {TOP_KEYS}")),
+            "hooks" => d.hooks = section(value, &key, problems),
+            "runtime" => d.runtime = section(value, &key, problems),
+            "metrics" => d.metrics = section(value, &key, problems),
+            _ => problems.push(key, format!("unknown key, expected one of {}", SECTIONS.join(", "))),
         }
     }
     Some(d)
@@ -98,25 +105,41 @@ fn decode_monitor(value: toml::Value, d: &mut Decoded, problems: &mut Problems) 
     }
 }
 
-/// Decodes one table, recording its first error under `key`.
+/// Decodes one table. On failure, decodes it again one key at a time, so
+/// that every bad key of the table is reported, not only the first.
 fn section<T: DeserializeOwned>(value: toml::Value, key: &str, problems: &mut Problems) -> Option<T> {
-    if !value.is_table() {
+    let toml::Value::Table(table) = value else {
         problems.push(key, format!("expected a table ([{key}]), found {}", value.type_str()));
         return None;
-    }
-    match serde_path_to_error::deserialize::<_, T>(value) {
+    };
+    match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
         Ok(v) => Some(v),
-        Err(err) => {
-            let path = err.path().to_string();
-            let full = match path.as_str() {
-                "." => key.to_owned(),
-                p if p.starts_with('[') => format!("{key}{p}"),
-                p => format!("{key}.{p}"),
-            };
-            problems.push(full, humane(err.inner().message()));
+        Err(first) => {
+            let before = problems.len();
+            for (k, v) in table {
+                let single = toml::Value::Table(toml::Table::from_iter([(k, v)]));
+                if let Err(err) = serde_path_to_error::deserialize::<_, T>(single) {
+                    push_serde(problems, key, &err);
+                }
+            }
+            // Every key alone was fine (cannot happen while all fields are
+            // optional, but never lose the error).
+            if problems.len() == before {
+                push_serde(problems, key, &first);
+            }
             None
         }
     }
+}
+
+fn push_serde(problems: &mut Problems, key: &str, err: &serde_path_to_error::Error<toml::de::Error>) {
+    let path = err.path().to_string();
+    let full = match path.as_str() {
+        "." => key.to_owned(),
+        p if p.starts_with('[') => format!("{key}{p}"),
+        p => format!("{key}.{p}"),
+    };
+    problems.push(full, humane(err.inner().message()));
 }
 
 /// Decodes an array of tables element by element.

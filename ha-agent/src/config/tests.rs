@@ -500,3 +500,17 @@ fn keys_match_the_decoded_fields() {
     keys.sort();
     assert_eq!(traced, keys);
 }
+
+#[test]
+fn every_bad_key_of_one_section_is_reported() {
+    let text = edit("id = 7", "id = \"7\"\nbase_port = \"x\"\nforwrd = true");
+    let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["cluster.base_port", "cluster.forwrd", "cluster.id"]);
+}
+
+#[test]
+fn problems_follow_the_documented_section_order() {
+    let text = format!("[metrics]\nlistn = 1\n{}", edit("\"primary\"", "\"maser\""));
+    let keys: Vec<String> = problems(&text).into_iter().map(|p| p.key).collect();
+    assert_eq!(keys, ["node.mode", "metrics.listn"]);
+}
