@@ -18,8 +18,14 @@ fn example_config_validates() {
     let password = dir.path().join("password");
     fs::write(&password, "example-password\n").expect("write");
     fs::set_permissions(&password, fs::Permissions::from_mode(0o600)).expect("chmod");
-    assert!(text.contains("\"/etc/ha/password\""), "the example should use a password file");
-    let text = text.replace("\"/etc/ha/password\"", &format!("{:?}", password.display().to_string()));
+    assert!(
+        text.contains("\"/etc/ha/password\""),
+        "the example should use a password file"
+    );
+    let text = text.replace(
+        "\"/etc/ha/password\"",
+        &format!("{:?}", password.display().to_string()),
+    );
     let path = dir.path().join("ha.toml");
     fs::write(&path, text).expect("write");
 
@@ -30,7 +36,11 @@ fn example_config_validates() {
     assert_eq!(c.cluster.password.expose(), b"example-password");
     assert_eq!(c.heartbeat.len(), 2);
     assert_eq!(c.cluster.lease(), Duration::from_secs(12));
-    let vips: Vec<String> = c.vips().iter().map(|v| format!("{} {}", v.interface, v.address)).collect();
+    let vips: Vec<String> = c
+        .vips()
+        .iter()
+        .map(|v| format!("{} {}", v.interface, v.address))
+        .collect();
     assert_eq!(vips, ["port1 10.0.0.100/24", "port1 2001:db8:100::100/64"]);
     assert_eq!(c.monitor.remote.len(), 1);
     assert_eq!(c.monitor.local.len(), 2);

@@ -37,8 +37,16 @@ pub(crate) struct Decoded {
 
 /// Top-level keys, in the order of the documentation.
 const SECTIONS: &[&str] = &[
-    "node", "cluster", "heartbeat", "interface", "backup", "config_sync", "monitor", "hooks",
-    "runtime", "metrics",
+    "node",
+    "cluster",
+    "heartbeat",
+    "interface",
+    "backup",
+    "config_sync",
+    "monitor",
+    "hooks",
+    "runtime",
+    "metrics",
 ];
 
 /// Decodes `text`; `None` when it is not even valid TOML.
@@ -70,7 +78,12 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
     // Sections in the documented order (a toml::Table is sorted by name),
     // so problems come out in the order an operator reads the file.
     let mut entries: Vec<(String, toml::Value)> = table.into_iter().collect();
-    entries.sort_by_key(|(k, _)| SECTIONS.iter().position(|s| s == k).unwrap_or(SECTIONS.len()));
+    entries.sort_by_key(|(k, _)| {
+        SECTIONS
+            .iter()
+            .position(|s| s == k)
+            .unwrap_or(SECTIONS.len())
+    });
     for (key, value) in entries {
         match key.as_str() {
             "node" => d.node = section(value, &key, problems),
@@ -83,7 +96,10 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
             "hooks" => d.hooks = section(value, &key, problems),
             "runtime" => d.runtime = section(value, &key, problems),
             "metrics" => d.metrics = section(value, &key, problems),
-            _ => problems.push(key, format!("unknown key, expected one of {}", SECTIONS.join(", "))),
+            _ => problems.push(
+                key,
+                format!("unknown key, expected one of {}", SECTIONS.join(", ")),
+            ),
         }
     }
     Some(d)
@@ -91,7 +107,10 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
 
 fn decode_monitor(value: toml::Value, d: &mut Decoded, problems: &mut Problems) {
     let toml::Value::Table(table) = value else {
-        problems.push("monitor", "expected a table ([[monitor.remote]], [[monitor.local]])");
+        problems.push(
+            "monitor",
+            "expected a table ([[monitor.remote]], [[monitor.local]])",
+        );
         d.monitor_remote = None;
         d.monitor_local = None;
         return;
@@ -100,16 +119,26 @@ fn decode_monitor(value: toml::Value, d: &mut Decoded, problems: &mut Problems) 
         match key.as_str() {
             "remote" => d.monitor_remote = list(value, "monitor.remote", problems),
             "local" => d.monitor_local = list(value, "monitor.local", problems),
-            _ => problems.push(format!("monitor.{key}"), "unknown key, expected one of remote, local"),
+            _ => problems.push(
+                format!("monitor.{key}"),
+                "unknown key, expected one of remote, local",
+            ),
         }
     }
 }
 
 /// Decodes one table. On failure, decodes it again one key at a time, so
 /// that every bad key of the table is reported, not only the first.
-fn section<T: DeserializeOwned>(value: toml::Value, key: &str, problems: &mut Problems) -> Option<T> {
+fn section<T: DeserializeOwned>(
+    value: toml::Value,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<T> {
     let toml::Value::Table(table) = value else {
-        problems.push(key, format!("expected a table ([{key}]), found {}", value.type_str()));
+        problems.push(
+            key,
+            format!("expected a table ([{key}]), found {}", value.type_str()),
+        );
         return None;
     };
     match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(table.clone())) {
@@ -132,7 +161,11 @@ fn section<T: DeserializeOwned>(value: toml::Value, key: &str, problems: &mut Pr
     }
 }
 
-fn push_serde(problems: &mut Problems, key: &str, err: &serde_path_to_error::Error<toml::de::Error>) {
+fn push_serde(
+    problems: &mut Problems,
+    key: &str,
+    err: &serde_path_to_error::Error<toml::de::Error>,
+) {
     let path = err.path().to_string();
     let full = match path.as_str() {
         "." => key.to_owned(),
@@ -149,7 +182,13 @@ fn list<T: DeserializeOwned>(
     problems: &mut Problems,
 ) -> Option<RawList<T>> {
     let toml::Value::Array(items) = value else {
-        problems.push(key, format!("expected an array of tables ([[{key}]]), found {}", value.type_str()));
+        problems.push(
+            key,
+            format!(
+                "expected an array of tables ([[{key}]]), found {}",
+                value.type_str()
+            ),
+        );
         return None;
     };
     Some(
@@ -161,7 +200,7 @@ fn list<T: DeserializeOwned>(
     )
 }
 
-/// serde names our private raw types in "expected struct RawX"; say what the
+/// serde names our private raw types in "expected struct `RawX`"; say what the
 /// operator wrote instead.
 fn humane(message: &str) -> String {
     match message.find("expected struct Raw") {

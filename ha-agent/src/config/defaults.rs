@@ -59,6 +59,6 @@ pub const XDP_MODE: XdpMode = XdpMode::Auto;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// Largest accepted interval, threshold, lease and startup wait: heartbeat
 /// frames carry timing as 32-bit microseconds (about 71 minutes).
-pub const MAX_TIMING: Duration = Duration::from_secs(3600);
+pub const MAX_TIMING: Duration = Duration::from_hours(1);
 /// Longest `sun_path` of a Unix socket, less its NUL.
 pub const MAX_SOCKET_PATH: usize = 107;

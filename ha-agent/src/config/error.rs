@@ -19,7 +19,10 @@ pub struct Problem {
 impl Problem {
     /// A problem at `key`.
     pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { key: key.into(), reason: reason.into() }
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -49,6 +52,7 @@ pub enum ConfigError {
 impl ConfigError {
     /// Every problem found, in file order where possible; empty for
     /// [`ConfigError::Read`].
+    #[must_use]
     pub fn problems(&self) -> &[Problem] {
         match self {
             Self::Read { .. } => &[],

@@ -118,8 +118,10 @@ pub const SYNCED_KEYS: &[&str] = &[
 /// [`ConfigError::Read`] when the file cannot be read,
 /// [`ConfigError::Invalid`] with every problem otherwise.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse(&text, path.parent())
 }
 

@@ -59,11 +59,13 @@ pub enum Mode {
 impl Mode {
     /// True for `primary` and `secondary`: the modes that carry VIPs and
     /// replicate mail data.
+    #[must_use]
     pub fn is_active_passive(self) -> bool {
         matches!(self, Self::Primary | Self::Secondary)
     }
 
     /// True for `config-primary` and `config-secondary`.
+    #[must_use]
     pub fn is_config_only(self) -> bool {
         matches!(self, Self::ConfigPrimary | Self::ConfigSecondary)
     }
@@ -180,13 +182,14 @@ pub struct Cluster {
 impl Cluster {
     /// The gate lease in force: the configured one, or the default derived
     /// from interval and threshold (see [`Timing::default_lease`]).
+    #[must_use]
     pub fn lease(&self) -> Duration {
-        self.lease.unwrap_or_else(|| {
-            Timing::default_lease(self.heartbeat_interval, self.lost_threshold)
-        })
+        self.lease
+            .unwrap_or_else(|| Timing::default_lease(self.heartbeat_interval, self.lost_threshold))
     }
 
     /// Interval, threshold and resolved lease, for the lease rule.
+    #[must_use]
     pub fn timing(&self) -> Timing {
         Timing {
             interval: self.heartbeat_interval,
@@ -196,17 +199,20 @@ impl Cluster {
     }
 
     /// UDP port of the heartbeat (the base port).
+    #[must_use]
     pub fn heartbeat_port(&self) -> u16 {
         self.base_port
     }
 
     /// TCP port of the mail data sync channel (base port + 1; validation
     /// guarantees it fits).
+    #[must_use]
     pub fn sync_port(&self) -> u16 {
         self.base_port.saturating_add(1)
     }
 
     /// TCP port of the config sync channel (base port + 2).
+    #[must_use]
     pub fn config_sync_port(&self) -> u16 {
         self.base_port.saturating_add(2)
     }
@@ -380,6 +386,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Directory where the data plane pins its maps and links.
+    #[must_use]
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from(super::defaults::BPFFS_ROOT).join(&self.instance)
     }
@@ -409,7 +416,11 @@ pub struct SyncedView {
     #[serde(with = "humantime_serde")]
     pub lost_threshold: Duration,
     /// `cluster.lease` as configured (`None` = derived on each node).
-    #[serde(with = "humantime_serde", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "humantime_serde",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub lease: Option<Duration>,
     /// `cluster.remote_services_as_heartbeat`.
     pub remote_services_as_heartbeat: bool,
@@ -426,21 +437,27 @@ pub struct SyncedView {
 
 impl Config {
     /// Every VIP with `action = "set"`, with its interface, in file order.
+    #[must_use]
     pub fn vips(&self) -> Vec<Vip> {
         self.interface
             .iter()
             .flat_map(|iface| {
-                iface.vips.iter().filter_map(|entry| match (entry.action, entry.address) {
-                    (VipAction::Set, Some(address)) => {
-                        Some(Vip { interface: iface.name.clone(), address })
-                    }
-                    _ => None,
-                })
+                iface
+                    .vips
+                    .iter()
+                    .filter_map(|entry| match (entry.action, entry.address) {
+                        (VipAction::Set, Some(address)) => Some(Vip {
+                            interface: iface.name.clone(),
+                            address,
+                        }),
+                        _ => None,
+                    })
             })
             .collect()
     }
 
     /// The cluster-wide keys that config sync pushes (see [`SyncedView`]).
+    #[must_use]
     pub fn synced_view(&self) -> SyncedView {
         let c = &self.cluster;
         SyncedView {

@@ -124,6 +124,10 @@ pub(crate) struct RawLocalMonitor {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "the field names are the file's keys"
+)]
 pub(crate) struct RawHooks {
     pub on_primary: Option<String>,
     pub on_secondary: Option<String>,

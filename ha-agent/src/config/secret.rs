@@ -20,6 +20,7 @@ impl Secret {
     }
 
     /// The password bytes, for keying the HMAC.
+    #[must_use]
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
@@ -96,7 +97,10 @@ mod tests {
     #[test]
     fn private_file_is_read_without_its_newline() {
         let (_dir, path) = file_with(0o600, "s3cret\n");
-        assert_eq!(read_password_file(&path).expect("readable").expose(), b"s3cret");
+        assert_eq!(
+            read_password_file(&path).expect("readable").expose(),
+            b"s3cret"
+        );
     }
 
     #[test]
@@ -124,7 +128,11 @@ mod tests {
     #[test]
     fn missing_and_empty_files_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(read_password_file(&dir.path().join("nope")).unwrap_err().contains("cannot read"));
+        assert!(
+            read_password_file(&dir.path().join("nope"))
+                .unwrap_err()
+                .contains("cannot read")
+        );
         let (_dir, path) = file_with(0o600, "\n");
         assert!(read_password_file(&path).unwrap_err().contains("is empty"));
     }

@@ -105,6 +105,7 @@ pub enum TimingError {
 
 impl TimingError {
     /// The `cluster` key an operator should change.
+    #[must_use]
     pub fn key(&self) -> &'static str {
         match self {
             Self::IntervalNotBelowThreshold { .. } => "heartbeat_interval",
@@ -120,6 +121,7 @@ fn fmt_d(d: Duration) -> humantime::FormattedDuration {
 
 impl Timing {
     /// Margin of the lease rule for `interval`: `max(1ms, interval)`.
+    #[must_use]
     pub fn margin_for(interval: Duration) -> Duration {
         interval.max(MIN_MARGIN)
     }
@@ -132,6 +134,7 @@ impl Timing {
     /// the gate the longest life that is still safe, i.e. the most tolerance
     /// for a late renewal. Zero when the threshold is too short (validation
     /// reports that as [`TimingError::ThresholdTooShort`]).
+    #[must_use]
     pub fn default_lease(interval: Duration, lost_threshold: Duration) -> Duration {
         let margin = Self::margin_for(interval);
         lost_threshold
@@ -151,29 +154,36 @@ impl Timing {
         lease: Option<Duration>,
     ) -> Result<Self, TimingError> {
         if interval >= lost_threshold {
-            return Err(TimingError::IntervalNotBelowThreshold { interval, lost_threshold });
+            return Err(TimingError::IntervalNotBelowThreshold {
+                interval,
+                lost_threshold,
+            });
         }
-        let lease = match lease {
-            Some(lease) => lease,
-            None => {
-                let lease = Self::default_lease(interval, lost_threshold);
-                if lease <= interval {
-                    let margin = Self::margin_for(interval);
-                    return Err(TimingError::ThresholdTooShort {
-                        interval,
-                        lost_threshold,
-                        minimum: 2 * interval + 2 * margin,
-                    });
-                }
-                lease
+        let lease = if let Some(lease) = lease {
+            lease
+        } else {
+            let lease = Self::default_lease(interval, lost_threshold);
+            if lease <= interval {
+                let margin = Self::margin_for(interval);
+                return Err(TimingError::ThresholdTooShort {
+                    interval,
+                    lost_threshold,
+                    minimum: 2 * interval + 2 * margin,
+                });
             }
+            lease
         };
-        let timing = Self { interval, lost_threshold, lease };
+        let timing = Self {
+            interval,
+            lost_threshold,
+            lease,
+        };
         timing.check()?;
         Ok(timing)
     }
 
     /// Margin of this timing.
+    #[must_use]
     pub fn margin(&self) -> Duration {
         Self::margin_for(self.interval)
     }
@@ -288,7 +298,10 @@ mod tests {
     #[test]
     fn lease_not_above_interval_is_refused() {
         let err = Timing::resolve(ms(5), ms(100), Some(ms(5))).unwrap_err();
-        assert!(matches!(err, TimingError::LeaseNotAboveInterval { .. }), "{err}");
+        assert!(
+            matches!(err, TimingError::LeaseNotAboveInterval { .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -305,7 +318,10 @@ mod tests {
         let t = Timing::resolve(ms(1), ms(20), Some(ms(10))).expect("valid");
         assert!(t.check_against_peer(ms(20)).is_ok());
         let err = t.check_against_peer(ms(12)).unwrap_err();
-        assert!(err.to_string().contains("the peer's lost_threshold 12ms"), "{err}");
+        assert!(
+            err.to_string().contains("the peer's lost_threshold 12ms"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -313,7 +329,10 @@ mod tests {
         // Exhaustive over a grid of intervals and thresholds (in 0.5 ms steps).
         for i in 1..=40u64 {
             for l in 1..=400u64 {
-                let (interval, lost) = (Duration::from_micros(i * 500), Duration::from_micros(l * 500));
+                let (interval, lost) = (
+                    Duration::from_micros(i * 500),
+                    Duration::from_micros(l * 500),
+                );
                 if let Ok(t) = Timing::resolve(interval, lost, None) {
                     assert!(t.lease > t.interval, "{t}");
                     assert!(t.interval + t.lease + t.margin() < t.lost_threshold, "{t}");

@@ -15,7 +15,10 @@ use crate::config::raw::{RawHeartbeat, RawInterface, RawVip};
 /// The seed's primary and secondary heartbeat link.
 const MAX_LINKS: usize = 2;
 
-pub(super) fn heartbeat(p: &mut Problems, raw: RawList<RawHeartbeat>) -> Option<Vec<HeartbeatLink>> {
+pub(super) fn heartbeat(
+    p: &mut Problems,
+    raw: RawList<RawHeartbeat>,
+) -> Option<Vec<HeartbeatLink>> {
     let mut ok = true;
     if raw.is_empty() {
         p.push("heartbeat", "at least one [[heartbeat]] link is required");
@@ -40,7 +43,10 @@ pub(super) fn heartbeat(p: &mut Problems, raw: RawList<RawHeartbeat>) -> Option<
                     );
                     ok = false;
                 } else if let Some(j) = links.iter().position(|o| o.peer == l.peer) {
-                    p.push(format!("{key}.peer"), format!("{} is already heartbeat[{j}].peer", l.peer));
+                    p.push(
+                        format!("{key}.peer"),
+                        format!("{} is already heartbeat[{j}].peer", l.peer),
+                    );
                     ok = false;
                 }
                 links.push(l);
@@ -53,14 +59,19 @@ pub(super) fn heartbeat(p: &mut Problems, raw: RawList<RawHeartbeat>) -> Option<
 
 fn link(p: &mut Problems, i: usize, raw: RawHeartbeat) -> Option<HeartbeatLink> {
     let key = |k: &str| format!("heartbeat[{i}].{k}");
-    let interface = required(p, &key("interface"), raw.interface, "").and_then(|n| ifname(p, &key("interface"), &n));
+    let interface = required(p, &key("interface"), raw.interface, "")
+        .and_then(|n| ifname(p, &key("interface"), &n));
     let local = address(p, &key("local"), raw.local);
     let peer = address(p, &key("peer"), raw.peer);
     let (interface, local, peer) = (interface?, local?, peer?);
     if local.is_ipv4() != peer.is_ipv4() {
         p.push(
             key("peer"),
-            format!("{peer} is {} but local {local} is {}; both ends of a link use one family", family(peer), family(local)),
+            format!(
+                "{peer} is {} but local {local} is {}; both ends of a link use one family",
+                family(peer),
+                family(local)
+            ),
         );
         return None;
     }
@@ -68,7 +79,11 @@ fn link(p: &mut Problems, i: usize, raw: RawHeartbeat) -> Option<HeartbeatLink> 
         p.push(key("peer"), format!("{peer} is the same as local"));
         return None;
     }
-    Some(HeartbeatLink { interface, local, peer })
+    Some(HeartbeatLink {
+        interface,
+        local,
+        peer,
+    })
 }
 
 fn address(p: &mut Problems, key: &str, raw: Option<String>) -> Option<IpAddr> {
@@ -94,11 +109,14 @@ pub(super) fn interfaces(p: &mut Problems, raw: RawList<RawInterface>) -> Option
         let key = format!("interface[{i}]");
         let name = required(p, &format!("{key}.name"), item.name, "")
             .and_then(|n| ifname(p, &format!("{key}.name"), &n));
-        if let Some(name) = &name {
-            if let Some(j) = out.iter().position(|o| &o.name == name) {
-                p.push(format!("{key}.name"), format!("{name} is already interface[{j}]"));
-                ok = false;
-            }
+        if let Some(name) = &name
+            && let Some(j) = out.iter().position(|o| &o.name == name)
+        {
+            p.push(
+                format!("{key}.name"),
+                format!("{name} is already interface[{j}]"),
+            );
+            ok = false;
         }
         let entries: Vec<(String, RawVip)> = match (item.vip, item.vips) {
             (Some(_), Some(_)) => {
@@ -107,9 +125,11 @@ pub(super) fn interfaces(p: &mut Problems, raw: RawList<RawInterface>) -> Option
                 Vec::new()
             }
             (Some(vip), None) => vec![(format!("{key}.vip"), vip)],
-            (None, Some(vips)) => {
-                vips.into_iter().enumerate().map(|(j, v)| (format!("{key}.vips[{j}]"), v)).collect()
-            }
+            (None, Some(vips)) => vips
+                .into_iter()
+                .enumerate()
+                .map(|(j, v)| (format!("{key}.vips[{j}]"), v))
+                .collect(),
             (None, None) => Vec::new(),
         };
         let mut vips = Vec::new();
@@ -118,7 +138,10 @@ pub(super) fn interfaces(p: &mut Problems, raw: RawList<RawInterface>) -> Option
                 Some(entry) => {
                     if let Some(addr) = entry.address.map(|a| a.addr()) {
                         if let Some(first) = seen.get(&addr) {
-                            p.push(format!("{vkey}.address"), format!("{addr} is already {first}"));
+                            p.push(
+                                format!("{vkey}.address"),
+                                format!("{addr} is already {first}"),
+                            );
                             ok = false;
                         } else {
                             seen.insert(addr, format!("{vkey}.address"));
@@ -143,7 +166,12 @@ pub(super) fn interfaces(p: &mut Problems, raw: RawList<RawInterface>) -> Option
 }
 
 fn vip(p: &mut Problems, key: &str, raw: RawVip) -> Option<VipEntry> {
-    let action = required(p, &format!("{key}.action"), raw.action, ": \"set\" or \"ignore\"")?;
+    let action = required(
+        p,
+        &format!("{key}.action"),
+        raw.action,
+        ": \"set\" or \"ignore\"",
+    )?;
     let address_key = format!("{key}.address");
     let address: Option<IpNet> = match (action, raw.address) {
         (VipAction::Set, None) => {

@@ -23,7 +23,10 @@ pub(super) fn duration(p: &mut Problems, key: &str, text: &str) -> Option<Durati
     match humantime::parse_duration(text.trim()) {
         Ok(d) => Some(d),
         Err(err) => {
-            p.push(key, format!("{text:?} is not a duration ({err}); write e.g. \"15s\" or \"30ms\""));
+            p.push(
+                key,
+                format!("{text:?} is not a duration ({err}); write e.g. \"15s\" or \"30ms\""),
+            );
             None
         }
     }
@@ -49,13 +52,11 @@ pub(super) fn positive_duration(
 
 /// An IP address literal.
 pub(super) fn ip(p: &mut Problems, key: &str, text: &str) -> Option<IpAddr> {
-    match text.trim().parse::<IpAddr>() {
-        Ok(addr) => Some(addr),
-        Err(_) => {
-            p.push(key, format!("{text:?} is not an IP address"));
-            None
-        }
+    let parsed = text.trim().parse::<IpAddr>();
+    if parsed.is_err() {
+        p.push(key, format!("{text:?} is not an IP address"));
     }
+    parsed.ok()
 }
 
 /// A unicast address usable on a link: refuses unspecified, multicast,
@@ -72,7 +73,10 @@ pub(super) fn unicast(p: &mut Problems, key: &str, addr: IpAddr) -> Option<IpAdd
     } else {
         return Some(addr);
     };
-    p.push(key, format!("{addr} is {what}; a unicast address is needed"));
+    p.push(
+        key,
+        format!("{addr} is {what}; a unicast address is needed"),
+    );
     None
 }
 
@@ -82,33 +86,50 @@ pub(super) fn unicast(p: &mut Problems, key: &str, addr: IpAddr) -> Option<IpAdd
 pub(super) fn vip_prefix(p: &mut Problems, key: &str, text: &str) -> Option<IpNet> {
     let text = text.trim();
     if !text.contains('/') {
-        p.push(key, format!("{text:?} needs a prefix length, e.g. \"{text}/24\""));
+        p.push(
+            key,
+            format!("{text:?} needs a prefix length, e.g. \"{text}/24\""),
+        );
         return None;
     }
-    let net = match text.parse::<IpNet>() {
-        Ok(net) => net,
-        Err(_) => {
-            p.push(key, format!("{text:?} is not an address with a valid prefix length, e.g. \"10.0.0.100/24\""));
-            return None;
-        }
+    let Ok(net) = text.parse::<IpNet>() else {
+        p.push(
+            key,
+            format!(
+                "{text:?} is not an address with a valid prefix length, e.g. \"10.0.0.100/24\""
+            ),
+        );
+        return None;
     };
     unicast(p, key, net.addr())?;
     let host_bits = net.max_prefix_len() - net.prefix_len();
     if host_bits >= 2 && net.addr() == net.network() {
-        p.push(key, format!("{} is the network address of {}", net.addr(), net.trunc()));
+        p.push(
+            key,
+            format!("{} is the network address of {}", net.addr(), net.trunc()),
+        );
         return None;
     }
-    if let IpNet::V4(v4) = net {
-        if host_bits >= 2 && v4.addr() == v4.broadcast() {
-            p.push(key, format!("{} is the broadcast address of {}", v4.addr(), net.trunc()));
-            return None;
-        }
+    if let IpNet::V4(v4) = net
+        && host_bits >= 2
+        && v4.addr() == v4.broadcast()
+    {
+        p.push(
+            key,
+            format!("{} is the broadcast address of {}", v4.addr(), net.trunc()),
+        );
+        return None;
     }
     Some(net)
 }
 
 /// An `IP:port` socket address with a non-zero port.
-pub(super) fn socket_addr(p: &mut Problems, key: &str, text: &str, example: &str) -> Option<SocketAddr> {
+pub(super) fn socket_addr(
+    p: &mut Problems,
+    key: &str,
+    text: &str,
+    example: &str,
+) -> Option<SocketAddr> {
     match text.trim().parse::<SocketAddr>() {
         Ok(addr) if addr.port() == 0 => {
             p.push(key, format!("{text:?}: port 0 cannot be reached"));
@@ -146,8 +167,13 @@ pub(super) fn abs_path(p: &mut Problems, key: &str, text: &str) -> Option<PathBu
 
 /// A node or instance name: it ends up in file names and the bpffs path.
 pub(super) fn name(p: &mut Problems, key: &str, text: &str) -> Option<String> {
-    let ok_chars = text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    let ok_start = text.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let ok_start = text
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if text.is_empty() || text.len() > 64 || !ok_chars || !ok_start {
         p.push(
             key,
@@ -160,9 +186,16 @@ pub(super) fn name(p: &mut Problems, key: &str, text: &str) -> Option<String> {
 
 /// A Linux interface name (what `dev_valid_name` accepts).
 pub(super) fn ifname(p: &mut Problems, key: &str, text: &str) -> Option<String> {
-    let bad_char = text.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
+    let bad_char = text
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '\0');
     if text.is_empty() || text.len() > 15 || text == "." || text == ".." || bad_char {
-        p.push(key, format!("{text:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"));
+        p.push(
+            key,
+            format!(
+                "{text:?} is not a valid interface name (1 to 15 bytes, no '/', ':' or spaces)"
+            ),
+        );
         return None;
     }
     Some(text.to_owned())
@@ -185,16 +218,21 @@ pub(super) fn min_free(p: &mut Problems, key: &str, text: &str) -> Option<MinFre
         return match number.trim().parse::<u8>() {
             Ok(pct) if pct <= 100 => Some(MinFree::Percent(pct)),
             _ => {
-                p.push(key, format!("{text:?}: a percentage must be a whole number from 0 to 100"));
+                p.push(
+                    key,
+                    format!("{text:?}: a percentage must be a whole number from 0 to 100"),
+                );
                 None
             }
         };
     }
-    match text.parse::<bytesize::ByteSize>() {
-        Ok(size) => Some(MinFree::Bytes(size.as_u64())),
-        Err(_) => {
-            p.push(key, format!("{text:?} is not a size (e.g. \"2GiB\", \"500MB\", \"5%\")"));
-            None
-        }
+    if let Ok(size) = text.parse::<bytesize::ByteSize>() {
+        Some(MinFree::Bytes(size.as_u64()))
+    } else {
+        p.push(
+            key,
+            format!("{text:?} is not a size (e.g. \"2GiB\", \"500MB\", \"5%\")"),
+        );
+        None
     }
 }

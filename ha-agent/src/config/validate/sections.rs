@@ -1,13 +1,11 @@
 //! Validation of the single-table sections: node, cluster, backup,
-//! config_sync, hooks, runtime, metrics.
+//! `config_sync`, hooks, runtime, metrics.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::scalar::{
-    abs_path, command, duration, name, positive_duration, required, socket_addr,
-};
+use super::scalar::{abs_path, command, duration, name, positive_duration, required, socket_addr};
 use crate::config::defaults as d;
 use crate::config::error::Problems;
 use crate::config::model::{Backup, Cluster, ConfigSync, Hooks, Metrics, Node, Runtime};
@@ -18,8 +16,13 @@ use crate::config::secret::{Secret, read_password_file};
 use crate::config::timing::Timing;
 
 pub(super) fn node(p: &mut Problems, raw: RawNode) -> Option<Node> {
-    let node_name = required(p, "node.name", raw.name, " (unique in the cluster, e.g. \"mail-a\")")
-        .and_then(|n| name(p, "node.name", &n));
+    let node_name = required(
+        p,
+        "node.name",
+        raw.name,
+        " (unique in the cluster, e.g. \"mail-a\")",
+    )
+    .and_then(|n| name(p, "node.name", &n));
     let mode = required(
         p,
         "node.mode",
@@ -34,7 +37,11 @@ pub(super) fn node(p: &mut Problems, raw: RawNode) -> Option<Node> {
     })
 }
 
-pub(super) fn cluster(p: &mut Problems, raw: RawCluster, base_dir: Option<&Path>) -> Option<Cluster> {
+pub(super) fn cluster(
+    p: &mut Problems,
+    raw: RawCluster,
+    base_dir: Option<&Path>,
+) -> Option<Cluster> {
     let id = required(p, "cluster.id", raw.id, " (a number both members share)");
     let password = password(p, raw.password, raw.password_file, base_dir);
 
@@ -52,8 +59,18 @@ pub(super) fn cluster(p: &mut Problems, raw: RawCluster, base_dir: Option<&Path>
         true
     };
 
-    let interval = opt_duration(p, "cluster.heartbeat_interval", raw.heartbeat_interval, d::HEARTBEAT_INTERVAL);
-    let lost = opt_duration(p, "cluster.lost_threshold", raw.lost_threshold, d::LOST_THRESHOLD);
+    let interval = opt_duration(
+        p,
+        "cluster.heartbeat_interval",
+        raw.heartbeat_interval,
+        d::HEARTBEAT_INTERVAL,
+    );
+    let lost = opt_duration(
+        p,
+        "cluster.lost_threshold",
+        raw.lost_threshold,
+        d::LOST_THRESHOLD,
+    );
     let lease = match raw.lease {
         Some(text) => duration(p, "cluster.lease", &text).map(Some),
         None => Some(None),
@@ -89,7 +106,12 @@ pub(super) fn cluster(p: &mut Problems, raw: RawCluster, base_dir: Option<&Path>
     })
 }
 
-fn opt_duration(p: &mut Problems, key: &str, text: Option<String>, default: Duration) -> Option<Duration> {
+fn opt_duration(
+    p: &mut Problems,
+    key: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Option<Duration> {
     match text {
         Some(text) => duration(p, key, &text),
         None => Some(default),
@@ -104,7 +126,10 @@ fn password(
 ) -> Option<Secret> {
     match (inline, file) {
         (Some(_), Some(_)) => {
-            p.push("cluster.password", "set either password or password_file, not both");
+            p.push(
+                "cluster.password",
+                "set either password or password_file, not both",
+            );
             None
         }
         (None, None) => {
@@ -125,7 +150,9 @@ fn password(
                 Some(dir) if Path::new(&file).is_relative() => dir.join(&file),
                 _ => PathBuf::from(&file),
             };
-            read_password_file(&path).map_err(|why| p.push("cluster.password_file", why)).ok()
+            read_password_file(&path)
+                .map_err(|why| p.push("cluster.password_file", why))
+                .ok()
         }
     }
 }
@@ -139,7 +166,10 @@ pub(super) fn ports(p: &mut Problems, key: &str, ports: &[u16]) -> bool {
             p.push(format!("{key}[{i}]"), "port 0 is not a port");
             ok = false;
         } else if !seen.insert(port) {
-            p.push(format!("{key}[{i}]"), format!("port {port} is listed twice"));
+            p.push(
+                format!("{key}[{i}]"),
+                format!("port {port} is listed twice"),
+            );
             ok = false;
         }
     }
@@ -166,13 +196,16 @@ pub(super) fn timing(
         ("cluster.lease", lease),
     ] {
         if value.is_some_and(|v| v > d::MAX_TIMING) {
-            p.push(key, format!("must be at most {max} (heartbeat frames carry it in 32-bit microseconds)"));
+            p.push(
+                key,
+                format!("must be at most {max} (heartbeat frames carry it in 32-bit microseconds)"),
+            );
         }
     }
-    if p.len() == before {
-        if let Err(err) = Timing::resolve(interval, lost, lease) {
-            p.push(format!("cluster.{}", err.key()), err.to_string());
-        }
+    if p.len() == before
+        && let Err(err) = Timing::resolve(interval, lost, lease)
+    {
+        p.push(format!("cluster.{}", err.key()), err.to_string());
     }
     if startup_wait < lost {
         p.push(
@@ -188,7 +221,7 @@ pub(super) fn timing(
     p.len() == before
 }
 
-pub(super) fn backup(p: &mut Problems, raw: RawBackup) -> Option<Backup> {
+pub(super) fn backup(p: &mut Problems, raw: &RawBackup) -> Option<Backup> {
     let mail_data = path_list(p, "backup.mail_data", &raw.mail_data);
     let mta_spool = path_list(p, "backup.mta_spool", &raw.mta_spool);
     let max_lag = positive_duration(p, "backup.max_lag", raw.max_lag.as_deref(), d::MAX_LAG);
@@ -223,7 +256,10 @@ pub(super) fn config_sync(p: &mut Problems, raw: RawConfigSync) -> Option<Config
     let mut globs_ok = true;
     for (i, pattern) in raw.exclude.iter().enumerate() {
         if let Err(err) = globset::Glob::new(pattern) {
-            p.push(format!("config_sync.exclude[{i}]"), format!("{pattern:?} is not a valid glob: {}", err.kind()));
+            p.push(
+                format!("config_sync.exclude[{i}]"),
+                format!("{pattern:?} is not a valid glob: {}", err.kind()),
+            );
             globs_ok = false;
         }
     }
@@ -231,7 +267,11 @@ pub(super) fn config_sync(p: &mut Problems, raw: RawConfigSync) -> Option<Config
         Some(text) => Some(command(p, "config_sync.after_apply", &text)?),
         None => None,
     };
-    globs_ok.then_some(ConfigSync { paths: paths?, exclude: raw.exclude, after_apply })
+    globs_ok.then_some(ConfigSync {
+        paths: paths?,
+        exclude: raw.exclude,
+        after_apply,
+    })
 }
 
 pub(super) fn hooks(p: &mut Problems, raw: RawHooks) -> Option<Hooks> {
@@ -243,12 +283,21 @@ pub(super) fn hooks(p: &mut Problems, raw: RawHooks) -> Option<Hooks> {
     let on_secondary = one("hooks.on_secondary", raw.on_secondary);
     let on_failed = one("hooks.on_failed", raw.on_failed);
     let on_off = one("hooks.on_off", raw.on_off);
-    Some(Hooks { on_primary: on_primary?, on_secondary: on_secondary?, on_failed: on_failed?, on_off: on_off? })
+    Some(Hooks {
+        on_primary: on_primary?,
+        on_secondary: on_secondary?,
+        on_failed: on_failed?,
+        on_off: on_off?,
+    })
 }
 
 /// `node_name` is `None` when `[node]` is broken; the instance then has no
 /// default and its problem is already reported.
-pub(super) fn runtime(p: &mut Problems, raw: RawRuntime, node_name: Option<&str>) -> Option<Runtime> {
+pub(super) fn runtime(
+    p: &mut Problems,
+    raw: RawRuntime,
+    node_name: Option<&str>,
+) -> Option<Runtime> {
     let instance = match raw.instance {
         Some(text) => name(p, "runtime.instance", &text)?,
         // Default: the node name, so two agents of a pair on one host differ.
@@ -267,7 +316,11 @@ pub(super) fn runtime(p: &mut Problems, raw: RawRuntime, node_name: Option<&str>
         if len > d::MAX_SOCKET_PATH {
             p.push(
                 "runtime.control_socket",
-                format!("{} is {len} bytes long; a Unix socket path allows {}", path.display(), d::MAX_SOCKET_PATH),
+                format!(
+                    "{} is {len} bytes long; a Unix socket path allows {}",
+                    path.display(),
+                    d::MAX_SOCKET_PATH
+                ),
             );
             return None;
         }
