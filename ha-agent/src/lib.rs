@@ -5,6 +5,7 @@
 //! I/O so that it can be tested without root.
 
 pub mod cli;
+pub mod config;
 pub mod dataplane;
 pub mod monitor;
 pub mod vip;
