@@ -268,7 +268,7 @@ mod tests {
             HeartbeatEvent::Accepted { rx_ns, rx_source, fresh, new_epoch, heartbeat, .. } => {
                 assert_eq!((rx_ns, rx_source, fresh, new_epoch, heartbeat.seq), (5_000, RxSource::Kernel, true, true, 2));
             }
-            e => panic!("{e:?}"),
+            e @ HeartbeatEvent::Refused { .. } => panic!("{e:?}"),
         }
         // 3: no record: userspace time, counted.
         let f3 = them.frame(3, 0, &snap, (us.epoch, 1)).encode(&key());
