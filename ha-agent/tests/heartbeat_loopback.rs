@@ -145,7 +145,10 @@ async fn loopback_pair_at_1ms() {
     // ~1 s of 1 ms heartbeats.
     let (sent_a0, sent_b0) = (a.sent(), b.sent());
     let (acc_a0, acc_b0) = (a.rx.health().accepted, b.rx.health().accepted);
+    let cpu0 = a.sender.stats().cpu_ns.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = a.sender.stats().cpu_ns.load(Ordering::Relaxed) - cpu0;
+    eprintln!("A sender thread CPU over 1 s: {:.2}% of a core (this build's profile)", cpu as f64 / 1e7);
     let (sent_a, sent_b) = (a.sent() - sent_a0, b.sent() - sent_b0);
     // Let the receivers drain what is in flight.
     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -11,6 +11,12 @@ pub fn now_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| timespec_ns(&t))
 }
 
+/// CPU time used by the calling thread, nanoseconds (0 if unavailable).
+#[must_use]
+pub fn thread_cpu_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| timespec_ns(&t))
+}
+
 fn timespec_ns(t: &TimeSpec) -> u64 {
     let s = u64::try_from(t.tv_sec()).unwrap_or(0);
     let n = u64::try_from(t.tv_nsec()).unwrap_or(0);

@@ -406,4 +406,30 @@ pub(crate) mod tests {
         resign(&mut b);
         assert_eq!(decode(&b, 7, &key()), Err(DecodeError::ZeroTiming { field: "lease" }));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = decode(&bytes, 7, &key());
+        }
+
+        #[test]
+        fn any_heartbeat_round_trips(
+            node_id: u32, flags: u16, epoch: u64, seq: u64, send: u64, ee: u64, es: u64,
+            iv in 1u32.., th in 1u32.., ls in 1u32.., cm in 0u8..6, em in 0u8..6, prio: u16, term: u64, sync: u64,
+        ) {
+            let hb = Heartbeat {
+                cluster_id: 7, node_id, flags, epoch, seq, send_time_ns: send, echo_epoch: ee, echo_seq: es,
+                timing: Timing {
+                    interval: Duration::from_micros(iv.into()),
+                    threshold: Duration::from_micros(th.into()),
+                    lease: Duration::from_micros(ls.into()),
+                },
+                configured_mode: Mode::from_code(cm).unwrap(),
+                effective_mode: Mode::from_code(em).unwrap(),
+                priority: prio, term, sync_seq: sync,
+            };
+            proptest::prop_assert_eq!(decode(&hb.encode(&key()), 7, &key()), Ok(hb));
+        }
+    }
 }

@@ -641,4 +641,31 @@ mod tests {
         assert_eq!(s.refused(RefusalKind::Replayed), 0);
         assert_eq!(s.intervals.count(), 2);
     }
+
+    proptest::proptest! {
+        /// Whatever mix of genuine, repeated and old frames arrives on two
+        /// links, each (epoch, seq) is accepted at most once per link, at most
+        /// one copy is fresh, and a new epoch is only ever accepted from a
+        /// frame that echoes us.
+        #[test]
+        fn never_accepts_twice(frames in proptest::collection::vec((0u32..2, 0u64..3, 1u64..40, proptest::bool::ANY), 1..300)) {
+            let mut p = PeerState::new(me());
+            let mut seen = std::collections::HashSet::new();
+            let mut fresh_seen = std::collections::HashSet::new();
+            for (link, e, seq, echoes_us) in frames {
+                let epoch = PEER1 + e;
+                let echo = if echoes_us { (US, 100) } else { (0, 0) };
+                let before = p.peer_epoch();
+                if let Ok(a) = p.on_frame(link, &hb(epoch, seq, echo), 100) {
+                    proptest::prop_assert!(seen.insert((link, epoch, seq)), "accepted twice on a link");
+                    if a.fresh {
+                        proptest::prop_assert!(fresh_seen.insert((epoch, seq)), "fresh twice");
+                    }
+                    if before != Some(epoch) {
+                        proptest::prop_assert!(echoes_us && a.new_epoch);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ha_common::frame::HB_FLAG_LEAVING;
 
 use super::auth::HbKey;
-use super::clock::{now_ns, sleep_until};
+use super::clock::{now_ns, sleep_until, thread_cpu_ns};
 use super::histogram::Histogram;
 use super::link::LinkSocket;
 use super::rt;
@@ -72,6 +72,8 @@ pub struct SenderStats {
     pub snapshot_busy: AtomicU64,
     /// Deadlines at which nothing was sent because the control loop stalled.
     pub muted: AtomicU64,
+    /// CPU time the sender thread has used, nanoseconds.
+    pub cpu_ns: AtomicU64,
     /// SCHED_FIFO was granted.
     pub realtime: AtomicBool,
     /// `mlockall` succeeded.
@@ -167,6 +169,7 @@ impl Sender {
             overruns: AtomicU64::new(0),
             snapshot_busy: AtomicU64::new(0),
             muted: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
             memory_locked: AtomicBool::new(false),
         });
@@ -302,6 +305,7 @@ impl Worker {
                     self.stats.renewals.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            self.stats.cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
             let (next, missed) = next_deadline(deadline, interval_ns, now_ns());
             deadline = next;
             if missed > 0 {
