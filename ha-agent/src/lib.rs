@@ -7,3 +7,5 @@
 pub mod cli;
 pub mod dataplane;
 pub mod heartbeat;
+pub mod monitor;
+pub mod vip;

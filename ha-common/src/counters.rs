@@ -39,10 +39,14 @@ pub enum Counter {
     FenceDropPort = 15,
     /// Fence: egress that is not VIP traffic (passed untouched).
     FenceNonVip = 16,
+    /// Heartbeat: from the right peer and well-formed, but without the token
+    /// the agent expects (forged, replayed out of window, or a peer epoch the
+    /// agent has not authenticated yet). Not recorded.
+    HbUnexpected = 17,
 }
 
 /// Number of counter slots.
-pub const COUNTER_SLOTS: u32 = 17;
+pub const COUNTER_SLOTS: u32 = 18;
 
 impl Counter {
     /// Every counter, in index order.
@@ -64,6 +68,7 @@ impl Counter {
         Counter::FenceDropLease,
         Counter::FenceDropPort,
         Counter::FenceNonVip,
+        Counter::HbUnexpected,
     ];
 
     /// Stable snake_case name, used in status output and metric labels.
@@ -86,6 +91,7 @@ impl Counter {
             Counter::FenceDropLease => "fence_drop_lease",
             Counter::FenceDropPort => "fence_drop_port",
             Counter::FenceNonVip => "fence_non_vip",
+            Counter::HbUnexpected => "hb_unexpected",
         }
     }
 }

@@ -59,6 +59,12 @@ pub struct HbFrame {
     pub term: [u8; 8],
     /// Sync: last sequence the sender has acknowledged / sent (0 without sync).
     pub sync_seq: [u8; 8],
+    /// Kernel token: the first 8 bytes of HMAC-SHA256(key, "ha-token" ||
+    /// epoch || seq). The receiving agent, which shares the key, tells its
+    /// XDP program the tokens of the peer's next sequence numbers; the
+    /// program records a receive time only for a frame carrying the
+    /// expected token, so forged frames never touch the records.
+    pub token: [u8; 8],
     /// HMAC-SHA256 over every preceding byte.
     pub tag: [u8; HB_TAG_LEN],
 }
@@ -76,7 +82,7 @@ pub const HB_FLAG_OUTDATED: u16 = 1 << 3;
 pub const HB_KIND_HEARTBEAT: u8 = 1;
 
 /// Size of [`HbFrame`] on the wire.
-pub const HB_FRAME_LEN: usize = 120;
+pub const HB_FRAME_LEN: usize = 128;
 const _: () = assert!(core::mem::size_of::<HbFrame>() == HB_FRAME_LEN);
 /// Bytes covered by the tag.
 pub const HB_AUTH_LEN: usize = HB_FRAME_LEN - HB_TAG_LEN;
@@ -93,6 +99,8 @@ pub mod offsets {
     pub const EPOCH: usize = 16;
     /// Offset of `seq`.
     pub const SEQ: usize = 24;
+    /// Offset of `token`.
+    pub const TOKEN: usize = 88;
 }
 const _: () = {
     assert!(core::mem::offset_of!(HbFrame, magic) == offsets::MAGIC);
@@ -100,5 +108,6 @@ const _: () = {
     assert!(core::mem::offset_of!(HbFrame, cluster_id) == offsets::CLUSTER_ID);
     assert!(core::mem::offset_of!(HbFrame, epoch) == offsets::EPOCH);
     assert!(core::mem::offset_of!(HbFrame, seq) == offsets::SEQ);
+    assert!(core::mem::offset_of!(HbFrame, token) == offsets::TOKEN);
     assert!(core::mem::offset_of!(HbFrame, tag) == HB_AUTH_LEN);
 };

@@ -38,10 +38,12 @@ pub mod prog {
 
 /// Map names in the object file.
 pub mod map {
-    /// `HashMap<u32 ifindex, HbLinkConfig>`.
+    /// `Array<HbLinkConfig>`, `HB_LINK_SLOTS` entries indexed by `ifindex % HB_LINK_SLOTS`.
     pub const HB_LINKS: &str = "HB_LINKS";
     /// `PerCpuArray<HbRecord>`, `MAX_LINKS * HB_RING_SLOTS` entries.
     pub const HB_RING: &str = "HB_RING";
+    /// `Array<HbExpect>`, `HB_RING_SLOTS` entries: tokens of the peer's next frames.
+    pub const HB_EXPECT: &str = "HB_EXPECT";
     /// `Array<GateState>`, one entry.
     pub const GATE: &str = "GATE";
     /// `HashMap<VipKey, u32>`: every VIP (exact set).
@@ -56,10 +58,20 @@ pub mod map {
     pub const COUNTERS: &str = "COUNTERS";
 }
 
-/// Configuration of one heartbeat link, keyed by the ifindex it arrives on.
+/// Slots of the heartbeat link table. An array indexed by
+/// `ifindex % HB_LINK_SLOTS` costs a few nanoseconds where a hash lookup
+/// costs fifteen; the slot records its ifindex, and the agent refuses a
+/// second link whose ifindex collides.
+pub const HB_LINK_SLOTS: u32 = 64;
+
+/// Configuration of one heartbeat link, at slot `ifindex % HB_LINK_SLOTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HbLinkConfig {
+    /// The interface this slot describes (0 = empty slot).
+    pub ifindex: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
     /// 0 for the primary link, 1 for the secondary.
     pub link_id: u32,
     /// [`FAMILY_V4`] or [`FAMILY_V6`] of `peer_addr`.
@@ -71,13 +83,14 @@ pub struct HbLinkConfig {
     /// The configured peer address; IPv4 in the first four bytes.
     pub peer_addr: [u8; 16],
 }
-const _: () = assert!(core::mem::size_of::<HbLinkConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<HbLinkConfig>() == 40);
 
 /// The kernel receive time of one heartbeat, as the XDP program saw it.
 ///
-/// A slot is written only when it does not already hold this very
-/// `(epoch, seq)`: a later frame repeating a sequence number (a replay, or a
-/// forgery racing the genuine frame) cannot move the recorded time forward.
+/// Written only for a frame carrying the token the agent expects for its
+/// `(epoch, seq)` (see [`HbExpect`]), and only once per `(epoch, seq)`: a
+/// forged frame never writes, and a replay of the genuine frame cannot move
+/// the recorded time forward.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HbRecord {
@@ -89,6 +102,19 @@ pub struct HbRecord {
     pub ktime_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<HbRecord>() == 24);
+
+/// A frame the agent expects from the peer, indexed by `seq % HB_RING_SLOTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HbExpect {
+    /// The peer's boot epoch.
+    pub epoch: u64,
+    /// The expected sequence number.
+    pub seq: u64,
+    /// The frame's `token` field for that `(epoch, seq)`.
+    pub token: [u8; 8],
+}
+const _: () = assert!(core::mem::size_of::<HbExpect>() == 24);
 
 /// The gate's view of this node's role.
 #[repr(C)]
@@ -158,6 +184,7 @@ mod pod {
     // arrays, and have no padding (checked by the size asserts above).
     unsafe impl aya::Pod for super::HbLinkConfig {}
     unsafe impl aya::Pod for super::HbRecord {}
+    unsafe impl aya::Pod for super::HbExpect {}
     unsafe impl aya::Pod for super::GateState {}
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::PeerMac {}

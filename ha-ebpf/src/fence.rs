@@ -12,7 +12,7 @@ use ha_common::Counter;
 use crate::{
     maps::{count, FENCE_PORTS, GATE},
     pkt::{
-        is_vip4, is_vip6, v4, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, IPPROTO_ICMPV6,
+        is_vip4, is_vip4_at, is_vip6, v4_l4, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, IPPROTO_ICMPV6,
         IPPROTO_TCP,
     },
 };
@@ -31,11 +31,14 @@ enum Out {
 
 #[classifier]
 pub fn ha_fence(ctx: TcContext) -> i32 {
-    let mut p = Pkt { data: ctx.data(), end: ctx.data_end() };
     // Locally built packets normally carry their headers in the linear
     // area; pull them in when they do not, so nothing escapes the fence.
-    let want = if ctx.len() < PULL_LEN { ctx.len() } else { PULL_LEN };
-    if ((p.end - p.data) as u32) < want && ctx.pull_data(want).is_ok() {
+    // (A pull invalidates packet pointers: read them afresh either way.)
+    let len = ctx.len();
+    let want = if len < PULL_LEN { len } else { PULL_LEN };
+    let mut p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    if ((p.end - p.data) as u32) < want {
+        let _ = ctx.pull_data(want);
         p = Pkt { data: ctx.data(), end: ctx.data_end() };
     }
     let class = classify(&p);
@@ -68,11 +71,15 @@ pub fn ha_fence(ctx: TcContext) -> i32 {
 /// A TCP SYN (without ACK) to a fenced port, at L4 offset `l4`.
 #[inline(always)]
 fn fenced_syn(p: &Pkt, l4: usize) -> bool {
-    let Some(t) = p.read::<[u8; 14]>(l4) else { return false };
-    if t[13] & 0x12 != 0x02 {
+    // One bounds check, then single-byte loads through the checked pointer
+    // (a copy of the whole header would cost a load per byte).
+    let Some(t) = p.ptr::<[u8; 14]>(l4) else { return false };
+    // SAFETY: 14 bytes in bounds.
+    let (flags, hi, lo) = unsafe { ((*t)[13], (*t)[2], (*t)[3]) };
+    if flags & 0x12 != 0x02 {
         return false;
     }
-    let port = u16::from_be_bytes([t[2], t[3]]) as u32;
+    let port = u16::from_be_bytes([hi, lo]) as u32;
     // SAFETY: presence test only.
     unsafe { FENCE_PORTS.get(&port) }.is_some()
 }
@@ -81,12 +88,17 @@ fn fenced_syn(p: &Pkt, l4: usize) -> bool {
 fn classify(p: &Pkt) -> Out {
     let Some((et, l3)) = p.l2() else { return Out::Other };
     if et == ETH_P_IP {
-        let Some(h) = v4(p, l3) else { return Out::Other };
-        if is_vip4(h.src) {
+        if is_vip4_at(p, l3 + 12) == Some(true) {
             return Out::VipSourced;
         }
-        if h.proto == IPPROTO_TCP && !h.later_fragment && fenced_syn(p, l3 + (h.ihl & 0x3c)) {
-            return Out::FencedPort;
+        // Only TCP matters from here: read the protocol byte before anything else.
+        if p.read::<u8>(l3 + 9) != Some(IPPROTO_TCP) {
+            return Out::Other;
+        }
+        if let Some((IPPROTO_TCP, l4)) = v4_l4(p, l3) {
+            if fenced_syn(p, l4) {
+                return Out::FencedPort;
+            }
         }
         Out::Other
     } else if et == ETH_P_ARP {

@@ -14,7 +14,7 @@ use ha_common::Counter;
 use crate::{
     maps::{count, GATE, PEER_MAC},
     pkt::{
-        is_vip4, is_vip6, v4, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS,
+        is_vip4, is_vip4_at, is_vip6, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS,
         IPPROTO_ICMPV6,
     },
 };
@@ -107,11 +107,18 @@ fn forward(ctx: &XdpContext, p: &Pkt) -> bool {
 fn classify(p: &Pkt) -> Class {
     let Some((et, l3)) = p.l2() else { return Class::Truncated };
     if et == ETH_P_IP {
-        let Some(h) = v4(p, l3) else { return Class::Truncated };
-        if is_vip4(h.dst) {
+        // Whole header present and version 4; then the addresses, last
+        // byte first (see `is_vip4_at`).
+        if p.ptr::<[u8; 20]>(l3).is_none() {
+            return Class::Truncated;
+        }
+        if p.read::<u8>(l3).is_none_or(|b| b >> 4 != 4) {
+            return Class::Other;
+        }
+        if is_vip4_at(p, l3 + 16) == Some(true) {
             return Class::ToVip { unicast_ip: true };
         }
-        if is_vip4(h.src) {
+        if is_vip4_at(p, l3 + 12) == Some(true) {
             return Class::FromVip;
         }
         Class::Other

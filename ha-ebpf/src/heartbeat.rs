@@ -1,16 +1,18 @@
 //! `ha_heartbeat`: records the kernel receive time of each heartbeat frame
 //! from the configured peer, per link, in a small ring keyed by sequence
 //! number. Always passes the frame on: the agent authenticates it and only
-//! then trusts the record whose `(epoch, seq)` matches.
+//! then trusts the record whose `(epoch, seq)` matches. A record is written
+//! only for a frame that carries the token the agent expects (HB_EXPECT),
+//! so a flood of forged frames can neither refresh nor erase liveness.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
 use ha_common::{
-    frame::offsets, Counter, HbLinkConfig, FAMILY_V4, FAMILY_V6, HB_FRAME_LEN, HB_MAGIC,
+    frame::offsets, Counter, HbLinkConfig, FAMILY_V4, FAMILY_V6, HB_FRAME_LEN, HB_LINK_SLOTS, HB_MAGIC,
     HB_PROTOCOL_VERSION, HB_RING_SLOTS, MAX_LINKS,
 };
 
 use crate::{
-    maps::{count, HB_LINKS, HB_RING},
+    maps::{count, HB_EXPECT, HB_LINKS, HB_RING},
     pkt::{v4, Pkt, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP},
 };
 
@@ -22,21 +24,26 @@ pub fn ha_heartbeat(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Bytes of the frame the program reads: everything up to the token.
+const PREFIX: usize = offsets::TOKEN + 8;
+
 /// What the frame turned out to be; only `Heartbeat` is recorded.
 enum Seen {
     NotOurs,
     Malformed,
     WrongSource,
     WrongCluster,
-    Heartbeat { udp_payload: usize },
+    Heartbeat { prefix: [u8; PREFIX] },
 }
 
 #[inline(always)]
 fn inspect(p: &Pkt, ifindex: u32) {
-    // SAFETY: the value is copied out at once.
-    let Some(link) = (unsafe { HB_LINKS.get(&ifindex) }).copied() else {
-        count(Counter::HbUnknownLink);
-        return;
+    let link = match HB_LINKS.get(ifindex & (HB_LINK_SLOTS - 1)) {
+        Some(l) if l.ifindex == ifindex && ifindex != 0 => *l,
+        _ => {
+            count(Counter::HbUnknownLink);
+            return;
+        }
     };
     let seen = classify(p, &link);
     match seen {
@@ -44,7 +51,7 @@ fn inspect(p: &Pkt, ifindex: u32) {
         Seen::Malformed => count(Counter::HbMalformed),
         Seen::WrongSource => count(Counter::HbWrongSource),
         Seen::WrongCluster => count(Counter::HbWrongCluster),
-        Seen::Heartbeat { udp_payload } => record(p, &link, udp_payload),
+        Seen::Heartbeat { prefix } => record(&link, &prefix),
     }
 }
 
@@ -73,39 +80,46 @@ fn classify(p: &Pkt, link: &HbLinkConfig) -> Seen {
     if u16::from_be_bytes(dport) as u32 != link.port {
         return Seen::NotOurs;
     }
-    // From here on it is addressed to the heartbeat port: judge it.
+    // From here on it is addressed to the heartbeat port: judge it. One
+    // bounds check and one copy of the fixed prefix, so that the verifier
+    // sees every field read against the same checked pointer.
     let payload = udp + 8;
-    if p.ptr::<[u8; HB_FRAME_LEN]>(payload).is_none() {
+    let Some(whole) = p.ptr::<[u8; HB_FRAME_LEN]>(payload) else { return Seen::Malformed };
+    // SAFETY: `whole` covers HB_FRAME_LEN >= PREFIX bytes of the packet.
+    let f: [u8; PREFIX] = unsafe { core::ptr::read_unaligned(whole as *const [u8; PREFIX]) };
+    let magic = u32::from_be_bytes([f[offsets::MAGIC], f[offsets::MAGIC + 1], f[offsets::MAGIC + 2], f[offsets::MAGIC + 3]]);
+    if magic != HB_MAGIC || f[offsets::VERSION] != HB_PROTOCOL_VERSION {
         return Seen::Malformed;
     }
-    let Some(magic) = p.read::<[u8; 4]>(payload + offsets::MAGIC) else { return Seen::Malformed };
-    let Some(version) = p.read::<u8>(payload + offsets::VERSION) else { return Seen::Malformed };
-    if u32::from_be_bytes(magic) != HB_MAGIC || version != HB_PROTOCOL_VERSION {
-        return Seen::Malformed;
-    }
-    let Some(cluster) = p.read::<[u8; 4]>(payload + offsets::CLUSTER_ID) else { return Seen::Malformed };
-    if u32::from_be_bytes(cluster) != link.cluster_id {
+    let c = offsets::CLUSTER_ID;
+    if u32::from_be_bytes([f[c], f[c + 1], f[c + 2], f[c + 3]]) != link.cluster_id {
         return Seen::WrongCluster;
     }
     if !src_ok {
         return Seen::WrongSource;
     }
-    Seen::Heartbeat { udp_payload: payload }
+    Seen::Heartbeat { prefix: f }
 }
 
 #[inline(always)]
-fn record(p: &Pkt, link: &HbLinkConfig, payload: usize) {
-    let (Some(epoch), Some(seq)) = (
-        p.read::<[u8; 8]>(payload + offsets::EPOCH),
-        p.read::<[u8; 8]>(payload + offsets::SEQ),
-    ) else {
-        count(Counter::HbMalformed);
-        return;
-    };
-    let epoch = u64::from_be_bytes(epoch);
-    let seq = u64::from_be_bytes(seq);
+fn u64_at(f: &[u8; PREFIX], o: usize) -> u64 {
+    u64::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3], f[o + 4], f[o + 5], f[o + 6], f[o + 7]])
+}
+
+#[inline(always)]
+fn record(link: &HbLinkConfig, f: &[u8; PREFIX]) {
+    let epoch = u64_at(f, offsets::EPOCH);
+    let seq = u64_at(f, offsets::SEQ);
+    let token = u64_at(f, offsets::TOKEN).to_be_bytes();
     count(Counter::HbSeen);
     if link.link_id >= MAX_LINKS {
+        return;
+    }
+    // Only a frame with the token the agent expects for this (epoch, seq)
+    // may write a record: without the key, a forger cannot produce it.
+    let Some(exp) = HB_EXPECT.get(seq as u32 & (HB_RING_SLOTS - 1)) else { return };
+    if exp.epoch != epoch || exp.seq != seq || u64::from_ne_bytes(exp.token) != u64::from_ne_bytes(token) {
+        count(Counter::HbUnexpected);
         return;
     }
     let idx = link.link_id * HB_RING_SLOTS + (seq as u32 & (HB_RING_SLOTS - 1));

@@ -6,15 +6,18 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use ha_common::{
-    counters::COUNTER_SLOTS, Counter, GateState, HbLinkConfig, HbRecord, PeerMac, VipKey,
-    VipSlot, HB_RING_SLOTS, MAX_FENCE_PORTS, MAX_LINKS, MAX_VIPS, VIP_SLOT_ENTRIES,
+    counters::COUNTER_SLOTS, Counter, GateState, HbExpect, HbLinkConfig, HbRecord, PeerMac, VipKey,
+    VipSlot, HB_LINK_SLOTS, HB_RING_SLOTS, MAX_FENCE_PORTS, MAX_LINKS, MAX_VIPS, VIP_SLOT_ENTRIES,
 };
 
 #[map]
-pub static HB_LINKS: HashMap<u32, HbLinkConfig> = HashMap::pinned(8, 0);
+pub static HB_LINKS: Array<HbLinkConfig> = Array::pinned(HB_LINK_SLOTS, 0);
 
 #[map]
 pub static HB_RING: PerCpuArray<HbRecord> = PerCpuArray::pinned(MAX_LINKS * HB_RING_SLOTS, 0);
+
+#[map]
+pub static HB_EXPECT: Array<HbExpect> = Array::pinned(HB_RING_SLOTS, 0);
 
 #[map]
 pub static GATE: Array<GateState> = Array::pinned(1, 0);

@@ -4,7 +4,7 @@
 
 use core::mem::size_of;
 
-use ha_common::{VipKey, FAMILY_V4, FAMILY_V6, VIP_SLOT_MANY, VIP_SLOT_ONE};
+use ha_common::{VipKey, FAMILY_V4, FAMILY_V6, VIP_SLOT_EMPTY, VIP_SLOT_MANY, VIP_SLOT_ONE};
 
 use crate::maps::{VIPS, VIP_SLOTS};
 
@@ -89,6 +89,21 @@ pub fn v4(p: &Pkt, off: usize) -> Option<V4> {
     })
 }
 
+/// Protocol and L4 offset of an IPv4 packet at `off`, or `None` when the
+/// header is cut, not version 4, or a later fragment (no L4 header).
+/// Byte loads through one checked pointer, no copy of the header.
+#[inline(always)]
+pub fn v4_l4(p: &Pkt, off: usize) -> Option<(u8, usize)> {
+    let h = p.ptr::<[u8; 20]>(off)?;
+    // SAFETY: 20 bytes in bounds.
+    let (b0, f0, f1, proto) = unsafe { ((*h)[0], (*h)[6], (*h)[7], (*h)[9]) };
+    let ihl = ((b0 & 0x0f) as usize) * 4;
+    if b0 >> 4 != 4 || ihl < 20 || (u16::from_be_bytes([f0, f1]) & 0x1fff) != 0 {
+        return None;
+    }
+    Some((proto, off + (ihl & 0x3c)))
+}
+
 /// Is this IPv4 address one of the VIPs?
 #[inline(always)]
 pub fn is_vip4(a: [u8; 4]) -> bool {
@@ -110,13 +125,33 @@ pub fn is_vip4(a: [u8; 4]) -> bool {
     false
 }
 
+/// Is the IPv4 address at `off` in the packet one of the VIPs? Reads the
+/// last byte first: for most traffic one byte and one inlined array lookup
+/// decide it.
+#[inline(always)]
+pub fn is_vip4_at(p: &Pkt, off: usize) -> Option<bool> {
+    let last = p.read::<u8>(off + 3)?;
+    let Some(slot) = VIP_SLOTS.get(last as u32) else {
+        return Some(false);
+    };
+    if slot.state == VIP_SLOT_EMPTY {
+        return Some(false);
+    }
+    let a = p.read::<[u8; 4]>(off)?;
+    Some(is_vip4(a))
+}
+
 /// Is this IPv6 address (read from the packet at `off`) one of the VIPs?
 #[inline(always)]
 pub fn is_vip6(p: &Pkt, off: usize) -> Option<bool> {
-    let a = p.read::<[u8; 16]>(off)?;
-    let Some(slot) = VIP_SLOTS.get(256 + a[15] as u32) else {
+    let last = p.read::<u8>(off + 15)?;
+    let Some(slot) = VIP_SLOTS.get(256 + last as u32) else {
         return Some(false);
     };
+    if slot.state == VIP_SLOT_EMPTY {
+        return Some(false);
+    }
+    let a = p.read::<[u8; 16]>(off)?;
     if slot.state == VIP_SLOT_ONE {
         let x = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
         let y = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);

@@ -1,1 +1,12 @@
-//! Test topology helpers.
+//! Test support for ha: network namespaces with cleanup on drop, netlink
+//! helpers, the standard two-node topology that end-to-end tests use,
+//! crafted packets and privilege checks.
+
+pub mod link;
+pub mod netns;
+pub mod packets;
+pub mod privileges;
+pub mod topology;
+
+pub use netns::{Netns, NsChild, require_root};
+pub use topology::Topology;

@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask`: set up the toolchain, build, test, benchmark, demo and
+//! install ha. Kept free of heavy dependencies so that it builds on a fresh
+//! machine before the eBPF toolchain exists.
+
+mod cmd;
+mod install;
+mod setup;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test, demo, benchmark and install ha")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check the build prerequisites and install what is missing.
+    Setup {
+        /// Also install what the tests and benchmarks use (iproute2, Postfix, keepalived, rsync, ...).
+        #[arg(long)]
+        test_deps: bool,
+    },
+    /// Build the eBPF object and the agent (the object is embedded in the agent).
+    Build {
+        /// Optimised build.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test (unit, in-kernel, network namespaces, end to end).
+    Test {
+        /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Live demo on this machine: two nodes in network namespaces, a failover, cleanup.
+    Demo,
+    /// Benchmarks that print figures: `dataplane`, `failover`, `sync`.
+    Bench {
+        /// Which benchmark.
+        which: String,
+        /// Extra arguments for the benchmark.
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Install the agent, an example config and the systemd unit.
+    Install(install::InstallArgs),
+    /// Remove what `install` put in place (never the config you edited).
+    Uninstall(install::InstallArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup { test_deps } => setup::run(test_deps),
+        Command::Build { release } => {
+            setup::run(false)?;
+            cmd::build_agent(release)
+        }
+        Command::Test { args } => {
+            setup::run(true)?;
+            cmd::test(&args)
+        }
+        Command::Demo => {
+            setup::run(true)?;
+            cmd::run_tool("ha-demo", &[])
+        }
+        Command::Bench { which, args } => {
+            setup::run(true)?;
+            let mut a = vec![which];
+            a.extend(args);
+            cmd::run_tool("ha-bench", &a)
+        }
+        Command::Install(args) => {
+            setup::run(false)?;
+            install::install(&args)
+        }
+        Command::Uninstall(args) => install::uninstall(&args),
+    }
+}

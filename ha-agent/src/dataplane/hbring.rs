@@ -1,0 +1,114 @@
+//! Heartbeat link configuration and the kernel receive-time ring.
+
+use std::{
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray},
+    Ebpf,
+};
+use ha_common::{map, HbExpect, HbLinkConfig, HbRecord, FAMILY_V4, FAMILY_V6, HB_LINK_SLOTS, HB_RING_SLOTS, MAX_LINKS};
+
+use super::{gate::take_map, DataPlaneError};
+
+/// What the heartbeat program must know about one link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// 0 = primary heartbeat link, 1 = secondary.
+    pub link_id: u32,
+    /// The peer's address on this link; frames from any other source are counted, not recorded.
+    pub peer: IpAddr,
+    /// UDP port heartbeats are sent to.
+    pub port: u16,
+    /// Cluster id.
+    pub cluster_id: u32,
+}
+
+struct Maps {
+    links: Array<MapData, HbLinkConfig>,
+    ring: PerCpuArray<MapData, HbRecord>,
+    expect: Array<MapData, HbExpect>,
+}
+
+/// Cloneable handle: configure links, look up kernel receive times.
+#[derive(Clone)]
+pub struct HeartbeatTimes {
+    inner: Arc<Mutex<Maps>>,
+}
+
+impl HeartbeatTimes {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataPlaneError> {
+        Ok(Self {
+            inner: Arc::new(Mutex::new(Maps {
+                links: take_map(ebpf, map::HB_LINKS)?,
+                ring: take_map(ebpf, map::HB_RING)?,
+                expect: take_map(ebpf, map::HB_EXPECT)?,
+            })),
+        })
+    }
+
+    /// Records the peer of the link arriving on `ifindex`.
+    ///
+    /// # Errors
+    /// Link id out of range, or the map write failed.
+    pub fn configure_link(&self, ifindex: u32, spec: &LinkSpec) -> Result<(), DataPlaneError> {
+        if spec.link_id >= MAX_LINKS {
+            return Err(DataPlaneError::LinkId(spec.link_id));
+        }
+        let mut peer_addr = [0u8; 16];
+        let family = match spec.peer {
+            IpAddr::V4(v4) => {
+                peer_addr[..4].copy_from_slice(&v4.octets());
+                FAMILY_V4
+            }
+            IpAddr::V6(v6) => {
+                peer_addr = v6.octets();
+                FAMILY_V6
+            }
+        };
+        let cfg = HbLinkConfig {
+            ifindex,
+            reserved: 0,
+            link_id: spec.link_id,
+            family,
+            port: u32::from(spec.port),
+            cluster_id: spec.cluster_id,
+            peer_addr,
+        };
+        let slot = ifindex % HB_LINK_SLOTS;
+        let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cur = m.links.get(&slot, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))?;
+        if cur.ifindex != 0 && cur.ifindex != ifindex {
+            return Err(DataPlaneError::LinkSlot { ifindex, other: cur.ifindex });
+        }
+        m.links.set(slot, cfg, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))
+    }
+
+    /// Tells the heartbeat program which token the peer's frame
+    /// `(epoch, seq)` will carry; only such a frame gets a receive-time
+    /// record. The agent keeps the next `HB_RING_SLOTS` sequence numbers
+    /// of the peer announced, one write per authenticated frame.
+    ///
+    /// # Errors
+    /// The map write failed.
+    pub fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError> {
+        let idx = seq as u32 & (HB_RING_SLOTS - 1);
+        let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.expect.set(idx, HbExpect { epoch, seq, token }, 0).map_err(|e| DataPlaneError::map(map::HB_EXPECT, e))
+    }
+
+    /// The kernel receive time (CLOCK_MONOTONIC ns) of the frame `(epoch, seq)`
+    /// on `link`, if the ring still holds it. Where several CPUs saw the
+    /// same frame (a replay racing the original), the earliest time counts.
+    pub fn rx_time(&self, link: u32, epoch: u64, seq: u64) -> Option<u64> {
+        if link >= MAX_LINKS {
+            return None;
+        }
+        let idx = link * HB_RING_SLOTS + (seq as u32 & (HB_RING_SLOTS - 1));
+        let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let values = m.ring.get(&idx, 0).ok()?;
+        values.iter().filter(|r| r.epoch == epoch && r.seq == seq).map(|r| r.ktime_ns).min()
+    }
+}
