@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
 pub mod heartbeat;
 pub mod monitor;
