@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod fsm;
 pub mod heartbeat;
 pub mod monitor;
 pub mod vip;
