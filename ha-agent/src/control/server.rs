@@ -63,6 +63,9 @@ impl ControlServer {
 pub async fn serve(server: ControlServer, commands: mpsc::Sender<Command>) {
     loop {
         let Ok((stream, _)) = server.listener.accept().await else { continue };
+        if commands.is_closed() {
+            return;
+        }
         let commands = commands.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
@@ -88,8 +91,5 @@ pub async fn serve(server: ControlServer, commands: mpsc::Sender<Command>) {
             out.push(b'\n');
             let _ = wr.write_all(&out).await;
         });
-        if commands.is_closed() {
-            return;
-        }
     }
 }
