@@ -20,11 +20,11 @@ pub mod path;
 pub mod plan;
 pub mod proto;
 pub mod receiver;
-//pub mod sender;
+pub mod sender;
 pub mod spool;
 pub mod state;
 pub mod status;
-//pub mod watcher;
+pub mod watcher;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 pub use receiver::Receiver;
-//pub use sender::{FailbackReport, Sender, failback};
+pub use sender::{FailbackReport, Sender, failback};
 pub use spool::RootKind;
 pub use status::SyncStatus;
 

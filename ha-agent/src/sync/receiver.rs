@@ -204,7 +204,15 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     sess.persist(true);
     match &end {
         SessionEnd::Io(e) => info!(error = %e, "sync session ended"),
-        SessionEnd::NoSpace(m) => error!(error = %m, "sync paused: replica disk full; the sender retries"),
+        SessionEnd::NoSpace(m) => {
+            let msg = format!("replica file system full at {m}");
+            error!(error = %msg, "sync paused: replica disk full; the sender retries");
+            ctx.shared.with_status(|s| {
+                s.count_error("no_space", msg.clone());
+                s.paused = Some(msg.clone());
+            });
+            let _ = send(&mut w, &Frame::Error { code: ErrorCode::NoSpace, path: m.clone(), message: msg }, 0);
+        }
         e => {
             warn!(error = %e, "sync session aborted");
             let kind = if let SessionEnd::Decode(d) = e { d.label() } else { "protocol" };
