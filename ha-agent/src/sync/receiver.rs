@@ -317,11 +317,10 @@ impl<'a> Session<'a> {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
             }
-            if !self.batch.is_empty() && input_idle(r) {
-                if let Err(e) = self.commit(w) {
+            if !self.batch.is_empty() && input_idle(r)
+                && let Err(e) = self.commit(w) {
                     return e;
                 }
-            }
             let (seq, frame) = match proto::read_frame(r) {
                 Ok(x) => x,
                 Err(e) => return e.into(),
@@ -329,11 +328,10 @@ impl<'a> Session<'a> {
             if let Err(e) = self.handle(seq, frame, r, w) {
                 return e;
             }
-            if self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES {
-                if let Err(e) = self.commit(w) {
+            if (self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES)
+                && let Err(e) = self.commit(w) {
                     return e;
                 }
-            }
         }
     }
 
