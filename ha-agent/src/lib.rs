@@ -12,4 +12,5 @@ pub mod dataplane;
 pub mod fsm;
 pub mod heartbeat;
 pub mod monitor;
+pub mod sync;
 pub mod vip;
