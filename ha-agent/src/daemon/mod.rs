@@ -1,2 +1,49 @@
-//! The daemon.
-pub fn run(_: &std::path::Path) -> anyhow::Result<()> { anyhow::bail!("not yet") }
+//! The daemon: wires configuration, data plane, heartbeat, state machine,
+//! VIPs, monitors and the control socket together. Sockets and timers live
+//! here and deliver events to the pure state machine; its actions are
+//! carried out here, in order.
+
+mod agent;
+mod convert;
+mod hooks;
+mod lock;
+mod monitors;
+mod notify;
+mod status;
+mod vips;
+
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+
+/// `ha-agent run --config FILE`.
+///
+/// # Errors
+/// A bad configuration (every problem is printed with its key), a second
+/// agent on the same instance, or a data plane that cannot be loaded.
+pub fn run(path: &Path) -> Result<()> {
+    let cfg = match crate::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: invalid configuration, refusing to start:\n{e}", path.display());
+            bail!("{} has problems (see above)", path.display());
+        }
+    };
+    init_logging();
+    if !cfg.node.mode.is_active_passive() && cfg.node.mode != crate::config::Mode::Off {
+        bail!("node.mode {:?}: config-only modes are not supported by this agent yet", cfg.node.mode);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("ha-agent")
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(agent::run(cfg, path.to_owned()))
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
