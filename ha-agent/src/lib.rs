@@ -5,7 +5,12 @@
 //! I/O so that it can be tested without root.
 
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod fsm;
 pub mod heartbeat;
 pub mod monitor;
+pub mod sync;
 pub mod vip;

@@ -1,0 +1,64 @@
+//! Every default of the configuration, one place, each with its reason.
+//!
+//! docs/configuration.md repeats these values; keep both in step.
+
+use std::time::Duration;
+
+use super::model::{Mta, OnFailure, XdpMode};
+
+/// `node.on_failure`: the seed's default — a failed node stays out until an
+/// operator has looked at it, rather than coming back on its own.
+pub const ON_FAILURE: OnFailure = OnFailure::Off;
+/// `node.priority`: the middle of nowhere in particular; only the order of
+/// the two members' values matters.
+pub const PRIORITY: u16 = 100;
+/// `cluster.base_port`: the seed's HA base port.
+pub const BASE_PORT: u16 = 20000;
+/// `cluster.heartbeat_interval`: the seed's cautious default.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// `cluster.lost_threshold`: the seed's default (15 s).
+pub const LOST_THRESHOLD: Duration = Duration::from_secs(15);
+/// `cluster.remote_services_as_heartbeat`: off, as in the seed; turning it
+/// on needs at least one `[[monitor.remote]]` to probe.
+pub const REMOTE_SERVICES_AS_HEARTBEAT: bool = false;
+/// `cluster.promote_outdated`: never promote a replica known to be behind
+/// without an operator saying so — stale mail must not go live silently.
+pub const PROMOTE_OUTDATED: bool = false;
+/// `cluster.forward`: off; forwarding is an opt-in for networks where
+/// clients keep stale ARP entries across a failover.
+pub const FORWARD: bool = false;
+/// `cluster.fence_ports`: SMTP, so a fenced node's MTA cannot deliver a
+/// queue the new primary also delivers.
+pub const FENCE_PORTS: &[u16] = &[25];
+/// `backup.mta`: the only MTA supported so far.
+pub const MTA: Mta = Mta::Postfix;
+/// `backup.max_lag`: the replication lag promised to an operator.
+pub const MAX_LAG: Duration = Duration::from_secs(1);
+/// `monitor.remote[].interval`.
+pub const REMOTE_INTERVAL: Duration = Duration::from_secs(10);
+// `monitor.remote[].timeout` defaults to half the monitor's interval, so a
+// check always ends before the next one starts (see validate/monitor.rs).
+/// `monitor.*[].failures`: the seed's example; one lost probe is noise.
+pub const FAILURES: u32 = 3;
+/// `monitor.local[].interval`.
+pub const LOCAL_INTERVAL: Duration = Duration::from_secs(10);
+/// `monitor.local[].min_free`: a spool at 95 % full is already in trouble.
+pub const MIN_FREE: &str = "5%";
+/// `runtime.state_dir` is this joined with the instance name.
+pub const STATE_ROOT: &str = "/var/lib/ha";
+/// `runtime.control_socket` is this joined with `<instance>.sock`.
+pub const SOCKET_ROOT: &str = "/run/ha";
+/// The data plane pins under this joined with the instance name.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/ha";
+/// `runtime.xdp_mode`: native where the driver has it, else generic.
+pub const XDP_MODE: XdpMode = XdpMode::Auto;
+
+/// Smallest accepted heartbeat interval: below it the sender's timer and
+/// the scheduler's granularity dominate, and the frames' microsecond
+/// fields lose precision.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// Largest accepted interval, threshold, lease and startup wait: heartbeat
+/// frames carry timing as 32-bit microseconds (about 71 minutes).
+pub const MAX_TIMING: Duration = Duration::from_hours(1);
+/// Longest `sun_path` of a Unix socket, less its NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
