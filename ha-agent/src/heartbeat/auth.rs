@@ -13,6 +13,9 @@ const HEARTBEAT_LABEL: &[u8] = b"ha/heartbeat/v1";
 /// Length of a tag.
 pub const TAG_LEN: usize = 32;
 
+/// Label of the kernel token, apart from any frame (frames start "HAHB").
+const TOKEN_LABEL: &[u8] = b"ha-token";
+
 /// Why a key cannot be derived or a tag does not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
@@ -61,6 +64,23 @@ impl HbKey {
         mac.finalize().into_bytes().into()
     }
 
+    /// The kernel token of frame `(epoch, seq)`: the first 8 bytes of
+    /// `HMAC-SHA256(key, "ha-token" || epoch || seq)`. The agent announces
+    /// the tokens of the peer's next frames to the XDP program, which then
+    /// records the receive time only of a frame that carries its token: a
+    /// forger without the key cannot make one.
+    #[must_use]
+    pub fn token(&self, epoch: u64, seq: u64) -> [u8; 8] {
+        let mut mac = self.mac.clone();
+        mac.update(TOKEN_LABEL);
+        mac.update(&epoch.to_be_bytes());
+        mac.update(&seq.to_be_bytes());
+        let full = mac.finalize().into_bytes();
+        let mut t = [0u8; 8];
+        t.copy_from_slice(&full[..8]);
+        t
+    }
+
     /// Checks `tag` against `data` in constant time.
     pub fn verify(&self, data: &[u8], tag: &[u8]) -> Result<(), AuthError> {
         let mut mac = self.mac.clone();
@@ -95,6 +115,16 @@ mod tests {
         let b = HbKey::derive(b"secret", 8).unwrap();
         assert_ne!(a.sign(b"x"), b.sign(b"x"));
         assert_eq!(b.verify(b"x", &a.sign(b"x")), Err(AuthError::BadTag));
+    }
+
+    #[test]
+    fn tokens_depend_on_key_epoch_and_seq() {
+        let a = HbKey::derive(b"secret", 7).unwrap();
+        let t = a.token(1, 2);
+        assert_eq!(t, a.token(1, 2));
+        assert_ne!(t, a.token(1, 3));
+        assert_ne!(t, a.token(2, 2));
+        assert_ne!(t, HbKey::derive(b"secret2", 7).unwrap().token(1, 2));
     }
 
     #[test]

@@ -122,6 +122,10 @@ pub enum DecodeError {
     /// The tag does not verify: wrong password or altered frame.
     #[error("bad tag: wrong password or altered frame")]
     BadTag,
+    /// Authenticated, but the kernel token is not the one for its
+    /// `(epoch, seq)`: the peer computes tokens differently.
+    #[error("kernel token does not match epoch and sequence")]
+    BadToken,
     /// Message kind other than heartbeat.
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
@@ -200,6 +204,7 @@ impl Heartbeat {
         put_u16(&mut b, off!(priority), self.priority);
         put_u64(&mut b, off!(term), self.term);
         put_u64(&mut b, off!(sync_seq), self.sync_seq);
+        b[off!(token)..off!(token) + 8].copy_from_slice(&key.token(self.epoch, self.seq));
         let tag = key.sign(&b[..HB_AUTH_LEN]);
         b[off!(tag)..].copy_from_slice(&tag);
         b
@@ -232,6 +237,10 @@ pub fn decode(buf: &[u8], cluster_id: u32, key: &HbKey) -> Result<Heartbeat, Dec
     if kind != HB_KIND_HEARTBEAT {
         return Err(DecodeError::UnknownKind(kind));
     }
+    let (epoch, seq) = (get_u64(buf, off!(epoch)), get_u64(buf, off!(seq)));
+    if buf[off!(token)..off!(token) + 8] != key.token(epoch, seq) {
+        return Err(DecodeError::BadToken);
+    }
     let mode = |field: &'static str, code: u8| {
         Mode::from_code(code).ok_or(DecodeError::UnknownMode { field, code })
     };
@@ -243,8 +252,8 @@ pub fn decode(buf: &[u8], cluster_id: u32, key: &HbKey) -> Result<Heartbeat, Dec
         cluster_id: theirs,
         node_id: get_u32(buf, off!(node_id)),
         flags: get_u16(buf, off!(flags)),
-        epoch: get_u64(buf, off!(epoch)),
-        seq: get_u64(buf, off!(seq)),
+        epoch,
+        seq,
         send_time_ns: get_u64(buf, off!(send_time_ns)),
         echo_epoch: get_u64(buf, off!(echo_epoch)),
         echo_seq: get_u64(buf, off!(echo_seq)),
@@ -313,6 +322,7 @@ pub(crate) mod tests {
         assert_eq!(&b[offsets::CLUSTER_ID..offsets::CLUSTER_ID + 4], &7u32.to_be_bytes());
         assert_eq!(&b[offsets::EPOCH..offsets::EPOCH + 8], &sample().epoch.to_be_bytes());
         assert_eq!(&b[offsets::SEQ..offsets::SEQ + 8], &42u64.to_be_bytes());
+        assert_eq!(&b[offsets::TOKEN..offsets::TOKEN + 8], &key().token(sample().epoch, 42));
     }
 
     #[test]
@@ -330,10 +340,11 @@ pub(crate) mod tests {
     fn short_and_long() {
         let b = sample().encode(&key());
         assert_eq!(decode(&b[..3], 7, &key()), Err(DecodeError::Length { len: 3 }));
-        assert_eq!(decode(&b[..119], 7, &key()), Err(DecodeError::Length { len: 119 }));
+        let n = HB_FRAME_LEN;
+        assert_eq!(decode(&b[..n - 1], 7, &key()), Err(DecodeError::Length { len: n - 1 }));
         let mut long = b.to_vec();
         long.push(0);
-        assert_eq!(decode(&long, 7, &key()), Err(DecodeError::Length { len: 121 }));
+        assert_eq!(decode(&long, 7, &key()), Err(DecodeError::Length { len: n + 1 }));
     }
 
     #[test]
@@ -405,6 +416,11 @@ pub(crate) mod tests {
         put_u32(&mut b, off!(lease_us), 0);
         resign(&mut b);
         assert_eq!(decode(&b, 7, &key()), Err(DecodeError::ZeroTiming { field: "lease" }));
+
+        let mut b = sample().encode(&key());
+        b[off!(token)] ^= 1;
+        resign(&mut b);
+        assert_eq!(decode(&b, 7, &key()), Err(DecodeError::BadToken));
     }
 
     proptest::proptest! {

@@ -15,6 +15,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
+
+use ha_common::HB_RING_SLOTS;
 use std::time::Duration;
 
 use super::codec::{DecodeError, Heartbeat};
@@ -236,13 +239,15 @@ pub struct PeerState {
     /// Newest verified frame of a peer epoch not (yet) accepted.
     learned: Option<(u64, u64)>,
     retired: VecDeque<u64>,
+    /// Epoch and highest sequence whose kernel token has been announced.
+    announced: Option<(u64, u64)>,
 }
 
 impl PeerState {
     /// A fresh state: no peer epoch known.
     #[must_use]
     pub fn new(me: LocalIdentity) -> Self {
-        Self { me, current: None, learned: None, retired: VecDeque::new() }
+        Self { me, current: None, learned: None, retired: VecDeque::new(), announced: None }
     }
 
     /// The accepted peer epoch, if any.
@@ -309,6 +314,29 @@ impl PeerState {
         self.learned = None;
         self.current = Some(EpochState { epoch: hb.epoch, newest: hb.seq, per_link: BTreeMap::from([(link, hb.seq)]) });
         Ok(Accepted { fresh: true, new_epoch: true, gap: 0 })
+    }
+
+    /// The peer frames whose kernel tokens the XDP program should expect
+    /// next and has not been told yet: the [`HB_RING_SLOTS`] sequence numbers
+    /// after the newest frame of the accepted epoch (or, before one is
+    /// accepted, of the learned epoch, so that the confirming frame is timed
+    /// by the kernel too). One new entry per in-order frame.
+    pub fn to_announce(&mut self) -> Option<(u64, RangeInclusive<u64>)> {
+        let (epoch, newest) = match (&self.current, self.learned) {
+            (Some(c), _) => (c.epoch, c.newest),
+            (None, Some(l)) => l,
+            (None, None) => return None,
+        };
+        let last = newest.saturating_add(u64::from(HB_RING_SLOTS));
+        let first = match self.announced {
+            Some((e, upto)) if e == epoch => upto.max(newest) + 1,
+            _ => newest + 1,
+        };
+        if first > last {
+            return None;
+        }
+        self.announced = Some((epoch, last));
+        Some((epoch, first..=last))
     }
 
     fn learn(&mut self, hb: &Heartbeat) {
@@ -472,6 +500,28 @@ mod tests {
         assert_eq!(a, Accepted { fresh: true, new_epoch: true, gap: 0 });
         assert_eq!(p.peer_epoch(), Some(PEER1));
         assert_eq!(p.echo(), (PEER1, 2));
+    }
+
+    #[test]
+    fn kernel_tokens_announced_ahead_once() {
+        let mut p = PeerState::new(me());
+        assert_eq!(p.to_announce(), None);
+        // Learned epoch: its next 16 frames.
+        let _ = p.on_frame(0, &hb(PEER1, 1, (0, 0)), 1);
+        assert_eq!(p.to_announce(), Some((PEER1, 2..=17)));
+        assert_eq!(p.to_announce(), None);
+        // Accepted: one more per in-order frame.
+        p.on_frame(0, &hb(PEER1, 2, (US, 1)), 1).unwrap();
+        assert_eq!(p.to_announce(), Some((PEER1, 18..=18)));
+        // The copy on the other link announces nothing new.
+        p.on_frame(1, &hb(PEER1, 2, (US, 1)), 1).unwrap();
+        assert_eq!(p.to_announce(), None);
+        // After a gap, the window catches up.
+        p.on_frame(0, &hb(PEER1, 6, (US, 1)), 1).unwrap();
+        assert_eq!(p.to_announce(), Some((PEER1, 19..=22)));
+        // A new peer epoch starts a new window.
+        p.on_frame(0, &hb(PEER2, 100, (US, 1)), 1).unwrap();
+        assert_eq!(p.to_announce(), Some((PEER2, 101..=116)));
     }
 
     #[test]

@@ -5,11 +5,14 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
+
+use crate::dataplane::{DataPlaneError, HeartbeatTimes};
 
 use super::auth::HbKey;
 use super::clock::now_ns;
@@ -24,6 +27,10 @@ pub trait KernelTimes: Send + Sync {
     /// CLOCK_MONOTONIC ns at which the frame `(epoch, seq)` arrived on
     /// `link`, if the record is still there.
     fn rx_time(&self, link: u32, epoch: u64, seq: u64) -> Option<u64>;
+
+    /// Tells the XDP program the token of the peer's frame `(epoch, seq)`;
+    /// only a frame carrying it gets a record.
+    fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError>;
 }
 
 /// No data plane attached: every frame is timed in userspace (and counted).
@@ -33,6 +40,20 @@ pub struct NoKernelTimes;
 impl KernelTimes for NoKernelTimes {
     fn rx_time(&self, _: u32, _: u64, _: u64) -> Option<u64> {
         None
+    }
+
+    fn expect(&self, _: u64, _: u64, _: [u8; 8]) -> Result<(), DataPlaneError> {
+        Ok(())
+    }
+}
+
+impl KernelTimes for HeartbeatTimes {
+    fn rx_time(&self, link: u32, epoch: u64, seq: u64) -> Option<u64> {
+        HeartbeatTimes::rx_time(self, link, epoch, seq)
+    }
+
+    fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError> {
+        HeartbeatTimes::expect(self, epoch, seq, token)
     }
 }
 
@@ -72,6 +93,7 @@ pub struct RxContext {
     shared: Arc<HbShared>,
     peer: Mutex<PeerState>,
     kernel: Arc<dyn KernelTimes>,
+    expect_errors: AtomicU64,
 }
 
 impl RxContext {
@@ -79,7 +101,13 @@ impl RxContext {
     #[must_use]
     pub fn new(key: HbKey, shared: Arc<HbShared>, kernel: Arc<dyn KernelTimes>) -> Self {
         let me = LocalIdentity { epoch: shared.epoch, node_id: shared.node_id, timing: shared.timing };
-        Self { key, shared, peer: Mutex::new(PeerState::new(me)), kernel }
+        Self { key, shared, peer: Mutex::new(PeerState::new(me)), kernel, expect_errors: AtomicU64::new(0) }
+    }
+
+    /// Token announcements the data plane refused (a map write failed).
+    #[must_use]
+    pub fn expect_errors(&self) -> u64 {
+        self.expect_errors.load(Ordering::Relaxed)
     }
 
     /// The accepted peer epoch, if any.
@@ -149,6 +177,14 @@ impl LinkReceiver {
         let result = peer.on_frame(self.link, &hb, self.ctx.shared.last_seq());
         // Even a refused verified frame may have taught us the peer's epoch.
         self.ctx.shared.set_echo(peer.echo());
+        if let Some((epoch, seqs)) = peer.to_announce() {
+            for seq in seqs {
+                if let Err(e) = self.ctx.kernel.expect(epoch, seq, self.ctx.key.token(epoch, seq)) {
+                    self.ctx.expect_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, seq, "cannot announce heartbeat token to the data plane");
+                }
+            }
+        }
         result.map(|acc| (hb, acc))
     }
 }
@@ -224,11 +260,16 @@ mod tests {
     use crate::heartbeat::timing::Timing;
     use std::time::Duration;
 
-    /// Kernel records as a table (unit-test stand-in for the data plane).
-    struct Table(Vec<(u32, u64, u64, u64)>);
+    /// Kernel records as a table, and the tokens announced (unit-test
+    /// stand-in for the data plane).
+    struct Table(Vec<(u32, u64, u64, u64)>, Mutex<Vec<(u64, u64, [u8; 8])>>);
     impl KernelTimes for Table {
         fn rx_time(&self, link: u32, epoch: u64, seq: u64) -> Option<u64> {
             self.0.iter().find(|r| (r.0, r.1, r.2) == (link, epoch, seq)).map(|r| r.3)
+        }
+        fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError> {
+            self.1.lock().unwrap().push((epoch, seq, token));
+            Ok(())
         }
     }
 
@@ -250,8 +291,8 @@ mod tests {
     #[test]
     fn handshake_kernel_time_and_refusals() {
         let (us, them) = (node(1), node(2));
-        let kernel = Table(vec![(0, them.epoch, 2, 5_000)]);
-        let ctx = Arc::new(RxContext::new(key(), us.clone(), Arc::new(kernel)));
+        let kernel = Arc::new(Table(vec![(0, them.epoch, 2, 5_000)], Mutex::default()));
+        let ctx = Arc::new(RxContext::new(key(), us.clone(), kernel.clone()));
         let mut rx = LinkReceiver::new(0, "10.200.0.2".parse().unwrap(), ctx.clone());
         let from: SocketAddr = PEER.parse().unwrap();
         let snap = them.snapshot();
@@ -261,6 +302,10 @@ mod tests {
         let f1 = them.frame(1, 0, &snap, (0, 0)).encode(&key());
         assert!(matches!(rx.handle(from, &f1, 1_000), HeartbeatEvent::Refused { kind: RefusalKind::Unconfirmed, .. }));
         assert_eq!(us.try_echo(), Some((them.epoch, 1)));
+        // ...and tell the kernel the tokens of its next 16 frames.
+        let announced = kernel.1.lock().unwrap().clone();
+        assert_eq!(announced.len(), 16);
+        assert_eq!(announced[0], (them.epoch, 2, key().token(them.epoch, 2)));
 
         // 2: echoes us; kernel record used.
         let f2 = them.frame(2, 0, &snap, (us.epoch, 1)).encode(&key());
@@ -292,6 +337,9 @@ mod tests {
             assert_eq!(h.refused(k), 1, "{k:?}");
         }
         assert_eq!(ctx.peer_epoch(), Some(them.epoch));
+        // Two genuine frames moved the window by two; refusals by nothing.
+        assert_eq!(kernel.1.lock().unwrap().len(), 18);
+        assert_eq!(ctx.expect_errors(), 0);
         // Refusals changed nothing: echo still points at the newest genuine frame.
         assert_eq!(us.try_echo(), Some((them.epoch, 3)));
     }
