@@ -3,6 +3,7 @@
 
 pub mod link;
 pub mod netns;
+pub mod servers;
 pub mod topology;
 
 pub use netns::{Netns, NsChild, require_root};

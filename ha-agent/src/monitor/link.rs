@@ -1,6 +1,14 @@
 //! Link monitor: is a (service) interface up, with carrier? Answered from
 //! netlink, and woken at once by link-change notifications so that a cable
 //! pull is seen in milliseconds rather than at the next interval.
+//!
+//! Kernel caveat: carrier changes are notified through linkwatch, which
+//! batches them machine-wide to about one run per second; right after
+//! other link changes a cable pull can be notified up to ~1 s late. The
+//! carrier bit itself (`IFF_LOWER_UP`, `IFLA_CARRIER`) changes at once, so
+//! a query sees it immediately: keep the interval of a port monitor short
+//! (tens of ms; one RTM_GETLINK costs microseconds) when detection time
+//! matters. Administrative up/down is notified synchronously.
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
