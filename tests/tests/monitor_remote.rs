@@ -110,3 +110,43 @@ fn checks_across_the_service_network() {
     assert!(matches!(res, Err(RemoteError::Timeout { phase: Phase::Connect, .. })), "{res:?}");
     assert!(took < limit + Duration::from_millis(200), "took {took:?}");
 }
+
+/// The task runner: a service that stops answering trips the monitor only
+/// after `failures` consecutive failed checks, and status shows the count.
+#[tokio::test]
+async fn runner_trips_after_consecutive_failures() {
+    use ha_agent::monitor::{Check, Health, MonitorSpec, Monitors};
+    use std::num::NonZeroU32;
+
+    let srv = BannerServer::local(Behaviour::Greet("220 ok"));
+    let interval = Duration::from_millis(100);
+    let spec = MonitorSpec {
+        name: format!("smtp {}", srv.addr()),
+        check: Check::Remote { service: Service::Smtp, addr: srv.addr(), timeout: Duration::from_millis(500) },
+        interval,
+        failures: NonZeroU32::new(3).unwrap(),
+    };
+    let (conn, h, _) = rtnetlink::new_connection().unwrap();
+    tokio::spawn(conn);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let monitors = Monitors::spawn(vec![spec], h, tx).unwrap();
+    let up = wait(&mut rx).await;
+    assert_eq!(up.transition.to, Health::Up);
+    let st = &monitors.status()[0];
+    assert_eq!((st.health, st.failures, st.failures_to_trip), (Health::Up, 0, 3));
+    assert!(st.next_check > std::time::SystemTime::now(), "next check is in the future");
+
+    drop(srv); // now refused
+    let stopped = Instant::now();
+    let down = wait(&mut rx).await;
+    let took = stopped.elapsed();
+    assert_eq!((down.transition.from, down.transition.to), (Health::Up, Health::Down));
+    assert!(down.error.unwrap().contains("connect failed"));
+    // Three failures need at least two further intervals after the first.
+    assert!(took >= interval * 2, "tripped after {took:?}");
+    assert_eq!(monitors.status()[0].failures, 3);
+}
+
+async fn wait(rx: &mut tokio::sync::mpsc::Receiver<ha_agent::monitor::MonitorEvent>) -> ha_agent::monitor::MonitorEvent {
+    tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.expect("event in time").expect("runner alive")
+}
