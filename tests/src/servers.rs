@@ -38,7 +38,10 @@ impl BannerServer {
     /// When no port can be bound.
     #[must_use]
     pub fn local(behaviour: Behaviour) -> Self {
-        Self::serve(TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1"), behaviour)
+        Self::serve(
+            TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1"),
+            behaviour,
+        )
     }
 
     /// Serves on a listener bound by the caller (e.g. inside a namespace
@@ -66,7 +69,12 @@ impl BannerServer {
                 }
             }
         });
-        Self { addr, stop, received, thread: Some(thread) }
+        Self {
+            addr,
+            stop,
+            received,
+            thread: Some(thread),
+        }
     }
 
     /// Where it listens.
@@ -94,7 +102,8 @@ impl Drop for BannerServer {
 /// Serves one connection; returns it when it must be kept open.
 fn handle(mut conn: TcpStream, b: &Behaviour, received: &Mutex<Vec<Vec<u8>>>) -> Option<TcpStream> {
     conn.set_nonblocking(false).ok()?;
-    conn.set_read_timeout(Some(Duration::from_millis(300))).ok()?;
+    conn.set_read_timeout(Some(Duration::from_millis(300)))
+        .ok()?;
     match b {
         Behaviour::Silent => return Some(conn),
         Behaviour::Close => return None,
