@@ -6,6 +6,7 @@ pub mod link;
 pub mod netns;
 pub mod packets;
 pub mod privileges;
+pub mod servers;
 pub mod topology;
 
 pub use netns::{Netns, NsChild, require_root};

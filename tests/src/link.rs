@@ -99,21 +99,27 @@ pub async fn add_veth(h: &Handle, name: &str, peer_ns: &Netns, peer: &str) -> Re
         .name(name.to_owned())
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .build();
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .map_err(ctx(format!("add veth {name} <-> {}:{peer}", peer_ns.name())))
+    h.link().add(msg).execute().await.map_err(ctx(format!(
+        "add veth {name} <-> {}:{peer}",
+        peer_ns.name()
+    )))
 }
 
-/// Creates a bridge (STP off, so ports forward at once) and sets it up.
+/// Creates a bridge and sets it up. STP off, so ports forward at once;
+/// multicast snooping off, so neighbour discovery never depends on the
+/// timing of MLD reports (the bridge floods like a plain switch).
 ///
 /// # Errors
 /// When netlink refuses.
 pub async fn add_bridge(h: &Handle, name: &str) -> Result<()> {
     check_ifname(name);
     h.link()
-        .add(LinkBridge::new(name).forward_delay(0).build())
+        .add(
+            LinkBridge::new(name)
+                .forward_delay(0)
+                .mcast_snooping(false)
+                .build(),
+        )
         .execute()
         .await
         .map_err(ctx(format!("add bridge {name}")))?;
@@ -145,7 +151,8 @@ pub async fn add_addr(h: &Handle, name: &str, addr: IpAddr, prefix: u8) -> Resul
     if addr.is_ipv6() {
         let msg = req.message_mut();
         msg.header.flags |= AddressHeaderFlags::Nodad;
-        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        msg.attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
     }
     req.execute()
         .await

@@ -114,7 +114,11 @@ impl Netns {
             return Err(e.into());
         }
         let file = File::open(&path)?;
-        Ok(Self { name: name.to_owned(), path, file })
+        Ok(Self {
+            name: name.to_owned(),
+            path,
+            file,
+        })
     }
 
     /// The namespace's name (as `ip netns list` shows it).
@@ -148,7 +152,9 @@ impl Netns {
                     .unwrap_or_else(|e| panic!("setns into {}: {e}", self.name));
                 f()
             });
-            worker.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+            worker
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
     }
 
@@ -267,7 +273,9 @@ fn remove(path: &Path) -> io::Result<()> {
 /// Removes namespaces left by test processes that died without unwinding
 /// (kill -9, abort): `hat-<pid>-*` whose pid no longer exists.
 pub fn sweep_stale() {
-    let Ok(dir) = fs::read_dir(NETNS_DIR) else { return };
+    let Ok(dir) = fs::read_dir(NETNS_DIR) else {
+        return;
+    };
     for entry in dir.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -317,13 +325,16 @@ impl Drop for NsChild {
 
 /// Whether a TCP connection from namespace `from` reaches `addr` on a
 /// listener opened for the purpose in namespace `to` (no external tools
-/// such as `ping` needed). Gives up after one second.
+/// such as `ping` needed). Gives up after three seconds: longer than one
+/// ARP/ND retransmission (1 s), as the first solicitation can go unanswered
+/// for a moment after an address is added (the kernel joins the IPv6
+/// solicited-node group asynchronously).
 #[must_use]
 pub fn tcp_reachable(from: &Netns, to: &Netns, addr: std::net::IpAddr) -> bool {
     let listener = to.run(|| std::net::TcpListener::bind((addr, 0)));
     let Ok(listener) = listener else { return false };
     let target = listener.local_addr().expect("bound address");
     from.run(|| {
-        std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(1)).is_ok()
+        std::net::TcpStream::connect_timeout(&target, std::time::Duration::from_secs(3)).is_ok()
     })
 }

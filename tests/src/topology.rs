@@ -97,7 +97,10 @@ impl Topology {
                 link::add_addr(&h, SVC_IF, svc6(n).into(), SVC_PREFIX6).await
             })
             .unwrap_or_else(|e| panic!("{e}"));
-            br_ns.netlink(|h| async move { link::add_to_bridge(&h, &format!("{tag}-svc"), BRIDGE).await })
+            br_ns
+                .netlink(
+                    |h| async move { link::add_to_bridge(&h, &format!("{tag}-svc"), BRIDGE).await },
+                )
                 .unwrap_or_else(|e| panic!("{e}"));
             let svc_mac = ns
                 .netlink(|h| async move { link::mac(&h, SVC_IF).await })
@@ -131,8 +134,16 @@ impl Topology {
                 link::add_addr(&h, ifname, IpAddr::V4(ip_b), 30).await
             })
             .unwrap_or_else(|e| panic!("{e}"));
-            a.hb.push(HbEnd { ifname: (*ifname).to_owned(), local: ip_a, peer: ip_b });
-            b.hb.push(HbEnd { ifname: (*ifname).to_owned(), local: ip_b, peer: ip_a });
+            a.hb.push(HbEnd {
+                ifname: (*ifname).to_owned(),
+                local: ip_a,
+                peer: ip_b,
+            });
+            b.hb.push(HbEnd {
+                ifname: (*ifname).to_owned(),
+                local: ip_b,
+                peer: ip_a,
+            });
         }
         Self { a, b, c, br }
     }

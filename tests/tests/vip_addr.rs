@@ -33,12 +33,25 @@ fn add_and_remove_leave_own_addresses_intact() {
         assert_eq!(vl.add(&vip4).await.unwrap(), Change::AlreadyThere);
         assert_eq!(vl.add(&vip6).await.unwrap(), Change::AlreadyThere);
         let entries = vl.addresses().await.unwrap();
-        let tentative = entries.iter().find(|e| e.addr == IpAddr::from(VIP6)).map(|e| e.is_tentative());
+        let tentative = entries
+            .iter()
+            .find(|e| e.addr == IpAddr::from(VIP6))
+            .map(|e| e.is_tentative());
         (link::addrs(&h, SVC_IF).await.unwrap(), tentative)
     });
-    assert!(has(&after_add, VIP4) && has(&after_add, VIP6), "{after_add:?}");
-    assert!(has(&after_add, own4) && has(&after_add, own6), "{after_add:?}");
-    assert_eq!(tentative, Some(false), "IPv6 VIP must be usable at once (no DAD)");
+    assert!(
+        has(&after_add, VIP4) && has(&after_add, VIP6),
+        "{after_add:?}"
+    );
+    assert!(
+        has(&after_add, own4) && has(&after_add, own6),
+        "{after_add:?}"
+    );
+    assert_eq!(
+        tentative,
+        Some(false),
+        "IPv6 VIP must be usable at once (no DAD)"
+    );
     // Usable right away from the client, on both families.
     assert!(tcp_reachable(&t.c.ns, &t.a.ns, VIP4.into()));
     assert!(tcp_reachable(&t.c.ns, &t.a.ns, VIP6.into()));
@@ -51,9 +64,19 @@ fn add_and_remove_leave_own_addresses_intact() {
         assert_eq!(vl.remove(&vip6).await.unwrap(), Change::AlreadyThere);
         link::addrs(&h, SVC_IF).await.unwrap()
     });
-    assert!(!has(&after_remove, VIP4) && !has(&after_remove, VIP6), "{after_remove:?}");
-    assert!(has(&after_remove, own4) && has(&after_remove, own6), "{after_remove:?}");
-    assert_eq!(after_remove.len() + 2, after_add.len(), "only the two VIPs went away");
+    assert!(
+        !has(&after_remove, VIP4) && !has(&after_remove, VIP6),
+        "{after_remove:?}"
+    );
+    assert!(
+        has(&after_remove, own4) && has(&after_remove, own6),
+        "{after_remove:?}"
+    );
+    assert_eq!(
+        after_remove.len() + 2,
+        after_add.len(),
+        "only the two VIPs went away"
+    );
 }
 
 /// A VIP added before the node's own address is the *primary* of its
@@ -102,9 +125,18 @@ fn removing_a_primary_vip_keeps_its_secondaries() {
         vl.remove(&vip).await.unwrap();
         (link::addrs(&h, "v0").await.unwrap(), control)
     });
-    assert!(!has(&control, own), "control: the kernel flushed the secondary ({control:?})");
-    assert!(has(&guarded, own), "own address lost with the VIP: {guarded:?}");
-    assert!(has(&guarded, other_vip.addr()), "other VIP lost: {guarded:?}");
+    assert!(
+        !has(&control, own),
+        "control: the kernel flushed the secondary ({control:?})"
+    );
+    assert!(
+        has(&guarded, own),
+        "own address lost with the VIP: {guarded:?}"
+    );
+    assert!(
+        has(&guarded, other_vip.addr()),
+        "other VIP lost: {guarded:?}"
+    );
     assert!(!has(&guarded, vip.addr()));
 }
 

@@ -26,7 +26,9 @@ fn neighbour_mac(ns: &Netns, ip: IpAddr) -> Option<[u8; 6]> {
             })?;
             (dest == ip).then(|| {
                 n.attributes.iter().find_map(|a| match a {
-                    NeighbourAttribute::LinkLayerAddress(m) => <[u8; 6]>::try_from(m.as_slice()).ok(),
+                    NeighbourAttribute::LinkLayerAddress(m) => {
+                        <[u8; 6]>::try_from(m.as_slice()).ok()
+                    }
                     _ => None,
                 })
             })?
@@ -59,7 +61,10 @@ fn client_caches_move_to_the_announcing_node() {
     seed_stale_entry(&t.c.ns, VIP4.into());
     seed_stale_entry(&t.c.ns, VIP6.into());
 
-    let vips = [Vip::new(VIP4.into(), 24).unwrap(), Vip::new(VIP6.into(), 64).unwrap()];
+    let vips = [
+        Vip::new(VIP4.into(), 24).unwrap(),
+        Vip::new(VIP6.into(), 64).unwrap(),
+    ];
     let sent = t.a.ns.netlink(|h| async move {
         let vl = VipLink::open(h.clone(), SVC_IF).await.unwrap();
         for v in &vips {
@@ -73,22 +78,41 @@ fn client_caches_move_to_the_announcing_node() {
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut seen = (None, None);
     while Instant::now() < deadline {
-        seen = (neighbour_mac(&t.c.ns, VIP4.into()), neighbour_mac(&t.c.ns, VIP6.into()));
+        seen = (
+            neighbour_mac(&t.c.ns, VIP4.into()),
+            neighbour_mac(&t.c.ns, VIP6.into()),
+        );
         if seen == (Some(t.a.svc_mac), Some(t.a.svc_mac)) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(seen, (Some(t.a.svc_mac), Some(t.a.svc_mac)), "client neighbour entries for v4, v6");
+    assert_eq!(
+        seen,
+        (Some(t.a.svc_mac), Some(t.a.svc_mac)),
+        "client neighbour entries for v4, v6"
+    );
 }
 
 /// Captures ARP frames for `ip` arriving on the client (timestamped as
 /// they arrive, on a thread of their own) while `f` runs.
-fn capture_garps(ns: &Netns, ip: [u8; 4], window: Duration, f: impl FnOnce() + Send) -> Vec<Instant> {
-    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, socket};
+fn capture_garps(
+    ns: &Netns,
+    ip: [u8; 4],
+    window: Duration,
+    f: impl FnOnce() + Send,
+) -> Vec<Instant> {
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, recv, socket,
+    };
     let sock = ns.run(|| {
-        socket(AddressFamily::Packet, SockType::Raw, SockFlag::SOCK_NONBLOCK, SockProtocol::EthAll)
-            .expect("packet socket")
+        socket(
+            AddressFamily::Packet,
+            SockType::Raw,
+            SockFlag::SOCK_NONBLOCK,
+            SockProtocol::EthAll,
+        )
+        .expect("packet socket")
     });
     std::thread::scope(|s| {
         let capture = s.spawn(|| {
@@ -97,11 +121,18 @@ fn capture_garps(ns: &Netns, ip: [u8; 4], window: Duration, f: impl FnOnce() + S
             let mut buf = [0u8; 2048];
             while Instant::now() < end {
                 match recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                    Ok(n) if n >= 42 && buf[12..14] == [0x08, 0x06] && buf[28..32] == ip && buf[38..42] == ip => {
+                    Ok(n)
+                        if n >= 42
+                            && buf[12..14] == [0x08, 0x06]
+                            && buf[28..32] == ip
+                            && buf[38..42] == ip =>
+                    {
                         arrivals.push(Instant::now());
                     }
                     Ok(_) => {}
-                    Err(nix::errno::Errno::EAGAIN) => std::thread::sleep(Duration::from_micros(200)),
+                    Err(nix::errno::Errno::EAGAIN) => {
+                        std::thread::sleep(Duration::from_micros(200))
+                    }
                     Err(e) => panic!("recv: {e}"),
                 }
             }
@@ -119,7 +150,11 @@ fn schedule_sends_a_burst_then_spaced_repeats() {
     }
     let t = Topology::two_nodes();
     let vip = Vip::new(VIP4.into(), 24).unwrap();
-    let schedule = Schedule { burst: 3, repeats: 2, spacing: Duration::from_millis(150) };
+    let schedule = Schedule {
+        burst: 3,
+        repeats: 2,
+        spacing: Duration::from_millis(150),
+    };
     let started = std::sync::Mutex::new(None);
     let started_ref = &started;
     let arrivals = capture_garps(&t.c.ns, VIP4.octets(), Duration::from_millis(800), || {
@@ -131,7 +166,10 @@ fn schedule_sends_a_burst_then_spaced_repeats() {
         });
     });
     let t0 = started.lock().unwrap().expect("announcer ran");
-    let ms: Vec<u128> = arrivals.iter().map(|a| a.saturating_duration_since(t0).as_millis()).collect();
+    let ms: Vec<u128> = arrivals
+        .iter()
+        .map(|a| a.saturating_duration_since(t0).as_millis())
+        .collect();
     assert_eq!(ms.len(), 5, "3 burst + 2 repeats, arrivals at {ms:?} ms");
     assert!(ms[..3].iter().all(|&m| m < 100), "burst at once: {ms:?}");
     assert!((140..250).contains(&ms[3]), "first repeat ~150 ms: {ms:?}");

@@ -6,12 +6,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::process::Command;
 
-use ha_tests::topology::{BRIDGE, SVC_IF};
 use futures::TryStreamExt;
 use ha_tests::netns::tcp_reachable;
+use ha_tests::topology::{BRIDGE, SVC_IF};
 use ha_tests::{Netns, Topology, link, require_root};
 use rtnetlink::packet_route::link::LinkAttribute;
-
 
 fn mounted(path: &std::path::Path) -> bool {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
@@ -25,7 +24,11 @@ fn two_nodes_are_connected_and_named() {
     }
     let t = Topology::two_nodes();
     for ns in t.namespaces() {
-        assert!(ns.name().starts_with("hat-") && ns.name().len() <= 15, "{}", ns.name());
+        assert!(
+            ns.name().starts_with("hat-") && ns.name().len() <= 15,
+            "{}",
+            ns.name()
+        );
         assert!(ns.path().exists());
     }
     // Service network through the bridge, both ways, v4 and v6.
@@ -34,12 +37,22 @@ fn two_nodes_are_connected_and_named() {
     assert!(tcp_reachable(&t.a.ns, &t.b.ns, t.b.svc_addr6.into()));
     // Both heartbeat links, which are not bridged.
     for hb in &t.a.hb {
-        assert!(tcp_reachable(&t.a.ns, &t.b.ns, hb.peer.into()), "hb link to {}", hb.peer);
+        assert!(
+            tcp_reachable(&t.a.ns, &t.b.ns, hb.peer.into()),
+            "hb link to {}",
+            hb.peer
+        );
     }
     let hb_a = Ipv4Addr::new(10, 200, 2, 1);
-    assert!(!tcp_reachable(&t.c.ns, &t.a.ns, hb_a.into()), "client must not reach hb links");
+    assert!(
+        !tcp_reachable(&t.c.ns, &t.a.ns, hb_a.into()),
+        "client must not reach hb links"
+    );
     // The reported MAC is the one the interface really has.
-    let mac = t.a.ns.netlink(|h| async move { link::mac(&h, SVC_IF).await }).unwrap();
+    let mac =
+        t.a.ns
+            .netlink(|h| async move { link::mac(&h, SVC_IF).await })
+            .unwrap();
     assert_eq!(mac, t.a.svc_mac);
     assert_ne!(t.a.svc_mac, t.b.svc_mac);
     // Loopback is up in every namespace.
@@ -67,9 +80,15 @@ fn spawned_process_runs_inside_the_namespace() {
     assert_ne!(expected, outside);
     // No new mount namespace (unlike `ip netns exec`): bpffs pins stay visible.
     let mnt = ns.sh("readlink", &["/proc/self/ns/mnt"]);
-    assert_eq!(mnt.trim(), std::fs::read_link("/proc/self/ns/mnt").unwrap().to_str().unwrap());
+    assert_eq!(
+        mnt.trim(),
+        std::fs::read_link("/proc/self/ns/mnt")
+            .unwrap()
+            .to_str()
+            .unwrap()
+    );
 
-    let mut child = ns.spawn(&mut Command::new("sleep").arg("30")).unwrap();
+    let mut child = ns.spawn(Command::new("sleep").arg("30")).unwrap();
     let pid = child.child().id();
     assert!(PathBuf::from(format!("/proc/{pid}")).exists());
     drop(child);
@@ -100,7 +119,8 @@ fn namespaces_are_removed_after_a_panic() {
     let result = catch_unwind(AssertUnwindSafe(|| {
         let t = Topology::two_nodes();
         paths.extend(t.namespaces().iter().map(|n| n.path().to_owned()));
-        t.a.ns.run(|| panic!("deliberate failure inside a namespace"));
+        t.a.ns
+            .run(|| panic!("deliberate failure inside a namespace"));
     }));
     assert!(result.is_err());
     assert_eq!(paths.len(), 4);

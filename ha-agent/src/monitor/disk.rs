@@ -24,7 +24,10 @@ impl Default for DiskLimits {
     /// 1 GiB and 10 000 inodes: room for a burst of mail while an operator
     /// reacts, far below what a mail appliance's spool normally has.
     fn default() -> Self {
-        Self { min_free_bytes: 1 << 30, min_free_inodes: 10_000 }
+        Self {
+            min_free_bytes: 1 << 30,
+            min_free_inodes: 10_000,
+        }
     }
 }
 
@@ -106,8 +109,15 @@ pub fn judge(path: &Path, space: DiskSpace, limits: DiskLimits) -> Result<(), Di
 ///
 /// # Errors
 /// [`DiskError::Stat`].
+#[allow(
+    clippy::useless_conversion,
+    reason = "fsblkcnt_t and friends are narrower on some targets"
+)]
 pub fn space(path: &Path) -> Result<DiskSpace, DiskError> {
-    let st = statvfs(path).map_err(|source| DiskError::Stat { path: path.to_owned(), source })?;
+    let st = statvfs(path).map_err(|source| DiskError::Stat {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(DiskSpace {
         free_bytes: u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())),
         free_inodes: u64::from(st.files_available()),
@@ -122,7 +132,10 @@ pub fn space(path: &Path) -> Result<DiskSpace, DiskError> {
 pub fn check(path: &Path, limits: DiskLimits) -> Result<DiskSpace, DiskError> {
     let found = space(path)?;
     judge(path, found, limits)?;
-    probe_write(path).map_err(|source| DiskError::NotWritable { path: path.to_owned(), source })?;
+    probe_write(path).map_err(|source| DiskError::NotWritable {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(found)
 }
 
@@ -145,26 +158,94 @@ mod tests {
     #[test]
     fn limits_are_checked_for_bytes_and_inodes() {
         let p = Path::new("/spool");
-        let lim = DiskLimits { min_free_bytes: 100, min_free_inodes: 10 };
-        assert!(judge(p, DiskSpace { free_bytes: 100, free_inodes: 10 }, lim).is_ok());
-        let e = judge(p, DiskSpace { free_bytes: 99, free_inodes: 10 }, lim).unwrap_err();
-        assert!(matches!(e, DiskError::LowSpace { free: 99, min: 100, .. }), "{e}");
-        let e = judge(p, DiskSpace { free_bytes: 1000, free_inodes: 9 }, lim).unwrap_err();
-        assert!(matches!(e, DiskError::LowInodes { free: 9, min: 10, .. }), "{e}");
-        let none = DiskLimits { min_free_bytes: 0, min_free_inodes: 0 };
-        assert!(judge(p, DiskSpace { free_bytes: 0, free_inodes: 0 }, none).is_ok());
+        let lim = DiskLimits {
+            min_free_bytes: 100,
+            min_free_inodes: 10,
+        };
+        assert!(
+            judge(
+                p,
+                DiskSpace {
+                    free_bytes: 100,
+                    free_inodes: 10
+                },
+                lim
+            )
+            .is_ok()
+        );
+        let e = judge(
+            p,
+            DiskSpace {
+                free_bytes: 99,
+                free_inodes: 10,
+            },
+            lim,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DiskError::LowSpace {
+                    free: 99,
+                    min: 100,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let e = judge(
+            p,
+            DiskSpace {
+                free_bytes: 1000,
+                free_inodes: 9,
+            },
+            lim,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DiskError::LowInodes {
+                    free: 9,
+                    min: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let none = DiskLimits {
+            min_free_bytes: 0,
+            min_free_inodes: 0,
+        };
+        assert!(
+            judge(
+                p,
+                DiskSpace {
+                    free_bytes: 0,
+                    free_inodes: 0
+                },
+                none
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn a_writable_directory_passes_and_leaves_nothing() {
         let dir = std::env::temp_dir().join(format!("ha-disk-test-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        let none = DiskLimits { min_free_bytes: 0, min_free_inodes: 0 };
+        let none = DiskLimits {
+            min_free_bytes: 0,
+            min_free_inodes: 0,
+        };
         let space = check(&dir, none).unwrap();
         assert!(space.free_bytes > 0);
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 0, "probe removed");
         // Demanding more than any disk has fails with the figures.
-        let huge = DiskLimits { min_free_bytes: u64::MAX, min_free_inodes: 0 };
+        let huge = DiskLimits {
+            min_free_bytes: u64::MAX,
+            min_free_inodes: 0,
+        };
         assert!(matches!(check(&dir, huge), Err(DiskError::LowSpace { .. })));
         fs::remove_dir(&dir).unwrap();
     }

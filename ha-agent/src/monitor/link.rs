@@ -1,6 +1,14 @@
 //! Link monitor: is a (service) interface up, with carrier? Answered from
 //! netlink, and woken at once by link-change notifications so that a cable
 //! pull is seen in milliseconds rather than at the next interval.
+//!
+//! Kernel caveat: carrier changes are notified through linkwatch, which
+//! batches them machine-wide to about one run per second; right after
+//! other link changes a cable pull can be notified up to ~1 s late. The
+//! carrier bit itself (`IFF_LOWER_UP`, `IFLA_CARRIER`) changes at once, so
+//! a query sees it immediately: keep the interval of a port monitor short
+//! (tens of ms; one `RTM_GETLINK` costs microseconds) when detection time
+//! matters. Administrative up/down is notified synchronously.
 
 use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
@@ -66,7 +74,7 @@ pub async fn check(handle: &Handle, ifname: &str) -> Result<LinkState, VipError>
 
 type Notifications = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
 
-/// A subscription to link changes (RTNLGRP_LINK) in the caller's network
+/// A subscription to link changes (`RTNLGRP_LINK`) in the caller's network
 /// namespace. Must be created inside a tokio runtime; it spawns the netlink
 /// connection task, which ends when the watcher is dropped.
 #[derive(Debug)]
@@ -82,8 +90,12 @@ impl LinkWatcher {
     /// When the netlink socket cannot be opened or bound.
     pub fn new() -> Result<Self, VipError> {
         let (conn, _handle, notifications) =
-            rtnetlink::new_multicast_connection(&[MulticastGroup::Link]).map_err(VipError::Socket)?;
-        Ok(Self { notifications, conn: tokio::spawn(conn) })
+            rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+                .map_err(VipError::Socket)?;
+        Ok(Self {
+            notifications,
+            conn: tokio::spawn(conn),
+        })
     }
 
     /// Waits for the next change of any link and returns it (its name may
@@ -145,14 +157,25 @@ mod tests {
     use super::*;
 
     fn info(flags: LinkFlags, carrier: Option<u8>, oper: Option<State>) -> LinkInfo {
-        LinkInfo { name: "eth0".into(), index: 2, mac: None, flags, oper_state: oper, carrier }
+        LinkInfo {
+            name: "eth0".into(),
+            index: 2,
+            mac: None,
+            flags,
+            oper_state: oper,
+            carrier,
+        }
     }
 
     #[test]
     fn judges_admin_carrier_and_oper_state() {
         let up = LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running;
         assert_eq!(judge(&info(up, Some(1), Some(State::Up))), LinkState::Up);
-        assert_eq!(judge(&info(up, Some(1), Some(State::Unknown))), LinkState::Up, "no oper state support");
+        assert_eq!(
+            judge(&info(up, Some(1), Some(State::Unknown))),
+            LinkState::Up,
+            "no oper state support"
+        );
         assert_eq!(judge(&info(up, None, None)), LinkState::Up);
         assert_eq!(
             judge(&info(LinkFlags::LowerUp, Some(1), Some(State::Down))),

@@ -94,18 +94,32 @@ impl Check {
     /// Why the check failed.
     pub async fn run(&self, handle: &rtnetlink::Handle) -> Result<(), CheckError> {
         match self {
-            Self::Remote { service, addr, timeout } => Ok(remote::check(*service, *addr, *timeout).await?),
+            Self::Remote {
+                service,
+                addr,
+                timeout,
+            } => Ok(remote::check(*service, *addr, *timeout).await?),
             Self::Link { ifname } => match link::check(handle, ifname).await? {
                 link::LinkState::Up => Ok(()),
-                link::LinkState::Down(reason) => Err(CheckError::LinkDown { ifname: ifname.clone(), reason }),
+                link::LinkState::Down(reason) => Err(CheckError::LinkDown {
+                    ifname: ifname.clone(),
+                    reason,
+                }),
             },
-            Self::Disk { path, limits, timeout } => {
+            Self::Disk {
+                path,
+                limits,
+                timeout,
+            } => {
                 let (p, l) = (path.clone(), *limits);
                 // A hung disk leaves this thread blocked; the timeout still
                 // answers, and the leaked thread ends when the I/O does.
                 let job = tokio::task::spawn_blocking(move || disk::check(&p, l));
                 match tokio::time::timeout(*timeout, job).await {
-                    Err(_) => Err(CheckError::DiskTimeout { path: path.clone(), timeout: *timeout }),
+                    Err(_) => Err(CheckError::DiskTimeout {
+                        path: path.clone(),
+                        timeout: *timeout,
+                    }),
                     Ok(Err(_)) => Err(CheckError::DiskPanicked { path: path.clone() }),
                     Ok(Ok(result)) => result.map(|_| ()).map_err(CheckError::from),
                 }

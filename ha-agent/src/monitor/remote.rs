@@ -48,7 +48,13 @@ impl Service {
     pub fn accepts(self, line: &str) -> bool {
         match self {
             // "220 " or a multi-line "220-".
-            Self::Smtp => line.starts_with("220") && matches!(line.as_bytes().get(3), None | Some(b' ' | b'-' | b'\r' | b'\n')),
+            Self::Smtp => {
+                line.starts_with("220")
+                    && matches!(
+                        line.as_bytes().get(3),
+                        None | Some(b' ' | b'-' | b'\r' | b'\n')
+                    )
+            }
             Self::Pop3 => line.starts_with("+OK"),
             Self::Imap => line.starts_with("* OK") || line.starts_with("* PREAUTH"),
             Self::Http => is_http_status_line(line),
@@ -59,7 +65,9 @@ impl Service {
 fn is_http_status_line(line: &str) -> bool {
     let mut parts = line.split_ascii_whitespace();
     let version_ok = parts.next().is_some_and(|v| v.starts_with("HTTP/"));
-    let code_ok = parts.next().is_some_and(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()));
+    let code_ok = parts
+        .next()
+        .is_some_and(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()));
     version_ok && code_ok
 }
 
@@ -134,22 +142,42 @@ pub enum RemoteError {
 ///
 /// # Errors
 /// A [`RemoteError`] saying what went wrong.
-pub async fn check(service: Service, addr: SocketAddr, timeout: Duration) -> Result<(), RemoteError> {
+pub async fn check(
+    service: Service,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), RemoteError> {
     let deadline = Instant::now() + timeout;
-    let timed_out = |phase| RemoteError::Timeout { service, addr, timeout, phase };
-    let io_err = |source| RemoteError::Io { service, addr, source };
+    let timed_out = |phase| RemoteError::Timeout {
+        service,
+        addr,
+        timeout,
+        phase,
+    };
+    let io_err = |source| RemoteError::Io {
+        service,
+        addr,
+        source,
+    };
 
     let stream = timeout_at(deadline, TcpStream::connect(addr))
         .await
         .map_err(|_| timed_out(Phase::Connect))?
-        .map_err(|source| RemoteError::Connect { service, addr, source })?;
+        .map_err(|source| RemoteError::Connect {
+            service,
+            addr,
+            source,
+        })?;
     let mut stream = BufReader::new(stream);
     let line = timeout_at(deadline, async {
         if let Some(req) = service.request(addr) {
             stream.get_mut().write_all(req.as_bytes()).await?;
         }
         let mut raw = Vec::new();
-        (&mut stream).take(MAX_LINE).read_until(b'\n', &mut raw).await?;
+        (&mut stream)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut raw)
+            .await?;
         Ok::<_, std::io::Error>(raw)
     })
     .await
@@ -161,7 +189,11 @@ pub async fn check(service: Service, addr: SocketAddr, timeout: Duration) -> Res
     }
     let line = String::from_utf8_lossy(&line).trim_end().to_owned();
     if !service.accepts(&line) {
-        return Err(RemoteError::UnexpectedReply { service, addr, line });
+        return Err(RemoteError::UnexpectedReply {
+            service,
+            addr,
+            line,
+        });
     }
     if let Some(bye) = service.goodbye() {
         // Best effort: the verdict is already in.

@@ -44,7 +44,13 @@ impl Schedule {
     /// A schedule whose first check is due at `now`.
     #[must_use]
     pub fn new(interval: Duration, failures_to_trip: NonZeroU32, now: Instant) -> Self {
-        Self { interval, failures_to_trip, next_due: now, consecutive_failures: 0, health: Health::Unknown }
+        Self {
+            interval,
+            failures_to_trip,
+            next_due: now,
+            consecutive_failures: 0,
+            health: Health::Unknown,
+        }
     }
 
     /// When the next check should start.
@@ -99,7 +105,10 @@ impl Schedule {
                 self.health = Health::Down;
             }
         }
-        (from != self.health).then_some(Transition { from, to: self.health })
+        (from != self.health).then_some(Transition {
+            from,
+            to: self.health,
+        })
     }
 
     /// Asks for a check at `now` (e.g. a link-change notification arrived)
@@ -123,15 +132,33 @@ mod tests {
         let t0 = Instant::now();
         let mut s = Schedule::new(Duration::from_secs(10), nz(3), t0);
         assert!(s.is_due(t0));
-        assert_eq!(s.record(true, t0), Some(Transition { from: Health::Unknown, to: Health::Up }));
+        assert_eq!(
+            s.record(true, t0),
+            Some(Transition {
+                from: Health::Unknown,
+                to: Health::Up
+            })
+        );
         assert_eq!(s.record(false, t0), None);
         assert_eq!(s.record(false, t0), None);
         assert_eq!(s.failures(), 2);
         assert_eq!(s.health(), Health::Up);
-        assert_eq!(s.record(false, t0), Some(Transition { from: Health::Up, to: Health::Down }));
+        assert_eq!(
+            s.record(false, t0),
+            Some(Transition {
+                from: Health::Up,
+                to: Health::Down
+            })
+        );
         assert_eq!(s.record(false, t0), None, "reported once");
         assert_eq!(s.failures(), 4);
-        assert_eq!(s.record(true, t0), Some(Transition { from: Health::Down, to: Health::Up }));
+        assert_eq!(
+            s.record(true, t0),
+            Some(Transition {
+                from: Health::Down,
+                to: Health::Up
+            })
+        );
         assert_eq!(s.failures(), 0);
     }
 
@@ -141,7 +168,13 @@ mod tests {
         let mut s = Schedule::new(Duration::from_secs(1), nz(2), t0);
         assert_eq!(s.record(false, t0), None);
         assert_eq!(s.health(), Health::Unknown);
-        assert_eq!(s.record(false, t0), Some(Transition { from: Health::Unknown, to: Health::Down }));
+        assert_eq!(
+            s.record(false, t0),
+            Some(Transition {
+                from: Health::Unknown,
+                to: Health::Down
+            })
+        );
     }
 
     #[test]

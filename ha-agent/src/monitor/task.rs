@@ -78,8 +78,8 @@ impl Monitors {
     /// When the link-change subscription cannot be opened.
     pub fn spawn(
         specs: Vec<MonitorSpec>,
-        handle: rtnetlink::Handle,
-        events: mpsc::Sender<MonitorEvent>,
+        handle: &rtnetlink::Handle,
+        events: &mpsc::Sender<MonitorEvent>,
     ) -> Result<Self, VipError> {
         let now = Instant::now();
         let initial = specs
@@ -122,7 +122,14 @@ impl Monitors {
 
         for (index, (spec, wake)) in specs.into_iter().zip(wakeups).enumerate() {
             let schedule = Schedule::new(spec.interval, spec.failures, now);
-            let ctx = MonitorCtx { index, spec, handle: handle.clone(), events: events.clone(), status: Arc::clone(&status_tx), wake };
+            let ctx = MonitorCtx {
+                index,
+                spec,
+                handle: handle.clone(),
+                events: events.clone(),
+                status: Arc::clone(&status_tx),
+                wake,
+            };
             tasks.push(tokio::spawn(ctx.run(schedule)));
         }
         Ok(Self { tasks, status })
@@ -175,11 +182,17 @@ impl MonitorCtx {
             }
             self.publish(&schedule, error.clone());
             if let Some(transition) = change {
-                match transition.to {
-                    Health::Down => warn!(monitor = %name, from = ?transition.from, error = error.as_deref().unwrap_or(""), "monitor down"),
-                    _ => info!(monitor = %name, from = ?transition.from, to = ?transition.to, "monitor state changed"),
+                if transition.to == Health::Down {
+                    warn!(monitor = %name, from = ?transition.from, error = error.as_deref().unwrap_or(""), "monitor down");
+                } else {
+                    info!(monitor = %name, from = ?transition.from, to = ?transition.to, "monitor state changed");
                 }
-                let event = MonitorEvent { index: self.index, name: name.clone(), transition, error };
+                let event = MonitorEvent {
+                    index: self.index,
+                    name: name.clone(),
+                    transition,
+                    error,
+                };
                 if self.events.send(event).await.is_err() {
                     return; // the control loop is gone
                 }
@@ -188,7 +201,9 @@ impl MonitorCtx {
     }
 
     fn publish(&self, schedule: &Schedule, last_error: Option<String>) {
-        let wait = schedule.next_due().saturating_duration_since(Instant::now());
+        let wait = schedule
+            .next_due()
+            .saturating_duration_since(Instant::now());
         let st = MonitorStatus {
             name: self.spec.name.clone(),
             health: schedule.health(),

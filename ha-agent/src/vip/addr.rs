@@ -95,12 +95,16 @@ impl VipLink {
     /// # Errors
     /// When the kernel refuses the address.
     pub async fn add(&self, vip: &Vip) -> Result<Change, VipError> {
-        let mut req = self.handle.address().add(self.link.index, vip.addr(), vip.prefix());
+        let mut req = self
+            .handle
+            .address()
+            .add(self.link.index, vip.addr(), vip.prefix());
         if vip.addr().is_ipv6() {
             let msg = req.message_mut();
             // The header byte carries the old 8-bit flags, IFA_FLAGS the full set.
             msg.header.flags |= AddressHeaderFlags::Nodad;
-            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
         let change = self.settle(req.execute().await, EEXIST, "add", vip)?;
         info!(ifname = %self.link.name, %vip, already = change == Change::AlreadyThere, "vip added");
@@ -172,7 +176,11 @@ impl VipLink {
     }
 
     fn netlink_error(&self, op: String, source: rtnetlink::Error) -> VipError {
-        VipError::Netlink { op, ifname: self.link.name.clone(), source }
+        VipError::Netlink {
+            op,
+            ifname: self.link.name.clone(),
+            source,
+        }
     }
 }
 
@@ -189,16 +197,27 @@ fn entry_of(msg: &AddressMessage) -> Option<AddressEntry> {
             _ => {}
         }
     }
-    Some(AddressEntry { addr: addr?, prefix: msg.header.prefix_len, flags })
+    Some(AddressEntry {
+        addr: addr?,
+        prefix: msg.header.prefix_len,
+        flags,
+    })
 }
 
 fn ensure_promote_secondaries(ifname: &str) -> Result<(), VipError> {
-    let path = PathBuf::from(format!("/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries"));
-    let current = std::fs::read_to_string(&path)
-        .map_err(|source| VipError::Sysctl { path: path.clone(), source })?;
+    let path = PathBuf::from(format!(
+        "/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries"
+    ));
+    let current = std::fs::read_to_string(&path).map_err(|source| VipError::Sysctl {
+        path: path.clone(),
+        source,
+    })?;
     if current.trim() != "1" {
         std::fs::write(&path, b"1").map_err(|source| VipError::Sysctl { path, source })?;
-        info!(ifname, "promote_secondaries enabled so that removing a VIP keeps other addresses");
+        info!(
+            ifname,
+            "promote_secondaries enabled so that removing a VIP keeps other addresses"
+        );
     }
     Ok(())
 }

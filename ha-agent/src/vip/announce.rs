@@ -31,7 +31,11 @@ impl Default for Schedule {
     /// 3 at once, then 4 repeats 250 ms apart: the segment is told within
     /// microseconds, and a lost burst is made good within a second.
     fn default() -> Self {
-        Self { burst: 3, repeats: 4, spacing: Duration::from_millis(250) }
+        Self {
+            burst: 3,
+            repeats: 4,
+            spacing: Duration::from_millis(250),
+        }
     }
 }
 
@@ -51,7 +55,7 @@ pub enum AnnounceError {
     /// The interface could not be read, or has no MAC.
     #[error(transparent)]
     Link(#[from] VipError),
-    /// The raw socket could not be opened (needs CAP_NET_RAW).
+    /// The raw socket could not be opened (needs `CAP_NET_RAW`).
     #[error("cannot open a packet socket on {ifname}: {source}")]
     Socket {
         /// The interface.
@@ -86,8 +90,10 @@ impl Announcer {
     /// When the link has no MAC or the socket cannot be opened.
     pub fn new(link: &LinkInfo, vips: &[Vip]) -> Result<Self, AnnounceError> {
         let mac = link.require_mac()?;
-        let socket = PacketSocket::open(link.index)
-            .map_err(|source| AnnounceError::Socket { ifname: link.name.clone(), source })?;
+        let socket = PacketSocket::open(link.index).map_err(|source| AnnounceError::Socket {
+            ifname: link.name.clone(),
+            source,
+        })?;
         let frames = vips
             .iter()
             .map(|v| {
@@ -98,7 +104,11 @@ impl Announcer {
                 (*v, frame)
             })
             .collect();
-        Ok(Self { socket, ifname: link.name.clone(), frames })
+        Ok(Self {
+            socket,
+            ifname: link.name.clone(),
+            frames,
+        })
     }
 
     /// Sends one frame per VIP now. Returns how many went out; a failure of
@@ -119,7 +129,10 @@ impl Announcer {
             }
         }
         match last_err {
-            Some(source) if sent == 0 => Err(AnnounceError::Send { ifname: self.ifname.clone(), source }),
+            Some(source) if sent == 0 => Err(AnnounceError::Send {
+                ifname: self.ifname.clone(),
+                source,
+            }),
             _ => Ok(sent),
         }
     }
@@ -132,7 +145,9 @@ impl Announcer {
             tokio::time::sleep_until(start + at).await;
             match self.send_round() {
                 Ok(n) => debug!(ifname = %self.ifname, round, frames = n, "vips announced"),
-                Err(e) => warn!(ifname = %self.ifname, round, error = %e, "announcement round failed"),
+                Err(e) => {
+                    warn!(ifname = %self.ifname, round, error = %e, "announcement round failed")
+                }
             }
         }
     }
@@ -144,7 +159,11 @@ mod tests {
 
     #[test]
     fn burst_then_spaced_repeats() {
-        let s = Schedule { burst: 2, repeats: 3, spacing: Duration::from_millis(100) };
+        let s = Schedule {
+            burst: 2,
+            repeats: 3,
+            spacing: Duration::from_millis(100),
+        };
         let ms: Vec<u128> = s.offsets().map(|d| d.as_millis()).collect();
         assert_eq!(ms, [0, 0, 100, 200, 300]);
     }
@@ -159,7 +178,11 @@ mod tests {
 
     #[test]
     fn empty_schedule_sends_nothing() {
-        let s = Schedule { burst: 0, repeats: 0, spacing: Duration::from_secs(1) };
+        let s = Schedule {
+            burst: 0,
+            repeats: 0,
+            spacing: Duration::from_secs(1),
+        };
         assert_eq!(s.offsets().count(), 0);
     }
 }

@@ -12,9 +12,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Ethernet broadcast.
 pub const BROADCAST: [u8; 6] = [0xff; 6];
-/// Ethernet address of the IPv6 all-nodes group ff02::1.
+/// Ethernet address of the IPv6 all-nodes group `ff02::1`.
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
-/// ff02::1.
+/// `ff02::1`.
 pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 
 /// Length of a gratuitous ARP frame (no padding: the NIC pads to 60).
@@ -80,6 +80,9 @@ pub fn unsolicited_na(mac: [u8; 6], ip: Ipv6Addr) -> [u8; NA_LEN] {
 
 /// The ICMPv6 checksum (RFC 4443 §2.3) over the pseudo-header and `msg`,
 /// whose checksum field must be zero.
+///
+/// # Panics
+/// Never for a message shorter than 4 GiB.
 #[must_use]
 pub fn icmpv6_checksum(src: Ipv6Addr, dst: Ipv6Addr, msg: &[u8]) -> u16 {
     let len = u32::try_from(msg.len()).expect("ICMPv6 message fits in u32");
@@ -163,13 +166,26 @@ mod tests {
         // A flipped bit anywhere in the message breaks it.
         let mut bad = f;
         bad[70] ^= 1;
-        assert_ne!(fold(ones_sum(sum - ones_sum(0, &f[54..]), &bad[54..])), 0xffff);
+        assert_ne!(
+            fold(ones_sum(sum - ones_sum(0, &f[54..]), &bad[54..])),
+            0xffff
+        );
     }
 
     #[test]
     fn checksum_matches_a_known_vector() {
         // RFC 1071 example words 0001 f203 f4f5 f6f7: sum 0x2ddf0 -> fold 0xddf2.
-        assert_eq!(fold(ones_sum(0, &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7])), 0xddf2);
-        assert_eq!(fold(ones_sum(0, &[0xab])), 0xab00, "odd byte is the high half");
+        assert_eq!(
+            fold(ones_sum(
+                0,
+                &[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]
+            )),
+            0xddf2
+        );
+        assert_eq!(
+            fold(ones_sum(0, &[0xab])),
+            0xab00,
+            "odd byte is the high half"
+        );
     }
 }

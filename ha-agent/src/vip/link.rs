@@ -18,7 +18,7 @@ pub struct LinkInfo {
     pub index: u32,
     /// Ethernet address, when the link has one.
     pub mac: Option<[u8; 6]>,
-    /// `IFF_*` flags (UP, LOWER_UP, ...).
+    /// `IFF_*` flags (`UP`, `LOWER_UP`, ...).
     pub flags: LinkFlags,
     /// RFC 2863 operational state.
     pub oper_state: Option<State>,
@@ -33,12 +33,22 @@ impl LinkInfo {
     /// [`VipError::LinkNotFound`] when there is none, [`VipError::Netlink`]
     /// when the request fails otherwise.
     pub async fn query(handle: &Handle, name: &str) -> Result<Self, VipError> {
-        let found = handle.link().get().match_name(name).execute().try_next().await;
+        let found = handle
+            .link()
+            .get()
+            .match_name(name)
+            .execute()
+            .try_next()
+            .await;
         match found {
             Ok(Some(msg)) => Ok(Self::from_message(&msg)),
-            Ok(None) => Err(VipError::LinkNotFound { ifname: name.to_owned() }),
+            Ok(None) => Err(VipError::LinkNotFound {
+                ifname: name.to_owned(),
+            }),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == ENODEV => {
-                Err(VipError::LinkNotFound { ifname: name.to_owned() })
+                Err(VipError::LinkNotFound {
+                    ifname: name.to_owned(),
+                })
             }
             Err(source) => Err(VipError::Netlink {
                 op: "get link".to_owned(),
@@ -76,6 +86,8 @@ impl LinkInfo {
     /// # Errors
     /// [`VipError::NoMac`] for links without one (e.g. loopback, tun).
     pub fn require_mac(&self) -> Result<[u8; 6], VipError> {
-        self.mac.ok_or_else(|| VipError::NoMac { ifname: self.name.clone() })
+        self.mac.ok_or_else(|| VipError::NoMac {
+            ifname: self.name.clone(),
+        })
     }
 }

@@ -67,7 +67,10 @@ impl Vip {
     pub fn new(addr: IpAddr, prefix: u8) -> Result<Self, VipParseError> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         if prefix == 0 || prefix > max {
-            return Err(VipParseError::BadPrefix { input: format!("{addr}/{prefix}"), max });
+            return Err(VipParseError::BadPrefix {
+                input: format!("{addr}/{prefix}"),
+                max,
+            });
         }
         let kind = match addr {
             _ if addr.is_unspecified() => Some("unspecified"),
@@ -106,15 +109,16 @@ impl FromStr for Vip {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| VipParseError::BadAddress { input: s.to_owned() })?;
+        let addr: IpAddr = a.parse().map_err(|_| VipParseError::BadAddress {
+            input: s.to_owned(),
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
             None => max,
-            Some(p) => p
-                .parse()
-                .map_err(|_| VipParseError::BadPrefix { input: s.to_owned(), max })?,
+            Some(p) => p.parse().map_err(|_| VipParseError::BadPrefix {
+                input: s.to_owned(),
+                max,
+            })?,
         };
         Self::new(addr, prefix)
     }
@@ -189,7 +193,10 @@ mod tests {
         assert_eq!((v.addr(), v.prefix()), ("10.0.0.100".parse().unwrap(), 24));
         assert_eq!("10.0.0.100".parse::<Vip>().unwrap().prefix(), 32);
         assert_eq!("fd00::1".parse::<Vip>().unwrap().prefix(), 128);
-        assert_eq!("fd00::1/64".parse::<Vip>().unwrap().to_string(), "fd00::1/64");
+        assert_eq!(
+            "fd00::1/64".parse::<Vip>().unwrap().to_string(),
+            "fd00::1/64"
+        );
     }
 
     #[test]
@@ -220,8 +227,14 @@ mod tests {
         }
         let c: C = toml::from_str("vip = \"10.0.0.100/24\"").unwrap();
         assert_eq!(c.vip.to_string(), "10.0.0.100/24");
-        assert_eq!(toml::to_string(&c).unwrap().trim(), "vip = \"10.0.0.100/24\"");
-        let e = toml::from_str::<C>("vip = \"10.0.0.300\"").err().unwrap().to_string();
+        assert_eq!(
+            toml::to_string(&c).unwrap().trim(),
+            "vip = \"10.0.0.100/24\""
+        );
+        let e = toml::from_str::<C>("vip = \"10.0.0.300\"")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("not an IP"), "{e}");
     }
 }

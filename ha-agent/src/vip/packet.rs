@@ -1,4 +1,4 @@
-//! A send-only AF_PACKET socket: whole Ethernet frames out of one interface.
+//! A send-only `AF_PACKET` socket: whole Ethernet frames out of one interface.
 
 use std::io;
 use std::mem::size_of;
@@ -15,7 +15,7 @@ pub struct PacketSocket {
 }
 
 impl PacketSocket {
-    /// Opens the socket for interface `ifindex` (needs CAP_NET_RAW).
+    /// Opens the socket for interface `ifindex` (needs `CAP_NET_RAW`).
     ///
     /// # Errors
     /// When the socket cannot be created.
@@ -35,11 +35,14 @@ impl PacketSocket {
     /// When the kernel refuses it (link down, no buffer space, too short).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         let Some(dst) = frame.get(0..6) else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame shorter than a MAC"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame shorter than a MAC",
+            ));
         };
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_family = u16::try_from(libc::AF_PACKET).expect("AF_PACKET is 17");
         sll.sll_ifindex = i32::try_from(self.ifindex)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "ifindex out of range"))?;
         sll.sll_halen = 6;
@@ -59,7 +62,10 @@ impl PacketSocket {
         };
         match usize::try_from(sent) {
             Ok(n) if n == frame.len() => Ok(()),
-            Ok(n) => Err(io::Error::other(format!("short send: {n} of {} bytes", frame.len()))),
+            Ok(n) => Err(io::Error::other(format!(
+                "short send: {n} of {} bytes",
+                frame.len()
+            ))),
             Err(_) => Err(io::Error::last_os_error()),
         }
     }
