@@ -2,6 +2,7 @@
 //! helpers, the standard two-node topology that end-to-end tests use,
 //! crafted packets and privilege checks.
 
+pub mod cluster;
 pub mod link;
 pub mod netns;
 pub mod packets;

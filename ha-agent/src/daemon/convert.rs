@@ -100,15 +100,3 @@ pub fn peer_view(hb: &Heartbeat) -> PeerView {
     advert.set_wire_flags(hb.flags);
     PeerView { epoch: hb.epoch, advert }
 }
-
-/// The mode name the seed uses.
-pub fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Off => "off",
-        Mode::Primary => "primary",
-        Mode::Secondary => "secondary",
-        Mode::ConfigPrimary => "config-primary",
-        Mode::ConfigSecondary => "config-secondary",
-        Mode::Failed => "failed",
-    }
-}

@@ -51,11 +51,6 @@ impl VipSet {
         self.ifaces.iter().flat_map(|i| i.vips.iter().map(Vip::addr)).collect()
     }
 
-    /// Whether the addresses are (believed) on the interfaces.
-    pub fn held(&self) -> bool {
-        self.held
-    }
-
     /// Adds every VIP (idempotent).
     pub async fn hold(&mut self) -> Result<()> {
         for i in &self.ifaces {

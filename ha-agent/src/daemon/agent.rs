@@ -1,0 +1,386 @@
+//! The running agent: start-up, the control loop, and shutdown.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+};
+use tracing::{error, info, warn};
+
+use super::{convert, hooks, lock, monitors, notify, status, vips::VipSet};
+use crate::{
+    config::{Config, XdpMode},
+    control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
+    dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
+    fsm::{Action, Event, Fsm, SwitchTarget},
+    heartbeat::{
+        self, clock::now_ns, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle,
+        SenderOptions,
+    },
+    monitor::{Health, MonitorEvent, Monitors},
+};
+
+/// Everything the control loop owns.
+pub(super) struct Agent {
+    pub cfg: Config,
+    pub fsm: Fsm,
+    pub dp: DataPlane,
+    pub gate: GateControl,
+    pub vips: VipSet,
+    pub shared: Arc<HbShared>,
+    pub sender: heartbeat::Sender,
+    pub receivers: Vec<ReceiverHandle>,
+    pub local_monitors: Option<Monitors>,
+    pub remote_monitors: Option<Monitors>,
+    /// CLOCK_MONOTONIC ns and wall time at start, to show times as dates.
+    pub start_ns: u64,
+    pub start_wall: SystemTime,
+    pub lease_ns: u64,
+    /// Newest fresh heartbeat (CLOCK_MONOTONIC ns), shared with the VIP probe.
+    pub last_heard: Arc<AtomicU64>,
+    /// Gate open, shared with the VIP probe (an active node probes nothing).
+    pub active_flag: Arc<AtomicBool>,
+    pub sync_seq: u64,
+}
+
+fn xdp_mode(m: XdpMode) -> XdpAttachMode {
+    match m {
+        XdpMode::Auto => XdpAttachMode::Auto,
+        XdpMode::Native => XdpAttachMode::Native,
+        XdpMode::Generic => XdpAttachMode::Generic,
+    }
+}
+
+pub(super) async fn run(cfg: Config) -> Result<()> {
+    let _lock = lock::take(&cfg.runtime.state_dir, &cfg.runtime.instance)?;
+    let ct = cfg.cluster.timing();
+    let timing = heartbeat::Timing { interval: ct.interval, threshold: ct.lost_threshold, lease: ct.lease };
+    info!(
+        node = %cfg.node.name,
+        instance = %cfg.runtime.instance,
+        mode = ?cfg.node.mode,
+        on_failure = ?cfg.node.on_failure,
+        interval = ?timing.interval,
+        lost_threshold = ?timing.threshold,
+        lease = ?timing.lease,
+        "ha-agent starting"
+    );
+
+    // Data plane: gate closed until the state machine says otherwise.
+    let mut dp = DataPlane::open(&Options::new(&cfg.runtime.instance)).context("loading the data plane")?;
+    let gate = dp.gate();
+    gate.set_active(false, 0).context("closing the gate")?;
+    let mut vips = VipSet::open(&cfg).await?;
+    gate.set_vips(&vips.addresses()).context("loading the VIP set into the gate")?;
+    gate.set_fence_ports(&cfg.cluster.fence_ports).context("loading fenced ports")?;
+    gate.set_forward(cfg.cluster.forward, false).context("setting forward mode")?;
+    let mode = xdp_mode(cfg.runtime.xdp_mode);
+    let port = cfg.cluster.heartbeat_port();
+    for (i, l) in cfg.heartbeat.iter().enumerate() {
+        let spec = DpLinkSpec { link_id: i as u32, peer: l.peer, port, cluster_id: cfg.cluster.id };
+        dp.attach_heartbeat(&l.interface, &spec, mode)
+            .with_context(|| format!("heartbeat[{i}]: attaching to {}", l.interface))?;
+    }
+    let service_ifaces: Vec<String> = vips.interfaces().map(str::to_owned).collect();
+    for iface in &service_ifaces {
+        dp.attach_service(iface, mode).with_context(|| format!("service interface {iface}: attaching the gate"))?;
+    }
+    // Not active yet: a restarted agent must not keep addresses it held.
+    vips.release().await?;
+
+    // Heartbeat.
+    let key = HbKey::derive(cfg.cluster.password.expose(), cfg.cluster.id).context("deriving the heartbeat key")?;
+    let mut fsm = Fsm::new(convert::fsm_config(&cfg)).context("state machine configuration")?;
+    let shared = Arc::new(HbShared::new(
+        cfg.cluster.id,
+        convert::node_id(&cfg.node.name),
+        timing,
+        convert::snapshot(&fsm.advert(), 0),
+    ));
+    let mut sockets = Vec::new();
+    for (i, l) in cfg.heartbeat.iter().enumerate() {
+        let spec = LinkSpec {
+            id: i as u32,
+            interface: Some(l.interface.clone()),
+            local: SocketAddr::new(l.local, port),
+            peer: SocketAddr::new(l.peer, port),
+        };
+        sockets.push(LinkSocket::open(&spec).with_context(|| format!("heartbeat[{i}]: opening the socket"))?);
+    }
+    let (hb_tx, mut hb_rx) = mpsc::channel::<HeartbeatEvent>(1024);
+    let ctx = Arc::new(heartbeat::RxContext::new(key.clone(), shared.clone(), Arc::new(dp.heartbeat_times())));
+    let mut receivers = Vec::new();
+    for s in &sockets {
+        receivers.push(heartbeat::receiver::spawn(s.try_clone()?, ctx.clone(), hb_tx.clone())?);
+    }
+    drop(hb_tx);
+    let lease_ns = timing.lease.as_nanos() as u64;
+    let renew_gate = gate.clone();
+    let sender = heartbeat::Sender::spawn(
+        shared.clone(),
+        key,
+        sockets,
+        // A stalled control loop stops renewing at once and stops sending
+        // after a lease, so the peer takes over from a hung agent whose gate
+        // has closed by then.
+        SenderOptions { mute_after: Some(timing.lease), ..SenderOptions::default() },
+        move |now| {
+            if let Err(e) = renew_gate.renew_lease(now + lease_ns) {
+                error!(error = %e, "lease renewal failed");
+            }
+        },
+    )
+    .context("starting the heartbeat sender")?;
+
+    // Monitors.
+    let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorEvent>(64);
+    let (remote_tx, mut remote_rx) = mpsc::channel::<MonitorEvent>(64);
+    let (nl_conn, nl_handle, _) = rtnetlink::new_connection().context("netlink socket for monitors")?;
+    tokio::spawn(nl_conn);
+    let local_specs = monitors::local_specs(&cfg);
+    let local_monitors = if local_specs.is_empty() { None } else { Some(Monitors::spawn(local_specs, &nl_handle, &mon_tx)?) };
+    let remote_specs = monitors::remote_specs(&cfg);
+    let remote_monitors = if remote_specs.is_empty() { None } else { Some(Monitors::spawn(remote_specs, &nl_handle, &remote_tx)?) };
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let active_flag = Arc::new(AtomicBool::new(false));
+    let (probe_tx, mut probe_rx) = mpsc::channel(16);
+    if cfg.cluster.remote_services_as_heartbeat {
+        monitors::spawn_vip_probe(
+            monitors::probe_targets(&cfg),
+            timing.interval,
+            timing.threshold,
+            last_heard.clone(),
+            active_flag.clone(),
+            probe_tx,
+        );
+    }
+
+    // Control socket.
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(16);
+    let server = ControlServer::bind(&cfg.runtime.control_socket)
+        .with_context(|| format!("control socket {}", cfg.runtime.control_socket.display()))?;
+    tokio::spawn(control::serve(server, ctl_tx));
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+
+    let start_ns = now_ns();
+    let actions = fsm.handle(Event::Start { now: start_ns })?;
+    let mut agent = Agent {
+        cfg,
+        fsm,
+        dp,
+        gate,
+        vips,
+        shared,
+        sender,
+        receivers,
+        local_monitors,
+        remote_monitors,
+        start_ns,
+        start_wall: SystemTime::now(),
+        lease_ns,
+        last_heard,
+        active_flag,
+        sync_seq: 0,
+    };
+    agent.apply(actions).await;
+    notify::ready();
+    info!(node = %agent.cfg.node.name, "ha-agent ready");
+
+    let watchdog = notify::watchdog_period();
+    let mut last_feed = Instant::now();
+    let tick = timing.interval;
+    loop {
+        let now = now_ns();
+        let wake_at = agent.fsm.next_deadline().map_or(now + tick.as_nanos() as u64, |d| d.min(now + tick.as_nanos() as u64));
+        let sleep = Duration::from_nanos(wake_at.saturating_sub(now));
+        tokio::select! {
+            biased;
+            _ = sigterm.recv() => { info!("SIGTERM: demoting and leaving"); break; }
+            _ = sigint.recv() => { info!("SIGINT: demoting and leaving"); break; }
+            Some(ev) = hb_rx.recv() => agent.on_heartbeat(ev).await,
+            Some(ev) = mon_rx.recv() => agent.on_local_monitor(ev).await,
+            Some(ev) = remote_rx.recv() => agent.on_remote_monitor(&ev),
+            Some(p) = probe_rx.recv() => {
+                let actions = agent.fsm.handle(Event::VipProbe { at: p.at, answered: p.answered });
+                agent.apply_result(actions).await;
+            }
+            Some(cmd) = ctl_rx.recv() => agent.on_command(cmd).await,
+            () = tokio::time::sleep(sleep) => {}
+        }
+        agent.tick().await;
+        if let Some(p) = watchdog {
+            if last_feed.elapsed() >= p {
+                notify::feed();
+                last_feed = Instant::now();
+            }
+        }
+    }
+    notify::stopping();
+    agent.shutdown().await;
+    Ok(())
+}
+
+impl Agent {
+    /// After every event: time-driven transitions, lease check, and what the
+    /// next heartbeat carries.
+    async fn tick(&mut self) {
+        let now = now_ns();
+        let actions = self.fsm.handle(Event::Tick { now });
+        self.apply_result(actions).await;
+        // An open gate whose lease ran out means this agent stalled: step
+        // down and re-acquire the role through the protocol.
+        if self.fsm.is_active() {
+            if let Ok(g) = self.gate.snapshot() {
+                if !g.active || g.lease_deadline_ns <= now {
+                    warn!(lease_deadline_ns = g.lease_deadline_ns, now, "gate lease lapsed while active");
+                    let actions = self.fsm.handle(Event::LeaseLapsed { now });
+                    self.apply_result(actions).await;
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// Pushes the state machine's advert to the heartbeat sender and shows progress.
+    fn publish(&self) {
+        self.shared.set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
+        self.shared.bump_progress();
+        self.active_flag.store(self.fsm.is_active(), Ordering::Relaxed);
+    }
+
+    async fn on_heartbeat(&mut self, ev: HeartbeatEvent) {
+        let HeartbeatEvent::Accepted { link, heartbeat, rx_ns, fresh, .. } = ev else { return };
+        // Only the first copy of a frame (both links carry it) counts as
+        // liveness; later copies only tell that link is healthy.
+        if !fresh {
+            return;
+        }
+        self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
+        let view = convert::peer_view(&heartbeat);
+        let actions = self.fsm.handle(Event::PeerHeard { at: rx_ns, link: link as usize, view });
+        self.apply_result(actions).await;
+    }
+
+    async fn on_local_monitor(&mut self, ev: MonitorEvent) {
+        let ok = ev.transition.to != Health::Down;
+        if !ok {
+            warn!(monitor = %ev.name, error = ev.error.as_deref().unwrap_or(""), "local check failed");
+        } else {
+            info!(monitor = %ev.name, "local check ok");
+        }
+        let actions = self.fsm.handle(Event::LocalCheck { now: now_ns(), ok, what: ev.name });
+        self.apply_result(actions).await;
+    }
+
+    fn on_remote_monitor(&mut self, ev: &MonitorEvent) {
+        // Remote checks are reported in status and logs; a primary whose
+        // service fails fails itself over through its own local checks.
+        match ev.transition.to {
+            Health::Down => warn!(monitor = %ev.name, error = ev.error.as_deref().unwrap_or(""), "remote service check failing"),
+            _ => info!(monitor = %ev.name, state = ?ev.transition.to, "remote service check"),
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        let resp = match cmd.request {
+            Request::Status => Response { ok: true, message: String::new(), status: Some(Box::new(status::build(self))) },
+            Request::Switch { to } => {
+                let to = match to {
+                    SwitchTo::Primary => SwitchTarget::Primary,
+                    SwitchTo::Secondary => SwitchTarget::Secondary,
+                };
+                info!(%to, "operator switch requested");
+                let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
+                let message = match &r {
+                    Ok(_) => format!("switch to {to} requested; `ha-agent status` shows its progress"),
+                    Err(e) => format!("switch refused: {e}"),
+                };
+                let ok = r.is_ok();
+                self.apply_result(r).await;
+                Response { ok, message, status: None }
+            }
+            Request::Sync { what } => Response {
+                ok: false,
+                message: format!("sync {}: no sync channel is running on this node", match what {
+                    SyncWhat::All => "all",
+                    SyncWhat::Config => "config",
+                    SyncWhat::Data => "data",
+                }),
+                status: None,
+            },
+        };
+        let _ = cmd.reply.send(resp);
+    }
+
+    async fn apply_result(&mut self, r: Result<Vec<Action>, crate::fsm::FsmError>) {
+        match r {
+            Ok(actions) => self.apply(actions).await,
+            Err(e) => warn!(error = %e, "event refused by the state machine"),
+        }
+    }
+
+    /// Carries out the state machine's actions, in order.
+    async fn apply(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Activate { reason, at } => {
+                    if let Err(e) = self.vips.hold().await {
+                        error!(error = %format!("{e:#}"), "adding VIPs failed");
+                    }
+                    // The lease runs from the evidence, not from now: a
+                    // decision taken on a stale backlog opens nothing.
+                    let deadline = at + self.lease_ns;
+                    if let Err(e) = self.gate.set_active(true, deadline) {
+                        error!(error = %e, "opening the gate failed");
+                    }
+                    self.vips.announce();
+                    info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs held and announced");
+                }
+                Action::Deactivate { reason } => {
+                    // Gate first: from this write on nothing is served.
+                    if let Err(e) = self.gate.set_active(false, 0) {
+                        error!(error = %e, "closing the gate failed");
+                    }
+                    if let Err(e) = self.vips.release().await {
+                        error!(error = %format!("{e:#}"), "removing VIPs failed");
+                    }
+                    info!(%reason, "passive: gate closed, VIPs released");
+                }
+                Action::SetPeerActive { active } => {
+                    if let Err(e) = self.gate.set_forward(self.cfg.cluster.forward, active) {
+                        error!(error = %e, "updating forward mode failed");
+                    }
+                }
+                Action::RunHook { from, to, reason } => hooks::spawn(&self.cfg.hooks, from, to, reason.to_string()),
+                Action::HandBackData => {
+                    info!("hand-back of data only this node holds requested (no sync channel configured)");
+                }
+            }
+        }
+        self.publish();
+    }
+
+    /// SIGTERM: close the gate, release the VIPs, tell the peer in the last
+    /// heartbeat so it takes over at once.
+    async fn shutdown(mut self) {
+        let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
+        self.apply_result(actions).await;
+        let _ = self.gate.set_active(false, 0);
+        let _ = self.vips.release().await;
+        self.publish();
+        self.sender.stop();
+        self.receivers.clear();
+        info!(node = %self.cfg.node.name, "ha-agent stopped: gate closed, VIPs released, peer told");
+    }
+}
