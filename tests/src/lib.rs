@@ -7,6 +7,7 @@ pub mod link;
 pub mod netns;
 pub mod packets;
 pub mod privileges;
+pub mod prober;
 pub mod servers;
 pub mod topology;
 

@@ -54,9 +54,13 @@ pub fn test(args: &[String]) -> Result<()> {
     first.and(second)
 }
 
-/// Builds and runs one of the tools in the `ha-tests` crate (release mode).
+/// Builds the tools of the `ha-tests` crate (the agent under test among
+/// them, in release mode) and runs one of them.
 pub fn run_tool(bin: &str, args: &[String]) -> Result<()> {
     let mut c = cargo();
-    c.args(["run", "--release", "--package", "ha-tests", "--bin", bin, "--"]).args(args);
-    run(&mut c)
+    c.args(["build", "--release", "--package", "ha-tests", "--bins"]);
+    run(&mut c)?;
+    let root = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let exe = std::path::Path::new(&root).join("release").join(bin);
+    run(Command::new(exe).args(args))
 }

@@ -4,6 +4,13 @@ use std::fmt::Write as _;
 
 use super::Status;
 
+fn ago(v: Option<f64>) -> String {
+    match v {
+        None => "never heard".into(),
+        Some(_) => format!("heard {} ago", ms(v)),
+    }
+}
+
 fn ms(v: Option<f64>) -> String {
     match v {
         None => "never".into(),
@@ -35,9 +42,9 @@ pub fn render(s: &Status) -> String {
     let p = &s.peer;
     let _ = writeln!(
         o,
-        "  peer:        {} last heard {} ago{}",
+        "  peer:        {} {}{}",
         if p.alive { "alive," } else { "LOST," },
-        ms(p.last_heard_ms_ago),
+        ago(p.last_heard_ms_ago),
         match (&p.configured_mode, &p.effective_mode) {
             (Some(c), Some(e)) => format!(", configured {c}, effective {e}, flags {}", p.flags.as_deref().unwrap_or("-")),
             _ => String::new(),
@@ -47,13 +54,13 @@ pub fn render(s: &Status) -> String {
         let refused: Vec<String> = l.refused.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         let _ = writeln!(
             o,
-            "  link {} {:<6} {} -> {}: {}, heard {} ago, {} accepted, {} gaps, {} sent{}",
+            "  link {} {:<6} {} -> {}: {}, {}, {} accepted, {} gaps, {} sent{}",
             l.id,
             l.interface,
             l.local,
             l.peer,
             if l.healthy { "up" } else { "DOWN" },
-            ms(l.last_heard_ms_ago),
+            ago(l.last_heard_ms_ago),
             l.accepted,
             l.gaps,
             l.sent,
