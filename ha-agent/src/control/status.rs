@@ -17,6 +17,10 @@ pub struct Status {
     pub now: String,
     /// Seconds since the agent started.
     pub uptime_s: f64,
+    /// Process id of the agent.
+    pub pid: u32,
+    /// Role transitions since the agent started.
+    pub transitions: u64,
     /// Configured mode (`primary`, `secondary`, `off`).
     pub configured_mode: String,
     /// Effective mode (`primary`, `secondary`, `failed`, `off`).

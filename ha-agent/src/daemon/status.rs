@@ -143,6 +143,8 @@ pub(super) fn build(a: &Agent) -> Status {
         version: env!("CARGO_PKG_VERSION").into(),
         now: rfc3339(SystemTime::now()),
         uptime_s: now.saturating_sub(a.start_ns) as f64 / 1e9,
+        pid: std::process::id(),
+        transitions: f.transitions,
         configured_mode: f.configured.to_string(),
         effective_mode: f.effective.to_string(),
         state: f.state.to_string(),

@@ -10,8 +10,9 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("dataplane") => dataplane(&args[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane"),
-        None => bail!("usage: ha-bench dataplane [--repeat N]"),
+        Some("failover") => ha_tests::bench_failover::run(&args[1..]),
+        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane, failover"),
+        None => bail!("usage: ha-bench dataplane [--repeat N] | failover [--runs N]"),
     }
 }
 
