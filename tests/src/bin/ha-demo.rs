@@ -83,7 +83,14 @@ fn main() -> Result<()> {
     let topo = Topology::two_nodes();
     println!("  service network 10.200.1.0/24 (A .1, B .2, client .10), VIP {VIP4}");
     println!("  heartbeat links 10.200.2.0/30 and 10.200.3.0/30");
-    let opts = ClusterOpts { interval: "1ms", threshold: "10ms", ..ClusterOpts::default() };
+    let mut opts = ClusterOpts { interval: "1ms", threshold: "10ms", ..ClusterOpts::default() };
+    // For the test that proves the demo notices a missing failover: B is
+    // switched off, so nobody takes over.
+    let sabotage = std::env::var_os("HA_DEMO_NO_FAILOVER").is_some();
+    if sabotage {
+        opts.b.mode = "off";
+        println!("  HA_DEMO_NO_FAILOVER set: node B is configured off, so no failover can happen");
+    }
     println!("  fast profile: heartbeat every {}, peer lost after {}", opts.interval, opts.threshold);
     let mut c = Cluster::new(topo, &opts);
     let (a_mac, b_mac) = (c.topo.a.svc_mac, c.topo.b.svc_mac);
@@ -93,7 +100,7 @@ fn main() -> Result<()> {
     c.start(Node::B);
     wait("A primary and B secondary, each hearing the other", Duration::from_secs(10), || {
         c.status(Node::A).is_some_and(|x| x.effective_mode == "primary" && x.peer.alive)
-            && c.status(Node::B).is_some_and(|x| x.state == "secondary" && x.peer.alive)
+            && c.status(Node::B).is_some_and(|x| (x.state == "secondary" || sabotage) && x.peer.alive)
     })?;
     show(&c, Node::A);
     show(&c, Node::B);
@@ -108,7 +115,7 @@ fn main() -> Result<()> {
     s.step("kill -9 the primary's agent")?;
     let t_fault = now_ns();
     c.signal(Node::A, Signal::SIGKILL);
-    let failover = wait("replies from B", Duration::from_secs(5), || probe.first_from_after(b_mac, t_fault).is_some());
+    let failover = wait("replies from B", Duration::from_secs(if sabotage { 1 } else { 5 }), || probe.first_from_after(b_mac, t_fault).is_some());
     let b_state = c.status(Node::B);
     let Ok(()) = failover else {
         show(&c, Node::B);
