@@ -38,19 +38,59 @@ pub fn build_agent(release: bool) -> Result<()> {
     run(&mut c)
 }
 
+/// Totals of `test result:` lines.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test ...`, passing its output through and adding up the
+/// `test result:` lines.
+fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    eprintln!("xtask: $ {}", show(cmd));
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {}", show(cmd)))?;
+    let out = child.stdout.take().context("test output")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            totals.passed += num(" passed");
+            totals.failed += num(" failed");
+            totals.ignored += num(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
 /// Every test: the pure ones in parallel, then the kernel/namespace ones
 /// one at a time (they measure timing and share the machine's two cores).
+/// Ends with one summary line over all of them.
 pub fn test(args: &[String]) -> Result<()> {
+    let mut totals = Totals::default();
     let mut c = cargo();
     c.args(["test", "--workspace", "--exclude", "ha-tests", "--no-fail-fast"]);
     if !args.is_empty() {
         c.arg("--").args(args);
     }
-    let first = run(&mut c);
+    let first = run_tests(&mut c, &mut totals);
     let mut c = cargo();
     c.args(["test", "--package", "ha-tests", "--no-fail-fast", "--", "--test-threads=1"]);
     c.args(args);
-    let second = run(&mut c);
+    let second = run_tests(&mut c, &mut totals);
+    println!("summary: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
     first.and(second)
 }
 
