@@ -7,5 +7,6 @@
 pub mod cli;
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 pub mod monitor;
 pub mod vip;
