@@ -6,7 +6,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod fsm;
+pub mod heartbeat;
 pub mod metrics;
 pub mod monitor;
+pub mod sync;
 pub mod vip;

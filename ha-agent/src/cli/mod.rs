@@ -1,4 +1,84 @@
-//! Command-line interface.
-pub fn main() -> anyhow::Result<()> {
-    Ok(())
+//! Command-line interface: one module per subcommand.
+
+mod check_config;
+mod cleanup;
+mod control;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::control::{SwitchTo, SyncWhat};
+
+/// Default configuration file.
+pub const DEFAULT_CONFIG: &str = "/etc/ha/ha.toml";
+
+#[derive(Parser)]
+#[command(name = "ha-agent", version, about = "Active-passive high availability for Linux mail appliances")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (foreground; systemd Type=notify).
+    Run {
+        /// Configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Check a configuration file and report every problem with its key.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show this member's HA status.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: control::Target,
+    },
+    /// Planned switch of this node to primary or secondary.
+    Switch {
+        /// The role to take.
+        to: SwitchTo,
+        #[command(flatten)]
+        target: control::Target,
+    },
+    /// Force a full reconcile with the peer now (the seed's "start sync").
+    Sync {
+        /// What to sync.
+        #[arg(default_value = "all")]
+        what: SyncWhat,
+        #[command(flatten)]
+        target: control::Target,
+    },
+    /// Detach the data plane of an instance and remove its pins. The gate
+    /// is gone afterwards: run only with the agent stopped.
+    Cleanup {
+        /// Configuration file (names the instance).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+/// Entry point of the `ha-agent` binary.
+///
+/// # Errors
+/// Whatever the subcommand reports; the message names the cause.
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Run { config } => crate::daemon::run(&config),
+        Cmd::CheckConfig { config } => check_config::run(&config),
+        Cmd::Status { json, target } => control::status(&target, json),
+        Cmd::Switch { to, target } => control::switch(&target, to),
+        Cmd::Sync { what, target } => control::sync(&target, what),
+        Cmd::Cleanup { config } => cleanup::run(&config),
+    }
 }

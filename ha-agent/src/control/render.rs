@@ -1,0 +1,123 @@
+//! Human-readable rendering of [`Status`].
+
+use std::fmt::Write as _;
+
+use super::Status;
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "never".into(),
+        Some(x) if x < 10.0 => format!("{x:.2} ms"),
+        Some(x) if x < 10_000.0 => format!("{x:.0} ms"),
+        Some(x) => format!("{:.1} s", x / 1000.0),
+    }
+}
+
+/// The status page as text.
+pub fn render(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "node {} ({}), ha-agent {}, {}", s.node, s.instance, s.version, s.now);
+    let _ = writeln!(o, "  mode:        configured {}, effective {} (state {})", s.configured_mode, s.effective_mode, s.state);
+    let _ = writeln!(
+        o,
+        "  timing:      interval {} ms, lost threshold {} ms, lease {} ms",
+        s.timing.interval_ms, s.timing.lost_threshold_ms, s.timing.lease_ms
+    );
+    let g = &s.gate;
+    let _ = writeln!(
+        o,
+        "  gate:        {}{}, lease {}, VIPs [{}]",
+        if g.open { "OPEN" } else { "closed" },
+        if g.forward { " (forward mode)" } else { "" },
+        g.lease_remaining_ms.map_or("-".into(), |l| if l < 0.0 { "lapsed".into() } else { format!("{l:.1} ms left") }),
+        g.vips.join(", ")
+    );
+    let p = &s.peer;
+    let _ = writeln!(
+        o,
+        "  peer:        {} last heard {} ago{}",
+        if p.alive { "alive," } else { "LOST," },
+        ms(p.last_heard_ms_ago),
+        match (&p.configured_mode, &p.effective_mode) {
+            (Some(c), Some(e)) => format!(", configured {c}, effective {e}, flags {}", p.flags.as_deref().unwrap_or("-")),
+            _ => String::new(),
+        }
+    );
+    for l in &s.links {
+        let refused: Vec<String> = l.refused.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let _ = writeln!(
+            o,
+            "  link {} {:<6} {} -> {}: {}, heard {} ago, {} accepted, {} gaps, {} sent{}",
+            l.id,
+            l.interface,
+            l.local,
+            l.peer,
+            if l.healthy { "up" } else { "DOWN" },
+            ms(l.last_heard_ms_ago),
+            l.accepted,
+            l.gaps,
+            l.sent,
+            if refused.is_empty() { String::new() } else { format!(", refused: {}", refused.join(", ")) }
+        );
+    }
+    match &s.last_transition {
+        None => {
+            let _ = writeln!(o, "  transition:  none yet");
+        }
+        Some(t) => {
+            let _ = writeln!(
+                o,
+                "  transition:  {} -> {} at {} ({:.1} s ago): {}{}",
+                t.from,
+                t.to,
+                t.at,
+                t.ago_s,
+                t.reason,
+                t.detection_ms.map_or(String::new(), |d| format!(" (detected in {d:.1} ms)"))
+            );
+        }
+    }
+    for m in &s.monitors {
+        let _ = writeln!(
+            o,
+            "  monitor:     {:<28} {:<8} failures {}/{}, next check in {}{}",
+            m.name,
+            m.state,
+            m.failures,
+            m.threshold,
+            ms(m.next_check_in_ms),
+            m.last_error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+        );
+    }
+    let y = &s.sync;
+    if y.enabled {
+        let _ = writeln!(
+            o,
+            "  sync:        {}, lag {}, backlog {}, last data sync {}, last config sync {}{}",
+            y.state,
+            ms(y.lag_ms),
+            y.backlog,
+            y.last_data_sync.as_deref().unwrap_or("never"),
+            y.last_config_sync.as_deref().unwrap_or("never"),
+            y.config_checksum.as_ref().map_or(String::new(), |c| format!(", config checksum {c}"))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  sender:      {}, {} renewals, {} overruns, jitter p99 {}",
+        if s.sender.realtime { "SCHED_FIFO" } else { "normal priority" },
+        s.sender.renewals,
+        s.sender.overruns,
+        s.sender.jitter_p99_us.map_or("-".into(), |j| format!("{j:.0} us"))
+    );
+    if s.split_brain_risk {
+        let _ = writeln!(o, "  !! SPLIT BRAIN RISK: every heartbeat link is silent and this node serves the VIPs");
+    }
+    if s.outdated {
+        let _ = writeln!(o, "  !! replica outdated: this node knows its data is behind");
+    }
+    for w in &s.warnings {
+        let _ = writeln!(o, "  warning:     {w}");
+    }
+    o
+}

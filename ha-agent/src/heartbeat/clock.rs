@@ -1,0 +1,55 @@
+//! CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads: every time in this
+//! module is on it, so kernel and agent times compare directly.
+
+use nix::time::{ClockId, ClockNanosleepFlags, clock_gettime, clock_nanosleep};
+use nix::sys::time::TimeSpec;
+
+/// Nanoseconds on CLOCK_MONOTONIC.
+#[must_use]
+pub fn now_ns() -> u64 {
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make a time look old.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| timespec_ns(&t))
+}
+
+/// CPU time used by the calling thread, nanoseconds (0 if unavailable).
+#[must_use]
+pub fn thread_cpu_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| timespec_ns(&t))
+}
+
+fn timespec_ns(t: &TimeSpec) -> u64 {
+    let s = u64::try_from(t.tv_sec()).unwrap_or(0);
+    let n = u64::try_from(t.tv_nsec()).unwrap_or(0);
+    s.saturating_mul(1_000_000_000).saturating_add(n)
+}
+
+/// Sleeps until the absolute CLOCK_MONOTONIC time `deadline_ns`
+/// (TIMER_ABSTIME: no drift from the time spent computing the deadline).
+pub fn sleep_until(deadline_ns: u64) {
+    #[expect(clippy::cast_possible_wrap, reason = "monotonic seconds fit i64 for 292 years")]
+    let ts = TimeSpec::new((deadline_ns / 1_000_000_000) as i64, (deadline_ns % 1_000_000_000) as i64);
+    // Bounded: each EINTR moves us closer to an absolute deadline.
+    for _ in 0..1000 {
+        match clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts) {
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sleep_until_reaches_the_deadline() {
+        let start = now_ns();
+        let deadline = start + 2_000_000;
+        sleep_until(deadline);
+        let end = now_ns();
+        assert!(end >= deadline, "woke {} ns early", deadline - end);
+        // A past deadline returns at once.
+        sleep_until(start);
+        assert!(now_ns() - end < 50_000_000);
+    }
+}

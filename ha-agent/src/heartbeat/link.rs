@@ -1,0 +1,137 @@
+//! Heartbeat link sockets: one UDP socket per link, bound to the link's local
+//! address (and interface), used both to send to the peer and to receive.
+
+use std::ffi::OsString;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+
+use nix::sys::socket::{setsockopt, sockopt};
+
+/// DSCP CS6 (network control), as VRRP uses: switches that honour DSCP put
+/// heartbeats ahead of bulk traffic.
+const TOS_CS6: libc::c_int = 0xC0;
+/// `TC_PRIO_INTERACTIVE`: the first band of the default qdisc.
+const SO_PRIORITY_INTERACTIVE: libc::c_int = 6;
+
+/// One heartbeat link as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// 0 for the primary link, 1 for the secondary (matches the XDP records).
+    pub id: u32,
+    /// Interface to bind to (`SO_BINDTODEVICE`), if any.
+    pub interface: Option<String>,
+    /// Local address and port (the HA base port; 0 picks one, for tests).
+    pub local: SocketAddr,
+    /// The peer's address and port.
+    pub peer: SocketAddr,
+}
+
+/// Why a link socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// `bind` failed (address not on this host, port in use, ...).
+    #[error("link {link}: cannot bind {addr}: {source}")]
+    Bind {
+        /// Link id.
+        link: u32,
+        /// The local address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// `SO_BINDTODEVICE` failed (no such interface, not permitted).
+    #[error("link {link}: cannot bind to interface {interface}: {source}")]
+    BindToDevice {
+        /// Link id.
+        link: u32,
+        /// The interface name.
+        interface: String,
+        /// The OS error.
+        source: nix::Error,
+    },
+    /// Another socket option or the non-blocking mode could not be set.
+    #[error("link {link}: cannot set {option}: {source}")]
+    Option {
+        /// Link id.
+        link: u32,
+        /// The option.
+        option: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// An open link: the socket and where its frames go.
+#[derive(Debug)]
+pub struct LinkSocket {
+    /// Link id.
+    pub id: u32,
+    /// Non-blocking UDP socket, bound.
+    pub socket: UdpSocket,
+    /// The peer's address and port.
+    pub peer: SocketAddr,
+}
+
+impl LinkSocket {
+    /// Opens and configures the socket of `spec`. Non-blocking, so that a
+    /// full send buffer on one link can never hold the sender thread.
+    pub fn open(spec: &LinkSpec) -> Result<Self, LinkError> {
+        let link = spec.id;
+        let socket = UdpSocket::bind(spec.local).map_err(|source| LinkError::Bind { link, addr: spec.local, source })?;
+        if let Some(interface) = &spec.interface {
+            setsockopt(&socket, sockopt::BindToDevice, &OsString::from(interface))
+                .map_err(|source| LinkError::BindToDevice { link, interface: interface.clone(), source })?;
+        }
+        let opt = |option: &'static str| move |e: nix::Error| LinkError::Option { link, option, source: e.into() };
+        if spec.local.is_ipv4() {
+            setsockopt(&socket, sockopt::IpTos, &TOS_CS6).map_err(opt("IP_TOS"))?;
+        }
+        setsockopt(&socket, sockopt::Priority, &SO_PRIORITY_INTERACTIVE).map_err(opt("SO_PRIORITY"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|source| LinkError::Option { link, option: "O_NONBLOCK", source })?;
+        Ok(Self { id: link, socket, peer: spec.peer })
+    }
+
+    /// The bound local address (with the port picked when 0 was asked).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// A second handle on the same socket (for the receiver).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { id: self.id, socket: self.socket.try_clone()?, peer: self.peer })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(local: &str, interface: Option<&str>) -> LinkSpec {
+        LinkSpec {
+            id: 0,
+            interface: interface.map(str::to_owned),
+            local: local.parse().unwrap(),
+            peer: "127.0.0.1:9".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn opens_nonblocking_on_loopback() {
+        let l = LinkSocket::open(&spec("127.0.0.1:0", None)).unwrap();
+        assert_ne!(l.local_addr().unwrap().port(), 0);
+        let mut buf = [0u8; 8];
+        let e = l.socket.recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn bad_address_and_interface_are_clear_errors() {
+        let e = LinkSocket::open(&spec("10.200.254.254:0", None)).unwrap_err();
+        assert!(matches!(e, LinkError::Bind { .. }), "{e}");
+        assert!(e.to_string().contains("10.200.254.254"), "{e}");
+        let e = LinkSocket::open(&spec("127.0.0.1:0", Some("no-such-if0"))).unwrap_err();
+        assert!(e.to_string().contains("no-such-if0"), "{e}");
+    }
+}

@@ -1,0 +1,378 @@
+//! Receiver-side file-system operations, confined to a root.
+//!
+//! Paths from the peer were checked syntactically by the decoder; here every
+//! directory component is opened with `openat(O_DIRECTORY | O_NOFOLLOW)`
+//! from the root's fd, so a symlink anywhere on the way (planted in the
+//! replica, or raced in) stops the operation instead of leading outside.
+//! File content is written to a temporary name in the target directory and
+//! renamed into place only after it is durable (see `receiver::Batch`).
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use thiserror::Error;
+
+use super::ids::Ids;
+use super::path::{self, TEMP_PREFIX, is_temp_name};
+use super::proto::Attrs;
+
+/// Deepest tree removed recursively.
+const MAX_DEPTH: usize = 64;
+
+/// A file-system operation on the receiver failed.
+#[derive(Debug, Error)]
+pub enum FsError {
+    /// A component is a symlink or not a directory: the path would leave the root.
+    #[error("{path}: refused, `{component}` is a symlink or not a directory")]
+    Unsafe { path: String, component: String },
+    /// The file system is full (or a quota is exhausted).
+    #[error("{path}: no space left on the replica")]
+    NoSpace { path: String },
+    /// The operand does not exist.
+    #[error("{path}: does not exist")]
+    NotFound { path: String },
+    /// The path failed the syntactic checks.
+    #[error("{path}: {source}")]
+    Path { path: String, source: path::PathError },
+    /// Another I/O error.
+    #[error("{path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl FsError {
+    fn from_errno(path: &str, e: Errno) -> Self {
+        match e {
+            Errno::NOSPC | Errno::DQUOT => Self::NoSpace { path: path.to_owned() },
+            Errno::NOENT => Self::NotFound { path: path.to_owned() },
+            e => Self::Io { path: path.to_owned(), source: e.into() },
+        }
+    }
+
+    pub fn from_io(path: &str, e: io::Error) -> Self {
+        match e.raw_os_error() {
+            Some(n) => Self::from_errno(path, Errno::from_raw_os_error(n)),
+            None => Self::Io { path: path.to_owned(), source: e },
+        }
+    }
+
+    /// Label for counters.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unsafe { .. } | Self::Path { .. } => "unsafe_path",
+            Self::NoSpace { .. } => "no_space",
+            Self::NotFound { .. } => "not_found",
+            Self::Io { .. } => "io",
+        }
+    }
+}
+
+/// A synced root on the receiver.
+#[derive(Debug)]
+pub struct Tree {
+    root: OwnedFd,
+}
+
+/// A file being received: its temporary name and final name in `dir`.
+#[derive(Debug)]
+pub struct TempFile {
+    pub dir: OwnedFd,
+    /// Relative path of the directory (key for the batch's dir fsyncs).
+    pub dir_path: String,
+    pub tmp: String,
+    pub name: String,
+    pub file: File,
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+impl Tree {
+    /// Opens (and creates when missing) a root directory.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(path)?;
+        let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(Self { root })
+    }
+
+    /// Opens the directory holding `rel`'s last component; with `create`,
+    /// creates missing directories (mode 0755, fixed later by their Mkdir).
+    fn parent(&self, rel: &str, create: bool) -> Result<(OwnedFd, String, String), FsError> {
+        let comps = path::components(rel).map_err(|source| FsError::Path { path: rel.to_owned(), source })?;
+        let (last, dirs) = comps.split_last().expect("components are never empty");
+        let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+        for c in dirs {
+            cur = match rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(FsError::from_errno(rel, e)),
+                    }
+                    rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, c, e))?
+                }
+                Err(e) => return Err(unsafe_or(rel, c, e)),
+            };
+        }
+        Ok((cur, path::parent(rel).to_owned(), (*last).to_owned()))
+    }
+
+    /// Creates a temporary file beside `rel` for its new content.
+    pub fn begin_file(&self, rel: &str, seq: u64) -> Result<TempFile, FsError> {
+        let (dir, dir_path, name) = self.parent(rel, true)?;
+        let tmp = format!("{TEMP_PREFIX}{seq:x}.{:08x}", rand::random::<u32>());
+        let fd = rustix::fs::openat(
+            &dir,
+            tmp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| FsError::from_errno(rel, e))?;
+        Ok(TempFile { dir, dir_path, tmp, name, file: File::from(fd) })
+    }
+
+    /// Applies attributes to an open file or directory. Ownership is set
+    /// first (chown clears set-id bits), then mode, then mtime (files only).
+    pub fn apply_attrs(fd: impl AsFd, rel: &str, a: &Attrs, is_dir: bool, ids: &mut Ids) -> Result<(), FsError> {
+        let fd = fd.as_fd();
+        let uid = ids.uid(&a.owner).map(rustix::fs::Uid::from_raw);
+        let gid = ids.gid(&a.group).map(rustix::fs::Gid::from_raw);
+        if uid.is_some() || gid.is_some() {
+            match rustix::fs::fchown(fd, uid, gid) {
+                // Not root (tests, unprivileged runs): ownership stays ours.
+                Ok(()) | Err(Errno::PERM) => {}
+                Err(e) => return Err(FsError::from_errno(rel, e)),
+            }
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777)).map_err(|e| FsError::from_errno(rel, e))?;
+        if !is_dir {
+            let t = Timespec { tv_sec: a.mtime_ns.div_euclid(1_000_000_000), tv_nsec: a.mtime_ns.rem_euclid(1_000_000_000) as _ };
+            let ts = Timestamps { last_access: t, last_modification: t };
+            rustix::fs::futimens(fd, &ts).map_err(|e| FsError::from_errno(rel, e))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a durable temporary file to its final name.
+    pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
+        rustix::fs::renameat(&t.dir, t.tmp.as_str(), &t.dir, t.name.as_str()).map_err(|e| FsError::from_errno(rel_for_errors, e))
+    }
+
+    /// Removes a temporary file (abandoned transfer).
+    pub fn discard(t: &TempFile) {
+        let _ = rustix::fs::unlinkat(&t.dir, t.tmp.as_str(), AtFlags::empty());
+    }
+
+    /// Renames `from` to `to`; returns the two parent directories to fsync.
+    pub fn rename(&self, from: &str, to: &str) -> Result<[(String, OwnedFd); 2], FsError> {
+        let (fd, fdp, fname) = self.parent(from, false)?;
+        let st = rustix::fs::statat(&fd, fname.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| FsError::from_errno(from, e))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
+            return Err(FsError::Unsafe { path: from.to_owned(), component: fname });
+        }
+        let (td, tdp, tname) = self.parent(to, true)?;
+        rustix::fs::renameat(&fd, fname.as_str(), &td, tname.as_str()).map_err(|e| FsError::from_errno(from, e))?;
+        Ok([(fdp, fd), (tdp, td)])
+    }
+
+    /// Removes a file, or a directory with everything below it. Missing is fine.
+    pub fn delete(&self, rel: &str) -> Result<(String, OwnedFd), FsError> {
+        let (dir, dp, name) = match self.parent(rel, false) {
+            Err(FsError::NotFound { .. }) => {
+                let fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+                return Ok((String::new(), fd));
+            }
+            r => r?,
+        };
+        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(FsError::from_errno(rel, e)),
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let sub = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+                remove_contents(&sub, rel, 0)?;
+                match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => {}
+                    Err(e) => return Err(FsError::from_errno(rel, e)),
+                }
+            }
+            Ok(_) => match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(FsError::from_errno(rel, e)),
+            },
+        }
+        Ok((dp, dir))
+    }
+
+    /// Creates a directory (or fixes an existing one's attributes).
+    pub fn mkdir(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(String, OwnedFd), FsError> {
+        let (dir, dp, name) = self.parent(rel, true)?;
+        match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(FsError::from_errno(rel, e)),
+        }
+        let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+        Self::apply_attrs(&fd, rel, a, true, ids)?;
+        Ok((dp, dir))
+    }
+
+    /// Sets attributes of an existing file or directory (never through a symlink).
+    pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(), FsError> {
+        let (dir, _, name) = self.parent(rel, false)?;
+        let fd = rustix::fs::openat(&dir, name.as_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| unsafe_or(rel, &name, e))?;
+        let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(rel, e))?;
+        Self::apply_attrs(&fd, rel, a, FileType::from_raw_mode(st.st_mode) == FileType::Directory, ids)
+    }
+
+    /// Opens a regular file for reading (hashing), never through a symlink.
+    pub fn open_read(&self, rel: &str) -> Result<File, FsError> {
+        let (dir, _, name) = self.parent(rel, false)?;
+        let fd = rustix::fs::openat(&dir, name.as_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| unsafe_or(rel, &name, e))?;
+        Ok(File::from(fd))
+    }
+
+    /// Makes everything written on this root's file system durable.
+    pub fn syncfs(&self) -> io::Result<()> {
+        Ok(rustix::fs::syncfs(&self.root)?)
+    }
+
+    /// Removes temporary files left by an interrupted run (they never had a
+    /// final name, so nothing is lost). Returns how many were removed.
+    pub fn clean_temps(&self) -> io::Result<usize> {
+        let fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
+        clean_dir(&fd, 0)
+    }
+}
+
+fn unsafe_or(rel: &str, comp: &str, e: Errno) -> FsError {
+    match e {
+        Errno::LOOP | Errno::NOTDIR | Errno::MLINK => FsError::Unsafe { path: rel.to_owned(), component: comp.to_owned() },
+        e => FsError::from_errno(rel, e),
+    }
+}
+
+fn entries(dir: &OwnedFd) -> io::Result<Vec<(String, FileType)>> {
+    let mut out = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let name: &CStr = e.file_name();
+        let b = name.to_bytes();
+        if b == b"." || b == b".." {
+            continue;
+        }
+        out.push((String::from_utf8_lossy(b).into_owned(), e.file_type()));
+    }
+    Ok(out)
+}
+
+fn remove_contents(dir: &OwnedFd, rel: &str, depth: usize) -> Result<(), FsError> {
+    if depth > MAX_DEPTH {
+        return Err(FsError::Io { path: rel.to_owned(), source: io::Error::other("tree too deep") });
+    }
+    for (name, ft) in entries(dir).map_err(|e| FsError::from_io(rel, e))? {
+        let ft = if ft == FileType::Unknown {
+            rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                .map(|s| FileType::from_raw_mode(s.st_mode))
+                .map_err(|e| FsError::from_errno(rel, e))?
+        } else {
+            ft
+        };
+        if ft == FileType::Directory {
+            let sub = rustix::fs::openat(dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+            remove_contents(&sub, rel, depth + 1)?;
+            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::REMOVEDIR).map_err(|e| FsError::from_errno(rel, e))?;
+        } else {
+            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn clean_dir(dir: &OwnedFd, depth: usize) -> io::Result<usize> {
+    if depth > MAX_DEPTH {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for (name, ft) in entries(dir)? {
+        if is_temp_name(&name) {
+            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty())?;
+            n += 1;
+        } else if ft == FileType::Directory {
+            let sub = rustix::fs::openat(dir, name.as_str(), dir_flags(), Mode::empty())?;
+            n += clean_dir(&sub, depth + 1)?;
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, symlink};
+
+    fn attrs(mode: u32) -> Attrs {
+        Attrs { mode, mtime_ns: 1_600_000_000_000_000_123, owner: "root".into(), group: "root".into() }
+    }
+
+    #[test]
+    fn write_commit_rename_delete() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        let mut ids = Ids::default();
+        let mut f = tree.begin_file("a/b/c", 1).unwrap();
+        f.file.write_all(b"data").unwrap();
+        Tree::apply_attrs(&f.file, "a/b/c", &attrs(0o640), false, &mut ids).unwrap();
+        assert!(!t.path().join("a/b/c").exists(), "not visible before commit");
+        Tree::commit_file(&f, "a/b/c").unwrap();
+        let md = fs::metadata(t.path().join("a/b/c")).unwrap();
+        assert_eq!((md.mode() & 0o7777, md.mtime_nsec()), (0o640, 123));
+        assert_eq!(fs::read(t.path().join("a/b/c")).unwrap(), b"data");
+        tree.rename("a/b/c", "a/d/e").unwrap();
+        assert_eq!(fs::read(t.path().join("a/d/e")).unwrap(), b"data");
+        tree.delete("a").unwrap();
+        assert!(!t.path().join("a").exists());
+        tree.delete("a/never").unwrap();
+    }
+
+    #[test]
+    fn symlinks_never_lead_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        let mut ids = Ids::default();
+        symlink(outside.path(), t.path().join("evil")).unwrap();
+        symlink(outside.path().join("victim"), t.path().join("file-link")).unwrap();
+        assert!(matches!(tree.begin_file("evil/x", 1), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.mkdir("evil/d", &attrs(0o700), &mut ids), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.set_attr("file-link", &attrs(0o777), &mut ids), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.rename("evil/victim", "stolen"), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.rename("file-link", "x"), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.open_read("evil/victim"), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.open_read("file-link"), Err(FsError::Unsafe { .. })));
+        assert!(matches!(tree.delete("evil/victim"), Err(FsError::Unsafe { .. })));
+        // Deleting the link removes the link, not its target.
+        tree.delete("evil").unwrap();
+        assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn clean_temps_removes_only_temps() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        let f = tree.begin_file("d/x", 9).unwrap();
+        drop(f);
+        fs::write(t.path().join("d/keep"), b"k").unwrap();
+        assert_eq!(tree.clean_temps().unwrap(), 1);
+        assert_eq!(fs::read_dir(t.path().join("d")).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! Mail data and spool sync (issue 4): the primary streams every change of
+//! its mail directories and MTA spool to the secondary, durably, over an
+//! authenticated TCP channel; see `docs/sync.md`.
+//!
+//! Pure parts: [`proto`] (wire format), [`auth`], [`path`], [`plan`]
+//! (reconcile and failback planning), [`spool`]. I/O: [`fsops`] (receiver
+//! file operations confined to a root), [`manifest`] (scans), [`watcher`]
+//! (inotify), [`sender`], [`receiver`], [`state`].
+//!
+//! Both sides run on plain threads: file bodies go out with blocking
+//! `sendfile(2)` and the receiver's group commit is a tight read–write–fsync
+//! loop; neither gains from an async runtime. The daemon keeps a
+//! [`SyncHandle`] and reads [`SyncHandle::status`].
+
+pub mod auth;
+pub mod fsops;
+pub mod ids;
+pub mod manifest;
+pub mod path;
+pub mod plan;
+pub mod proto;
+pub mod receiver;
+pub mod sender;
+pub mod spool;
+pub mod state;
+pub mod status;
+pub mod watcher;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use receiver::Receiver;
+pub use sender::{FailbackReport, Sender, failback};
+pub use spool::RootKind;
+pub use status::SyncStatus;
+
+/// The sync port: one above the HA base port.
+pub fn default_port(base_port: u16) -> u16 {
+    base_port.wrapping_add(1)
+}
+
+/// One synced directory tree. Both nodes name their roots alike; the
+/// paths may differ.
+#[derive(Debug, Clone)]
+pub struct SyncRoot {
+    /// Name shared by both nodes (e.g. `"mail"`, `"postfix"`).
+    pub name: String,
+    pub path: PathBuf,
+    pub kind: RootKind,
+}
+
+/// Settings of one side.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// This node's name (logs and hello only).
+    pub node: String,
+    pub roots: Vec<SyncRoot>,
+    /// Receiver: where to listen.
+    pub listen: SocketAddr,
+    /// Sender: the peer's receiver.
+    pub peer: SocketAddr,
+    /// The shared cluster password.
+    pub key: Vec<u8>,
+    /// Where the small state files live (per instance).
+    pub state_dir: PathBuf,
+    /// Lag an operator is promised; above it the sender raises an alarm.
+    pub max_lag: Duration,
+    /// Pause between reconnection attempts (also the disk-full retry).
+    pub retry: Duration,
+}
+
+impl SyncConfig {
+    /// Root names in configuration order (the wire numbers roots by it).
+    pub fn root_names(&self) -> Vec<String> {
+        self.roots.iter().map(|r| r.name.clone()).collect()
+    }
+}
+
+/// State shared by a running side and its handle.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub status: Mutex<SyncStatus>,
+    pub stop: AtomicBool,
+    pub resync: AtomicBool,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    pub fn with_status<T>(&self, f: impl FnOnce(&mut SyncStatus) -> T) -> T {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Handle on a running sender or receiver.
+#[derive(Debug)]
+pub struct SyncHandle {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl SyncHandle {
+    /// A snapshot of the status.
+    pub fn status(&self) -> SyncStatus {
+        self.shared.with_status(|s| s.clone())
+    }
+
+    /// Forces a full reconcile now (`ha-agent sync data`): the sender drops
+    /// its connection and reconciles on the next one.
+    pub fn resync(&self) {
+        self.shared.resync.store(true, Ordering::Relaxed);
+    }
+
+    /// Receiver: the address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// Stops all threads and waits for them (bounded by their poll intervals).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SyncHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

@@ -1,0 +1,609 @@
+//! The receiving side: accepts the sender, authenticates it, applies its
+//! operations inside the configured roots and acknowledges them once they
+//! are durable, committing in groups.
+//!
+//! Group commit: file bodies go to temporary names; when the input queue is
+//! empty (nothing buffered, nothing readable on the socket) or the batch is
+//! large, the batch is made durable (fsync of each file, or one `syncfs`
+//! for a big batch), renamed into place, the touched directories are
+//! fsynced, and the highest sequence of the batch is acknowledged. A lone
+//! message in steady state is therefore committed as soon as it arrives;
+//! under load many share one flush.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use rustix::event::{PollFd, PollFlags};
+use tracing::{debug, error, info, warn};
+
+use super::auth::{self, Role};
+use super::fsops::{FsError, TempFile, Tree};
+use super::ids::Ids;
+use super::manifest::{self, Manifest};
+use super::path;
+use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError, WireEntry};
+use super::state::{StateFile, SyncState};
+use super::{Shared, SyncConfig, SyncHandle};
+
+/// Files per batch before a commit is forced.
+const BATCH_FILES: usize = 512;
+/// Body bytes per batch before a commit is forced.
+const BATCH_BYTES: u64 = 64 << 20;
+/// Above this many files a batch is flushed with one `syncfs` instead of
+/// one `fsync` per file.
+const SYNCFS_ABOVE: usize = 8;
+/// Handshake must complete within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The receiver's acked sequence is persisted at most this often (and at
+/// the end of each session): it only seeds the sender's numbering, the
+/// data itself is reconciled by manifest.
+const STATE_EVERY: Duration = Duration::from_millis(500);
+
+/// The receiving side.
+pub struct Receiver;
+
+struct Ctx {
+    cfg: SyncConfig,
+    shared: Arc<Shared>,
+    trees: Vec<Tree>,
+    state: StateFile,
+    /// The current session's socket, shut down when a newer session starts.
+    active: Mutex<Option<TcpStream>>,
+    /// One session applies operations at a time.
+    apply: Mutex<()>,
+}
+
+impl Receiver {
+    /// Binds `cfg.listen` and serves senders until the handle is stopped.
+    pub fn spawn(cfg: SyncConfig) -> io::Result<SyncHandle> {
+        let listener = TcpListener::bind(cfg.listen)?;
+        let local = listener.local_addr()?;
+        let mut trees = Vec::new();
+        for r in &cfg.roots {
+            let t = Tree::open(&r.path)?;
+            let n = t.clean_temps()?;
+            if n > 0 {
+                info!(root = %r.name, removed = n, "removed temporary files of an interrupted transfer");
+            }
+            trees.push(t);
+        }
+        let shared = Arc::new(Shared::default());
+        let state = StateFile::new(&cfg.state_dir, "sync-receiver.json");
+        let st = state.load().unwrap_or_else(|e| {
+            warn!(error = %e, "sync state unreadable, starting from zero");
+            SyncState::default()
+        });
+        shared.with_status(|s| {
+            s.outdated = true;
+            s.acked_seq = st.acked_seq;
+        });
+        let ctx = Arc::new(Ctx { cfg, shared: shared.clone(), trees, state, active: Mutex::new(None), apply: Mutex::new(()) });
+        info!(listen = %local, "sync receiver listening");
+        let t = thread::Builder::new().name("sync-accept".into()).spawn(move || accept_loop(&ctx, &listener))?;
+        Ok(SyncHandle { shared, threads: vec![t], local_addr: Some(local) })
+    }
+}
+
+fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
+    let mut sessions: Vec<thread::JoinHandle<()>> = Vec::new();
+    let _ = listener.set_nonblocking(true);
+    while !ctx.shared.stopping() {
+        let mut fds = [PollFd::new(listener, PollFlags::IN)];
+        let timeout = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) == 0 {
+            sessions.retain(|h| !h.is_finished());
+            continue;
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let ctx = ctx.clone();
+                let h = thread::Builder::new().name("sync-recv".into()).spawn(move || {
+                    let _ = stream.set_nonblocking(false);
+                    session(&ctx, stream, peer.to_string());
+                });
+                if let Ok(h) = h {
+                    sessions.push(h);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => warn!(error = %e, "sync accept failed"),
+        }
+    }
+    if let Some(s) = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+    }
+    for h in sessions {
+        let _ = h.join();
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("connection closed: {0}")]
+    Io(#[from] io::Error),
+    #[error("undecodable input: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    #[error("replica file system full: {0}")]
+    NoSpace(String),
+}
+
+impl From<ReadError> for SessionEnd {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Io(e) => Self::Io(e),
+            ReadError::Decode(e) => Self::Decode(e),
+        }
+    }
+}
+
+fn send(w: &mut impl Write, f: &Frame, seq: u64) -> io::Result<()> {
+    let mut b = BytesMut::new();
+    proto::encode(f, seq, &mut b);
+    w.write_all(&b)
+}
+
+fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
+    let span = tracing::info_span!("sync_session", %peer);
+    let _g = span.enter();
+    let mut w = match stream.try_clone() {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "cannot clone sync socket");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut r = BufReader::with_capacity(256 * 1024, stream);
+    let hello = match handshake(ctx, &mut r, &mut w) {
+        Ok(h) => h,
+        Err(e) => {
+            let kind = match &e {
+                SessionEnd::Decode(d) => d.label(),
+                SessionEnd::Refused(_) => "auth",
+                _ => "handshake_io",
+            };
+            warn!(error = %e, "sync handshake failed");
+            ctx.shared.with_status(|s| s.count_error(kind, e.to_string()));
+            return;
+        }
+    };
+    let replicate = hello.purpose == Purpose::Replicate;
+    // Take over from an older session (a sender that reconnected after a
+    // failure we have not noticed yet).
+    if let Ok(clone) = w.try_clone()
+        && let Some(old) = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).replace(clone)
+    {
+        let _ = old.shutdown(std::net::Shutdown::Both);
+    }
+    let _apply = ctx.apply.lock().unwrap_or_else(|p| p.into_inner());
+    info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
+    if replicate {
+        ctx.shared.with_status(|s| {
+            s.connected = true;
+            s.in_sync = false;
+            s.outdated = true;
+        });
+    }
+    let mut sess = Session { ctx, roots: Vec::new(), batch: Batch::default(), ids: Ids::default(), last_state: Instant::now(), insync_seq: None, replicate };
+    for name in &hello.roots {
+        // Checked in the handshake: every name exists here.
+        let i = ctx.cfg.roots.iter().position(|r| &r.name == name).expect("root checked in handshake");
+        sess.roots.push(i);
+    }
+    let end = sess.run(&mut r, &mut w);
+    let _ = sess.commit(&mut w);
+    sess.persist(true);
+    match &end {
+        SessionEnd::Io(e) => info!(error = %e, "sync session ended"),
+        SessionEnd::NoSpace(m) => {
+            let msg = format!("replica file system full at {m}");
+            error!(error = %msg, "sync paused: replica disk full; the sender retries");
+            ctx.shared.with_status(|s| {
+                s.count_error("no_space", msg.clone());
+                s.paused = Some(msg.clone());
+            });
+            let _ = send(&mut w, &Frame::Error { code: ErrorCode::NoSpace, path: m.clone(), message: msg }, 0);
+        }
+        e => {
+            warn!(error = %e, "sync session aborted");
+            let kind = if let SessionEnd::Decode(d) = e { d.label() } else { "protocol" };
+            ctx.shared.with_status(|s| s.count_error(kind, e.to_string()));
+            let _ = send(&mut w, &Frame::Error { code: ErrorCode::Protocol, path: String::new(), message: e.to_string() }, 0);
+        }
+    }
+    let _ = w.shutdown(std::net::Shutdown::Both);
+    if replicate {
+        ctx.shared.with_status(|s| {
+            s.connected = false;
+            s.in_sync = false;
+            s.outdated = true;
+        });
+    }
+}
+
+fn handshake(ctx: &Ctx, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Hello, SessionEnd> {
+    r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let hello = match proto::read_frame(r) {
+        Ok((_, Frame::Hello(h))) => h,
+        Ok((_, f)) => return Err(SessionEnd::Refused(format!("expected hello, got {:?}", f.kind()))),
+        Err(ReadError::Decode(e @ DecodeError::Version { .. })) => {
+            let _ = send(w, &Frame::Error { code: ErrorCode::Version, path: String::new(), message: e.to_string() }, 0);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let nonce = auth::nonce();
+    let acked = ctx.shared.with_status(|s| s.acked_seq);
+    let challenge = Hello {
+        version: proto::VERSION,
+        purpose: hello.purpose,
+        node: ctx.cfg.node.clone(),
+        nonce,
+        roots: Vec::new(),
+        acked_seq: acked,
+    };
+    send(w, &Frame::Challenge(challenge), 0)?;
+    let mac = match proto::read_frame(r)? {
+        (_, Frame::Response { mac }) => mac,
+        (_, f) => return Err(SessionEnd::Refused(format!("expected response, got {:?}", f.kind()))),
+    };
+    if !auth::verify(&ctx.cfg.key, Role::Client, &nonce, &hello.nonce, &mac) {
+        let _ = send(w, &Frame::Error { code: ErrorCode::Auth, path: String::new(), message: "authentication failed".into() }, 0);
+        return Err(SessionEnd::Refused(format!("bad proof from node {:?} (wrong password?)", hello.node)));
+    }
+    let unknown: Vec<&String> = hello.roots.iter().filter(|n| !ctx.cfg.roots.iter().any(|r| &r.name == *n)).collect();
+    if !unknown.is_empty() {
+        let msg = format!("roots not configured here: {unknown:?}");
+        let _ = send(w, &Frame::Error { code: ErrorCode::Roots, path: String::new(), message: msg.clone() }, 0);
+        return Err(SessionEnd::Refused(msg));
+    }
+    let mac = auth::proof(&ctx.cfg.key, Role::Server, &hello.nonce, &nonce);
+    send(w, &Frame::Response { mac }, 0)?;
+    r.get_ref().set_read_timeout(None)?;
+    Ok(hello)
+}
+
+/// Operations received but not yet durable.
+#[derive(Default)]
+struct Batch {
+    /// (sequence, root index, relative path, temporary file)
+    files: Vec<(u64, usize, String, TempFile)>,
+    /// Directories whose entries changed, by relative path (per root).
+    dirs: HashMap<(usize, String), OwnedFd>,
+    max_seq: u64,
+    bytes: u64,
+    /// Files and bytes counted once committed.
+    pending_bytes: u64,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty() && self.max_seq == 0
+    }
+}
+
+struct Session<'a> {
+    ctx: &'a Ctx,
+    /// Wire root index → configured root index.
+    roots: Vec<usize>,
+    batch: Batch,
+    ids: Ids,
+    last_state: Instant,
+    insync_seq: Option<u64>,
+    replicate: bool,
+}
+
+impl<'a> Session<'a> {
+    fn tree(&self, wire_root: u8) -> Result<(usize, &'a Tree), SessionEnd> {
+        let ctx: &'a Ctx = self.ctx;
+        let i = *self
+            .roots
+            .get(wire_root as usize)
+            .ok_or_else(|| SessionEnd::Decode(DecodeError::BadValue { field: "root", value: wire_root.into() }))?;
+        Ok((i, &ctx.trees[i]))
+    }
+
+    fn run(&mut self, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> SessionEnd {
+        loop {
+            if self.ctx.shared.stopping() {
+                return SessionEnd::Io(io::Error::other("receiver stopping"));
+            }
+            if !self.batch.is_empty() && input_idle(r)
+                && let Err(e) = self.commit(w) {
+                    return e;
+                }
+            let (seq, frame) = match proto::read_frame(r) {
+                Ok(x) => x,
+                Err(e) => return e.into(),
+            };
+            if let Err(e) = self.handle(seq, frame, r, w) {
+                return e;
+            }
+            if (self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES)
+                && let Err(e) = self.commit(w) {
+                    return e;
+                }
+        }
+    }
+
+    fn handle(&mut self, seq: u64, frame: Frame, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<(), SessionEnd> {
+        let is_op = matches!(
+            frame,
+            Frame::FileData { .. } | Frame::Rename { .. } | Frame::Delete { .. } | Frame::Mkdir { .. } | Frame::SetAttr { .. } | Frame::InSync
+        );
+        // Metadata operations may name a file still under its temporary
+        // name: make the batch durable and visible first.
+        if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
+            self.commit(w)?;
+        }
+        let result = match frame {
+            Frame::ManifestRequest { hash_of } => {
+                self.commit(w)?;
+                self.send_manifest(&hash_of, w)?;
+                return Ok(());
+            }
+            Frame::FileData { root, path, size, attrs } => {
+                let (ri, _) = self.tree(root)?;
+                self.receive_file(ri, seq, &path, size, &attrs, r)?
+            }
+            Frame::Rename { root, from, to } => {
+                let (ri, t) = self.tree(root)?;
+                t.rename(&from, &to).map(|dirs| {
+                    for (p, fd) in dirs {
+                        self.batch.dirs.insert((ri, p), fd);
+                    }
+                })
+                .map_err(|e| match e {
+                    FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
+                    e => e,
+                })
+            }
+            Frame::Delete { root, path } => {
+                let (ri, t) = self.tree(root)?;
+                t.delete(&path).map(|(p, fd)| {
+                    self.batch.dirs.insert((ri, p), fd);
+                })
+            }
+            Frame::Mkdir { root, path, attrs } => {
+                let (ri, t) = self.tree(root)?;
+                t.mkdir(&path, &attrs, &mut self.ids).map(|(p, fd)| {
+                    self.batch.dirs.insert((ri, p), fd);
+                })
+            }
+            Frame::SetAttr { root, path, attrs } => {
+                let (_, t) = self.tree(root)?;
+                t.set_attr(&path, &attrs, &mut self.ids)
+            }
+            Frame::InSync => {
+                self.insync_seq = Some(seq);
+                Ok(())
+            }
+            f => return Err(SessionEnd::Refused(format!("unexpected {:?} frame during sync", f.kind()))),
+        };
+        if is_op {
+            self.batch.max_seq = self.batch.max_seq.max(seq);
+        }
+        match result {
+            Ok(()) => Ok(()),
+            Err(FsError::NoSpace { path }) => {
+                // Keep what is complete, then pause: the sender retries.
+                Err(SessionEnd::NoSpace(path))
+            }
+            Err(e) => {
+                let code = match &e {
+                    FsError::Unsafe { .. } | FsError::Path { .. } => ErrorCode::UnsafePath,
+                    FsError::NotFound { .. } => ErrorCode::MissingSource,
+                    _ => ErrorCode::Io,
+                };
+                let path = match &e {
+                    FsError::Unsafe { path, .. } | FsError::NotFound { path } | FsError::Path { path, .. } | FsError::Io { path, .. } | FsError::NoSpace { path } => path.clone(),
+                };
+                warn!(seq, error = %e, kind = e.label(), "sync operation refused");
+                self.ctx.shared.with_status(|s| s.count_error(e.label(), e.to_string()));
+                send(w, &Frame::Error { code, path, message: e.to_string() }, seq)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Receives a body into a temporary file. Refused paths have their body
+    /// read and dropped so the stream stays in step.
+    fn receive_file(&mut self, ri: usize, seq: u64, rel: &str, size: u64, attrs: &proto::Attrs, r: &mut BufReader<TcpStream>) -> Result<Result<(), FsError>, SessionEnd> {
+        let tree = &self.ctx.trees[ri];
+        let mut t = match tree.begin_file(rel, seq) {
+            Ok(t) => t,
+            Err(e @ FsError::NoSpace { .. }) => return Ok(Err(e)),
+            Err(e) => {
+                io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
+                return Ok(Err(e));
+            }
+        };
+        let mut left = size;
+        let mut buf = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let want = left.min(buf.len() as u64) as usize;
+            let n = r.read(&mut buf[..want])?;
+            if n == 0 {
+                Tree::discard(&t);
+                return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            if let Err(e) = t.file.write_all(&buf[..n]) {
+                Tree::discard(&t);
+                return Ok(Err(FsError::from_io(rel, e)));
+            }
+            left -= n as u64;
+        }
+        if let Err(e) = Tree::apply_attrs(&t.file, rel, attrs, false, &mut self.ids) {
+            Tree::discard(&t);
+            return Ok(Err(e));
+        }
+        self.batch.bytes += size;
+        self.batch.pending_bytes += size;
+        let key = (ri, t.dir_path.clone());
+        let dir = t.dir.try_clone().map_err(SessionEnd::Io)?;
+        self.batch.dirs.insert(key, dir);
+        self.batch.files.push((seq, ri, rel.to_owned(), t));
+        Ok(Ok(()))
+    }
+
+    /// Makes the batch durable, renames files into place, fsyncs the
+    /// directories, acknowledges.
+    fn commit(&mut self, w: &mut TcpStream) -> Result<(), SessionEnd> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let b = std::mem::take(&mut self.batch);
+        let mut failed = None;
+        if b.files.len() > SYNCFS_ABOVE {
+            let mut synced = Vec::new();
+            for (_, ri, rel, _) in &b.files {
+                if !synced.contains(ri) {
+                    synced.push(*ri);
+                    if let Err(e) = self.ctx.trees[*ri].syncfs() {
+                        failed.get_or_insert(FsError::from_io(rel, e));
+                    }
+                }
+            }
+        } else {
+            for (_, _, rel, t) in &b.files {
+                if let Err(e) = t.file.sync_all() {
+                    failed.get_or_insert(FsError::from_io(rel, e));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            for (_, _, _, t) in &b.files {
+                Tree::discard(t);
+            }
+            return Err(match e {
+                FsError::NoSpace { path } => SessionEnd::NoSpace(path),
+                e => SessionEnd::Io(io::Error::other(e.to_string())),
+            });
+        }
+        let files = b.files.len() as u64;
+        for (seq, _, rel, t) in &b.files {
+            if let Err(e) = Tree::commit_file(t, rel) {
+                Tree::discard(t);
+                warn!(seq, error = %e, "sync commit rename failed");
+                self.ctx.shared.with_status(|s| s.count_error(e.label(), e.to_string()));
+                send(w, &Frame::Error { code: ErrorCode::Io, path: rel.clone(), message: e.to_string() }, *seq)?;
+            }
+        }
+        for fd in b.dirs.values() {
+            if let Err(e) = rustix::fs::fsync(fd.as_fd()) {
+                return Err(SessionEnd::Io(e.into()));
+            }
+        }
+        let acked = b.max_seq;
+        send(w, &Frame::Ack, acked)?;
+        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked);
+        let replicate = self.replicate;
+        self.ctx.shared.with_status(|s| {
+            s.acked_seq = s.acked_seq.max(acked);
+            s.last_sync = Some(SystemTime::now());
+            s.files_synced += files;
+            s.bytes_synced += b.pending_bytes;
+            if s.paused.take().is_some() {
+                info!("sync resumed: replica has space again");
+            }
+            if in_sync_now && replicate && !s.in_sync {
+                s.in_sync = true;
+                s.outdated = false;
+                info!(seq = acked, "replica in sync with the primary");
+            }
+        });
+        debug!(seq = acked, files, "sync batch committed");
+        self.persist(false);
+        Ok(())
+    }
+
+    fn persist(&mut self, force: bool) {
+        if !force && self.last_state.elapsed() < STATE_EVERY {
+            return;
+        }
+        self.last_state = Instant::now();
+        let acked = self.ctx.shared.with_status(|s| s.acked_seq);
+        if let Err(e) = self.ctx.state.store(&SyncState { acked_seq: acked, synced_until_ns: 0 }) {
+            warn!(error = %e, "cannot persist sync state");
+        }
+    }
+
+    fn send_manifest(&mut self, hash_of: &[(u8, String)], w: &mut TcpStream) -> Result<(), SessionEnd> {
+        let mut out = BytesMut::new();
+        let mut chunk: Vec<WireEntry> = Vec::new();
+        let mut chunk_bytes = 0usize;
+        let flush = |chunk: &mut Vec<WireEntry>, chunk_bytes: &mut usize, out: &mut BytesMut, w: &mut TcpStream| -> io::Result<()> {
+            if !chunk.is_empty() {
+                proto::encode(&Frame::ManifestEntries(std::mem::take(chunk)), 0, out);
+                *chunk_bytes = 0;
+            }
+            if out.len() > 256 * 1024 {
+                w.write_all(out)?;
+                out.clear();
+            }
+            Ok(())
+        };
+        let push = |e: WireEntry, chunk: &mut Vec<WireEntry>, chunk_bytes: &mut usize, out: &mut BytesMut, w: &mut TcpStream| -> io::Result<()> {
+            let sz = 64 + e.path.len() + e.attrs.owner.len() + e.attrs.group.len();
+            if chunk.len() >= proto::MAX_ENTRIES_PER_FRAME * 40 || *chunk_bytes + sz > proto::MAX_PAYLOAD - 1024 {
+                flush(chunk, chunk_bytes, out, w)?;
+            }
+            *chunk_bytes += sz;
+            chunk.push(e);
+            Ok(())
+        };
+        if hash_of.is_empty() {
+            for (wire, &ri) in self.roots.iter().enumerate() {
+                let root = &self.ctx.cfg.roots[ri];
+                let m: Manifest = manifest::scan(&root.path, root.kind, &mut self.ids)?;
+                for (p, e) in &m {
+                    push(manifest::to_wire(wire as u8, p, e), &mut chunk, &mut chunk_bytes, &mut out, w)?;
+                }
+            }
+        } else {
+            for (root, p) in hash_of {
+                let (_, tree) = self.tree(*root)?;
+                // Refused or vanished paths are simply left out: the sender
+                // then treats them as different.
+                let Ok(f) = tree.open_read(p) else { continue };
+                let Ok(md) = f.metadata() else { continue };
+                if !md.is_file() || path::is_temp_name(p) {
+                    continue;
+                }
+                let mut e = manifest::entry_of(&md, &mut self.ids);
+                e.hash = hash_reader(f).ok();
+                push(manifest::to_wire(*root, p, &e), &mut chunk, &mut chunk_bytes, &mut out, w)?;
+            }
+        }
+        flush(&mut chunk, &mut chunk_bytes, &mut out, w)?;
+        proto::encode(&Frame::ManifestEnd, 0, &mut out);
+        w.write_all(&out)?;
+        Ok(())
+    }
+}
+
+fn hash_reader(mut f: std::fs::File) -> io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().into())
+}
+
+/// True when nothing is buffered and nothing is readable right now.
+fn input_idle(r: &BufReader<TcpStream>) -> bool {
+    if !r.buffer().is_empty() {
+        return false;
+    }
+    let mut fds = [PollFd::new(r.get_ref(), PollFlags::IN)];
+    let zero = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 0 };
+    rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(1) == 0
+}
