@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use ha_agent::metrics::{Direction, Metrics, RejectKind, Role, SyncKind};
+use ha_agent::heartbeat::RefusalKind;
+use ha_agent::metrics::{Direction, Metrics, Role, SyncKind};
 
 const DASHBOARD: &str = include_str!("../../dashboards/ha.json");
 
@@ -53,7 +54,7 @@ fn rendered_names() -> BTreeSet<String> {
     m.set_link_up("hb0", true);
     m.heartbeat_received("hb0", 1_000_000);
     m.heartbeat_received("hb0", 2_000_000);
-    m.heartbeat_rejected(RejectKind::Auth);
+    m.heartbeat_rejected(RefusalKind::Forged);
     m.set_sync_lag(Duration::from_millis(2));
     m.set_sync_max_lag(Duration::from_secs(1));
     m.set_sync_backlog(1, 10);

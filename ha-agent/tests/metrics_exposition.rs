@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ha_agent::metrics::{self, Direction, Metrics, MetricsError, RejectKind, Role, SyncKind};
+use ha_agent::heartbeat::RefusalKind;
+use ha_agent::metrics::{self, Direction, Metrics, MetricsError, Role, SyncKind};
 use ha_agent::monitor::{Health, MonitorStatus};
 use prometheus_parse::{LineInfo, Scrape, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -56,7 +57,7 @@ fn exercise(m: &Metrics) {
     m.set_link_up("hb0", true);
     m.heartbeat_received("hb0", 1_000_000_000);
     m.heartbeat_received("hb0", 1_001_000_000);
-    m.heartbeat_rejected(RejectKind::Replay);
+    m.heartbeat_rejected(RefusalKind::Replayed);
     let counters: BTreeMap<&str, u64> =
         ha_common::Counter::ALL.iter().enumerate().map(|(i, c)| (c.name(), i as u64 * 10)).collect();
     m.set_dataplane_counters(&counters).expect("all known");
@@ -82,7 +83,7 @@ fn a_fresh_registry_is_valid_and_shows_build_info_and_zero_roles() {
     for role in Role::ALL {
         assert_eq!(value(&s, "ha_effective_role", &[("role", role.as_str())]), 0.0);
     }
-    for kind in RejectKind::ALL {
+    for kind in RefusalKind::ALL {
         assert_eq!(value(&s, "ha_heartbeat_rejected_total", &[("kind", kind.as_str())]), 0.0);
     }
     // Known kernel counters exist at 0 before the first read, so that

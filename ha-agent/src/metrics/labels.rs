@@ -60,44 +60,6 @@ impl From<Mode> for Role {
     }
 }
 
-/// Why the agent refused a heartbeat frame (`ha_heartbeat_rejected_total`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RejectKind {
-    /// The HMAC tag did not verify (wrong password or forged).
-    Auth,
-    /// Authentic but old or repeated (sequence or nonce already seen).
-    Replay,
-    /// Could not be decoded.
-    Malformed,
-    /// Another protocol version.
-    Version,
-    /// Another cluster id.
-    Cluster,
-}
-
-impl RejectKind {
-    /// Every kind, so that each has a series from the start.
-    pub const ALL: [RejectKind; 5] = [
-        RejectKind::Auth,
-        RejectKind::Replay,
-        RejectKind::Malformed,
-        RejectKind::Version,
-        RejectKind::Cluster,
-    ];
-
-    /// The label value.
-    #[must_use]
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            RejectKind::Auth => "auth",
-            RejectKind::Replay => "replay",
-            RejectKind::Malformed => "malformed",
-            RejectKind::Version => "version",
-            RejectKind::Cluster => "cluster",
-        }
-    }
-}
-
 /// Which way sync traffic went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Direction {

@@ -14,7 +14,7 @@ mod labels;
 mod registry;
 
 pub use http::{MetricsServer, serve};
-pub use labels::{Direction, RejectKind, Role, SyncKind};
+pub use labels::{Direction, Role, SyncKind};
 pub use registry::{CONTENT_TYPE, Metrics, NAMES};
 
 /// Why the metrics module failed.

@@ -18,8 +18,9 @@ use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
     BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    PacketLabel, ReasonLabel, RejectKind, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
+    PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
 };
+use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
 
 /// Every metric name this registry exposes (histograms by their base name;
@@ -209,7 +210,7 @@ impl Metrics {
             let _ = self.configured_role.get_or_create(&l);
             let _ = self.effective_role.get_or_create(&l);
         }
-        for kind in RejectKind::ALL {
+        for kind in RefusalKind::ALL {
             let _ = self.hb_rejected.get_or_create(&KindLabel { kind: kind.as_str() });
         }
         for c in KernelCounter::ALL {
@@ -294,8 +295,9 @@ impl Metrics {
         last.insert(link.to_owned(), rx_ns);
     }
 
-    /// Counts a heartbeat frame the agent refused.
-    pub fn heartbeat_rejected(&self, kind: RejectKind) {
+    /// Counts a heartbeat frame the agent refused (the kinds of
+    /// docs/heartbeat.md, "Which frames count as a sign of life").
+    pub fn heartbeat_rejected(&self, kind: RefusalKind) {
         self.hb_rejected.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
     }
 
