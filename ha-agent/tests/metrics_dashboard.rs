@@ -32,9 +32,12 @@ fn metric_names(expr: &str) -> Vec<String> {
     let b = expr.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        let starts = expr[i..].starts_with("ha_") && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
+        let starts = expr[i..].starts_with("ha_")
+            && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
         if starts {
-            let end = expr[i..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(b.len(), |e| i + e);
+            let end = expr[i..]
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .map_or(b.len(), |e| i + e);
             names.push(expr[i..end].to_owned());
             i = end;
         } else {
@@ -49,7 +52,11 @@ fn rendered_names() -> BTreeSet<String> {
     let m = Metrics::new("mail-a");
     m.set_configured_role(Role::Primary);
     m.record_transition(Role::Secondary, Role::Primary);
-    m.record_failover("peer_lost", Some(Duration::from_millis(6)), SystemTime::now());
+    m.record_failover(
+        "peer_lost",
+        Some(Duration::from_millis(6)),
+        SystemTime::now(),
+    );
     m.add_link("hb0");
     m.set_link_up("hb0", true);
     m.heartbeat_received("hb0", 1_000_000);
@@ -82,7 +89,10 @@ fn every_metric_the_dashboard_queries_exists() {
         assert!(!names.is_empty(), "query names no ha_ metric: {e}");
         missing.extend(names.into_iter().filter(|n| !exposed.contains(n)));
     }
-    assert!(missing.is_empty(), "dashboard queries metrics the agent does not expose: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "dashboard queries metrics the agent does not expose: {missing:?}"
+    );
 }
 
 #[test]
@@ -98,8 +108,18 @@ fn queries_are_balanced() {
                 '"' => in_str = !in_str,
                 '(' | '{' | '[' if !in_str => stack.push(c),
                 ')' | '}' | ']' if !in_str => {
-                    let open = stack.pop().unwrap_or_else(|| panic!("unbalanced {c} in {e}"));
-                    assert_eq!(open, match c { ')' => '(', '}' => '{', _ => '[' }, "mismatched in {e}");
+                    let open = stack
+                        .pop()
+                        .unwrap_or_else(|| panic!("unbalanced {c} in {e}"));
+                    assert_eq!(
+                        open,
+                        match c {
+                            ')' => '(',
+                            '}' => '{',
+                            _ => '[',
+                        },
+                        "mismatched in {e}"
+                    );
                 }
                 _ => {}
             }
@@ -123,7 +143,12 @@ fn dashboard_covers_role_heartbeat_failovers_and_sync_lag() {
     ] {
         assert!(used.contains(needed), "dashboard does not show {needed}");
     }
-    let ids: Vec<u64> = dash["panels"].as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
     let unique: BTreeSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "panel ids repeat");
 }

@@ -15,12 +15,18 @@ impl Stubs {
     /// Stand-ins that append `name args` to `calls`; `postfix status`
     /// succeeds iff `running` is true.
     fn new(running: bool) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let dir = std::env::temp_dir().join(format!("ha-hookstubs-{}-{nanos}", std::process::id()));
         fs::create_dir(&dir).unwrap();
         for name in ["postfix", "postsuper", "postqueue"] {
             let status = if name == "postfix" {
-                format!("[ \"$3\" = status ] && exit {}\n", if running { 0 } else { 1 })
+                format!(
+                    "[ \"$3\" = status ] && exit {}\n",
+                    if running { 0 } else { 1 }
+                )
             } else {
                 String::new()
             };
@@ -36,7 +42,11 @@ impl Stubs {
     }
 
     fn run_hook(&self, hook: &str, old: &str, new: &str) -> Vec<String> {
-        let path = format!("{}:{}", self.0.display(), std::env::var("PATH").unwrap_or_default());
+        let path = format!(
+            "{}:{}",
+            self.0.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
         let out = Command::new("/bin/sh")
             .arg("-c")
             .arg(Path::new(HOOKS).join(hook))
@@ -50,8 +60,16 @@ impl Stubs {
             .env_remove("INVOCATION_ID")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{hook} failed: {}", String::from_utf8_lossy(&out.stderr));
-        fs::read_to_string(self.0.join("calls")).unwrap_or_default().lines().map(str::to_owned).collect()
+        assert!(
+            out.status.success(),
+            "{hook} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::read_to_string(self.0.join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -82,14 +100,22 @@ fn promote_does_not_start_a_running_postfix_twice() {
     let s = Stubs::new(true);
     let calls = s.run_hook("postfix-promote", "secondary", "primary");
     assert!(!calls.iter().any(|c| c.contains(" start")), "{calls:?}");
-    assert!(calls.last().unwrap().starts_with("postqueue -c /etc/postfix-b -f"));
+    assert!(
+        calls
+            .last()
+            .unwrap()
+            .starts_with("postqueue -c /etc/postfix-b -f")
+    );
 }
 
 #[test]
 fn demote_stops_a_running_postfix_and_leaves_a_stopped_one_alone() {
     let s = Stubs::new(true);
     let calls = s.run_hook("postfix-demote", "primary", "secondary");
-    assert_eq!(calls.last().unwrap(), "postfix -c /etc/postfix-b stop old=primary new=secondary");
+    assert_eq!(
+        calls.last().unwrap(),
+        "postfix -c /etc/postfix-b stop old=primary new=secondary"
+    );
 
     let s = Stubs::new(false);
     let calls = s.run_hook("postfix-demote", "primary", "failed");

@@ -18,7 +18,10 @@ struct TempTree(PathBuf);
 
 impl TempTree {
     fn new(tag: &str) -> Self {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let p = std::env::temp_dir().join(format!("ha-{tag}-{}-{nanos}", std::process::id()));
         fs::create_dir(&p).expect("create temp dir");
         TempTree(p)
@@ -41,7 +44,17 @@ fn target_profile_dir() -> PathBuf {
 fn binaries() -> (PathBuf, PathBuf) {
     let dir = target_profile_dir();
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(["build", "--package", "xtask", "--package", "ha-agent", "--bin", "xtask", "--bin", "ha-agent"]);
+    c.args([
+        "build",
+        "--package",
+        "xtask",
+        "--package",
+        "ha-agent",
+        "--bin",
+        "xtask",
+        "--bin",
+        "ha-agent",
+    ]);
     if dir.file_name().is_some_and(|n| n == "release") {
         c.arg("--release");
     }
@@ -96,7 +109,11 @@ fn prepared_tree() -> TempTree {
     let t = TempTree::new("install");
     fs::create_dir_all(t.0.join("etc/systemd/system")).unwrap();
     fs::write(t.0.join("etc/hostname"), "mail-a\n").unwrap();
-    fs::write(t.0.join("etc/systemd/system/other.service"), "[Service]\nExecStart=/bin/true\n").unwrap();
+    fs::write(
+        t.0.join("etc/systemd/system/other.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    )
+    .unwrap();
     fs::create_dir_all(t.0.join("usr/bin")).unwrap();
     t
 }
@@ -117,23 +134,34 @@ fn install_into_a_tree_then_uninstall_leaves_it_as_it_was() {
     let agent = root.join("usr/local/bin/ha-agent");
     let out = run(Command::new(&agent).arg("--version"));
     let version = String::from_utf8_lossy(&out.stdout);
-    assert!(version.starts_with("ha-agent "), "--version printed {version:?}");
+    assert!(
+        version.starts_with("ha-agent "),
+        "--version printed {version:?}"
+    );
     assert_eq!(mode(&agent), 0o755);
     assert_eq!(mode(&root.join("etc/ha/password")), 0o600);
     assert_eq!(mode(&root.join("etc/ha/ha.toml")), 0o600);
     assert_eq!(mode(&root.join("etc/ha/hooks/postfix-promote")), 0o755);
     let password = fs::read_to_string(root.join("etc/ha/password")).unwrap();
-    assert!(password.trim_end().len() == 64 && password.trim_end().bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(
+        password.trim_end().len() == 64
+            && password.trim_end().bytes().all(|b| b.is_ascii_hexdigit())
+    );
     assert!(root.join("var/lib/ha/install-manifest").is_file());
 
     // The installed config validates, with its password file pointed at the
     // staged one (the file names /etc/ha/password, which is the host's).
     let cfg = fs::read_to_string(root.join("etc/ha/ha.toml")).unwrap();
     let staged = root.join("etc/ha/password");
-    let cfg = cfg.replace("\"/etc/ha/password\"", &format!("{:?}", staged.to_str().unwrap()));
+    let cfg = cfg.replace(
+        "\"/etc/ha/password\"",
+        &format!("{:?}", staged.to_str().unwrap()),
+    );
     let scratch = TempTree::new("install-check");
     fs::write(scratch.0.join("ha.toml"), cfg).unwrap();
-    run(Command::new(&agent).arg("check-config").arg(scratch.0.join("ha.toml")));
+    run(Command::new(&agent)
+        .arg("check-config")
+        .arg(scratch.0.join("ha.toml")));
 
     verify_unit(root);
 
@@ -144,20 +172,33 @@ fn install_into_a_tree_then_uninstall_leaves_it_as_it_was() {
 /// `systemd-analyze verify` on the unit, with its binary paths pointed into
 /// the staged tree (it checks that they are executable).
 fn verify_unit(root: &Path) {
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "systemd-analyze missing in CI");
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze missing in CI"
+        );
         eprintln!("SKIP unit verification: systemd-analyze not installed");
         return;
     }
     let unit = fs::read_to_string(root.join("etc/systemd/system/ha-agent.service")).unwrap();
-    let unit = unit.replace("/usr/local/bin/ha-agent", root.join("usr/local/bin/ha-agent").to_str().unwrap());
+    let unit = unit.replace(
+        "/usr/local/bin/ha-agent",
+        root.join("usr/local/bin/ha-agent").to_str().unwrap(),
+    );
     let scratch = TempTree::new("install-unit");
     let path = scratch.0.join("ha-agent.service");
     fs::write(&path, unit).unwrap();
     let out = run(Command::new("systemd-analyze").arg("verify").arg(&path));
     // Unknown keys are only warnings (exit 0): any output is a defect.
     let noise = String::from_utf8_lossy(&out.stderr);
-    assert!(noise.trim().is_empty(), "systemd-analyze verify warned:\n{noise}");
+    assert!(
+        noise.trim().is_empty(),
+        "systemd-analyze verify warned:\n{noise}"
+    );
 }
 
 #[test]
@@ -175,12 +216,22 @@ fn second_install_keeps_an_edited_config_and_uninstall_keeps_it_too() {
     fs::write(&cfg_path, &edited).unwrap();
 
     let log = xtask(&bins, "install", root);
-    assert!(log.contains("kept: you changed it"), "second install did not say it kept the config:\n{log}");
+    assert!(
+        log.contains("kept: you changed it"),
+        "second install did not say it kept the config:\n{log}"
+    );
     assert_eq!(fs::read_to_string(&cfg_path).unwrap(), edited);
-    assert_eq!(fs::read(root.join("etc/ha/password")).unwrap(), password, "password regenerated");
+    assert_eq!(
+        fs::read(root.join("etc/ha/password")).unwrap(),
+        password,
+        "password regenerated"
+    );
 
     let log = xtask(&bins, "uninstall", root);
-    assert!(log.contains("KEPT"), "uninstall did not say it kept the config:\n{log}");
+    assert!(
+        log.contains("KEPT"),
+        "uninstall did not say it kept the config:\n{log}"
+    );
     assert_eq!(fs::read_to_string(&cfg_path).unwrap(), edited);
     // Everything else is gone: the tree is the original plus the kept file.
     let mut expected = before;
@@ -194,7 +245,12 @@ fn uninstall_without_a_manifest_refuses_and_touches_nothing() {
     let bins = binaries();
     let t = prepared_tree();
     let before = snapshot(&t.0);
-    let out = Command::new(&bins.0).arg("uninstall").arg("--root").arg(&t.0).output().unwrap();
+    let out = Command::new(&bins.0)
+        .arg("uninstall")
+        .arg("--root")
+        .arg(&t.0)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no install manifest"));
     assert_eq!(snapshot(&t.0), before);

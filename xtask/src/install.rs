@@ -72,7 +72,12 @@ struct Item {
 }
 
 const ITEMS: &[Item] = &[
-    Item { path: "usr/local/bin/ha-agent", source: Source::Binary, mode: 0o755, policy: Policy::Replace },
+    Item {
+        path: "usr/local/bin/ha-agent",
+        source: Source::Binary,
+        mode: 0o755,
+        policy: Policy::Replace,
+    },
     Item {
         path: "etc/systemd/system/ha-agent.service",
         source: Source::Text(include_str!("../../packaging/systemd/ha-agent.service")),
@@ -98,7 +103,12 @@ const ITEMS: &[Item] = &[
         mode: 0o600,
         policy: Policy::KeepExisting,
     },
-    Item { path: "etc/ha/password", source: Source::Password, mode: 0o600, policy: Policy::KeepExisting },
+    Item {
+        path: "etc/ha/password",
+        source: Source::Password,
+        mode: 0o600,
+        policy: Policy::KeepExisting,
+    },
     Item {
         path: "etc/ha/hooks/postfix-promote",
         source: Source::Text(include_str!("../../packaging/hooks/postfix-promote")),
@@ -144,7 +154,9 @@ impl Manifest {
                 [] | [""] => {}
                 [c, ..] if c.starts_with('#') => {}
                 ["dir", path] => m.dirs.push(checked_rel(path, n)?),
-                ["file", sum, path] if sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                ["file", sum, path]
+                    if sum.len() == 64 && sum.bytes().all(|b| b.is_ascii_hexdigit()) =>
+                {
                     m.files.insert(checked_rel(path, n)?, (*sum).to_owned());
                 }
                 _ => bail!("manifest line {}: cannot read {line:?}", n + 1),
@@ -164,7 +176,10 @@ impl Manifest {
 fn checked_rel(path: &str, line: usize) -> Result<String> {
     let p = Path::new(path);
     ensure!(
-        !path.is_empty() && p.is_relative() && p.components().all(|c| matches!(c, std::path::Component::Normal(_))),
+        !path.is_empty()
+            && p.is_relative()
+            && p.components()
+                .all(|c| matches!(c, std::path::Component::Normal(_))),
         "manifest line {}: path {path:?} leaves the install root",
         line + 1
     );
@@ -174,7 +189,8 @@ fn checked_rel(path: &str, line: usize) -> Result<String> {
 pub fn install(args: &InstallArgs) -> Result<()> {
     let root = &args.root;
     if !root.exists() {
-        fs::create_dir_all(root).with_context(|| format!("creating install root {}", root.display()))?;
+        fs::create_dir_all(root)
+            .with_context(|| format!("creating install root {}", root.display()))?;
     }
     let binary = match &args.binary {
         Some(b) => b.clone(),
@@ -189,7 +205,13 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         let report = install_item(root, item, &binary, &mut manifest)?;
         eprintln!("  {report:<44} /{}", item.path);
     }
-    ensure_dirs(root, Path::new(MANIFEST).parent().expect("manifest has a directory"), &mut manifest)?;
+    ensure_dirs(
+        root,
+        Path::new(MANIFEST)
+            .parent()
+            .expect("manifest has a directory"),
+        &mut manifest,
+    )?;
     write_atomically(&manifest_path, manifest.render().as_bytes(), 0o644)?;
     eprintln!("  {:<44} /{MANIFEST}", "recorded what was installed");
 
@@ -229,7 +251,8 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
         };
         eprintln!("  {what:<44} /{rel}");
     }
-    fs::remove_file(&manifest_path).with_context(|| format!("removing {}", manifest_path.display()))?;
+    fs::remove_file(&manifest_path)
+        .with_context(|| format!("removing {}", manifest_path.display()))?;
     eprintln!("  {:<44} /{MANIFEST}", "removed");
     for rel in manifest.dirs.iter().rev() {
         let path = root.join(rel);
@@ -244,7 +267,9 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
         reload_systemd()?;
     }
     if kept > 0 {
-        eprintln!("xtask: kept {kept} file(s) you changed; remove them yourself if you no longer need them");
+        eprintln!(
+            "xtask: kept {kept} file(s) you changed; remove them yourself if you no longer need them"
+        );
     }
     Ok(())
 }
@@ -253,12 +278,21 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
 fn build_release() -> Result<PathBuf> {
     crate::setup::run(false)?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.args(["build", "--release", "--package", "ha-agent", "--bin", "ha-agent"]);
+    c.args([
+        "build",
+        "--release",
+        "--package",
+        "ha-agent",
+        "--bin",
+        "ha-agent",
+    ]);
     // A stub object (AYA_BUILD_SKIP) would install an agent without a data plane.
     c.env_remove("AYA_BUILD_SKIP");
     cmd::run(&mut c)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"), PathBuf::from);
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
     Ok(target.join("release/ha-agent"))
 }
 
@@ -278,9 +312,20 @@ fn binary_version(binary: &Path) -> Result<String> {
     Ok(v)
 }
 
-fn install_item(root: &Path, item: &Item, binary: &Path, manifest: &mut Manifest) -> Result<&'static str> {
+fn install_item(
+    root: &Path,
+    item: &Item,
+    binary: &Path,
+    manifest: &mut Manifest,
+) -> Result<&'static str> {
     let dest = root.join(item.path);
-    ensure_dirs(root, Path::new(item.path).parent().expect("items are in directories"), manifest)?;
+    ensure_dirs(
+        root,
+        Path::new(item.path)
+            .parent()
+            .expect("items are in directories"),
+        manifest,
+    )?;
     let recorded = manifest.files.get(item.path).cloned();
     if dest.exists() && item.policy == Policy::KeepExisting {
         let current = sha256(&dest)?;
@@ -291,17 +336,26 @@ fn install_item(root: &Path, item: &Item, binary: &Path, manifest: &mut Manifest
         });
     }
     let content = match item.source {
-        Source::Binary => fs::read(binary).with_context(|| format!("reading {}", binary.display()))?,
+        Source::Binary => {
+            fs::read(binary).with_context(|| format!("reading {}", binary.display()))?
+        }
         Source::Text(t) => t.as_bytes().to_vec(),
         Source::Password => random_password()?,
     };
     let existed = dest.exists();
     if existed && fs::read(&dest).is_ok_and(|old| old == content) {
         // Identical content that was there before us stays not ours.
-        return Ok(if recorded.is_some() { "unchanged" } else { "unchanged (existing file, not ours)" });
+        return Ok(if recorded.is_some() {
+            "unchanged"
+        } else {
+            "unchanged (existing file, not ours)"
+        });
     }
     if existed && recorded.is_none() {
-        eprintln!("xtask: note: replacing /{} which was not installed by xtask", item.path);
+        eprintln!(
+            "xtask: note: replacing /{} which was not installed by xtask",
+            item.path
+        );
     }
     write_atomically(&dest, &content, item.mode)?;
     manifest.files.insert(item.path.to_owned(), sha256(&dest)?);
@@ -340,15 +394,20 @@ fn write_atomically(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
     // The umask may have masked bits off at creation (e.g. 0755 → 0750).
     fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-    fs::rename(&tmp, dest).with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
+    fs::rename(&tmp, dest)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))
 }
 
 fn read_manifest(path: &Path) -> Result<Option<Manifest>> {
     match fs::read_to_string(path) {
-        Ok(t) => Manifest::parse(&t).with_context(|| format!("reading {}", path.display())).map(Some),
+        Ok(t) => Manifest::parse(&t)
+            .with_context(|| format!("reading {}", path.display()))
+            .map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -373,7 +432,12 @@ fn sha256(path: &Path) -> Result<String> {
         .arg(path)
         .output()
         .context("running sha256sum (coreutils)")?;
-    ensure!(out.status.success(), "sha256sum {} failed: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "sha256sum {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let sum = text.split_whitespace().next().unwrap_or_default();
     ensure!(sum.len() == 64, "sha256sum printed {text:?}");
@@ -461,7 +525,9 @@ mod tests {
 
     #[test]
     fn unit_file_keeps_the_promised_settings() {
-        let Source::Text(unit) = ITEMS[1].source else { panic!("the unit is text") };
+        let Source::Text(unit) = ITEMS[1].source else {
+            panic!("the unit is text")
+        };
         for line in [
             "Type=notify",
             "Restart=on-failure",
@@ -471,6 +537,9 @@ mod tests {
             assert!(unit.lines().any(|l| l == line), "unit lacks {line}");
         }
         assert!(unit.lines().any(|l| l.starts_with("WatchdogSec=")));
-        assert!(unit.lines().any(|l| l.starts_with("ExecStartPre=") && l.contains("mount -t bpf")));
+        assert!(
+            unit.lines()
+                .any(|l| l.starts_with("ExecStartPre=") && l.contains("mount -t bpf"))
+        );
     }
 }

@@ -37,23 +37,69 @@ pub fn classify(name: &str) -> Option<Series> {
     use Series::{Fence, Gate, Heartbeat};
     Some(match name {
         "hb_seen" => Heartbeat { result: "seen" },
-        "hb_malformed" => Heartbeat { result: "malformed" },
-        "hb_wrong_source" => Heartbeat { result: "wrong_source" },
-        "hb_wrong_cluster" => Heartbeat { result: "wrong_cluster" },
-        "hb_unknown_link" => Heartbeat { result: "unknown_link" },
-        "hb_unexpected" => Heartbeat { result: "unexpected" },
-        "gate_pass_active" => Gate { action: "passed", reason: "active" },
-        "gate_pass_from_peer" => Gate { action: "passed", reason: "from_peer" },
-        "gate_drop_passive" => Gate { action: "dropped", reason: "passive" },
-        "gate_drop_lease" => Gate { action: "dropped", reason: "lease_expired" },
-        "gate_forward" => Gate { action: "forwarded", reason: "passive" },
-        "gate_non_vip" => Gate { action: "passed", reason: "non_vip" },
-        "gate_malformed" => Gate { action: "passed", reason: "malformed" },
-        "fence_pass_active" => Fence { action: "passed", reason: "active" },
-        "fence_drop_passive" => Fence { action: "dropped", reason: "passive" },
-        "fence_drop_lease" => Fence { action: "dropped", reason: "lease_expired" },
-        "fence_drop_port" => Fence { action: "dropped", reason: "fenced_port" },
-        "fence_non_vip" => Fence { action: "passed", reason: "non_vip" },
+        "hb_malformed" => Heartbeat {
+            result: "malformed",
+        },
+        "hb_wrong_source" => Heartbeat {
+            result: "wrong_source",
+        },
+        "hb_wrong_cluster" => Heartbeat {
+            result: "wrong_cluster",
+        },
+        "hb_unknown_link" => Heartbeat {
+            result: "unknown_link",
+        },
+        "hb_unexpected" => Heartbeat {
+            result: "unexpected",
+        },
+        "gate_pass_active" => Gate {
+            action: "passed",
+            reason: "active",
+        },
+        "gate_pass_from_peer" => Gate {
+            action: "passed",
+            reason: "from_peer",
+        },
+        "gate_drop_passive" => Gate {
+            action: "dropped",
+            reason: "passive",
+        },
+        "gate_drop_lease" => Gate {
+            action: "dropped",
+            reason: "lease_expired",
+        },
+        "gate_forward" => Gate {
+            action: "forwarded",
+            reason: "passive",
+        },
+        "gate_non_vip" => Gate {
+            action: "passed",
+            reason: "non_vip",
+        },
+        "gate_malformed" => Gate {
+            action: "passed",
+            reason: "malformed",
+        },
+        "fence_pass_active" => Fence {
+            action: "passed",
+            reason: "active",
+        },
+        "fence_drop_passive" => Fence {
+            action: "dropped",
+            reason: "passive",
+        },
+        "fence_drop_lease" => Fence {
+            action: "dropped",
+            reason: "lease_expired",
+        },
+        "fence_drop_port" => Fence {
+            action: "dropped",
+            reason: "fenced_port",
+        },
+        "fence_non_vip" => Fence {
+            action: "passed",
+            reason: "non_vip",
+        },
         _ => return None,
     })
 }
@@ -78,7 +124,11 @@ mod tests {
         let mut seen = HashSet::new();
         for c in Counter::ALL {
             let s = classify(c.name()).unwrap();
-            assert!(seen.insert(format!("{s:?}")), "{} maps onto a series already used", c.name());
+            assert!(
+                seen.insert(format!("{s:?}")),
+                "{} maps onto a series already used",
+                c.name()
+            );
         }
     }
 

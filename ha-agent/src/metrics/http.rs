@@ -41,7 +41,10 @@ impl MetricsServer {
     /// # Errors
     /// [`MetricsError::Bind`] when the address cannot be bound.
     pub async fn bind(listen: SocketAddr) -> Result<Self, MetricsError> {
-        let bind_err = |source| MetricsError::Bind { addr: listen, source };
+        let bind_err = |source| MetricsError::Bind {
+            addr: listen,
+            source,
+        };
         let listener = TcpListener::bind(listen).await.map_err(bind_err)?;
         let addr = listener.local_addr().map_err(bind_err)?;
         Ok(MetricsServer { listener, addr })
@@ -55,6 +58,9 @@ impl MetricsServer {
 
     /// Serves `metrics` until `shutdown` completes; then stops accepting
     /// and drops the connections still open.
+    ///
+    /// # Panics
+    /// Never: the connection semaphore is never closed.
     pub async fn run(self, metrics: Arc<Metrics>, shutdown: impl Future<Output = ()>) {
         tracing::info!(addr = %self.addr, "metrics endpoint listening");
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -107,11 +113,17 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MetricsError> {
-    MetricsServer::bind(listen).await?.run(metrics, shutdown).await;
+    MetricsServer::bind(listen)
+        .await?
+        .run(metrics, shutdown)
+        .await;
     Ok(())
 }
 
-async fn respond(metrics: Arc<Metrics>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(
+    metrics: Arc<Metrics>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(route(&metrics, req.method(), req.uri().path()))
 }
 
@@ -120,18 +132,28 @@ fn route(metrics: &Metrics, method: &Method, path: &str) -> Response<Full<Bytes>
     let plain = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
-        r.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            "text/plain; charset=utf-8".parse().expect("static header"),
+        );
         r
     };
     if path != "/metrics" {
-        return plain(StatusCode::NOT_FOUND, "not found; metrics are at /metrics\n");
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
     }
     if method != Method::GET && method != Method::HEAD {
         let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
-        r.headers_mut().insert(ALLOW, "GET, HEAD".parse().expect("static header"));
+        r.headers_mut()
+            .insert(ALLOW, "GET, HEAD".parse().expect("static header"));
         return r;
     }
     let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
-    r.headers_mut().insert(CONTENT_TYPE, super::CONTENT_TYPE.parse().expect("static header"));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        super::CONTENT_TYPE.parse().expect("static header"),
+    );
     r
 }

@@ -91,7 +91,7 @@ pub struct Metrics {
     sync_outdated: Gauge,
     monitor_state: Family<MonitorStateLabel, Gauge>,
     monitor_failures: Family<MonitorLabel, Gauge>,
-    /// Kernel receive time (CLOCK_MONOTONIC ns) of the newest authenticated
+    /// Kernel receive time (`CLOCK_MONOTONIC` ns) of the newest authenticated
     /// heartbeat per link: the age is computed at scrape time from it, so
     /// it is exact however rarely the daemon touches the metrics.
     last_rx: Mutex<HashMap<String, u64>>,
@@ -136,7 +136,10 @@ impl Metrics {
         };
         let build: Family<BuildLabel, Gauge> = Family::default();
         build
-            .get_or_create(&BuildLabel { version: env!("CARGO_PKG_VERSION"), node: node.to_owned() })
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                node: node.to_owned(),
+            })
             .set(1);
         r.register("build_info", "Agent version and node name; always 1", build);
         r.register(
@@ -149,8 +152,16 @@ impl Metrics {
             "Effective role of this node: 1 for the current role, 0 for the others",
             m.effective_role.clone(),
         );
-        r.register("role_transitions", "Role changes of this node, by old and new role", m.transitions.clone());
-        r.register("failovers", "Times this node took over the VIPs, by reason", m.failovers.clone());
+        r.register(
+            "role_transitions",
+            "Role changes of this node, by old and new role",
+            m.transitions.clone(),
+        );
+        r.register(
+            "failovers",
+            "Times this node took over the VIPs, by reason",
+            m.failovers.clone(),
+        );
         r.register(
             "last_failover_timestamp_seconds",
             "Unix time of the last takeover by this node; 0 = never",
@@ -166,34 +177,82 @@ impl Metrics {
             "Time since the newest authenticated heartbeat from the peer on this link (kernel receive time); absent until the first one",
             m.hb_age.clone(),
         );
-        r.register("heartbeat_link_up", "1 while this heartbeat link carries authenticated heartbeats", m.hb_link_up.clone());
+        r.register(
+            "heartbeat_link_up",
+            "1 while this heartbeat link carries authenticated heartbeats",
+            m.hb_link_up.clone(),
+        );
         r.register(
             "heartbeat_receive_interval_seconds",
             "Time between consecutive authenticated heartbeats from the peer on this link (jitter)",
             m.hb_interval.clone(),
         );
-        r.register("heartbeat_rejected", "Heartbeat frames refused by the agent, by kind", m.hb_rejected.clone());
+        r.register(
+            "heartbeat_rejected",
+            "Heartbeat frames refused by the agent, by kind",
+            m.hb_rejected.clone(),
+        );
         r.register(
             "heartbeat_frames",
             "Heartbeat frames as classified by the XDP program, before authentication",
             m.hb_frames.clone(),
         );
-        r.register("gate_packets", "VIP gate (XDP ingress) verdicts, by action and reason", m.gate.clone());
-        r.register("fence_packets", "Egress fence (tc) verdicts, by action and reason", m.fence.clone());
-        r.register("sync_lag_seconds", "Age of the oldest change not yet durable on the peer", m.sync_lag.clone());
-        r.register("sync_max_lag_seconds", "The configured bound on sync lag (backup.max_lag)", m.sync_max_lag.clone());
-        r.register("sync_backlog_files", "Changes queued for the peer, not yet acknowledged", m.sync_backlog_files.clone());
-        r.register("sync_backlog_bytes", "Bytes queued for the peer, not yet acknowledged", m.sync_backlog_bytes.clone());
-        r.register("sync_files", "Files synced, by direction", m.sync_files.clone());
-        r.register("sync_bytes", "File bytes synced, by direction", m.sync_bytes.clone());
+        r.register(
+            "gate_packets",
+            "VIP gate (XDP ingress) verdicts, by action and reason",
+            m.gate.clone(),
+        );
+        r.register(
+            "fence_packets",
+            "Egress fence (tc) verdicts, by action and reason",
+            m.fence.clone(),
+        );
+        r.register(
+            "sync_lag_seconds",
+            "Age of the oldest change not yet durable on the peer",
+            m.sync_lag.clone(),
+        );
+        r.register(
+            "sync_max_lag_seconds",
+            "The configured bound on sync lag (backup.max_lag)",
+            m.sync_max_lag.clone(),
+        );
+        r.register(
+            "sync_backlog_files",
+            "Changes queued for the peer, not yet acknowledged",
+            m.sync_backlog_files.clone(),
+        );
+        r.register(
+            "sync_backlog_bytes",
+            "Bytes queued for the peer, not yet acknowledged",
+            m.sync_backlog_bytes.clone(),
+        );
+        r.register(
+            "sync_files",
+            "Files synced, by direction",
+            m.sync_files.clone(),
+        );
+        r.register(
+            "sync_bytes",
+            "File bytes synced, by direction",
+            m.sync_bytes.clone(),
+        );
         r.register("sync_errors", "Sync errors, by kind", m.sync_errors.clone());
         r.register(
             "sync_last_success_timestamp_seconds",
             "Unix time of the last completed sync, by kind; 0 = never",
             m.sync_last.clone(),
         );
-        r.register("sync_outdated", "1 while this node knows its replica is behind", m.sync_outdated.clone());
-        r.register("monitor_state", "Service monitor health: 1 for the current state, 0 for the others", m.monitor_state.clone());
+        r.register(
+            "sync_outdated",
+            "1 while this node knows its replica is behind",
+            m.sync_outdated.clone(),
+        );
+        r.register(
+            "monitor_state",
+            "Service monitor health: 1 for the current state, 0 for the others",
+            m.monitor_state.clone(),
+        );
         r.register(
             "monitor_consecutive_failures",
             "Failed checks in a row of each service monitor",
@@ -206,12 +265,16 @@ impl Metrics {
 
     fn touch_known_series(&self) {
         for role in Role::ALL {
-            let l = RoleLabel { role: role.as_str() };
+            let l = RoleLabel {
+                role: role.as_str(),
+            };
             let _ = self.configured_role.get_or_create(&l);
             let _ = self.effective_role.get_or_create(&l);
         }
         for kind in RefusalKind::ALL {
-            let _ = self.hb_rejected.get_or_create(&KindLabel { kind: kind.as_str() });
+            let _ = self.hb_rejected.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
         }
         for c in KernelCounter::ALL {
             if let Some(s) = classify(c.name()) {
@@ -219,20 +282,30 @@ impl Metrics {
             }
         }
         for d in [Direction::Sent, Direction::Received] {
-            let l = DirectionLabel { direction: d.as_str() };
+            let l = DirectionLabel {
+                direction: d.as_str(),
+            };
             let _ = self.sync_files.get_or_create(&l);
             let _ = self.sync_bytes.get_or_create(&l);
         }
         for k in [SyncKind::Config, SyncKind::Data] {
-            let _ = self.sync_last.get_or_create(&KindLabel { kind: k.as_str() });
+            let _ = self
+                .sync_last
+                .get_or_create(&KindLabel { kind: k.as_str() });
         }
     }
 
     fn kernel_counter(&self, s: Series) -> Counter {
         match s {
-            Series::Heartbeat { result } => self.hb_frames.get_or_create_owned(&ResultLabel { result }),
-            Series::Gate { action, reason } => self.gate.get_or_create_owned(&PacketLabel { action, reason }),
-            Series::Fence { action, reason } => self.fence.get_or_create_owned(&PacketLabel { action, reason }),
+            Series::Heartbeat { result } => {
+                self.hb_frames.get_or_create_owned(&ResultLabel { result })
+            }
+            Series::Gate { action, reason } => self
+                .gate
+                .get_or_create_owned(&PacketLabel { action, reason }),
+            Series::Fence { action, reason } => self
+                .fence
+                .get_or_create_owned(&PacketLabel { action, reason }),
         }
     }
 
@@ -248,7 +321,12 @@ impl Metrics {
 
     /// Records a role change: the effective role becomes `to`.
     pub fn record_transition(&self, from: Role, to: Role) {
-        self.transitions.get_or_create(&TransitionLabel { from: from.as_str(), to: to.as_str() }).inc();
+        self.transitions
+            .get_or_create(&TransitionLabel {
+                from: from.as_str(),
+                to: to.as_str(),
+            })
+            .inc();
         self.set_effective_role(to);
     }
 
@@ -256,7 +334,12 @@ impl Metrics {
     /// fixed name chosen by the state machine, e.g. `peer_lost`,
     /// `operator`, `peer_monitor`), with the detection time when the
     /// takeover followed a lost peer.
-    pub fn record_failover(&self, reason: &'static str, detection: Option<Duration>, at: SystemTime) {
+    pub fn record_failover(
+        &self,
+        reason: &'static str,
+        detection: Option<Duration>,
+        at: SystemTime,
+    ) {
         self.failovers.get_or_create(&ReasonLabel { reason }).inc();
         self.last_failover.set(unix_seconds(at));
         if let Some(d) = detection {
@@ -267,30 +350,46 @@ impl Metrics {
     /// Declares a heartbeat link (its interface name), so that its series
     /// exist (link down, empty histogram) before the first heartbeat.
     pub fn add_link(&self, link: &str) {
-        let l = LinkLabel { link: link.to_owned() };
+        let l = LinkLabel {
+            link: link.to_owned(),
+        };
         let _ = self.hb_link_up.get_or_create(&l);
         let _ = self.hb_interval.get_or_create(&l);
     }
 
     /// Marks a heartbeat link as carrying authenticated heartbeats or not.
     pub fn set_link_up(&self, link: &str, up: bool) {
-        self.hb_link_up.get_or_create(&LinkLabel { link: link.to_owned() }).set(i64::from(up));
+        self.hb_link_up
+            .get_or_create(&LinkLabel {
+                link: link.to_owned(),
+            })
+            .set(i64::from(up));
     }
 
     /// Records an *authenticated* heartbeat from the peer on `link`,
     /// received by the kernel at `rx_ns` (`bpf_ktime_get_ns`, i.e.
-    /// CLOCK_MONOTONIC). Feeds the interval histogram and the age gauge.
+    /// `CLOCK_MONOTONIC`). Feeds the interval histogram and the age gauge.
     /// A receive time not newer than the last one is ignored.
     pub fn heartbeat_received(&self, link: &str, rx_ns: u64) {
-        let mut last = self.last_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self
+            .last_rx
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let prev = last.get(link).copied();
         if prev.is_some_and(|p| rx_ns <= p) {
             return;
         }
         if let Some(p) = prev {
-            #[expect(clippy::cast_precision_loss, reason = "intervals are far below 2^52 ns")]
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "intervals are far below 2^52 ns"
+            )]
             let secs = (rx_ns - p) as f64 / 1e9;
-            self.hb_interval.get_or_create(&LinkLabel { link: link.to_owned() }).observe(secs);
+            self.hb_interval
+                .get_or_create(&LinkLabel {
+                    link: link.to_owned(),
+                })
+                .observe(secs);
         }
         last.insert(link.to_owned(), rx_ns);
     }
@@ -298,7 +397,11 @@ impl Metrics {
     /// Counts a heartbeat frame the agent refused (the kinds of
     /// docs/heartbeat.md, "Which frames count as a sign of life").
     pub fn heartbeat_rejected(&self, kind: RefusalKind) {
-        self.hb_rejected.get_or_create(&KindLabel { kind: kind.as_str() }).inc();
+        self.hb_rejected
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
     }
 
     /// Sets the data plane's kernel counters (the map of
@@ -307,17 +410,26 @@ impl Metrics {
     /// # Errors
     /// [`MetricsError::UnknownCounters`] naming counters without a mapping;
     /// every known one is applied all the same.
-    pub fn set_dataplane_counters(&self, counters: &BTreeMap<&str, u64>) -> Result<(), MetricsError> {
+    pub fn set_dataplane_counters(
+        &self,
+        counters: &BTreeMap<&str, u64>,
+    ) -> Result<(), MetricsError> {
         let mut unknown = Vec::new();
         for (&name, &value) in counters {
             match classify(name) {
                 Some(s) => {
-                    self.kernel_counter(s).inner().store(value, Ordering::Relaxed);
+                    self.kernel_counter(s)
+                        .inner()
+                        .store(value, Ordering::Relaxed);
                 }
                 None => unknown.push(name.to_owned()),
             }
         }
-        if unknown.is_empty() { Ok(()) } else { Err(MetricsError::UnknownCounters { names: unknown }) }
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(MetricsError::UnknownCounters { names: unknown })
+        }
     }
 
     /// Sets the current sync lag: the age of the oldest change the peer has
@@ -339,7 +451,9 @@ impl Metrics {
 
     /// Adds files and bytes synced in `direction`.
     pub fn add_synced(&self, direction: Direction, files: u64, bytes: u64) {
-        let l = DirectionLabel { direction: direction.as_str() };
+        let l = DirectionLabel {
+            direction: direction.as_str(),
+        };
         self.sync_files.get_or_create(&l).inc_by(files);
         self.sync_bytes.get_or_create(&l).inc_by(bytes);
     }
@@ -352,7 +466,11 @@ impl Metrics {
 
     /// Records a completed sync of `kind` at `at`.
     pub fn sync_completed(&self, kind: SyncKind, at: SystemTime) {
-        self.sync_last.get_or_create(&KindLabel { kind: kind.as_str() }).set(unix_seconds(at));
+        self.sync_last
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .set(unix_seconds(at));
     }
 
     /// Marks this node's replica as known to be behind, or not.
@@ -372,23 +490,44 @@ impl Metrics {
     }
 
     fn set_monitor_state(&self, name: &str, health: Health, failures: u32) {
-        for (h, state) in [(Health::Unknown, "unknown"), (Health::Up, "up"), (Health::Down, "down")] {
-            let l = MonitorStateLabel { monitor: name.to_owned(), state };
-            self.monitor_state.get_or_create(&l).set(i64::from(h == health));
+        for (h, state) in [
+            (Health::Unknown, "unknown"),
+            (Health::Up, "up"),
+            (Health::Down, "down"),
+        ] {
+            let l = MonitorStateLabel {
+                monitor: name.to_owned(),
+                state,
+            };
+            self.monitor_state
+                .get_or_create(&l)
+                .set(i64::from(h == health));
         }
-        self.monitor_failures.get_or_create(&MonitorLabel { monitor: name.to_owned() }).set(i64::from(failures));
+        self.monitor_failures
+            .get_or_create(&MonitorLabel {
+                monitor: name.to_owned(),
+            })
+            .set(i64::from(failures));
     }
 
     /// The metrics in the Prometheus text format (0.0.4), with heartbeat
     /// ages computed for the monotonic time `now_ns`.
+    ///
+    /// # Panics
+    /// Never: encoding into a `String` cannot fail.
     #[must_use]
     pub fn render_at(&self, now_ns: u64) -> String {
         {
-            let last = self.last_rx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let last = self
+                .last_rx
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (link, &rx) in last.iter() {
                 #[expect(clippy::cast_precision_loss, reason = "ages are far below 2^52 ns")]
                 let age = now_ns.saturating_sub(rx) as f64 / 1e9;
-                self.hb_age.get_or_create(&LinkLabel { link: link.clone() }).set(age);
+                self.hb_age
+                    .get_or_create(&LinkLabel { link: link.clone() })
+                    .set(age);
             }
         }
         let mut out = String::new();
@@ -409,12 +548,17 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 fn set_one_hot(family: &Family<RoleLabel, Gauge>, current: Role) {
     for role in Role::ALL {
-        family.get_or_create(&RoleLabel { role: role.as_str() }).set(i64::from(role == current));
+        family
+            .get_or_create(&RoleLabel {
+                role: role.as_str(),
+            })
+            .set(i64::from(role == current));
     }
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn saturating_i64(v: u64) -> i64 {
@@ -426,6 +570,7 @@ fn monotonic_ns() -> u64 {
     use nix::time::{ClockId, clock_gettime};
     // CLOCK_MONOTONIC cannot fail on Linux; 0 would only make ages large.
     clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
-        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
     })
 }
