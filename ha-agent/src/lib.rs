@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fsm;
 pub mod heartbeat;
+pub mod metrics;
 pub mod monitor;
 pub mod sync;
 pub mod vip;

@@ -49,7 +49,7 @@ enum Command {
     /// Install the agent, an example config and the systemd unit.
     Install(install::InstallArgs),
     /// Remove what `install` put in place (never the config you edited).
-    Uninstall(install::InstallArgs),
+    Uninstall(install::UninstallArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,10 +74,8 @@ fn main() -> Result<()> {
             a.extend(args);
             cmd::run_tool("ha-bench", &a)
         }
-        Command::Install(args) => {
-            setup::run(false)?;
-            install::install(&args)
-        }
+        // Checks the toolchain itself, only when it has to build.
+        Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
     }
 }
