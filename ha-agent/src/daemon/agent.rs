@@ -16,7 +16,7 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{convert, hooks, lock, monitors, notify, status, vips::VipSet};
+use super::{convert, hooks, lock, metrics as feed, monitors, notify, status, vips::VipSet};
 use crate::{
     config::{Config, XdpMode},
     control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
@@ -26,6 +26,7 @@ use crate::{
         self, clock::now_ns, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle,
         SenderOptions,
     },
+    metrics::Metrics,
     monitor::{Health, MonitorEvent, Monitors},
 };
 
@@ -50,6 +51,11 @@ pub(super) struct Agent {
     /// Gate open, shared with the VIP probe (an active node probes nothing).
     pub active_flag: Arc<AtomicBool>,
     pub sync_seq: u64,
+    pub metrics: Arc<Metrics>,
+    /// Transitions already recorded in the metrics.
+    pub transitions_seen: u64,
+    /// Last refresh of the polled metrics.
+    pub metrics_refreshed: Instant,
 }
 
 fn xdp_mode(m: XdpMode) -> XdpAttachMode {
@@ -170,6 +176,29 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         .with_context(|| format!("control socket {}", cfg.runtime.control_socket.display()))?;
     tokio::spawn(control::serve(server, ctl_tx));
 
+    // Metrics: off unless `[metrics] listen` is set.
+    let metrics = Arc::new(Metrics::new(&cfg.node.name));
+    metrics.set_configured_role(match cfg.node.mode {
+        crate::config::Mode::Primary => crate::metrics::Role::Primary,
+        crate::config::Mode::Secondary => crate::metrics::Role::Secondary,
+        _ => crate::metrics::Role::Off,
+    });
+    metrics.set_effective_role(crate::metrics::Role::Secondary);
+    for l in &cfg.heartbeat {
+        metrics.add_link(&l.interface);
+    }
+    for m in monitors::local_specs(&cfg).iter().chain(monitors::remote_specs(&cfg).iter()) {
+        metrics.add_monitor(&m.name);
+    }
+    let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    if let Some(listen) = cfg.metrics.listen {
+        let server = crate::metrics::MetricsServer::bind(listen).await.context("metrics endpoint")?;
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            server.run(m, async { let _ = metrics_stop_rx.await; }).await;
+        });
+    }
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -192,6 +221,9 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         last_heard,
         active_flag,
         sync_seq: 0,
+        metrics,
+        transitions_seen: 0,
+        metrics_refreshed: Instant::now(),
     };
     agent.apply(actions).await;
     notify::ready();
@@ -228,6 +260,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     }
     notify::stopping();
     agent.shutdown().await;
+    let _ = metrics_stop_tx.send(());
     Ok(())
 }
 
@@ -253,14 +286,55 @@ impl Agent {
     }
 
     /// Pushes the state machine's advert to the heartbeat sender and shows progress.
-    fn publish(&self) {
+    fn publish(&mut self) {
         self.shared.set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
         self.shared.bump_progress();
         self.active_flag.store(self.fsm.is_active(), Ordering::Relaxed);
+        self.update_metrics();
+    }
+
+    /// Transitions as they happen; polled values (kernel counters, link and
+    /// monitor state) at most every 250 ms.
+    fn update_metrics(&mut self) {
+        let f = self.fsm.status();
+        if f.transitions != self.transitions_seen {
+            self.transitions_seen = f.transitions;
+            if let Some(t) = &f.last_transition {
+                let at = self.start_wall + Duration::from_nanos(t.at.saturating_sub(self.start_ns));
+                feed::transition(&self.metrics, t, at);
+            }
+        }
+        if self.metrics_refreshed.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        self.metrics_refreshed = Instant::now();
+        self.metrics.set_effective_role(feed::role(f.effective));
+        for (i, l) in self.cfg.heartbeat.iter().enumerate() {
+            self.metrics.set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));
+        }
+        if let Ok(c) = self.dp.counters().all() {
+            if let Err(e) = self.metrics.set_dataplane_counters(&c) {
+                tracing::debug!(error = %e, "data plane counters without metrics");
+            }
+        }
+        for m in [&self.local_monitors, &self.remote_monitors].into_iter().flatten() {
+            for s in m.status() {
+                self.metrics.set_monitor(&s);
+            }
+        }
     }
 
     async fn on_heartbeat(&mut self, ev: HeartbeatEvent) {
-        let HeartbeatEvent::Accepted { link, heartbeat, rx_ns, fresh, .. } = ev else { return };
+        let (link, heartbeat, rx_ns, fresh) = match ev {
+            HeartbeatEvent::Accepted { link, heartbeat, rx_ns, fresh, .. } => (link, heartbeat, rx_ns, fresh),
+            HeartbeatEvent::Refused { kind, .. } => {
+                self.metrics.heartbeat_rejected(kind);
+                return;
+            }
+        };
+        if let Some(l) = self.cfg.heartbeat.get(link as usize) {
+            self.metrics.heartbeat_received(&l.interface, rx_ns);
+        }
         // Only the first copy of a frame (both links carry it) counts as
         // liveness; later copies only tell that link is healthy.
         if !fresh {

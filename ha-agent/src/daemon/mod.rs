@@ -7,6 +7,7 @@ mod agent;
 mod convert;
 mod hooks;
 mod lock;
+mod metrics;
 mod monitors;
 mod notify;
 mod status;
