@@ -6,16 +6,28 @@
 
 use std::{
     fmt::Write as _,
+    net::IpAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
-use ha_agent::control::{request, Request, Status};
+use ha_agent::{
+    control::{request, Request, Response, Status, SwitchTo},
+    dataplane::{DataPlane, GateControl, Options},
+};
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use crate::{topology::VIP4, NsChild, Topology};
+use crate::{
+    link,
+    prober::{now_ns, Prober},
+    topology::{Host, VIP4},
+    NsChild, Topology,
+};
 
 /// Which node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +64,8 @@ pub struct NodeOpts {
     pub on_failure: &'static str,
     /// Tie-break priority.
     pub priority: u16,
+    /// Shared password (both nodes must agree; a test may make them differ).
+    pub password: &'static str,
 }
 
 /// Cluster-wide settings.
@@ -80,12 +94,15 @@ impl Default for ClusterOpts {
             threshold: "40ms",
             remote_services: false,
             port_monitor: true,
-            a: NodeOpts { mode: "primary", on_failure: "become-secondary", priority: 200 },
-            b: NodeOpts { mode: "secondary", on_failure: "become-secondary", priority: 100 },
+            a: NodeOpts { mode: "primary", on_failure: "become-secondary", priority: 200, password: PASSWORD },
+            b: NodeOpts { mode: "secondary", on_failure: "become-secondary", priority: 100, password: PASSWORD },
             extra: String::new(),
         }
     }
 }
+
+/// The password both nodes share by default.
+pub const PASSWORD: &str = "e2e-shared-secret";
 
 /// The agent binary to run: `HA_AGENT_BIN`, or the test crate's copy.
 #[must_use]
@@ -126,8 +143,8 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     let _ = writeln!(t, "[node]\nname = \"{name}\"\nmode = \"{}\"\non_failure = \"{}\"\npriority = {}", no.mode, no.on_failure, no.priority);
     let _ = writeln!(
         t,
-        "[cluster]\nid = 7\npassword = \"e2e-shared-secret\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
-        o.interval, o.threshold, o.remote_services
+        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
+        no.password, o.interval, o.threshold, o.remote_services
     );
     for hb in &host.hb {
         let _ = writeln!(t, "[[heartbeat]]\ninterface = \"{}\"\nlocal = \"{}\"\npeer = \"{}\"", hb.ifname, hb.local, hb.peer);
@@ -192,6 +209,16 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(n)).unwrap_or_default()
     }
 
+    /// How often each agent's heartbeat sender saw its control loop stall
+    /// (starved of CPU for longer than a lease): a machine too loaded for
+    /// the timing under test makes the agents re-elect, which is correct
+    /// behaviour but fails a test that expects roles to hold still.
+    #[must_use]
+    pub fn stalls(&self) -> String {
+        let count = |n| self.log(n).matches("control loop stalled").count();
+        format!("control loop stalls logged: A {}, B {}", count(Node::A), count(Node::B))
+    }
+
     /// Starts (or restarts) the agent of `n` and waits until its control
     /// socket answers (at most 10 s).
     pub fn start(&mut self, n: Node) {
@@ -241,11 +268,46 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(5));
         }
         panic!(
-            "{n:?}: {what} not reached within {timeout:?}; last status:\n{}\nlog A:\n{}\nlog B:\n{}",
+            "{n:?}: {what} not reached within {timeout:?}; {}; last status:\n{}\nlog A:\n{}\nlog B:\n{}",
+            self.stalls(),
             last.map(|s| ha_agent::control::render(&s)).unwrap_or_else(|| "(no answer)".into()),
             tail(&self.log(Node::A)),
             tail(&self.log(Node::B))
         );
+    }
+
+    /// Builds the standard topology, starts A then B, and waits (at most
+    /// `settle`) until A is primary and B a secondary that hears it.
+    #[must_use]
+    pub fn running(opts: &ClusterOpts, settle: Duration) -> Self {
+        let mut c = Self::new(Topology::two_nodes(), opts);
+        c.start(Node::A);
+        c.start(Node::B);
+        c.wait_mode(Node::A, "primary", settle);
+        c.wait_for(Node::B, "secondary hearing A", settle, |s| s.state == "secondary" && s.peer.alive);
+        c
+    }
+
+    /// Asserts that `pred` holds on every status of `n` read during `dur`
+    /// (every 10 ms): "nothing happens" made checkable. Returns the last status.
+    pub fn holds(&self, n: Node, what: &str, dur: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+        let end = Instant::now() + dur;
+        let mut last = None;
+        while Instant::now() < end {
+            if let Some(s) = self.status(n) {
+                assert!(
+                    pred(&s),
+                    "{n:?}: {what} stopped holding; {}:\n{}\nlog A:\n{}\nlog B:\n{}",
+                    self.stalls(),
+                    ha_agent::control::render(&s),
+                    tail(&self.log(Node::A)),
+                    tail(&self.log(Node::B))
+                );
+                last = Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        last.unwrap_or_else(|| panic!("{n:?} did not answer while checking that {what}"))
     }
 
     /// Waits until `n`'s effective mode is `mode`.
@@ -288,6 +350,235 @@ impl Cluster {
     pub fn instance(&self, n: Node) -> &str {
         &self.instances[n.idx()]
     }
+
+    /// The namespace host of a node.
+    #[must_use]
+    pub fn host(&self, n: Node) -> &Host {
+        match n {
+            Node::A => &self.topo.a,
+            Node::B => &self.topo.b,
+        }
+    }
+
+    /// MAC of a node's service interface.
+    #[must_use]
+    pub fn mac(&self, n: Node) -> [u8; 6] {
+        self.host(n).svc_mac
+    }
+
+    /// Sets `ifname` in `n`'s namespace up or down (a pulled cable: the
+    /// veth peer loses its carrier too).
+    pub fn set_link(&self, n: Node, ifname: &str, up: bool) {
+        let name = ifname.to_owned();
+        self.host(n)
+            .ns
+            .netlink(|h| async move { if up { link::set_up(&h, &name).await } else { link::set_down(&h, &name).await } })
+            .unwrap_or_else(|e| panic!("{n:?}: {e}"));
+    }
+
+    /// The addresses on `n`'s service interface.
+    #[must_use]
+    pub fn service_addrs(&self, n: Node) -> Vec<IpAddr> {
+        let ifname = self.host(n).svc_if.clone();
+        self.host(n)
+            .ns
+            .netlink(|h| async move { link::addrs(&h, &ifname).await })
+            .unwrap_or_else(|e| panic!("{n:?}: {e}"))
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect()
+    }
+
+    /// `ha-agent switch <to>` on `n`, over its control socket.
+    ///
+    /// # Panics
+    /// When the agent does not answer.
+    pub fn switch(&self, n: Node, to: SwitchTo) -> Response {
+        request(&self.socket(n), &Request::Switch { to }).unwrap_or_else(|e| panic!("switch {n:?}: {e}"))
+    }
+
+    /// A handle on `n`'s pinned gate maps, read from this process: the gate
+    /// as the kernel sees it, also while the agent is stopped or gone.
+    ///
+    /// # Panics
+    /// When the pins cannot be opened (the agent never started).
+    #[must_use]
+    pub fn pinned_gate(&self, n: Node) -> GateControl {
+        DataPlane::open(&Options::new(self.instance(n)))
+            .unwrap_or_else(|e| panic!("opening the pinned data plane of {n:?}: {e}"))
+            .gate()
+    }
+
+    /// A client probing the VIP every millisecond: through its route, and
+    /// straight to A's MAC (stream `DIRECT_BASE`) and B's (`DIRECT_BASE + 1`).
+    #[must_use]
+    pub fn prober(&self) -> Prober {
+        let c = &self.topo.c;
+        Prober::start(&c.ns, &c.svc_if, c.svc_addr, c.svc_mac, VIP4, vec![self.mac(Node::A), self.mac(Node::B)], Duration::from_millis(1))
+    }
+
+    /// Samples both nodes' pinned gates until dropped (see [`GateWatch`]).
+    #[must_use]
+    pub fn gate_watch(&self) -> GateWatch {
+        GateWatch::start([self.pinned_gate(Node::A), self.pinned_gate(Node::B)])
+    }
+
+    /// Samples both nodes' status pages until dropped (see [`StatusWatch`]).
+    #[must_use]
+    pub fn status_watch(&self) -> StatusWatch {
+        StatusWatch::start([self.socket(Node::A), self.socket(Node::B)])
+    }
+}
+
+/// One sample of both gates: (CLOCK_MONOTONIC ns, A open, B open).
+pub type GateSample = (u64, bool, bool);
+
+/// Reads both nodes' pinned gate maps every ~200 µs on a thread; a gate is
+/// open when it is active and its lease deadline lies after the read. The
+/// two reads of a round are microseconds apart, so a round with both open
+/// is an instant when both nodes would answer for the VIP.
+pub struct GateWatch {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<GateSample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GateWatch {
+    fn start(gates: [GateControl; 2]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, samples2) = (stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            let open = |g: &GateControl| {
+                let s = g.snapshot().ok();
+                let now = now_ns();
+                s.is_some_and(|s| s.active && s.lease_deadline_ns > now)
+            };
+            // Bounded: at most ~10 minutes of samples.
+            for _ in 0..3_000_000 {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let a = open(&gates[0]);
+                let b = open(&gates[1]);
+                samples2.lock().expect("samples").push((now_ns(), a, b));
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+        Self { stop, samples, thread: Some(thread) }
+    }
+
+    /// Every sample so far.
+    #[must_use]
+    pub fn samples(&self) -> Vec<GateSample> {
+        self.samples.lock().expect("samples").clone()
+    }
+
+    /// Times of the samples (after `after`) in which both gates were open.
+    #[must_use]
+    pub fn both_open(&self, after: u64) -> Vec<u64> {
+        self.samples().into_iter().filter(|&(t, a, b)| t >= after && a && b).map(|(t, ..)| t).collect()
+    }
+
+    /// Time of the last sample (after `after`) with `n`'s gate open.
+    #[must_use]
+    pub fn last_open(&self, n: Node, after: u64) -> Option<u64> {
+        self.samples().into_iter().filter(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t).last()
+    }
+
+    /// `n`'s gate-open intervals (first and last open sample) since
+    /// `after`, relative to `after` in ms: a timeline for failure messages.
+    #[must_use]
+    pub fn open_intervals(&self, n: Node, after: u64) -> Vec<(f64, f64)> {
+        let rel = |t: u64| (t as f64 - after as f64) / 1e6;
+        let mut out = Vec::new();
+        let mut cur: Option<(u64, u64)> = None;
+        for (t, a, b) in self.samples().into_iter().filter(|s| s.0 >= after) {
+            let open = if n == Node::A { a } else { b };
+            cur = match (cur, open) {
+                (None, true) => Some((t, t)),
+                (Some((s, _)), true) => Some((s, t)),
+                (Some((s, e)), false) => {
+                    out.push((rel(s), rel(e)));
+                    None
+                }
+                (None, false) => None,
+            };
+        }
+        if let Some((s, e)) = cur {
+            out.push((rel(s), rel(e)));
+        }
+        out
+    }
+
+    /// Time of the first sample (after `after`) with `n`'s gate open.
+    #[must_use]
+    pub fn first_open(&self, n: Node, after: u64) -> Option<u64> {
+        self.samples().into_iter().find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t)
+    }
+}
+
+impl Drop for GateWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One round of status reads: (CLOCK_MONOTONIC ns after both reads,
+/// A's `gate.open`, B's `gate.open`, A's effective mode, B's).
+pub type StatusSample = (u64, bool, bool, String, String);
+
+/// Reads both status pages in a tight loop on a thread, B first, then A:
+/// in a switch from A to B, A's gate must close before B's opens, so "B
+/// open, then A still open" can only be a real overlap, never a sampling
+/// artefact. Agents that do not answer are sampled as closed.
+pub struct StatusWatch {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<StatusSample>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusWatch {
+    fn start(sockets: [PathBuf; 2]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, samples2) = (stop.clone(), samples.clone());
+        let thread = std::thread::spawn(move || {
+            let read = |p: &Path| {
+                request(p, &Request::Status)
+                    .ok()
+                    .and_then(|r| r.status)
+                    .map_or((false, String::new()), |s| (s.gate.open, s.effective_mode))
+            };
+            for _ in 0..1_000_000 {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let (b, bm) = read(&sockets[1]);
+                let (a, am) = read(&sockets[0]);
+                samples2.lock().expect("samples").push((now_ns(), a, b, am, bm));
+            }
+        });
+        Self { stop, samples, thread: Some(thread) }
+    }
+
+    /// Every sample so far.
+    #[must_use]
+    pub fn samples(&self) -> Vec<StatusSample> {
+        self.samples.lock().expect("samples").clone()
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn tail(s: &str) -> String {
@@ -310,6 +601,14 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("---- log of node A ----\n{}", tail(&self.log(Node::A)));
             eprintln!("---- log of node B ----\n{}", tail(&self.log(Node::B)));
+            // The temporary directory goes; keep the whole logs for a post-mortem.
+            let keep = std::env::temp_dir().join(format!("ha-e2e-failed-{}", self.instances[0]));
+            if std::fs::create_dir_all(&keep).is_ok() {
+                for n in [Node::A, Node::B] {
+                    let _ = std::fs::copy(self.log_path(n), keep.join(format!("{}.log", Self::name(n))));
+                }
+                eprintln!("full logs kept in {}", keep.display());
+            }
         }
         for inst in &self.instances {
             let _ = ha_agent::dataplane::remove_pins(&ha_agent::dataplane::Options::new(inst));

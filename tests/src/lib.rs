@@ -11,6 +11,7 @@ pub mod packets;
 pub mod privileges;
 pub mod prober;
 pub mod servers;
+pub mod tap;
 pub mod topology;
 
 pub use netns::{Netns, NsChild, require_root};

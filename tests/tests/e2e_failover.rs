@@ -1,28 +1,33 @@
 //! End-to-end failover: real agents as processes in network namespaces
 //! (two nodes, a client and a bridge on the service network, two heartbeat
-//! links), real XDP gate, real VIP addresses.
+//! links), real XDP gate, real VIP addresses. Faults: kill -9, SIGSTOP (a
+//! hung agent), SIGTERM, a monitored link going down, a planned switch.
+//!
+//! "Never two active nodes" is checked three ways where it matters: a
+//! client probes the VIP straight at each node's MAC every millisecond (who
+//! answers), both nodes' pinned gate maps are sampled every ~200 µs (who
+//! would answer), and, for the planned switch, both status pages.
 
 use std::{net::IpAddr, time::Duration};
 
 use ha_tests::{
-    cluster::{Cluster, ClusterOpts, Node},
+    cluster::{Cluster, ClusterOpts, GateWatch, Node},
     netns::tcp_reachable,
+    prober::{now_ns, Prober, Reply, DIRECT_BASE},
     require_root,
+    servers::{BannerServer, Behaviour},
     topology::VIP4,
-    Topology,
 };
+use ha_agent::control::SwitchTo;
 use nix::sys::signal::Signal;
 
 const SETTLE: Duration = Duration::from_secs(10);
 const FAILOVER: Duration = Duration::from_secs(3);
+/// The Cluster default lost threshold, in ms.
+const THRESHOLD_MS: f64 = 40.0;
 
 fn started(opts: &ClusterOpts) -> Cluster {
-    let mut c = Cluster::new(Topology::two_nodes(), opts);
-    c.start(Node::A);
-    c.start(Node::B);
-    c.wait_mode(Node::A, "primary", SETTLE);
-    c.wait_mode(Node::B, "secondary", SETTLE);
-    c
+    Cluster::running(opts, SETTLE)
 }
 
 /// The MAC the client has for the VIP after talking to it.
@@ -37,11 +42,51 @@ fn mac_str(m: [u8; 6]) -> String {
 
 /// The node that holds the VIP address serves it: the client reaches it.
 fn client_reaches_vip_on(c: &Cluster, n: Node) -> bool {
-    let host = match n {
-        Node::A => &c.topo.a,
-        Node::B => &c.topo.b,
-    };
-    tcp_reachable(&c.topo.c.ns, &host.ns, IpAddr::V4(VIP4))
+    tcp_reachable(&c.topo.c.ns, &c.host(n).ns, IpAddr::V4(VIP4))
+}
+
+/// Replies to the probes sent straight to `n`'s MAC, sent at or after `after`, by send time.
+fn direct(p: &Prober, n: Node, after: u64) -> Vec<Reply> {
+    let id = DIRECT_BASE + if n == Node::A { 0 } else { 1 };
+    let mut r: Vec<Reply> = p.replies().into_iter().filter(|r| r.id == id && r.sent_ns >= after).collect();
+    r.sort_by_key(|r| r.sent_ns);
+    r
+}
+
+/// Waits (bounded) for a direct reply from `n` to a probe sent after `after`.
+fn wait_direct(p: &Prober, n: Node, after: u64, timeout: Duration) -> Reply {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(r) = direct(p, n, after).into_iter().next() {
+            return r;
+        }
+        assert!(std::time::Instant::now() < end, "no direct reply from {n:?} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Asserts that neither the probes nor the gate samples ever saw both nodes
+/// answering for the VIP since `after`.
+fn assert_never_both(p: &Prober, g: &GateWatch, after: u64, when: &str) {
+    let rounds = p.dual_active_rounds(after);
+    let both = g.both_open(after);
+    let rel = |t: Option<&u64>| t.map(|&t| (t as f64 - after as f64) / 1e6);
+    assert!(
+        rounds.is_empty() && both.is_empty(),
+        "{when}: both nodes answered probes of the same round {} times (first {:?} ms, last {:?} ms); \
+         both gates open in {} samples (first {:?} ms); gate open intervals (ms since the check began): A {:?}, B {:?}",
+        rounds.len(),
+        rel(rounds.first()),
+        rel(rounds.last()),
+        both.len(),
+        rel(both.first()),
+        g.open_intervals(Node::A, after),
+        g.open_intervals(Node::B, after),
+    );
 }
 
 #[test]
@@ -57,4 +102,161 @@ fn kill_9_of_the_primary_moves_the_vip() {
     assert!(t.reason.contains("lost") || t.reason.contains("peer"), "reason names the peer: {}", t.reason);
     assert!(client_reaches_vip_on(&c, Node::B), "B serves the VIP after the failover");
     assert_eq!(vip_mac_seen_by_client(&c), mac_str(c.topo.b.svc_mac), "client's replies come from B's MAC");
+}
+
+/// SIGSTOP of the primary, then SIGCONT: see the module docs. Returns the
+/// cluster for variant-specific checks.
+fn sigstop_then_sigcont(opts: &ClusterOpts, setup: impl FnOnce(&Cluster)) -> Cluster {
+    let mut c = started(opts);
+    setup(&c);
+    let probe = c.prober();
+    let gates = c.gate_watch();
+    wait_direct(&probe, Node::A, 0, FAILOVER);
+    assert!(direct(&probe, Node::B, 0).is_empty(), "the secondary answers for the VIP before any fault");
+
+    let t0 = now_ns();
+    c.signal(Node::A, Signal::SIGSTOP);
+    let s = c.wait_mode(Node::B, "primary", FAILOVER);
+    let reason = s.last_transition.map(|t| t.reason).unwrap_or_default();
+    assert!(reason.contains("peer lost"), "B took over because the peer was lost, not: {reason}");
+    let first_b = wait_direct(&probe, Node::B, t0, FAILOVER);
+    std::thread::sleep(Duration::from_millis(100));
+
+    assert_never_both(&probe, &gates, 0, "SIGSTOP");
+    let last_a = direct(&probe, Node::A, 0).last().copied().expect("A answered before the stop");
+    assert!(
+        last_a.sent_ns < first_b.sent_ns,
+        "A's last answer (probe sent {:.1} ms after the stop) comes after B's first ({:.1} ms)",
+        ms(last_a.sent_ns.saturating_sub(t0)),
+        ms(first_b.sent_ns - t0)
+    );
+    let a_closed = gates.last_open(Node::A, 0).expect("A's gate was open");
+    let b_opened = gates.first_open(Node::B, t0).expect("B's gate opened");
+    assert!(a_closed < b_opened, "A's gate still open at {} when B's was open at {}", a_closed, b_opened);
+    eprintln!(
+        "SIGSTOP: A's gate last seen open {:+.1} ms after the stop, B's first seen open {:.1} ms after (gap {:.1} ms); \
+         A's last direct answer to a probe sent {:+.1} ms, B's first {:.1} ms",
+        (a_closed as f64 - t0 as f64) / 1e6,
+        ms(b_opened - t0),
+        ms(b_opened - a_closed),
+        (last_a.sent_ns as f64 - t0 as f64) / 1e6,
+        ms(first_b.sent_ns - t0)
+    );
+
+    // The hung agent wakes up: it must not serve again next to B.
+    let t1 = now_ns();
+    c.signal(Node::A, Signal::SIGCONT);
+    let a = c.wait_for(Node::A, "rejoined as secondary (become-secondary)", SETTLE, |s| s.state == "secondary" && s.peer.alive);
+    assert!(!a.gate.open, "A's gate is closed after it rejoined");
+    c.holds(Node::B, "B stays primary", Duration::from_millis(300), |s| s.effective_mode == "primary");
+    c.holds(Node::A, "A stays secondary", Duration::from_millis(100), |s| s.effective_mode == "secondary" && !s.gate.open);
+    wait_direct(&probe, Node::B, now_ns(), FAILOVER);
+    assert_never_both(&probe, &gates, t1, "SIGCONT");
+    assert!(
+        direct(&probe, Node::A, t1).is_empty(),
+        "the woken primary answered {} probes after SIGCONT",
+        direct(&probe, Node::A, t1).len()
+    );
+    c
+}
+
+#[test]
+fn sigstop_of_the_primary_closes_its_gate_before_the_secondary_opens() {
+    if !require_root() { return; }
+    let _c = sigstop_then_sigcont(&ClusterOpts::default(), |_| {});
+}
+
+/// With remote services as heartbeat and the hung primary's MTA still
+/// accepting connections, the VIP goes silent anyway (the gate closed by
+/// lease), so the secondary takes over.
+#[test]
+fn sigstop_with_remote_services_and_a_live_mta_still_fails_over() {
+    if !require_root() { return; }
+    let opts = ClusterOpts {
+        remote_services: true,
+        extra: "[[monitor.remote]]\nservice = \"smtp\"\naddress = \"10.200.1.100:25\"\n".into(),
+        ..ClusterOpts::default()
+    };
+    let mut mta = None;
+    let c = sigstop_then_sigcont(&opts, |c| {
+        let l = c.topo.a.ns.run(|| std::net::TcpListener::bind("0.0.0.0:25")).expect("MTA listener in A");
+        mta = Some(BannerServer::serve(l, Behaviour::Greet("220 node-a ESMTP")));
+    });
+    let mta = mta.expect("MTA started");
+    // The MTA kept serving in A's namespace throughout: only the gate stood
+    // between it and the VIP probes.
+    let local = c.topo.a.ns.run(|| std::net::TcpStream::connect_timeout(&"127.0.0.1:25".parse().unwrap(), Duration::from_secs(1)));
+    assert!(local.is_ok(), "A's MTA still accepts connections locally");
+    drop(mta);
+}
+
+#[test]
+fn sigterm_of_the_primary_hands_over_at_once() {
+    if !require_root() { return; }
+    let mut c = started(&ClusterOpts::default());
+    let probe = c.prober();
+    wait_direct(&probe, Node::A, 0, FAILOVER);
+
+    let t0 = now_ns();
+    c.signal(Node::A, Signal::SIGTERM);
+    let s = c.wait_mode(Node::B, "primary", FAILOVER);
+    let t = s.last_transition.expect("a transition");
+    let first_b = wait_direct(&probe, Node::B, t0, FAILOVER);
+    let took = ms(first_b.rx_ns - t0);
+    eprintln!("SIGTERM: B's first direct answer {took:.1} ms after the signal; detection {:?} ms; reason {:?}", t.detection_ms, t.reason);
+    assert_eq!(t.reason, "peer is leaving", "B acted on the leaving flag, not on the lost threshold");
+    assert!(took < THRESHOLD_MS, "B answered {took:.1} ms after SIGTERM: not under the lost threshold ({THRESHOLD_MS} ms)");
+
+    let st = c.wait_exit(Node::A, Duration::from_secs(5));
+    assert!(st.success(), "A exits cleanly on SIGTERM: {st}");
+    assert!(!c.service_addrs(Node::A).contains(&IpAddr::V4(VIP4)), "A released the VIP address");
+    let g = c.pinned_gate(Node::A).snapshot().expect("A's pinned gate");
+    assert!(!g.active, "A's pinned gate is closed after it left: {g:?}");
+    let rounds = probe.dual_active_rounds(0);
+    assert!(rounds.is_empty(), "both nodes answered the same probe round {} times", rounds.len());
+}
+
+#[test]
+fn planned_switch_to_secondary_never_has_two_active_nodes() {
+    if !require_root() { return; }
+    let c = started(&ClusterOpts::default());
+    let probe = c.prober();
+    wait_direct(&probe, Node::A, 0, FAILOVER);
+    let gates = c.gate_watch();
+    let statuses = c.status_watch();
+    std::thread::sleep(Duration::from_millis(50));
+
+    let r = c.switch(Node::A, SwitchTo::Secondary);
+    assert!(r.ok, "switch accepted: {}", r.message);
+    let b = c.wait_mode(Node::B, "primary", FAILOVER);
+    let a = c.wait_for(Node::A, "secondary after the switch", FAILOVER, |s| s.state == "secondary");
+    let t = now_ns();
+    wait_direct(&probe, Node::B, t, FAILOVER);
+    std::thread::sleep(Duration::from_millis(50));
+    let samples = statuses.samples();
+    drop(statuses);
+
+    let reason = b.last_transition.map(|t| t.reason).unwrap_or_default();
+    assert!(reason.contains("handed over"), "B took over by a planned handover, not: {reason}");
+    assert!(!a.gate.open, "A's gate is closed");
+    assert!(samples.iter().any(|s| s.1) && samples.iter().any(|s| s.2), "the status sampler saw A open before and B open after ({} samples)", samples.len());
+    let both: Vec<_> = samples.iter().filter(|s| s.1 && s.2).collect();
+    assert!(both.is_empty(), "status pages showed both gates open {} times, first {:?}", both.len(), both.first());
+    assert_never_both(&probe, &gates, 0, "planned switch");
+    eprintln!("planned switch: {} status samples, {} gate samples, no overlap", samples.len(), gates.samples().len());
+}
+
+#[test]
+fn monitored_service_link_down_fails_the_primary_over() {
+    if !require_root() { return; }
+    let c = started(&ClusterOpts::default());
+    c.set_link(Node::A, "svc0", false);
+    let b = c.wait_mode(Node::B, "primary", FAILOVER);
+    let a = c.wait_mode(Node::A, "failed", FAILOVER);
+    let reason = b.last_transition.map(|t| t.reason).unwrap_or_default();
+    assert_eq!(reason, "peer failed", "B took over because A reported its failure");
+    let ra = a.last_transition.map(|t| t.reason).unwrap_or_default();
+    assert!(ra.contains("local check failed") && ra.contains("svc0"), "A names the failed check: {ra}");
+    assert!(!a.gate.open, "A's gate is closed");
+    assert!(client_reaches_vip_on(&c, Node::B), "B serves the VIP");
 }

@@ -46,6 +46,11 @@ pub(super) struct Agent {
     pub start_ns: u64,
     pub start_wall: SystemTime,
     pub lease_ns: u64,
+    /// The lease deadline the gate holds (0: closed), shared with the
+    /// heartbeat sender, which renews only a lease that has not lapsed.
+    pub lease_deadline: Arc<AtomicU64>,
+    /// Epoch and sequence number of the newest peer frame given to the state machine.
+    pub last_view: Option<(u64, u64)>,
     /// Newest fresh heartbeat (CLOCK_MONOTONIC ns), shared with the VIP probe.
     pub last_heard: Arc<AtomicU64>,
     /// Gate open, shared with the VIP probe (an active node probes nothing).
@@ -131,6 +136,8 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     drop(hb_tx);
     let lease_ns = timing.lease.as_nanos() as u64;
     let renew_gate = gate.clone();
+    let lease_deadline = Arc::new(AtomicU64::new(0));
+    let renew_deadline = lease_deadline.clone();
     let sender = heartbeat::Sender::spawn(
         shared.clone(),
         key,
@@ -140,7 +147,16 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         // has closed by then.
         SenderOptions { mute_after: Some(timing.lease), ..SenderOptions::default() },
         move |now| {
-            if let Err(e) = renew_gate.renew_lease(now + lease_ns) {
+            // A lapsed lease is never renewed: the control loop must see the
+            // lapse and re-acquire the role (LeaseLapsed). Otherwise an agent
+            // resuming from a stall (SIGSTOP) reopens its gate on its first
+            // sign of progress, next to the peer that took over meanwhile.
+            let held = renew_deadline.load(Ordering::Acquire);
+            let next = now + lease_ns;
+            if held <= now || renew_deadline.compare_exchange(held, next, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                return;
+            }
+            if let Err(e) = renew_gate.renew_lease(next) {
                 error!(error = %e, "lease renewal failed");
             }
         },
@@ -218,6 +234,8 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         start_ns,
         start_wall: SystemTime::now(),
         lease_ns,
+        lease_deadline,
+        last_view: None,
         last_heard,
         active_flag,
         sync_seq: 0,
@@ -340,6 +358,15 @@ impl Agent {
         if !fresh {
             return;
         }
+        // Each link's receiver queues its fresh frames on one channel, so a
+        // frame can land behind a newer one from the other link (seen after
+        // a stall: a peer's old "secondary, handover" advert arriving after
+        // its "active" one made this node claim the role back). The state
+        // machine must see the peer's adverts in order: drop the older one.
+        if self.last_view.is_some_and(|(epoch, seq)| epoch == heartbeat.epoch && heartbeat.seq <= seq) {
+            return;
+        }
+        self.last_view = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
         let view = convert::peer_view(&heartbeat);
         let actions = self.fsm.handle(Event::PeerHeard { at: rx_ns, link: link as usize, view });
@@ -417,12 +444,15 @@ impl Agent {
                     let deadline = at + self.lease_ns;
                     if let Err(e) = self.gate.set_active(true, deadline) {
                         error!(error = %e, "opening the gate failed");
+                    } else {
+                        self.lease_deadline.store(deadline, Ordering::Release);
                     }
                     self.vips.announce();
                     info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs held and announced");
                 }
                 Action::Deactivate { reason } => {
                     // Gate first: from this write on nothing is served.
+                    self.lease_deadline.store(0, Ordering::Release);
                     if let Err(e) = self.gate.set_active(false, 0) {
                         error!(error = %e, "closing the gate failed");
                     }
@@ -450,6 +480,7 @@ impl Agent {
     async fn shutdown(mut self) {
         let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
         self.apply_result(actions).await;
+        self.lease_deadline.store(0, Ordering::Release);
         let _ = self.gate.set_active(false, 0);
         let _ = self.vips.release().await;
         self.publish();
