@@ -104,16 +104,21 @@ fn kill_9_of_the_primary_moves_the_vip() {
     assert_eq!(vip_mac_seen_by_client(&c), mac_str(c.topo.b.svc_mac), "client's replies come from B's MAC");
 }
 
-/// SIGSTOP of the primary, then SIGCONT: see the module docs. Returns the
-/// cluster for variant-specific checks.
-fn sigstop_then_sigcont(opts: &ClusterOpts, setup: impl FnOnce(&Cluster)) -> Cluster {
+/// SIGSTOP of the primary, then SIGCONT. With `mta`, A runs an SMTP
+/// listener (not part of the agent, so SIGSTOP leaves it serving) and the
+/// secondary's VIP probes must have reached it until A's gate closed.
+fn sigstop_then_sigcont(opts: &ClusterOpts, mta: bool) {
     let mut c = started(opts);
-    setup(&c);
+    let mta = mta.then(|| {
+        let l = c.topo.a.ns.run(|| std::net::TcpListener::bind("0.0.0.0:25")).expect("MTA listener in A");
+        BannerServer::serve(l, Behaviour::Greet("220 node-a ESMTP"))
+    });
     let probe = c.prober();
     let gates = c.gate_watch();
     wait_direct(&probe, Node::A, 0, FAILOVER);
     assert!(direct(&probe, Node::B, 0).is_empty(), "the secondary answers for the VIP before any fault");
 
+    let served_before = mta.as_ref().map_or(0, |m| m.received().len());
     let t0 = now_ns();
     c.signal(Node::A, Signal::SIGSTOP);
     let s = c.wait_mode(Node::B, "primary", FAILOVER);
@@ -121,6 +126,14 @@ fn sigstop_then_sigcont(opts: &ClusterOpts, setup: impl FnOnce(&Cluster)) -> Clu
     assert!(reason.contains("peer lost"), "B took over because the peer was lost, not: {reason}");
     let first_b = wait_direct(&probe, Node::B, t0, FAILOVER);
     std::thread::sleep(Duration::from_millis(100));
+    if let Some(m) = &mta {
+        // B probed the VIP once A fell silent; while A's gate was still open
+        // its MTA answered, so the takeover waited for the gate to close.
+        let answered = m.received().len() - served_before;
+        assert!(answered > 0, "B's VIP probes never reached A's MTA after the stop: the probe was blind, not the VIP silent");
+        let local = c.topo.a.ns.run(|| std::net::TcpStream::connect_timeout(&"127.0.0.1:25".parse().unwrap(), Duration::from_secs(1)));
+        assert!(local.is_ok(), "A's MTA still accepts connections locally");
+    }
 
     assert_never_both(&probe, &gates, 0, "SIGSTOP");
     let last_a = direct(&probe, Node::A, 0).last().copied().expect("A answered before the stop");
@@ -157,13 +170,12 @@ fn sigstop_then_sigcont(opts: &ClusterOpts, setup: impl FnOnce(&Cluster)) -> Clu
         "the woken primary answered {} probes after SIGCONT",
         direct(&probe, Node::A, t1).len()
     );
-    c
 }
 
 #[test]
 fn sigstop_of_the_primary_closes_its_gate_before_the_secondary_opens() {
     if !require_root() { return; }
-    let _c = sigstop_then_sigcont(&ClusterOpts::default(), |_| {});
+    sigstop_then_sigcont(&ClusterOpts::default(), false);
 }
 
 /// With remote services as heartbeat and the hung primary's MTA still
@@ -177,17 +189,7 @@ fn sigstop_with_remote_services_and_a_live_mta_still_fails_over() {
         extra: "[[monitor.remote]]\nservice = \"smtp\"\naddress = \"10.200.1.100:25\"\n".into(),
         ..ClusterOpts::default()
     };
-    let mut mta = None;
-    let c = sigstop_then_sigcont(&opts, |c| {
-        let l = c.topo.a.ns.run(|| std::net::TcpListener::bind("0.0.0.0:25")).expect("MTA listener in A");
-        mta = Some(BannerServer::serve(l, Behaviour::Greet("220 node-a ESMTP")));
-    });
-    let mta = mta.expect("MTA started");
-    // The MTA kept serving in A's namespace throughout: only the gate stood
-    // between it and the VIP probes.
-    let local = c.topo.a.ns.run(|| std::net::TcpStream::connect_timeout(&"127.0.0.1:25".parse().unwrap(), Duration::from_secs(1)));
-    assert!(local.is_ok(), "A's MTA still accepts connections locally");
-    drop(mta);
+    sigstop_then_sigcont(&opts, true);
 }
 
 #[test]
