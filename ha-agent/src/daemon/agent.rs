@@ -52,6 +52,9 @@ pub(super) struct Agent {
     pub active_flag: Arc<AtomicBool>,
     pub sync_seq: u64,
     pub metrics: Arc<Metrics>,
+    /// The peer's newest accepted advert (for liveness read from the kernel ring).
+    pub last_view: Option<crate::fsm::PeerView>,
+    pub times: crate::dataplane::HeartbeatTimes,
     /// Transitions already recorded in the metrics.
     pub transitions_seen: u64,
     /// Last refresh of the polled metrics.
@@ -202,6 +205,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
+    let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let mut agent = Agent {
@@ -222,6 +226,8 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         active_flag,
         sync_seq: 0,
         metrics,
+        last_view: None,
+        times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
     };
@@ -269,6 +275,9 @@ impl Agent {
     /// next heartbeat carries.
     async fn tick(&mut self) {
         let now = now_ns();
+        if self.fsm.next_deadline().is_some_and(|d| d <= now) {
+            self.liveness_from_kernel().await;
+        }
         let actions = self.fsm.handle(Event::Tick { now });
         self.apply_result(actions).await;
         // An open gate whose lease ran out means this agent stalled: step
@@ -324,6 +333,24 @@ impl Agent {
         }
     }
 
+    /// Before the state machine may declare the peer lost: frames the kernel
+    /// received (and recorded, token checked) but this agent has not read
+    /// yet still count as signs of life.
+    async fn liveness_from_kernel(&mut self) {
+        let Some(view) = self.last_view else { return };
+        let last = self.last_heard.load(Ordering::Relaxed);
+        for link in 0..self.cfg.heartbeat.len() {
+            if let Some((seq, at)) = self.times.newest(link as u32, view.epoch) {
+                if at > last {
+                    tracing::debug!(link, seq, behind_us = (at - last) / 1000, "liveness from the kernel ring ahead of the receiver");
+                    self.last_heard.fetch_max(at, Ordering::Relaxed);
+                    let actions = self.fsm.handle(Event::PeerHeard { at, link, view });
+                    self.apply_result(actions).await;
+                }
+            }
+        }
+    }
+
     async fn on_heartbeat(&mut self, ev: HeartbeatEvent) {
         let (link, heartbeat, rx_ns, fresh) = match ev {
             HeartbeatEvent::Accepted { link, heartbeat, rx_ns, fresh, .. } => (link, heartbeat, rx_ns, fresh),
@@ -342,6 +369,7 @@ impl Agent {
         }
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
         let view = convert::peer_view(&heartbeat);
+        self.last_view = Some(view);
         let actions = self.fsm.handle(Event::PeerHeard { at: rx_ns, link: link as usize, view });
         self.apply_result(actions).await;
     }
