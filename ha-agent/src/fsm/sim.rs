@@ -247,7 +247,10 @@ impl Sim {
             }
             Ev::Tick(i) => {
                 self.at(now + self.p.tick, Ev::Tick(i));
-                self.feed(i, Event::Tick { now });
+                // A stopped control loop does not tick (it ticks once on resume).
+                if self.nodes[i].running() {
+                    self.feed(i, Event::Tick { now });
+                }
             }
             Ev::Probe(i) => {
                 self.at(now + self.p.probe_every, Ev::Probe(i));
@@ -288,6 +291,9 @@ impl Sim {
                 let n = &mut self.nodes[node];
                 if n.epoch == epoch && n.hung {
                     n.hung = false;
+                    let times: Vec<String> = n.backlog.iter().map(|e| format!("{:.3}", e.time() as f64 / 1e6)).collect();
+                    self.trace.push(format!("{:>9.3}ms node {node}: resumes, backlog [{}]", self.now as f64 / 1e6, times.join(" ")));
+                    let n = &mut self.nodes[node];
                     // The control loop first drains what queued up while it
                     // was stopped, then ticks; the sender is late and sends.
                     for e in std::mem::take(&mut n.backlog) {
@@ -505,7 +511,7 @@ fn arb_fault() -> impl Strategy<Value = Fault> {
         2 => any::<bool>().prop_map(Fault::Service),
         2 => node.clone().prop_map(Fault::Crash),
         2 => node.clone().prop_map(Fault::Restart),
-        3 => (node.clone(), 100u64..20_000).prop_map(|(i, us)| Fault::Hang(i, us * US)),
+        3 => (node.clone(), 100u64..40_000).prop_map(|(i, us)| Fault::Hang(i, us * US)),
         1 => node.clone().prop_map(Fault::Stop),
         2 => (node.clone(), any::<bool>()).prop_map(|(i, ok)| Fault::Check(i, ok)),
         2 => (node.clone(), any::<bool>(), any::<bool>()).prop_map(|(i, l, o)| Fault::Sync(i, l, o)),
@@ -514,10 +520,34 @@ fn arb_fault() -> impl Strategy<Value = Fault> {
     ]
 }
 
+/// Random timing that keeps the lease rule: interval + lease + margin <
+/// threshold, margin = max(1 ms, interval), one-way delay below the margin.
+fn arb_params() -> impl Strategy<Value = Params> {
+    (any::<bool>(), 1u64..=3, 1u64..=3, 1u64..=2_000).prop_map(|(rsah, interval_ms, lease_x, extra_us)| {
+        let interval = interval_ms * MS;
+        // The lease must outlive the gap between two renewals.
+        let lease = lease_x * interval + interval / 2;
+        let margin = interval.max(MS);
+        let threshold = interval + lease + margin + extra_us * US;
+        Params {
+            interval,
+            lease,
+            threshold,
+            tick: interval / 2,
+            delay: (20 * US, 200 * US),
+            probe_every: interval,
+            probe_rtt: (50 * US, 400 * US),
+            startup_wait: 2 * threshold,
+            handover_timeout: 5 * threshold,
+            rsah,
+        }
+    })
+}
+
 /// A random scenario: settings, seed, and faults with the gap before each.
-fn arb_scenario() -> impl Strategy<Value = (bool, [NodeSpec; 2], u64, Vec<(Nanos, Fault)>)> {
+fn arb_scenario() -> impl Strategy<Value = (Params, [NodeSpec; 2], u64, Vec<(Nanos, Fault)>)> {
     (
-        any::<bool>(),
+        prop_oneof![any::<bool>().prop_map(Params::fast), arb_params()],
         [arb_node(), arb_node()],
         any::<u64>(),
         proptest::collection::vec((0u64..15_000, arb_fault()), 1..60)
@@ -541,8 +571,7 @@ proptest! {
     /// Never two gates open at once while a path joins the nodes; after the
     /// faults stop, exactly one active node within the bound, and it stays.
     #[test]
-    fn pair_never_dual_active_and_converges((rsah, specs, seed, faults) in arb_scenario()) {
-        let p = Params::fast(rsah);
+    fn pair_never_dual_active_and_converges((p, specs, seed, faults) in arb_scenario()) {
         let mut sim = Sim::new(p.clone(), specs, seed);
         let mut t = p.startup_wait + 5 * p.interval;
         for (gap, f) in faults {
@@ -551,19 +580,19 @@ proptest! {
         }
         t += MS;
         sim.heal_at(t);
-        // Hangs end by themselves (at most 20 ms); a node held off by its
+        // Hangs end by themselves (at most 40 ms); a node held off by its
         // policy needs an operator.
-        sim.run_until(t + 25 * MS);
+        sim.run_until(t + 45 * MS);
         sim.release_held_off();
-        let bound = convergence_bound(&p);
+        let bound = 45 * MS + convergence_bound(&p);
         sim.run_until(t + bound);
         prop_assert!(sim.violations().is_empty(), "dual active while joined: {:?}\n{}", sim.violations(), sim.trace.join("\n"));
         prop_assert!(sim.converged(), "not converged {} after healing: states {:?} {:?}, gates {} {}\n{}",
             super::reason::human(bound), sim.state(0), sim.state(1), sim.gate_open(0), sim.gate_open(1), sim.trace.join("\n"));
         let settled = sim.transitions;
         sim.run_until(t + bound + 50 * MS);
-        prop_assert!(sim.converged());
-        prop_assert_eq!(sim.transitions, settled, "transitions after convergence");
+        prop_assert!(sim.converged(), "lost convergence\n{}", sim.trace.join("\n"));
+        prop_assert_eq!(sim.transitions, settled, "transitions after convergence\n{}", sim.trace.join("\n"));
         prop_assert!(sim.violations().is_empty());
     }
 }
