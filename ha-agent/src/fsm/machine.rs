@@ -800,7 +800,11 @@ impl Fsm {
         if self.vip_objection().is_some() || self.eligible().is_err() {
             return None;
         }
-        let silent_ns = self.now.saturating_sub(self.peer.last_heard.unwrap_or(self.started_at));
+        let mut sign = self.peer.last_heard.unwrap_or(self.started_at);
+        if self.cfg.remote_services_as_heartbeat {
+            sign = sign.max(self.peer.vip_answered.unwrap_or(0));
+        }
+        let silent_ns = self.now.saturating_sub(sign);
         let links = self
             .cfg
             .links
@@ -867,6 +871,9 @@ impl Fsm {
             out.push(Action::RunHook { from: eff_from, to: eff_to, reason: step.reason.clone() });
         }
         if step.hand_back {
+            // What we hand back is lag until the sync layer reports again, so
+            // a restore-role request waits for the hand-back to finish.
+            self.lag_zero = false;
             out.push(Action::HandBackData);
         }
         self.state = step.to;

@@ -105,6 +105,8 @@ struct Node {
     heard_epoch: u64,
     /// Peer epoch this agent instance accepts frames from.
     accepted_epoch: Option<u64>,
+    /// What the sync layer last said about the replica.
+    outdated: bool,
 }
 
 impl Node {
@@ -167,6 +169,7 @@ impl Sim {
             opened_at: 0,
             heard_epoch: 0,
             accepted_epoch: None,
+            outdated: false,
         };
         let mut sim = Self {
             now: 0,
@@ -345,7 +348,10 @@ impl Sim {
                 }
             }
             Fault::Check(i, ok) => self.feed(i, Event::LocalCheck { now, ok, what: "disk".into() }),
-            Fault::Sync(i, lag_zero, outdated) => self.feed(i, Event::SyncState { now, lag_zero, outdated }),
+            Fault::Sync(i, lag_zero, outdated) => {
+                self.nodes[i].outdated = outdated;
+                self.feed(i, Event::SyncState { now, lag_zero, outdated });
+            }
             Fault::Switch(i, to) => self.feed(i, Event::OperatorSwitch { now, to }),
         }
     }
@@ -427,7 +433,13 @@ impl Sim {
                     }
                 }
                 Action::Deactivate { .. } => self.nodes[i].activated = false,
-                Action::SetPeerActive { .. } | Action::RunHook { .. } | Action::HandBackData => {}
+                Action::HandBackData => {
+                    // The sync layer reports when the hand-back is done.
+                    let outdated = self.nodes[i].outdated;
+                    let d = self.rng.gen_range(100 * US..=2 * MS);
+                    self.at(self.now + d, Ev::Fault(Fault::Sync(i, true, outdated)));
+                }
+                Action::SetPeerActive { .. } | Action::RunHook { .. } => {}
             }
         }
     }
