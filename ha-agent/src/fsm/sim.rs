@@ -89,6 +89,8 @@ enum Ev {
     /// `echo`: the newest epoch the sender had received from the receiver.
     Deliver { to: usize, link: usize, view: PeerView, echo: u64 },
     HangEnd { node: usize, epoch: u64 },
+    /// The sync layer finished a hand-back and reports the replica state.
+    HandBackDone { node: usize, epoch: u64 },
     Fault(Fault),
 }
 
@@ -306,6 +308,12 @@ impl Sim {
                     self.send(node);
                 }
             }
+            Ev::HandBackDone { node, epoch } => {
+                if self.nodes[node].epoch == epoch {
+                    let outdated = self.nodes[node].outdated;
+                    self.feed(node, Event::SyncState { now, lag_zero: true, outdated });
+                }
+            }
             Ev::Fault(f) => self.fault(f),
         }
     }
@@ -435,9 +443,9 @@ impl Sim {
                 Action::Deactivate { .. } => self.nodes[i].activated = false,
                 Action::HandBackData => {
                     // The sync layer reports when the hand-back is done.
-                    let outdated = self.nodes[i].outdated;
                     let d = self.rng.gen_range(100 * US..=2 * MS);
-                    self.at(self.now + d, Ev::Fault(Fault::Sync(i, true, outdated)));
+                    let epoch = self.nodes[i].epoch;
+                    self.at(self.now + d, Ev::HandBackDone { node: i, epoch });
                 }
                 Action::SetPeerActive { .. } | Action::RunHook { .. } => {}
             }
