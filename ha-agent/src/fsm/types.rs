@@ -342,7 +342,10 @@ pub enum Action {
         reason: Reason,
     },
     /// Ask the sync layer to hand the peer the data only this node holds
-    /// (written after the last sequence the peer acknowledged).
+    /// (written after the last sequence the peer acknowledged). The FSM
+    /// counts sync lag as pending until the next [`Event::SyncState`]: the
+    /// sync layer answers with one when the hand-back is done (also when
+    /// there was nothing to hand back, or no sync is configured).
     HandBackData,
 }
 
