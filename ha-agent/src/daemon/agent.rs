@@ -143,7 +143,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         // has closed by then.
         SenderOptions { mute_after: Some(timing.lease), ..SenderOptions::default() },
         move |now| {
-            if let Err(e) = renew_gate.renew_lease(now + lease_ns) {
+            if let Err(e) = renew_gate.renew_lease(now, now + lease_ns) {
                 error!(error = %e, "lease renewal failed");
             }
         },
@@ -255,6 +255,10 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
             }
             Some(cmd) = ctl_rx.recv() => agent.on_command(cmd).await,
             () = tokio::time::sleep(sleep) => {}
+        }
+        // Every heartbeat already received goes in before time is judged.
+        while let Ok(ev) = hb_rx.try_recv() {
+            agent.on_heartbeat(ev).await;
         }
         agent.tick().await;
         if let Some(p) = watchdog {
@@ -466,7 +470,12 @@ impl Agent {
                 }
                 Action::RunHook { from, to, reason } => hooks::spawn(&self.cfg.hooks, from, to, reason.to_string()),
                 Action::HandBackData => {
-                    info!("hand-back of data only this node holds requested (no sync channel configured)");
+                    // Without a data sync there is nothing to hand back; the
+                    // state machine waits for this answer (restore-role).
+                    info!("hand-back of data only this node holds: no data sync configured, nothing to hand back");
+                    let now = now_ns();
+                    let r = self.fsm.handle(Event::SyncState { now, lag_zero: true, outdated: false });
+                    Box::pin(self.apply_result(r)).await;
                 }
             }
         }

@@ -160,7 +160,7 @@ pub struct Advert {
 }
 
 /// Wire bit for [`Advert::claim`]; the next free bit after `HB_FLAG_OUTDATED`.
-pub const HB_FLAG_CLAIM: u16 = 1 << 4;
+pub use ha_common::frame::HB_FLAG_CLAIM;
 
 impl Advert {
     /// The `HB_FLAG_*` bits of this advert.
