@@ -309,10 +309,10 @@ impl Agent {
     /// Transitions as they happen; polled values (kernel counters, link and
     /// monitor state) at most every 250 ms.
     fn update_metrics(&mut self) {
-        let f = self.fsm.status();
-        if f.transitions != self.transitions_seen {
-            self.transitions_seen = f.transitions;
-            if let Some(t) = &f.last_transition {
+        let (count, last) = self.fsm.last_transition();
+        if count != self.transitions_seen {
+            self.transitions_seen = count;
+            if let Some(t) = last {
                 let at = self.start_wall + Duration::from_nanos(t.at.saturating_sub(self.start_ns));
                 feed::transition(&self.metrics, t, at);
             }
@@ -321,6 +321,7 @@ impl Agent {
             return;
         }
         self.metrics_refreshed = Instant::now();
+        let f = self.fsm.status();
         self.metrics.set_effective_role(feed::role(f.effective));
         for (i, l) in self.cfg.heartbeat.iter().enumerate() {
             self.metrics.set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));

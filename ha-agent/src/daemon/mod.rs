@@ -52,7 +52,9 @@ pub fn run(path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent::run(cfg))
+    // The control loop runs on a (realtime) worker thread, not on this one.
+    rt.block_on(async move { tokio::spawn(agent::run(cfg)).await })
+        .context("the control loop panicked")?
 }
 
 fn init_logging() {

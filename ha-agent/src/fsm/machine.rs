@@ -320,6 +320,13 @@ impl Fsm {
         self.history.iter()
     }
 
+    /// Number of transitions since start and the newest one: cheap, for
+    /// callers that poll after every event (metrics).
+    #[must_use]
+    pub fn last_transition(&self) -> (u64, Option<&Transition>) {
+        (self.transitions, self.history.back())
+    }
+
     /// When a [`Event::Tick`] can next change something (a timer expires or
     /// the peer turns lost); `None` when only other events can.
     #[must_use]
