@@ -340,8 +340,17 @@ impl<'a> Session<'a> {
             frame,
             Frame::FileData { .. } | Frame::Rename { .. } | Frame::Delete { .. } | Frame::Mkdir { .. } | Frame::SetAttr { .. } | Frame::InSync
         );
-        // Metadata operations may name a file still under its temporary
-        // name: make the batch durable and visible first.
+        // A rename of a file still pending in the batch renames the pending
+        // file: one commit per Maildir delivery instead of two.
+        if let Frame::Rename { root, from, to } = &frame
+            && let Some(i) = self.pending_file(*root, from)
+        {
+            let result = self.retarget(i, from, to);
+            self.batch.max_seq = self.batch.max_seq.max(seq);
+            return self.op_result(seq, result, w);
+        }
+        // Other metadata operations may name a file still under its
+        // temporary name: make the batch durable and visible first.
         if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
             self.commit(w)?;
         }
@@ -392,6 +401,46 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
+        self.op_result(seq, result, w)
+    }
+
+    /// Index of the latest pending file at `path` of wire root `root`.
+    fn pending_file(&self, root: u8, path: &str) -> Option<usize> {
+        let ri = *self.roots.get(root as usize)?;
+        self.batch.files.iter().rposition(|(_, r, rel, _)| *r == ri && rel == path)
+    }
+
+    /// Renames pending file `i` to `to`. Earlier pending versions of the
+    /// same path are dropped (the rename leaves nothing at `from`), and the
+    /// file moves to the end of the batch so that it replaces whatever the
+    /// batch commits at `to` before it.
+    fn retarget(&mut self, i: usize, from: &str, to: &str) -> Result<(), FsError> {
+        let (seq, ri, _, mut t) = self.batch.files.remove(i);
+        let tree = &self.ctx.trees[ri];
+        let mut k = 0;
+        while k < self.batch.files.len() {
+            let (_, r, rel, _) = &self.batch.files[k];
+            if *r == ri && rel == from {
+                let (_, _, _, old) = self.batch.files.remove(k);
+                Tree::discard(&old);
+            } else {
+                k += 1;
+            }
+        }
+        match tree.retarget(&mut t, from, to) {
+            Ok((dp, fd)) => {
+                self.batch.dirs.insert((ri, dp), fd);
+                self.batch.files.push((seq, ri, to.to_owned(), t));
+                Ok(())
+            }
+            Err(e) => {
+                Tree::discard(&t);
+                Err(e)
+            }
+        }
+    }
+
+    fn op_result(&mut self, seq: u64, result: Result<(), FsError>, w: &mut TcpStream) -> Result<(), SessionEnd> {
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
