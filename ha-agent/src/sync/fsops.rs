@@ -261,11 +261,6 @@ impl Tree {
         Ok(File::from(fd))
     }
 
-    /// Makes everything written on this root's file system durable.
-    pub fn syncfs(&self) -> io::Result<()> {
-        Ok(rustix::fs::syncfs(&self.root)?)
-    }
-
     /// Removes temporary files left by an interrupted run (they never had a
     /// final name, so nothing is lost). Returns how many were removed.
     pub fn clean_temps(&self) -> io::Result<usize> {

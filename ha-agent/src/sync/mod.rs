@@ -29,9 +29,9 @@ pub mod watcher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use receiver::Receiver;
 pub use sender::{FailbackReport, Sender, failback};
@@ -80,12 +80,29 @@ impl SyncConfig {
     }
 }
 
+/// One operation the receiver acknowledged as durable (see
+/// [`SyncHandle::subscribe_acks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedOp {
+    /// Index of the root in [`SyncConfig::roots`].
+    pub root: u8,
+    /// Path the operation changed (a rename's target).
+    pub path: String,
+    /// When the sender saw the change (inotify) or planned it (reconcile).
+    pub seen: Instant,
+    /// When the sender received the acknowledgement: the change was
+    /// durable on the peer before this instant.
+    pub acked: Instant,
+}
+
 /// State shared by a running side and its handle.
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub status: Mutex<SyncStatus>,
     pub stop: AtomicBool,
     pub resync: AtomicBool,
+    /// Subscribers to acknowledged operations (benchmarks, tests).
+    pub acks: Mutex<Option<mpsc::Sender<AckedOp>>>,
 }
 
 impl Shared {
@@ -115,6 +132,15 @@ impl SyncHandle {
     /// its connection and reconciles on the next one.
     pub fn resync(&self) {
         self.shared.resync.store(true, Ordering::Relaxed);
+    }
+
+    /// Sender: a stream of every operation from now on that the peer
+    /// acknowledged as durable, for measuring replication lag per file.
+    /// Replaces an earlier subscription; dropping the receiver ends it.
+    pub fn subscribe_acks(&self) -> mpsc::Receiver<AckedOp> {
+        let (tx, rx) = mpsc::channel();
+        *self.shared.acks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 
     /// Receiver: the address actually bound (useful with port 0).

@@ -2,11 +2,13 @@
 //! operations inside the configured roots and acknowledges them once they
 //! are durable, committing in groups.
 //!
-//! Group commit: file bodies go to temporary names; when the input queue is
-//! empty (nothing buffered, nothing readable on the socket) or the batch is
-//! large, the batch is made durable (fsync of each file, or one `syncfs`
-//! for a big batch), renamed into place, the touched directories are
-//! fsynced, and the highest sequence of the batch is acknowledged. A lone
+//! Group commit: file bodies go to temporary names, their writeback started
+//! at once; when the input queue is empty (nothing buffered, nothing
+//! readable on the socket) or the batch is large, the batch is made durable
+//! (an fsync per file: they share one journal commit), renamed into place,
+//! the touched directories are fsynced, and the highest sequence of the
+//! batch is acknowledged. Never `syncfs`: it would also wait for every other
+//! writer's dirty data on a file system the spool usually shares. A lone
 //! message in steady state is therefore committed as soon as it arrives;
 //! under load many share one flush.
 
@@ -35,9 +37,6 @@ use super::{Shared, SyncConfig, SyncHandle};
 const BATCH_FILES: usize = 512;
 /// Body bytes per batch before a commit is forced.
 const BATCH_BYTES: u64 = 64 << 20;
-/// Above this many files a batch is flushed with one `syncfs` instead of
-/// one `fsync` per file.
-const SYNCFS_ABOVE: usize = 8;
 /// Handshake must complete within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The receiver's acked sequence is persisted at most this often (and at
@@ -491,6 +490,9 @@ impl<'a> Session<'a> {
             }
             left -= n as u64;
         }
+        // Start writeback now, so that the commit's fsync finds the data on
+        // its way (the replica does not need these pages cached either).
+        let _ = rustix::fs::fadvise(&t.file, 0, None, rustix::fs::Advice::DontNeed);
         if let Err(e) = Tree::apply_attrs(&t.file, rel, attrs, false, &mut self.ids) {
             Tree::discard(&t);
             return Ok(Err(e));
@@ -512,21 +514,11 @@ impl<'a> Session<'a> {
         }
         let b = std::mem::take(&mut self.batch);
         let mut failed = None;
-        if b.files.len() > SYNCFS_ABOVE {
-            let mut synced = Vec::new();
-            for (_, ri, rel, _) in &b.files {
-                if !synced.contains(ri) {
-                    synced.push(*ri);
-                    if let Err(e) = self.ctx.trees[*ri].syncfs() {
-                        failed.get_or_insert(FsError::from_io(rel, e));
-                    }
-                }
-            }
-        } else {
-            for (_, _, rel, t) in &b.files {
-                if let Err(e) = t.file.sync_all() {
-                    failed.get_or_insert(FsError::from_io(rel, e));
-                }
+        // Writeback of every file was started when its body ended, so these
+        // fsyncs mostly wait for one journal commit that covers them all.
+        for (_, _, rel, t) in &b.files {
+            if let Err(e) = t.file.sync_all() {
+                failed.get_or_insert(FsError::from_io(rel, e));
             }
         }
         if let Some(e) = failed {
