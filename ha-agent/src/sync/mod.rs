@@ -74,6 +74,38 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// The data-sync settings of an agent configuration, or `None` when
+    /// `[backup]` syncs nothing. Roots are named by their key and index
+    /// (`mail_data.0`, `mta_spool.0`), so both nodes pair them by position
+    /// while their paths may differ. The channel runs over the primary
+    /// heartbeat link: listen on its local address, connect to its peer, on
+    /// `cluster.sync_port()`. The same value serves both sides; the role
+    /// decides whether the daemon spawns a [`Sender`] or a [`Receiver`].
+    pub fn from_config(cfg: &crate::config::Config) -> Option<Self> {
+        let kind = match cfg.backup.mta {
+            crate::config::Mta::Postfix => RootKind::PostfixSpool,
+        };
+        let roots: Vec<SyncRoot> = (cfg.backup.mail_data.iter().enumerate())
+            .map(|(i, p)| SyncRoot { name: format!("mail_data.{i}"), path: p.clone(), kind: RootKind::MailDir })
+            .chain(cfg.backup.mta_spool.iter().enumerate().map(|(i, p)| SyncRoot { name: format!("mta_spool.{i}"), path: p.clone(), kind }))
+            .collect();
+        let link = cfg.heartbeat.first()?;
+        if roots.is_empty() {
+            return None;
+        }
+        let port = cfg.cluster.sync_port();
+        Some(Self {
+            node: cfg.node.name.clone(),
+            roots,
+            listen: SocketAddr::new(link.local, port),
+            peer: SocketAddr::new(link.peer, port),
+            key: cfg.cluster.password.expose().to_vec(),
+            state_dir: cfg.runtime.state_dir.clone(),
+            max_lag: cfg.backup.max_lag,
+            retry: Duration::from_secs(1),
+        })
+    }
+
     /// Root names in configuration order (the wire numbers roots by it).
     pub fn root_names(&self) -> Vec<String> {
         self.roots.iter().map(|r| r.name.clone()).collect()
