@@ -63,8 +63,8 @@ pub enum BundleError {
     /// The configuration is larger than [`MAX_BUNDLE_BYTES`].
     #[error("configuration under the synced paths exceeds {MAX_BUNDLE_BYTES} bytes")]
     TooLarge,
-    /// The push names a path this node does not sync.
-    #[error("pushed path {0} is not in this node's config_sync.paths")]
+    /// The push carries other paths than this node's `config_sync.paths`.
+    #[error("pushed path {0} does not match this node's config_sync.paths")]
     NotConfigured(PathBuf),
     /// The push holds an unsafe relative path.
     #[error("pushed path {path:?} refused: {source}")]
@@ -144,11 +144,12 @@ fn walk(root: &Path, rel: &str, exclude: &GlobSet, ids: &mut Ids, total: &mut u6
 /// Checksum of a node's synced configuration: the cluster view and every
 /// collected entry (path, type, mode, owner, group, content; not mtimes).
 /// Equal on both nodes exactly when they run the same synced config.
+/// Roots count by position, like [`apply`] pairs them.
 pub fn checksum(bundle: &Bundle, view: &SyncedView) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(view).expect("view serializes"));
-    for r in &bundle.roots {
-        h.update(r.path.as_os_str().as_encoded_bytes());
+    for (i, r) in bundle.roots.iter().enumerate() {
+        h.update((i as u32).to_be_bytes());
         h.update([0, u8::from(r.present)]);
         for e in &r.entries {
             h.update(e.rel.as_bytes());
@@ -194,10 +195,11 @@ impl Applied {
 /// When the bundle names a path not configured here, holds an unsafe
 /// relative path (checked before anything is written), or writing fails.
 pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Applied, BundleError> {
+    if bundle.roots.len() != paths.len() {
+        let extra = bundle.roots.get(paths.len()).map_or_else(|| PathBuf::from("(fewer paths than here)"), |r| r.path.clone());
+        return Err(BundleError::NotConfigured(extra));
+    }
     for r in &bundle.roots {
-        if !paths.contains(&r.path) {
-            return Err(BundleError::NotConfigured(r.path.clone()));
-        }
         for e in &r.entries {
             if !e.rel.is_empty() {
                 relpath::validate(&e.rel).map_err(|source| BundleError::Unsafe { path: e.rel.clone(), source })?;
@@ -207,17 +209,19 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
     let local = collect(paths, exclude)?;
     let mut ids = Ids::default();
     let mut out = Applied::default();
-    for r in bundle.roots.iter().filter(|r| r.present) {
-        let mine = local.roots.iter().find(|l| l.path == r.path);
+    // Roots pair by position (`paths` lists the same paths on both nodes;
+    // position rather than text lets tests run two nodes on one host).
+    for ((r, own), mine) in bundle.roots.iter().zip(paths).zip(&local.roots).filter(|((r, _), _)| r.present) {
+        let mine = Some(mine);
         let file_root = r.entries.len() == 1 && r.entries[0].rel.is_empty();
         // A file root is applied as entry `name` of its parent directory.
         let (tree_path, prefix) = if file_root {
-            let name = r.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-            (r.path.parent().unwrap_or(Path::new("/")).to_owned(), name)
+            let name = own.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            (own.parent().unwrap_or(Path::new("/")).to_owned(), name)
         } else {
-            (r.path.clone(), String::new())
+            (own.clone(), String::new())
         };
-        let err = |source| BundleError::Apply { path: r.path.clone(), source };
+        let err = |source| BundleError::Apply { path: own.clone(), source };
         let tree = Tree::open(&tree_path).map_err(|e| err(FsError::from_io("", e)))?;
         for e in &r.entries {
             let rel = if file_root { prefix.clone() } else { e.rel.clone() };
@@ -334,7 +338,7 @@ mod tests {
         let b = Bundle { roots: vec![Root { path: p.clone(), present: true, entries: vec![entry("ok"), entry("../escape")] }] };
         assert!(matches!(apply(&b, std::slice::from_ref(&p), &globs(&[])), Err(BundleError::Unsafe { .. })));
         assert!(!p.join("ok").exists());
-        let other = Bundle { roots: vec![Root { path: "/etc/shadow-dir".into(), present: true, entries: vec![] }] };
+        let other = Bundle { roots: vec![Root { path: p.clone(), present: true, entries: vec![] }; 2] };
         assert!(matches!(apply(&other, std::slice::from_ref(&p), &globs(&[])), Err(BundleError::NotConfigured(_))));
     }
 

@@ -61,6 +61,8 @@ pub fn timing_steps(base: &Config, current: &[SyncedView], target: &SyncedView) 
         lease: all.iter().map(|t| t.lease).min(),
         ..target.clone()
     };
+    // startup_wait must cover the threshold in force.
+    let mid = SyncedView { startup_wait: mid.startup_wait.max(mid.lost_threshold), ..mid };
     let from = now.first().copied().unwrap_or(to);
     let m = timing_of(base, &mid).map_err(|source| PlanError::NoSafeStep { from, to, source })?;
     debug_assert!(all.iter().all(|t| pair_safe(t, &m)), "intermediate timing {m} must be safe with {all:?}");
@@ -98,6 +100,7 @@ peer = "10.200.1.2"
             heartbeat_interval: Duration::from_millis(interval),
             lost_threshold: Duration::from_millis(threshold),
             lease: None,
+            startup_wait: Duration::from_secs(30),
             ..base().synced_view()
         }
     }
@@ -119,7 +122,14 @@ peer = "10.200.1.2"
 
     #[test]
     fn a_small_change_is_one_step() {
-        assert_eq!(check_every_transition(&view(10, 60), &view(10, 70)), 1);
+        // With a fixed lease, a higher threshold is safe at once...
+        let lease = |v: SyncedView| SyncedView { lease: Some(Duration::from_millis(20)), ..v };
+        assert_eq!(check_every_transition(&lease(view(10, 60)), &lease(view(10, 70))), 1);
+        // ...but not with a derived one: the lease grows with the threshold
+        // and would outlive the old threshold of the peer.
+        assert_eq!(check_every_transition(&view(10, 60), &view(10, 70)), 2);
+        let other = SyncedView { forward: true, ..view(10, 60) };
+        assert_eq!(check_every_transition(&view(10, 60), &other), 1);
         let same = view(10, 60);
         assert_eq!(check_every_transition(&same, &same), 1);
     }
