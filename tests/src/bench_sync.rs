@@ -155,6 +155,10 @@ pub fn run(args: &[String]) -> Result<()> {
     eprintln!("ha: {:.1} s, sender CPU {:.2} s", d.as_secs_f64(), cpu.as_secs_f64());
     rows.push(("ha (sendfile, group commit)".to_owned(), d, Some(cpu)));
 
+    // Steady state is measured on its own: let the bulk sync's writeback
+    // (and the deleted rsync trees') settle first.
+    syncfs(&work.0)?;
+    std::thread::sleep(Duration::from_secs(2));
     let steady = steady_state(&tx, &src, &o)?;
     tx.stop();
     rx.stop();
