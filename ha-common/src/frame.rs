@@ -77,6 +77,9 @@ pub const HB_FLAG_ACTIVE: u16 = 1 << 1;
 pub const HB_FLAG_HANDOVER: u16 = 1 << 2;
 /// The sender knows its data replica is behind.
 pub const HB_FLAG_OUTDATED: u16 = 1 << 3;
+/// The sender claims the primary role at the frame's `term` (the peer
+/// answers with `HB_FLAG_HANDOVER` at the same term to grant it).
+pub const HB_FLAG_CLAIM: u16 = 1 << 4;
 
 /// Heartbeat message kind.
 pub const HB_KIND_HEARTBEAT: u8 = 1;

@@ -4,7 +4,7 @@
 /// Heartbeat links per node (a primary and a secondary link).
 pub const MAX_LINKS: u32 = 2;
 /// Records kept per link, indexed by `seq % HB_RING_SLOTS`.
-pub const HB_RING_SLOTS: u32 = 16;
+pub const HB_RING_SLOTS: u32 = 64;
 /// VIPs per node (all service interfaces together).
 pub const MAX_VIPS: u32 = 64;
 /// Ports whose new outbound connections the fence can block.

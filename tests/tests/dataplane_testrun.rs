@@ -249,12 +249,17 @@ fn gate_lease_expired_drops_vip_traffic() {
     let arp = pk::eth(BCAST, CLIENT, 0x0806, &pk::arp(1, CLIENT, client4(), [0; 6], vip4()));
     let (v, _, n) = fx.run_counting(ProgramKind::Gate, &arp, Counter::GateDropLease);
     assert_eq!((v, n), (XDP_DROP, 1));
-    // Renewal brings it back; renewal never reopens a closed gate.
+    // A lapsed lease is not revived by a renewal (the peer may have taken
+    // over meanwhile): only a fresh activation reopens the gate.
     let g = fx.dp().gate();
-    assert!(g.renew_lease(now_ns() + 5_000_000_000).unwrap());
+    assert!(!g.renew_lease(now_ns(), now_ns() + 5_000_000_000).unwrap());
+    assert_eq!(fx.run(ProgramKind::Gate, &ip4_to(vip4(), client4())).0, XDP_DROP);
+    g.set_active(true, now_ns() + 1_000_000_000).unwrap();
+    assert!(g.renew_lease(now_ns(), now_ns() + 5_000_000_000).unwrap(), "a live lease is renewed");
     assert_eq!(fx.run(ProgramKind::Gate, &ip4_to(vip4(), client4())).0, XDP_PASS);
+    // Renewal never reopens a closed gate.
     g.set_active(false, 0).unwrap();
-    assert!(!g.renew_lease(now_ns() + 5_000_000_000).unwrap());
+    assert!(!g.renew_lease(now_ns(), now_ns() + 5_000_000_000).unwrap());
     assert_eq!(fx.run(ProgramKind::Gate, &ip4_to(vip4(), client4())).0, XDP_DROP);
 }
 

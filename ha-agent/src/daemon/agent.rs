@@ -46,17 +46,15 @@ pub(super) struct Agent {
     pub start_ns: u64,
     pub start_wall: SystemTime,
     pub lease_ns: u64,
-    /// The lease deadline the gate holds (0: closed), shared with the
-    /// heartbeat sender, which renews only a lease that has not lapsed.
-    pub lease_deadline: Arc<AtomicU64>,
-    /// Epoch and sequence number of the newest peer frame given to the state machine.
-    pub last_view: Option<(u64, u64)>,
     /// Newest fresh heartbeat (CLOCK_MONOTONIC ns), shared with the VIP probe.
     pub last_heard: Arc<AtomicU64>,
     /// Gate open, shared with the VIP probe (an active node probes nothing).
     pub active_flag: Arc<AtomicBool>,
     pub sync_seq: u64,
     pub metrics: Arc<Metrics>,
+    /// The peer's newest accepted advert (for liveness read from the kernel ring).
+    pub last_view: Option<crate::fsm::PeerView>,
+    pub times: crate::dataplane::HeartbeatTimes,
     /// Transitions already recorded in the metrics.
     pub transitions_seen: u64,
     /// Last refresh of the polled metrics.
@@ -136,8 +134,6 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     drop(hb_tx);
     let lease_ns = timing.lease.as_nanos() as u64;
     let renew_gate = gate.clone();
-    let lease_deadline = Arc::new(AtomicU64::new(0));
-    let renew_deadline = lease_deadline.clone();
     let sender = heartbeat::Sender::spawn(
         shared.clone(),
         key,
@@ -147,16 +143,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         // has closed by then.
         SenderOptions { mute_after: Some(timing.lease), ..SenderOptions::default() },
         move |now| {
-            // A lapsed lease is never renewed: the control loop must see the
-            // lapse and re-acquire the role (LeaseLapsed). Otherwise an agent
-            // resuming from a stall (SIGSTOP) reopens its gate on its first
-            // sign of progress, next to the peer that took over meanwhile.
-            let held = renew_deadline.load(Ordering::Acquire);
-            let next = now + lease_ns;
-            if held <= now || renew_deadline.compare_exchange(held, next, Ordering::AcqRel, Ordering::Acquire).is_err() {
-                return;
-            }
-            if let Err(e) = renew_gate.renew_lease(next) {
+            if let Err(e) = renew_gate.renew_lease(now, now + lease_ns) {
                 error!(error = %e, "lease renewal failed");
             }
         },
@@ -218,6 +205,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
+    let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let mut agent = Agent {
@@ -234,12 +222,12 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         start_ns,
         start_wall: SystemTime::now(),
         lease_ns,
-        lease_deadline,
-        last_view: None,
         last_heard,
         active_flag,
         sync_seq: 0,
         metrics,
+        last_view: None,
+        times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
     };
@@ -268,6 +256,10 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
             Some(cmd) = ctl_rx.recv() => agent.on_command(cmd).await,
             () = tokio::time::sleep(sleep) => {}
         }
+        // Every heartbeat already received goes in before time is judged.
+        while let Ok(ev) = hb_rx.try_recv() {
+            agent.on_heartbeat(ev).await;
+        }
         agent.tick().await;
         if let Some(p) = watchdog {
             if last_feed.elapsed() >= p {
@@ -287,6 +279,9 @@ impl Agent {
     /// next heartbeat carries.
     async fn tick(&mut self) {
         let now = now_ns();
+        if self.fsm.next_deadline().is_some_and(|d| d <= now) {
+            self.liveness_from_kernel().await;
+        }
         let actions = self.fsm.handle(Event::Tick { now });
         self.apply_result(actions).await;
         // An open gate whose lease ran out means this agent stalled: step
@@ -314,10 +309,10 @@ impl Agent {
     /// Transitions as they happen; polled values (kernel counters, link and
     /// monitor state) at most every 250 ms.
     fn update_metrics(&mut self) {
-        let f = self.fsm.status();
-        if f.transitions != self.transitions_seen {
-            self.transitions_seen = f.transitions;
-            if let Some(t) = &f.last_transition {
+        let (count, last) = self.fsm.last_transition();
+        if count != self.transitions_seen {
+            self.transitions_seen = count;
+            if let Some(t) = last {
                 let at = self.start_wall + Duration::from_nanos(t.at.saturating_sub(self.start_ns));
                 feed::transition(&self.metrics, t, at);
             }
@@ -326,6 +321,7 @@ impl Agent {
             return;
         }
         self.metrics_refreshed = Instant::now();
+        let f = self.fsm.status();
         self.metrics.set_effective_role(feed::role(f.effective));
         for (i, l) in self.cfg.heartbeat.iter().enumerate() {
             self.metrics.set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));
@@ -338,6 +334,24 @@ impl Agent {
         for m in [&self.local_monitors, &self.remote_monitors].into_iter().flatten() {
             for s in m.status() {
                 self.metrics.set_monitor(&s);
+            }
+        }
+    }
+
+    /// Before the state machine may declare the peer lost: frames the kernel
+    /// received (and recorded, token checked) but this agent has not read
+    /// yet still count as signs of life.
+    async fn liveness_from_kernel(&mut self) {
+        let Some(view) = self.last_view else { return };
+        let last = self.last_heard.load(Ordering::Relaxed);
+        for link in 0..self.cfg.heartbeat.len() {
+            if let Some((seq, at)) = self.times.newest(link as u32, view.epoch) {
+                if at > last {
+                    tracing::debug!(link, seq, behind_us = (at - last) / 1000, "liveness from the kernel ring ahead of the receiver");
+                    self.last_heard.fetch_max(at, Ordering::Relaxed);
+                    let actions = self.fsm.handle(Event::PeerHeard { at, link, view });
+                    self.apply_result(actions).await;
+                }
             }
         }
     }
@@ -358,17 +372,9 @@ impl Agent {
         if !fresh {
             return;
         }
-        // Each link's receiver queues its fresh frames on one channel, so a
-        // frame can land behind a newer one from the other link (seen after
-        // a stall: a peer's old "secondary, handover" advert arriving after
-        // its "active" one made this node claim the role back). The state
-        // machine must see the peer's adverts in order: drop the older one.
-        if self.last_view.is_some_and(|(epoch, seq)| epoch == heartbeat.epoch && heartbeat.seq <= seq) {
-            return;
-        }
-        self.last_view = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
         let view = convert::peer_view(&heartbeat);
+        self.last_view = Some(view);
         let actions = self.fsm.handle(Event::PeerHeard { at: rx_ns, link: link as usize, view });
         self.apply_result(actions).await;
     }
@@ -444,15 +450,12 @@ impl Agent {
                     let deadline = at + self.lease_ns;
                     if let Err(e) = self.gate.set_active(true, deadline) {
                         error!(error = %e, "opening the gate failed");
-                    } else {
-                        self.lease_deadline.store(deadline, Ordering::Release);
                     }
                     self.vips.announce();
                     info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs held and announced");
                 }
                 Action::Deactivate { reason } => {
                     // Gate first: from this write on nothing is served.
-                    self.lease_deadline.store(0, Ordering::Release);
                     if let Err(e) = self.gate.set_active(false, 0) {
                         error!(error = %e, "closing the gate failed");
                     }
@@ -468,7 +471,12 @@ impl Agent {
                 }
                 Action::RunHook { from, to, reason } => hooks::spawn(&self.cfg.hooks, from, to, reason.to_string()),
                 Action::HandBackData => {
-                    info!("hand-back of data only this node holds requested (no sync channel configured)");
+                    // Without a data sync there is nothing to hand back; the
+                    // state machine waits for this answer (restore-role).
+                    info!("hand-back of data only this node holds: no data sync configured, nothing to hand back");
+                    let now = now_ns();
+                    let r = self.fsm.handle(Event::SyncState { now, lag_zero: true, outdated: false });
+                    Box::pin(self.apply_result(r)).await;
                 }
             }
         }
@@ -480,7 +488,6 @@ impl Agent {
     async fn shutdown(mut self) {
         let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
         self.apply_result(actions).await;
-        self.lease_deadline.store(0, Ordering::Release);
         let _ = self.gate.set_active(false, 0);
         let _ = self.vips.release().await;
         self.publish();

@@ -17,6 +17,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context as _, Result};
 
+/// SCHED_FIFO priority of the control loop and receivers (sender: 40).
+const CONTROL_PRIORITY: i32 = 20;
+
 /// `ha-agent run --config FILE`.
 ///
 /// # Errors
@@ -34,13 +37,24 @@ pub fn run(path: &Path) -> Result<()> {
     if !cfg.node.mode.is_active_passive() && cfg.node.mode != crate::config::Mode::Off {
         bail!("node.mode {:?}: config-only modes are not supported by this agent yet", cfg.node.mode);
     }
+    // The control loop and the heartbeat receivers run at a realtime
+    // priority below the heartbeat sender's (40), as keepalived users do
+    // with its VRRP process: under CPU load, a peer that is alive must not
+    // look dead because this agent was not scheduled.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("ha-agent")
+        .on_thread_start(|| {
+            if let Err(e) = crate::heartbeat::rt::set_fifo(CONTROL_PRIORITY) {
+                tracing::debug!(error = %e, "control threads stay at normal priority");
+            }
+        })
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(agent::run(cfg))
+    // The control loop runs on a (realtime) worker thread, not on this one.
+    rt.block_on(async move { tokio::spawn(agent::run(cfg)).await })
+        .context("the control loop panicked")?
 }
 
 fn init_logging() {

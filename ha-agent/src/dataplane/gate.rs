@@ -105,15 +105,18 @@ impl GateControl {
         Self::write(&mut m, next)
     }
 
-    /// Pushes the lease deadline forward while the gate is open; does
-    /// nothing while it is closed (a renewal can never reopen the gate).
-    /// Returns whether a lease was renewed.
+    /// Pushes the lease deadline forward while the gate is open and its
+    /// lease has not lapsed at `now_ns`; does nothing otherwise. A renewal
+    /// can never reopen a closed gate, nor revive a lapsed lease: after a
+    /// stall the peer may have taken over, so the node must step down and
+    /// re-acquire the role through the protocol (the control loop reports
+    /// the lapse to the state machine). Returns whether a lease was renewed.
     ///
     /// # Errors
     /// The map write failed.
-    pub fn renew_lease(&self, lease_deadline_ns: u64) -> Result<bool, DataPlaneError> {
+    pub fn renew_lease(&self, now_ns: u64, lease_deadline_ns: u64) -> Result<bool, DataPlaneError> {
         let mut m = self.lock();
-        if m.state.active == 0 {
+        if m.state.active == 0 || m.state.lease_deadline_ns <= now_ns {
             return Ok(false);
         }
         let mut next = m.state;

@@ -99,6 +99,29 @@ impl HeartbeatTimes {
         m.expect.set(idx, HbExpect { epoch, seq, token }, 0).map_err(|e| DataPlaneError::map(map::HB_EXPECT, e))
     }
 
+    /// The newest record on `link` from peer epoch `epoch`: `(seq, ktime)`.
+    /// Every record carries a token only the key holder can make, for a
+    /// sequence number the agent announced, so it is a sign of life even
+    /// before the agent has read the frame from its socket: the control
+    /// loop consults it before declaring the peer lost, so that its own
+    /// scheduling delay never looks like a dead peer.
+    pub fn newest(&self, link: u32, epoch: u64) -> Option<(u64, u64)> {
+        if link >= MAX_LINKS {
+            return None;
+        }
+        let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut best: Option<(u64, u64)> = None;
+        for slot in 0..HB_RING_SLOTS {
+            let Ok(values) = m.ring.get(&(link * HB_RING_SLOTS + slot), 0) else { continue };
+            for r in values.iter().filter(|r| r.epoch == epoch && r.ktime_ns != 0) {
+                if best.is_none_or(|(_, t)| r.ktime_ns > t) {
+                    best = Some((r.seq, r.ktime_ns));
+                }
+            }
+        }
+        best
+    }
+
     /// The kernel receive time (CLOCK_MONOTONIC ns) of the frame `(epoch, seq)`
     /// on `link`, if the ring still holds it. Where several CPUs saw the
     /// same frame (a replay racing the original), the earliest time counts.

@@ -32,8 +32,10 @@ enum State {
     Promoting { term: u64, since: Nanos, planned: bool, reason: Reason },
     Primary { term: u64 },
     HandingOver { since: Nanos, grant: u64 },
-    Failed,
-    HeldOff,
+    /// Out of service; grants any claim of the peer (`grant`), and keeps
+    /// that grant when it returns.
+    Failed { grant: Option<u64> },
+    HeldOff { grant: Option<u64> },
     Off,
     Stopped,
 }
@@ -47,8 +49,8 @@ impl State {
             Self::Promoting { .. } => StateName::Promoting,
             Self::Primary { .. } => StateName::Primary,
             Self::HandingOver { .. } => StateName::HandingOver,
-            Self::Failed => StateName::Failed,
-            Self::HeldOff => StateName::HeldOff,
+            Self::Failed { .. } => StateName::Failed,
+            Self::HeldOff { .. } => StateName::HeldOff,
             Self::Off => StateName::Off,
             Self::Stopped => StateName::Stopped,
         }
@@ -89,13 +91,27 @@ fn key(outdated: bool, mode: ConfiguredMode, priority: u16, node_id: u32) -> Key
     (!outdated, mode == ConfiguredMode::Primary, priority, Reverse(node_id))
 }
 
-/// The peer has put itself out of the running: it will not activate until it
-/// has made a new claim, which this node would see.
-fn out_of_running(a: &Advert) -> Option<Reason> {
+/// The peer is out of the running for good (this agent instance): it is
+/// leaving, or configured off. Such a peer may be taken over from at once.
+/// (A restarted peer is a new epoch, heard only once it has heard us.)
+fn terminal(a: &Advert) -> Option<Reason> {
     if a.active {
         None
     } else if a.leaving {
         Some(Reason::PeerLeaving)
+    } else if a.configured == ConfiguredMode::Off {
+        Some(Reason::PeerOff)
+    } else {
+        None
+    }
+}
+
+/// The peer is out of service but may come back by itself (failed, held off
+/// by its policy): it grants claims, but its advert is no lasting promise,
+/// so taking over needs a claim and its grant.
+fn out_of_service(a: &Advert) -> Option<Reason> {
+    if a.active || terminal(a).is_some() {
+        None
     } else if a.effective == EffectiveMode::Failed {
         Some(Reason::PeerFailed)
     } else if a.effective == EffectiveMode::Off {
@@ -212,7 +228,19 @@ impl Fsm {
                 return Err(FsmError::PeerHasOwnNodeId { node_id: self.cfg.node_id });
             }
         }
-        self.now = self.now.max(event.time());
+        let time = event.time();
+        if let State::Starting { since } = &mut self.state
+            && time > self.now.saturating_add(self.threshold / 2)
+            && self.now >= *since
+        {
+            // A gap in the event stream means the agent was stalled: it
+            // neither listened nor was heard, so the start-up wait (which
+            // must let a live peer be heard, echo handshake included)
+            // starts again.
+            tracing::warn!(node = self.cfg.node_id, gap = %human(time - self.now), "agent stalled while starting: start-up wait restarts");
+            *since = time;
+        }
+        self.now = self.now.max(time);
         let mut out = Vec::new();
         match event {
             Event::Start { now } => self.start(now, &mut out),
@@ -255,7 +283,10 @@ impl Fsm {
         let (active, claim, handover, term) = match self.state {
             State::Primary { term } => (true, false, false, term),
             State::Promoting { term, .. } => (false, true, false, term),
-            State::HandingOver { grant, .. } | State::Secondary { grant: Some(grant) } => (false, false, true, grant),
+            State::HandingOver { grant, .. }
+            | State::Secondary { grant: Some(grant) }
+            | State::Failed { grant: Some(grant) }
+            | State::HeldOff { grant: Some(grant) } => (false, false, true, grant),
             _ => (false, false, false, self.term),
         };
         Advert {
@@ -287,6 +318,13 @@ impl Fsm {
     /// The recent transitions, oldest first (at most 32).
     pub fn history(&self) -> impl Iterator<Item = &Transition> {
         self.history.iter()
+    }
+
+    /// Number of transitions since start and the newest one: cheap, for
+    /// callers that poll after every event (metrics).
+    #[must_use]
+    pub fn last_transition(&self) -> (u64, Option<&Transition>) {
+        (self.transitions, self.history.back())
     }
 
     /// When a [`Event::Tick`] can next change something (a timer expires or
@@ -398,7 +436,7 @@ impl Fsm {
         let a = view.advert;
         if a.active {
             self.peer.was_active = true;
-        } else if out_of_running(&a).is_some() {
+        } else if terminal(&a).is_some() || out_of_service(&a).is_some() {
             self.peer.was_active = false;
         }
         self.term = self.term.max(a.term);
@@ -445,12 +483,15 @@ impl Fsm {
         match (to, self.state.clone()) {
             (_, State::Init | State::Off | State::Stopped) => refuse("node is not in service"),
             (SwitchTarget::Primary, State::Primary { .. }) => tracing::info!(node, "operator switch: already primary"),
-            (SwitchTarget::Primary, State::Failed) => refuse("a local check fails"),
+            (SwitchTarget::Primary, State::Failed { .. }) => refuse("a local check fails"),
             (SwitchTarget::Primary, _) if self.eligible().is_err() => refuse("replica outdated or local check failing"),
-            (SwitchTarget::Primary, State::HeldOff | State::HandingOver { .. }) => {
+            (SwitchTarget::Primary, State::HeldOff { grant }) => {
                 self.want_primary = Some(reason.clone());
-                let hand_back = self.state == State::HeldOff;
-                self.go(Step { to: State::Secondary { grant: None }, reason, hand_back, detection_ns: None }, out);
+                self.go(Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }, out);
+            }
+            (SwitchTarget::Primary, State::HandingOver { grant, .. }) => {
+                self.want_primary = Some(reason.clone());
+                self.go(Step::to(State::Secondary { grant: Some(grant) }, reason), out);
             }
             (SwitchTarget::Primary, _) => {
                 tracing::info!(node, "operator switch to primary requested");
@@ -464,8 +505,8 @@ impl Fsm {
                 self.want_primary = None;
                 self.go(Step::to(State::Secondary { grant: None }, reason), out);
             }
-            (SwitchTarget::Secondary, State::HeldOff) => {
-                self.go(Step { to: State::Secondary { grant: None }, reason, hand_back: true, detection_ns: None }, out);
+            (SwitchTarget::Secondary, State::HeldOff { grant }) => {
+                self.go(Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }, out);
             }
             (SwitchTarget::Secondary, _) => {
                 self.want_primary = None;
@@ -551,7 +592,7 @@ impl Fsm {
         match self.live_view() {
             None => self.vip_objection().or(self.eligible().err()),
             Some(a) => {
-                if out_of_running(&a).is_some() {
+                if terminal(&a).is_some() || out_of_service(&a).is_some() {
                     return self.eligible().err();
                 }
                 match self.state {
@@ -573,13 +614,20 @@ impl Fsm {
         if !self.failing.is_empty() && self.state.in_service() {
             let what = self.failing.iter().next().cloned().unwrap_or_default();
             self.want_primary = None;
-            return Some(Step::to(State::Failed, Reason::LocalFailure { what }));
+            return Some(Step::to(State::Failed { grant: None }, Reason::LocalFailure { what }));
         }
         let now = self.now;
         let policy = self.cfg.on_failure;
         match self.state.clone() {
-            State::Init | State::Off | State::Stopped | State::HeldOff => None,
-            State::Failed => self.failing.is_empty().then(|| self.rejoin(Reason::Recovered { policy })),
+            State::Init | State::Off | State::Stopped => None,
+            State::HeldOff { .. } => {
+                self.grant_any_claim();
+                None
+            }
+            State::Failed { .. } => {
+                self.grant_any_claim();
+                self.failing.is_empty().then(|| self.rejoin(Reason::Recovered { policy }))
+            }
             State::Starting { since } => {
                 let heard = self.peer.last_heard.is_some_and(|t| t >= since);
                 match self.live_view() {
@@ -624,7 +672,7 @@ impl Fsm {
                     let why = if timed_out { Reason::HandoverTimeout } else { Reason::PeerActive };
                     return Some(Step::to(State::Secondary { grant: Some(a.term) }, why));
                 }
-                if let Some(why) = out_of_running(&a) {
+                if let Some(why) = terminal(&a) {
                     return self.eligible().is_ok().then(|| self.activate(Some(term), why, self.detection()));
                 }
                 if a.handover && a.term == term && self.eligible().is_ok() && (!planned || self.lag_zero) {
@@ -664,7 +712,7 @@ impl Fsm {
                 if a.active {
                     return Some(Step::to(State::Secondary { grant: Some(a.term) }, Reason::PeerActive));
                 }
-                if let Some(why) = out_of_running(&a) {
+                if let Some(why) = terminal(&a) {
                     return self.eligible().is_ok().then(|| self.activate(None, why, self.detection()));
                 }
                 if a.claim {
@@ -673,8 +721,13 @@ impl Fsm {
                     }
                     return None;
                 }
-                if now.saturating_sub(since) > self.handover_timeout && self.eligible().is_ok() {
-                    return Some(self.claim(false, Reason::HandoverTimeout));
+                if self.eligible().is_ok() {
+                    if let Some(why) = out_of_service(&a) {
+                        return Some(self.claim(false, why)); // it cannot take over: take the role back
+                    }
+                    if now.saturating_sub(since) > self.handover_timeout {
+                        return Some(self.claim(false, Reason::HandoverTimeout));
+                    }
                 }
                 None
             }
@@ -695,8 +748,11 @@ impl Fsm {
             }
             return self.secondary(Some(a.term), Reason::PeerActive);
         }
-        if let Some(why) = out_of_running(&a) {
+        if let Some(why) = terminal(&a) {
             return if eligible { self.activate(None, why, self.detection()) } else { self.secondary(None, why) };
+        }
+        if let Some(why) = out_of_service(&a) {
+            return if eligible { self.claim(false, why) } else { self.secondary(None, why) };
         }
         let won = eligible && self.own_key() > Self::peer_key(&a);
         if a.claim {
@@ -733,12 +789,29 @@ impl Fsm {
         Step::to(State::Secondary { grant }, reason)
     }
 
+    /// An out-of-service node grants whatever the live peer claims.
+    fn grant_any_claim(&mut self) {
+        let claim = self.live_view().filter(|a| a.claim).map(|a| a.term);
+        if let Some(t) = claim {
+            self.term = self.term.max(t);
+        }
+        if let State::Failed { grant } | State::HeldOff { grant } = &mut self.state
+            && claim.is_some()
+        {
+            *grant = claim;
+        }
+    }
+
     /// Rules of a passive node whose peer is silent on every link.
     fn lost(&self) -> Option<Step> {
         if self.vip_objection().is_some() || self.eligible().is_err() {
             return None;
         }
-        let silent_ns = self.now.saturating_sub(self.peer.last_heard.unwrap_or(self.started_at));
+        let mut sign = self.peer.last_heard.unwrap_or(self.started_at);
+        if self.cfg.remote_services_as_heartbeat {
+            sign = sign.max(self.peer.vip_answered.unwrap_or(0));
+        }
+        let silent_ns = self.now.saturating_sub(sign);
         let links = self
             .cfg
             .links
@@ -759,14 +832,19 @@ impl Fsm {
 
     /// The on-failure policy, for a node that recovers, comes back to an
     /// active peer, or loses a dual-active contest.
+    /// A grant given while out of service is kept: the peer may act on it.
     fn rejoin(&mut self, reason: Reason) -> Step {
+        let grant = match self.state {
+            State::Failed { grant } | State::HeldOff { grant } => grant,
+            _ => None,
+        };
         match self.cfg.on_failure {
-            OnFailure::Off => Step::to(State::HeldOff, reason),
+            OnFailure::Off => Step::to(State::HeldOff { grant }, reason),
             policy => {
                 if policy == OnFailure::RestoreRole && self.cfg.mode == ConfiguredMode::Primary {
                     self.want_primary = Some(Reason::RestoreRole);
                 }
-                Step { to: State::Secondary { grant: None }, reason, hand_back: true, detection_ns: None }
+                Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }
             }
         }
     }
@@ -800,6 +878,9 @@ impl Fsm {
             out.push(Action::RunHook { from: eff_from, to: eff_to, reason: step.reason.clone() });
         }
         if step.hand_back {
+            // What we hand back is lag until the sync layer reports again, so
+            // a restore-role request waits for the hand-back to finish.
+            self.lag_zero = false;
             out.push(Action::HandBackData);
         }
         self.state = step.to;

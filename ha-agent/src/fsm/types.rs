@@ -160,7 +160,7 @@ pub struct Advert {
 }
 
 /// Wire bit for [`Advert::claim`]; the next free bit after `HB_FLAG_OUTDATED`.
-pub const HB_FLAG_CLAIM: u16 = 1 << 4;
+pub use ha_common::frame::HB_FLAG_CLAIM;
 
 impl Advert {
     /// The `HB_FLAG_*` bits of this advert.
@@ -342,7 +342,10 @@ pub enum Action {
         reason: Reason,
     },
     /// Ask the sync layer to hand the peer the data only this node holds
-    /// (written after the last sequence the peer acknowledged).
+    /// (written after the last sequence the peer acknowledged). The FSM
+    /// counts sync lag as pending until the next [`Event::SyncState`]: the
+    /// sync layer answers with one when the hand-back is done (also when
+    /// there was nothing to hand back, or no sync is configured).
     HandBackData,
 }
 

@@ -506,22 +506,23 @@ mod tests {
     fn kernel_tokens_announced_ahead_once() {
         let mut p = PeerState::new(me());
         assert_eq!(p.to_announce(), None);
-        // Learned epoch: its next 16 frames.
+        // Learned epoch: its next HB_RING_SLOTS frames.
+        let w = u64::from(HB_RING_SLOTS);
         let _ = p.on_frame(0, &hb(PEER1, 1, (0, 0)), 1);
-        assert_eq!(p.to_announce(), Some((PEER1, 2..=17)));
+        assert_eq!(p.to_announce(), Some((PEER1, 2..=1 + w)));
         assert_eq!(p.to_announce(), None);
         // Accepted: one more per in-order frame.
         p.on_frame(0, &hb(PEER1, 2, (US, 1)), 1).unwrap();
-        assert_eq!(p.to_announce(), Some((PEER1, 18..=18)));
+        assert_eq!(p.to_announce(), Some((PEER1, 2 + w..=2 + w)));
         // The copy on the other link announces nothing new.
         p.on_frame(1, &hb(PEER1, 2, (US, 1)), 1).unwrap();
         assert_eq!(p.to_announce(), None);
         // After a gap, the window catches up.
         p.on_frame(0, &hb(PEER1, 6, (US, 1)), 1).unwrap();
-        assert_eq!(p.to_announce(), Some((PEER1, 19..=22)));
+        assert_eq!(p.to_announce(), Some((PEER1, 3 + w..=6 + w)));
         // A new peer epoch starts a new window.
         p.on_frame(0, &hb(PEER2, 100, (US, 1)), 1).unwrap();
-        assert_eq!(p.to_announce(), Some((PEER2, 101..=116)));
+        assert_eq!(p.to_announce(), Some((PEER2, 101..=100 + w)));
     }
 
     #[test]

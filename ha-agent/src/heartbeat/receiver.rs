@@ -302,9 +302,9 @@ mod tests {
         let f1 = them.frame(1, 0, &snap, (0, 0)).encode(&key());
         assert!(matches!(rx.handle(from, &f1, 1_000), HeartbeatEvent::Refused { kind: RefusalKind::Unconfirmed, .. }));
         assert_eq!(us.try_echo(), Some((them.epoch, 1)));
-        // ...and tell the kernel the tokens of its next 16 frames.
+        // ...and tell the kernel the tokens of its next HB_RING_SLOTS frames.
         let announced = kernel.1.lock().unwrap().clone();
-        assert_eq!(announced.len(), 16);
+        assert_eq!(announced.len(), ha_common::HB_RING_SLOTS as usize);
         assert_eq!(announced[0], (them.epoch, 2, key().token(them.epoch, 2)));
 
         // 2: echoes us; kernel record used.
@@ -338,7 +338,7 @@ mod tests {
         }
         assert_eq!(ctx.peer_epoch(), Some(them.epoch));
         // Two genuine frames moved the window by two; refusals by nothing.
-        assert_eq!(kernel.1.lock().unwrap().len(), 18);
+        assert_eq!(kernel.1.lock().unwrap().len(), ha_common::HB_RING_SLOTS as usize + 2);
         assert_eq!(ctx.expect_errors(), 0);
         // Refusals changed nothing: echo still points at the newest genuine frame.
         assert_eq!(us.try_echo(), Some((them.epoch, 3)));

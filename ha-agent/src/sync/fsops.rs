@@ -77,13 +77,18 @@ pub struct Tree {
     root: OwnedFd,
 }
 
-/// A file being received: its temporary name and final name in `dir`.
+/// A file being received: its temporary name in `dir` and its final name
+/// in `dest` (the same directory unless [`Tree::retarget`] moved it).
 #[derive(Debug)]
 pub struct TempFile {
+    /// Directory holding the temporary file.
     pub dir: OwnedFd,
-    /// Relative path of the directory (key for the batch's dir fsyncs).
+    /// Relative path of `dir` (key for the batch's dir fsyncs).
     pub dir_path: String,
     pub tmp: String,
+    /// Final directory when it differs from `dir`, with its relative path.
+    pub dest: Option<(OwnedFd, String)>,
+    /// Final name in the final directory.
     pub name: String,
     pub file: File,
 }
@@ -133,7 +138,25 @@ impl Tree {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| FsError::from_errno(rel, e))?;
-        Ok(TempFile { dir, dir_path, tmp, name, file: File::from(fd) })
+        Ok(TempFile { dir, dir_path, tmp, dest: None, name, file: File::from(fd) })
+    }
+
+    /// A rename `from` → `to` whose source is still a pending temporary
+    /// file: gives the file its new final name instead of committing it
+    /// first (a Maildir `tmp/`→`new/` delivery then costs one commit, not
+    /// two). A committed `from` that the pending content would have
+    /// replaced is removed now, as the rename would have. Returns the
+    /// destination directory to fsync with the batch.
+    pub fn retarget(&self, t: &mut TempFile, from: &str, to: &str) -> Result<(String, OwnedFd), FsError> {
+        let (td, tdp, tname) = self.parent(to, true)?;
+        match rustix::fs::unlinkat(&t.dir, t.name.as_str(), AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(unsafe_or(from, &t.name, e)),
+        }
+        let dest = td.try_clone().map_err(|e| FsError::from_io(to, e))?;
+        t.dest = Some((dest, tdp.clone()));
+        t.name = tname;
+        Ok((tdp, td))
     }
 
     /// Applies attributes to an open file or directory. Ownership is set
@@ -160,7 +183,8 @@ impl Tree {
 
     /// Moves a durable temporary file to its final name.
     pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
-        rustix::fs::renameat(&t.dir, t.tmp.as_str(), &t.dir, t.name.as_str()).map_err(|e| FsError::from_errno(rel_for_errors, e))
+        let dest = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
+        rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str()).map_err(|e| FsError::from_errno(rel_for_errors, e))
     }
 
     /// Removes a temporary file (abandoned transfer).
@@ -235,11 +259,6 @@ impl Tree {
         let fd = rustix::fs::openat(&dir, name.as_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| unsafe_or(rel, &name, e))?;
         Ok(File::from(fd))
-    }
-
-    /// Makes everything written on this root's file system durable.
-    pub fn syncfs(&self) -> io::Result<()> {
-        Ok(rustix::fs::syncfs(&self.root)?)
     }
 
     /// Removes temporary files left by an interrupted run (they never had a
@@ -340,6 +359,23 @@ mod tests {
         tree.delete("a").unwrap();
         assert!(!t.path().join("a").exists());
         tree.delete("a/never").unwrap();
+    }
+
+    #[test]
+    fn retarget_commits_under_the_new_name_and_replaces_the_old_source() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        fs::create_dir_all(t.path().join("tmp")).unwrap();
+        fs::write(t.path().join("tmp/m"), b"old committed").unwrap();
+        let mut f = tree.begin_file("tmp/m", 1).unwrap();
+        f.file.write_all(b"new").unwrap();
+        let (dp, _) = tree.retarget(&mut f, "tmp/m", "new/m").unwrap();
+        assert_eq!(dp, "new");
+        assert!(!t.path().join("tmp/m").exists(), "the rename moved the source away");
+        assert!(!t.path().join("new/m").exists(), "not visible before commit");
+        Tree::commit_file(&f, "new/m").unwrap();
+        assert_eq!(fs::read(t.path().join("new/m")).unwrap(), b"new");
+        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0, "no temporary left");
     }
 
     #[test]

@@ -29,9 +29,9 @@ pub mod watcher;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use receiver::Receiver;
 pub use sender::{FailbackReport, Sender, failback};
@@ -74,10 +74,57 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// The data-sync settings of an agent configuration, or `None` when
+    /// `[backup]` syncs nothing. Roots are named by their key and index
+    /// (`mail_data.0`, `mta_spool.0`), so both nodes pair them by position
+    /// while their paths may differ. The channel runs over the primary
+    /// heartbeat link: listen on its local address, connect to its peer, on
+    /// `cluster.sync_port()`. The same value serves both sides; the role
+    /// decides whether the daemon spawns a [`Sender`] or a [`Receiver`].
+    pub fn from_config(cfg: &crate::config::Config) -> Option<Self> {
+        let kind = match cfg.backup.mta {
+            crate::config::Mta::Postfix => RootKind::PostfixSpool,
+        };
+        let roots: Vec<SyncRoot> = (cfg.backup.mail_data.iter().enumerate())
+            .map(|(i, p)| SyncRoot { name: format!("mail_data.{i}"), path: p.clone(), kind: RootKind::MailDir })
+            .chain(cfg.backup.mta_spool.iter().enumerate().map(|(i, p)| SyncRoot { name: format!("mta_spool.{i}"), path: p.clone(), kind }))
+            .collect();
+        let link = cfg.heartbeat.first()?;
+        if roots.is_empty() {
+            return None;
+        }
+        let port = cfg.cluster.sync_port();
+        Some(Self {
+            node: cfg.node.name.clone(),
+            roots,
+            listen: SocketAddr::new(link.local, port),
+            peer: SocketAddr::new(link.peer, port),
+            key: cfg.cluster.password.expose().to_vec(),
+            state_dir: cfg.runtime.state_dir.clone(),
+            max_lag: cfg.backup.max_lag,
+            retry: Duration::from_secs(1),
+        })
+    }
+
     /// Root names in configuration order (the wire numbers roots by it).
     pub fn root_names(&self) -> Vec<String> {
         self.roots.iter().map(|r| r.name.clone()).collect()
     }
+}
+
+/// One operation the receiver acknowledged as durable (see
+/// [`SyncHandle::subscribe_acks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedOp {
+    /// Index of the root in [`SyncConfig::roots`].
+    pub root: u8,
+    /// Path the operation changed (a rename's target).
+    pub path: String,
+    /// When the sender saw the change (inotify) or planned it (reconcile).
+    pub seen: Instant,
+    /// When the sender received the acknowledgement: the change was
+    /// durable on the peer before this instant.
+    pub acked: Instant,
 }
 
 /// State shared by a running side and its handle.
@@ -86,6 +133,8 @@ pub(crate) struct Shared {
     pub status: Mutex<SyncStatus>,
     pub stop: AtomicBool,
     pub resync: AtomicBool,
+    /// Subscribers to acknowledged operations (benchmarks, tests).
+    pub acks: Mutex<Option<mpsc::Sender<AckedOp>>>,
 }
 
 impl Shared {
@@ -115,6 +164,15 @@ impl SyncHandle {
     /// its connection and reconciles on the next one.
     pub fn resync(&self) {
         self.shared.resync.store(true, Ordering::Relaxed);
+    }
+
+    /// Sender: a stream of every operation from now on that the peer
+    /// acknowledged as durable, for measuring replication lag per file.
+    /// Replaces an earlier subscription; dropping the receiver ends it.
+    pub fn subscribe_acks(&self) -> mpsc::Receiver<AckedOp> {
+        let (tx, rx) = mpsc::channel();
+        *self.shared.acks.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
     }
 
     /// Receiver: the address actually bound (useful with port 0).

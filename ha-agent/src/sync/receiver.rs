@@ -2,11 +2,14 @@
 //! operations inside the configured roots and acknowledges them once they
 //! are durable, committing in groups.
 //!
-//! Group commit: file bodies go to temporary names; when the input queue is
-//! empty (nothing buffered, nothing readable on the socket) or the batch is
-//! large, the batch is made durable (fsync of each file, or one `syncfs`
-//! for a big batch), renamed into place, the touched directories are
-//! fsynced, and the highest sequence of the batch is acknowledged. A lone
+//! Group commit: file bodies go to temporary names, their writeback started
+//! at once; when the input queue is empty (nothing buffered, nothing
+//! readable on the socket) or the batch is large, the batch is made durable
+//! (an fsync per file, issued concurrently so that they share journal
+//! commits), renamed into place,
+//! the touched directories are fsynced, and the highest sequence of the
+//! batch is acknowledged. Never `syncfs`: it would also wait for every other
+//! writer's dirty data on a file system the spool usually shares. A lone
 //! message in steady state is therefore committed as soon as it arrives;
 //! under load many share one flush.
 
@@ -35,9 +38,6 @@ use super::{Shared, SyncConfig, SyncHandle};
 const BATCH_FILES: usize = 512;
 /// Body bytes per batch before a commit is forced.
 const BATCH_BYTES: u64 = 64 << 20;
-/// Above this many files a batch is flushed with one `syncfs` instead of
-/// one `fsync` per file.
-const SYNCFS_ABOVE: usize = 8;
 /// Handshake must complete within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The receiver's acked sequence is persisted at most this often (and at
@@ -340,8 +340,17 @@ impl<'a> Session<'a> {
             frame,
             Frame::FileData { .. } | Frame::Rename { .. } | Frame::Delete { .. } | Frame::Mkdir { .. } | Frame::SetAttr { .. } | Frame::InSync
         );
-        // Metadata operations may name a file still under its temporary
-        // name: make the batch durable and visible first.
+        // A rename of a file still pending in the batch renames the pending
+        // file: one commit per Maildir delivery instead of two.
+        if let Frame::Rename { root, from, to } = &frame
+            && let Some(i) = self.pending_file(*root, from)
+        {
+            let result = self.retarget(i, from, to);
+            self.batch.max_seq = self.batch.max_seq.max(seq);
+            return self.op_result(seq, result, w);
+        }
+        // Other metadata operations may name a file still under its
+        // temporary name: make the batch durable and visible first.
         if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
             self.commit(w)?;
         }
@@ -392,6 +401,46 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
+        self.op_result(seq, result, w)
+    }
+
+    /// Index of the latest pending file at `path` of wire root `root`.
+    fn pending_file(&self, root: u8, path: &str) -> Option<usize> {
+        let ri = *self.roots.get(root as usize)?;
+        self.batch.files.iter().rposition(|(_, r, rel, _)| *r == ri && rel == path)
+    }
+
+    /// Renames pending file `i` to `to`. Earlier pending versions of the
+    /// same path are dropped (the rename leaves nothing at `from`), and the
+    /// file moves to the end of the batch so that it replaces whatever the
+    /// batch commits at `to` before it.
+    fn retarget(&mut self, i: usize, from: &str, to: &str) -> Result<(), FsError> {
+        let (seq, ri, _, mut t) = self.batch.files.remove(i);
+        let tree = &self.ctx.trees[ri];
+        let mut k = 0;
+        while k < self.batch.files.len() {
+            let (_, r, rel, _) = &self.batch.files[k];
+            if *r == ri && rel == from {
+                let (_, _, _, old) = self.batch.files.remove(k);
+                Tree::discard(&old);
+            } else {
+                k += 1;
+            }
+        }
+        match tree.retarget(&mut t, from, to) {
+            Ok((dp, fd)) => {
+                self.batch.dirs.insert((ri, dp), fd);
+                self.batch.files.push((seq, ri, to.to_owned(), t));
+                Ok(())
+            }
+            Err(e) => {
+                Tree::discard(&t);
+                Err(e)
+            }
+        }
+    }
+
+    fn op_result(&mut self, seq: u64, result: Result<(), FsError>, w: &mut TcpStream) -> Result<(), SessionEnd> {
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
@@ -442,6 +491,9 @@ impl<'a> Session<'a> {
             }
             left -= n as u64;
         }
+        // Start writeback now, so that the commit's fsync finds the data on
+        // its way (the replica does not need these pages cached either).
+        let _ = rustix::fs::fadvise(&t.file, 0, None, rustix::fs::Advice::DontNeed);
         if let Err(e) = Tree::apply_attrs(&t.file, rel, attrs, false, &mut self.ids) {
             Tree::discard(&t);
             return Ok(Err(e));
@@ -462,24 +514,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         let b = std::mem::take(&mut self.batch);
-        let mut failed = None;
-        if b.files.len() > SYNCFS_ABOVE {
-            let mut synced = Vec::new();
-            for (_, ri, rel, _) in &b.files {
-                if !synced.contains(ri) {
-                    synced.push(*ri);
-                    if let Err(e) = self.ctx.trees[*ri].syncfs() {
-                        failed.get_or_insert(FsError::from_io(rel, e));
-                    }
-                }
-            }
-        } else {
-            for (_, _, rel, t) in &b.files {
-                if let Err(e) = t.file.sync_all() {
-                    failed.get_or_insert(FsError::from_io(rel, e));
-                }
-            }
-        }
+        let failed = fsync_all(&b.files);
         if let Some(e) = failed {
             for (_, _, _, t) in &b.files {
                 Tree::discard(t);
@@ -589,6 +624,36 @@ impl<'a> Session<'a> {
         w.write_all(&out)?;
         Ok(())
     }
+}
+
+/// Concurrent fsyncs of one batch (bounded threads).
+const FSYNC_THREADS: usize = 16;
+
+/// Makes every file of a batch durable. Issued one after the other, each
+/// fsync costs a journal commit and a device cache flush; issued
+/// concurrently, the file system folds them into a few shared commits —
+/// the group commit of a bulk sync — while each file still gets a real
+/// fsync of its own. Returns the first failure.
+fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
+    if files.len() <= 2 {
+        return files.iter().find_map(|(_, _, rel, t)| t.file.sync_all().err().map(|e| FsError::from_io(rel, e)));
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: Mutex<Option<FsError>> = Mutex::new(None);
+    thread::scope(|s| {
+        for _ in 0..FSYNC_THREADS.min(files.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some((_, _, rel, t)) = files.get(i) else { break };
+                    if let Err(e) = t.file.sync_all() {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(FsError::from_io(rel, e));
+                    }
+                }
+            });
+        }
+    });
+    failed.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 fn hash_reader(mut f: std::fs::File) -> io::Result<[u8; 32]> {

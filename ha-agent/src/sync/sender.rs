@@ -32,7 +32,7 @@ use super::plan::{self, Op, Plan};
 use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
-use super::{Shared, SyncConfig, SyncHandle};
+use super::{AckedOp, Shared, SyncConfig, SyncHandle};
 
 /// The failback watermark stays this far behind the oldest pending change:
 /// covers inotify delivery latency and the coarse clock of file times (one
@@ -525,6 +525,16 @@ fn on_ack(ctx: &Ctx, seq: u64) {
         p.synced_until_ns = p.synced_until_ns.max(until);
     }
     drop(j);
+    {
+        let mut subs = ctx.shared.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = subs.as_ref() {
+            let acked = Instant::now();
+            let gone = done.values().any(|s| tx.send(AckedOp { root: s.root, path: s.op.path().to_owned(), seen: s.at, acked }).is_err());
+            if gone {
+                *subs = None;
+            }
+        }
+    }
     ctx.persisted.lock().unwrap_or_else(|p| p.into_inner()).acked_seq = seq;
     ctx.shared.with_status(|s| {
         s.acked_seq = seq;

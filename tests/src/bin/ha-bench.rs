@@ -6,13 +6,17 @@ use anyhow::{bail, Context as _, Result};
 use ha_agent::dataplane::{DataPlane, LinkSpec, Options, ProgramKind};
 use ha_tests::packets as pk;
 
+#[path = "../bench_sync.rs"]
+mod bench_sync;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("dataplane") => dataplane(&args[1..]),
         Some("failover") => ha_tests::bench_failover::run(&args[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane, failover"),
-        None => bail!("usage: ha-bench dataplane [--repeat N] | failover [--runs N]"),
+        Some("sync") => bench_sync::run(&args[1..]),
+        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane, failover, sync"),
+        None => bail!("usage: ha-bench dataplane [--repeat N] | failover [--runs N] [--stability] | sync [--small]"),
     }
 }
 

@@ -1,0 +1,447 @@
+//! Config sync (issue 4): the primary pushes the application configuration
+//! (`[config_sync] paths`, minus the per-node `exclude` globs) and the
+//! cluster keys of the agent's own configuration ([`SyncedView`]) to its
+//! peer on every change and on demand; the peer applies them, runs
+//! `after_apply`, and both report a checksum of the synced configuration.
+//!
+//! Own channel on `cluster.config_sync_port()` (base + 2) rather than the
+//! data channel: a configuration change must not queue behind a gigabyte
+//! of mail in the data stream, and config-only clusters have no data
+//! stream at all. It reuses the data channel's authentication
+//! (`sync::auth`, mutual HMAC challenge–response) and its confined file
+//! operations (`sync::fsops`: temporary name, fsync, rename, no symlink
+//! followed).
+//!
+//! Change detection polls: every `poll` the pusher collects the paths and
+//! compares the checksum with the last one the peer acknowledged. Config
+//! trees are small (a few hundred kB), so a poll costs well under a
+//! millisecond, needs no watch bookkeeping, and a failed push is retried
+//! by the same loop.
+//!
+//! Timing changes never break the lease rule while they propagate: see
+//! [`plan`]. The pusher applies a step to its own node (the `on_step`
+//! callback) only after the peer has applied it.
+
+pub mod bundle;
+pub mod plan;
+pub mod wire;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use globset::GlobSet;
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::{Config, SyncedView};
+use bundle::Bundle;
+use wire::{Msg, WireError};
+
+/// Settings of config sync on one node.
+#[derive(Debug, Clone)]
+pub struct ConfigSyncConfig {
+    /// This node's name (logs and handshake).
+    pub node: String,
+    /// Absolute paths synced (the same on both nodes).
+    pub paths: Vec<PathBuf>,
+    /// Per-node exclusions, matched against absolute paths.
+    pub exclude: GlobSet,
+    /// Command run (`sh -c`) after a push changed files.
+    pub after_apply: Option<String>,
+    /// The shared cluster password.
+    pub key: Vec<u8>,
+    /// Receiver: where to listen.
+    pub listen: SocketAddr,
+    /// Pusher: the peers' receivers.
+    pub peers: Vec<SocketAddr>,
+    /// How often the pusher looks for changes (and the receiver refreshes
+    /// its checksum).
+    pub poll: Duration,
+    /// `after_apply` is killed after this long.
+    pub hook_timeout: Duration,
+}
+
+impl ConfigSyncConfig {
+    /// Settings from an agent configuration: listen on the primary heartbeat
+    /// link's local address, push to its peer, port `cluster.config_sync_port()`.
+    ///
+    /// # Errors
+    /// An `exclude` pattern does not compile (never for a validated config).
+    pub fn from_config(cfg: &Config) -> Result<Self, globset::Error> {
+        let port = cfg.cluster.config_sync_port();
+        let (listen, peers) = match cfg.heartbeat.first() {
+            Some(l) => (SocketAddr::new(l.local, port), vec![SocketAddr::new(l.peer, port)]),
+            None => (SocketAddr::from(([0, 0, 0, 0], port)), Vec::new()),
+        };
+        Ok(Self {
+            node: cfg.node.name.clone(),
+            paths: cfg.config_sync.paths.clone(),
+            exclude: cfg.config_sync.exclude_matcher()?,
+            after_apply: cfg.config_sync.after_apply.clone(),
+            key: cfg.cluster.password.expose().to_vec(),
+            listen,
+            peers,
+            poll: Duration::from_millis(500),
+            hook_timeout: Duration::from_secs(60),
+        })
+    }
+}
+
+/// What `ha-agent status` shows about config sync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigSyncStatus {
+    /// Checksum of this node's synced configuration.
+    pub checksum: Option<String>,
+    /// The peer's checksum as last seen (pusher) — equal when both agree.
+    pub peer_checksum: Option<String>,
+    /// Last successful push (pusher) or apply (receiver).
+    pub last_sync: Option<SystemTime>,
+    /// Result of the last `after_apply` run.
+    pub last_hook: Option<String>,
+    /// Failed pushes or refused applies.
+    pub errors: u64,
+    /// The last error, for the operator.
+    pub last_error: Option<String>,
+}
+
+impl ConfigSyncStatus {
+    /// Whether both nodes run the same synced configuration.
+    pub fn in_agreement(&self) -> bool {
+        self.checksum.is_some() && self.checksum == self.peer_checksum
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    status: Mutex<ConfigSyncStatus>,
+    stop: AtomicBool,
+    force: AtomicBool,
+    /// Pusher: the configuration to push (target cluster view inside).
+    target: Mutex<Option<Config>>,
+}
+
+impl Shared {
+    fn with<T>(&self, f: impl FnOnce(&mut ConfigSyncStatus) -> T) -> T {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+    fn error(&self, e: String) {
+        warn!(error = %e, "config sync failed");
+        self.with(|s| {
+            s.errors += 1;
+            s.last_error = Some(e);
+        });
+    }
+}
+
+/// Handle on a running pusher or receiver; stops it on drop.
+pub struct ConfigSyncHandle {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl ConfigSyncHandle {
+    /// A snapshot of the status.
+    pub fn status(&self) -> ConfigSyncStatus {
+        self.shared.with(|s| s.clone())
+    }
+    /// Pusher: push now even if nothing changed (`ha-agent sync config`).
+    pub fn push_now(&self) {
+        self.shared.force.store(true, Ordering::Relaxed);
+    }
+    /// Pusher: a reloaded configuration; its cluster view becomes the
+    /// target. Do not apply its timing locally: `on_step` does, in order.
+    pub fn set_config(&self, cfg: Config) {
+        *self.shared.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(cfg);
+    }
+    /// Receiver: the bound address.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+    fn shutdown(&mut self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ConfigSyncHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Called with each cluster view once it must run on this node.
+pub type OnStep = Box<dyn Fn(&SyncedView) + Send>;
+/// Called with the new configuration after the peer's cluster view was applied.
+pub type OnApply = Box<dyn Fn(&Config) + Send>;
+
+/// The primary's side.
+pub struct ConfigPusher;
+
+impl ConfigPusher {
+    /// Starts pushing `cfg`'s synced configuration. `on_step` is called
+    /// with every cluster view this node must switch to, after the peer runs it.
+    pub fn spawn(settings: ConfigSyncConfig, cfg: Config, on_step: OnStep) -> std::io::Result<ConfigSyncHandle> {
+        let shared = Arc::new(Shared::default());
+        *shared.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(cfg.clone());
+        shared.force.store(true, Ordering::Relaxed);
+        let sh = shared.clone();
+        let thread = thread::Builder::new().name("config-push".into()).spawn(move || push_loop(&settings, cfg, &on_step, &sh))?;
+        Ok(ConfigSyncHandle { shared, thread: Some(thread), local_addr: None })
+    }
+}
+
+fn push_loop(st: &ConfigSyncConfig, mut running: Config, on_step: &OnStep, sh: &Shared) {
+    let mut acked: Option<String> = None;
+    while !sh.stopping() {
+        let target = sh.target.lock().unwrap_or_else(|p| p.into_inner()).clone().expect("target set at spawn");
+        let bundle = match bundle::collect(&st.paths, &st.exclude) {
+            Ok(b) => b,
+            Err(e) => {
+                sh.error(e.to_string());
+                sleep_poll(st, sh);
+                continue;
+            }
+        };
+        let sum = bundle::checksum(&bundle, &target.synced_view());
+        sh.with(|s| s.checksum = Some(sum.clone()));
+        let force = sh.force.swap(false, Ordering::Relaxed);
+        if force || acked.as_ref() != Some(&sum) {
+            let mut ok = true;
+            for peer in &st.peers {
+                match push_one(st, *peer, &bundle, &mut running, &target, force, on_step) {
+                    Ok(theirs) => {
+                        info!(%peer, checksum = %theirs, "config pushed");
+                        sh.with(|s| {
+                            s.peer_checksum = Some(theirs);
+                            s.last_sync = Some(SystemTime::now());
+                        });
+                    }
+                    Err(e) => {
+                        ok = false;
+                        sh.error(format!("push to {peer}: {e}"));
+                    }
+                }
+            }
+            acked = ok.then_some(sum);
+        }
+        sleep_poll(st, sh);
+    }
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
+fn sleep_poll(st: &ConfigSyncConfig, sh: &Shared) {
+    let until = Instant::now() + st.poll;
+    while Instant::now() < until && !sh.stopping() && !sh.force.load(Ordering::Relaxed) {
+        thread::sleep(Duration::from_millis(20).min(st.poll));
+    }
+}
+
+/// One push to one peer; returns the peer's checksum afterwards.
+fn push_one(
+    st: &ConfigSyncConfig,
+    peer: SocketAddr,
+    bundle: &Bundle,
+    running: &mut Config,
+    target: &Config,
+    force: bool,
+    on_step: &OnStep,
+) -> Result<String, PushError> {
+    let mut s = TcpStream::connect_timeout(&peer, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(st.hook_timeout + Duration::from_secs(10)))?;
+    s.set_nodelay(true)?;
+    wire::client_handshake(&mut s, &st.key, &st.node)?;
+    let (peer_view, peer_sum) = match wire::recv(&mut s)? {
+        Msg::State { view, checksum } => (view, checksum),
+        m => return Err(WireError::Handshake(format!("expected state, got {m:?}")).into()),
+    };
+    let want = target.synced_view();
+    if !force && peer_sum == bundle::checksum(bundle, &want) && running.synced_view() == want {
+        return Ok(peer_sum);
+    }
+    let steps = plan::timing_steps(running, &[running.synced_view(), peer_view], &want)?;
+    let mut theirs = peer_sum;
+    for (i, view) in steps.iter().enumerate() {
+        wire::send(&mut s, &Msg::Push { view: view.clone(), bundle: (i == 0).then(|| bundle.clone()) })?;
+        match wire::recv(&mut s)? {
+            Msg::Applied { checksum, hook, .. } => {
+                if let Some(h) = hook {
+                    info!(%peer, hook = %h, "peer ran after_apply");
+                }
+                theirs = checksum;
+            }
+            Msg::Refused { reason } => return Err(WireError::Refused(reason).into()),
+            m => return Err(WireError::Handshake(format!("expected applied, got {m:?}")).into()),
+        }
+        // The peer runs this step: now this node may.
+        if running.synced_view() != *view {
+            *running = running.with_synced(view).map_err(plan::PlanError::Invalid)?;
+            on_step(view);
+        }
+    }
+    Ok(theirs)
+}
+
+/// A push failed.
+#[derive(Debug, thiserror::Error)]
+enum PushError {
+    /// The channel failed or the peer refused.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The cluster view cannot be propagated safely.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+}
+
+impl From<std::io::Error> for PushError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Wire(WireError::Io(e))
+    }
+}
+
+/// The secondary's side.
+pub struct ConfigReceiver;
+
+impl ConfigReceiver {
+    /// Listens on `settings.listen` and applies what the primary pushes on
+    /// top of `cfg`; `on_apply` gets the new agent configuration whenever
+    /// a pushed cluster view was accepted.
+    pub fn spawn(settings: ConfigSyncConfig, cfg: Config, on_apply: OnApply) -> std::io::Result<ConfigSyncHandle> {
+        let listener = TcpListener::bind(settings.listen)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
+        let thread = thread::Builder::new().name("config-recv".into()).spawn(move || {
+            let mut cfg = cfg;
+            let mut next_refresh = Instant::now();
+            while !sh.stopping() {
+                if Instant::now() >= next_refresh {
+                    refresh(&settings, &cfg, &sh);
+                    next_refresh = Instant::now() + settings.poll;
+                }
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        let _ = s.set_nonblocking(false);
+                        if let Err(e) = serve(&settings, s, &mut cfg, &on_apply, &sh) {
+                            sh.error(format!("from {peer}: {e}"));
+                        }
+                        refresh(&settings, &cfg, &sh);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
+                    Err(e) => {
+                        warn!(error = %e, "config sync accept failed");
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+        Ok(ConfigSyncHandle { shared, thread: Some(thread), local_addr: Some(local) })
+    }
+}
+
+fn local_checksum(st: &ConfigSyncConfig, cfg: &Config) -> Result<String, bundle::BundleError> {
+    Ok(bundle::checksum(&bundle::collect(&st.paths, &st.exclude)?, &cfg.synced_view()))
+}
+
+fn refresh(st: &ConfigSyncConfig, cfg: &Config, sh: &Shared) {
+    match local_checksum(st, cfg) {
+        Ok(c) => sh.with(|s| s.checksum = Some(c)),
+        Err(e) => sh.with(|s| s.last_error = Some(e.to_string())),
+    }
+}
+
+fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &OnApply, sh: &Shared) -> Result<(), WireError> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let peer = wire::server_handshake(&mut s, &st.key, &st.node)?;
+    let sum = local_checksum(st, cfg).unwrap_or_default();
+    wire::send(&mut s, &Msg::State { view: cfg.synced_view(), checksum: sum })?;
+    loop {
+        let (view, bundle) = match wire::recv(&mut s) {
+            Ok(Msg::Push { view, bundle }) => (view, bundle),
+            Ok(m) => return Err(WireError::Handshake(format!("expected push, got {m:?}"))),
+            // The pusher closes the connection after its last step.
+            Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // Validate the cluster view first: a refused push applies nothing.
+        let next = match cfg.with_synced(&view) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cluster settings refused: {e}");
+                wire::send(&mut s, &Msg::Refused { reason: reason.clone() })?;
+                return Err(WireError::Refused(reason));
+            }
+        };
+        let mut hook = None;
+        if let Some(b) = &bundle {
+            match bundle::apply(b, &st.paths, &st.exclude) {
+                Ok(applied) => {
+                    info!(%peer, written = applied.written.len(), removed = applied.removed.len(), "config applied");
+                    if applied.changed()
+                        && let Some(cmd) = &st.after_apply
+                    {
+                        let r = run_hook(cmd, st.hook_timeout);
+                        info!(hook = %cmd, result = %r, "after_apply ran");
+                        sh.with(|s| s.last_hook = Some(r.clone()));
+                        hook = Some(r);
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    wire::send(&mut s, &Msg::Refused { reason: reason.clone() })?;
+                    return Err(WireError::Refused(reason));
+                }
+            }
+        }
+        if next.synced_view() != cfg.synced_view() {
+            *cfg = next;
+            info!(%peer, timing = %cfg.cluster.timing(), "cluster settings from the primary applied");
+            on_apply(cfg);
+        }
+        let checksum = local_checksum(st, cfg).unwrap_or_default();
+        sh.with(|s| {
+            s.checksum = Some(checksum.clone());
+            s.last_sync = Some(SystemTime::now());
+        });
+        wire::send(&mut s, &Msg::Applied { view: cfg.synced_view(), checksum, hook })?;
+    }
+}
+
+/// Runs `after_apply`, bounded by `timeout`. Returns a one-line result.
+fn run_hook(cmd: &str, timeout: Duration) -> String {
+    let mut child = match Command::new("sh").args(["-c", cmd]).spawn() {
+        Ok(c) => c,
+        Err(e) => return format!("not started: {e}"),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return "ok".into(),
+            Ok(Some(st)) => return format!("failed: {st}"),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return format!("killed after {timeout:?}");
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(e) => return format!("wait failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `ha-bench sync`: the data-sync benchmark of issue 4.
+//!
+//! Two namespaces joined by a veth pair (10.200.77.1 ⇄ 10.200.77.2). On the
+//! same generated mail tree and link, in one run:
+//!
+//! 1. initial sync, timed until the data is durable on the replica:
+//!    `rsync --whole-file` to an rsync daemon (plus a `syncfs` of the
+//!    replica, since rsync itself does not make anything durable),
+//!    `rsync --whole-file --fsync` (plus the same final `syncfs`, which then
+//!    finds little to do), and ha (`Sender` → `Receiver`, until the
+//!    receiver acknowledged the reconcile, which it does only once
+//!    everything is fsynced);
+//! 2. steady state: a writer delivers Maildir-style (write in `tmp/`,
+//!    rename into `new/`) at a fixed rate; the lag of each message is from
+//!    its rename on the primary to the sender receiving the receiver's
+//!    acknowledgement (durable on the replica, plus the way back).
+//!
+//! The sender's CPU time is read from its threads' `/proc` entries.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot};
+use rand::{Rng as _, SeedableRng as _, rngs::StdRng};
+
+use ha_tests::{Netns, link};
+
+const A_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 77, 1);
+const B_ADDR: Ipv4Addr = Ipv4Addr::new(10, 200, 77, 2);
+const SYNC_PORT: u16 = 20001;
+const RSYNC_PORT: u16 = 8730;
+/// Sender threads whose CPU time counts (see `sync::sender`).
+const SENDER_THREADS: &[&str] = &["sync-send", "sync-watch", "sync-acks"];
+
+struct Opts {
+    messages: usize,
+    steady: Duration,
+    rate: u32,
+    dir: PathBuf,
+}
+
+fn usage() -> &'static str {
+    "usage: ha-bench sync [--small] [--messages N] [--steady-secs S] [--rate MSG_PER_S] [--dir PATH]"
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let mut o = Opts {
+        messages: 20_000,
+        steady: Duration::from_secs(20),
+        rate: 500,
+        dir: PathBuf::from(format!("/var/tmp/ha-bench-sync-{}", std::process::id())),
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().with_context(|| format!("{a} needs a value; {}", usage()));
+        match a.as_str() {
+            "--small" => {
+                o.messages = 2_000;
+                o.steady = Duration::from_secs(5);
+            }
+            "--messages" => o.messages = val()?.parse()?,
+            "--steady-secs" => o.steady = Duration::from_secs(val()?.parse()?),
+            "--rate" => o.rate = val()?.parse()?,
+            "--dir" => o.dir = PathBuf::from(val()?),
+            _ => bail!("unknown argument {a:?}; {}", usage()),
+        }
+    }
+    ensure!(o.rate > 0 && o.messages > 0, "{}", usage());
+    Ok(o)
+}
+
+/// Removes the work directory on every exit path.
+struct WorkDir(PathBuf);
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the benchmark and prints its table.
+///
+/// # Errors
+/// When the namespaces, rsync or the sync cannot be set up.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    ensure!(nix::unistd::geteuid().is_root(), "ha-bench sync needs root (network namespaces)");
+    ensure!(which("rsync"), "rsync is not installed (cargo xtask setup --test-deps)");
+    let work = WorkDir(o.dir.clone());
+    let _ = fs::remove_dir_all(&work.0);
+    fs::create_dir_all(&work.0)?;
+    let src = work.0.join("src");
+
+    let (a, b) = (Netns::new(), Netns::new());
+    let peer = &b;
+    a.netlink(|h| async move {
+        link::add_veth(&h, "bsync-a", peer, "bsync-b").await?;
+        link::add_addr(&h, "bsync-a", IpAddr::V4(A_ADDR), 24).await?;
+        link::set_up(&h, "bsync-a").await
+    })
+    .map_err(anyhow::Error::msg)?;
+    b.netlink(|h| async move {
+        link::add_addr(&h, "bsync-b", IpAddr::V4(B_ADDR), 24).await?;
+        link::set_up(&h, "bsync-b").await
+    })
+    .map_err(anyhow::Error::msg)?;
+
+    let t = Instant::now();
+    let (files, bytes) = generate(&src, o.messages)?;
+    syncfs(&work.0)?;
+    eprintln!("generated {files} messages, {:.0} MB in {:.1} s", mb(bytes), t.elapsed().as_secs_f64());
+
+    let mut rows = Vec::new();
+    for fsync in [false, true] {
+        let dst = work.0.join(if fsync { "rsync-fsync" } else { "rsync" });
+        let d = rsync_run(&a, &b, &work.0, &src, &dst, fsync)?;
+        let label = if fsync { "rsync --whole-file --fsync" } else { "rsync --whole-file, then syncfs" };
+        check_same(&src, &dst)?;
+        eprintln!("{label}: {:.1} s", d.as_secs_f64());
+        rows.push((label.to_owned(), d, None));
+        fs::remove_dir_all(&dst)?;
+        syncfs(&work.0)?;
+    }
+
+    let dst = work.0.join("ha");
+    fs::create_dir_all(&dst)?;
+    let key = b"bench-password".to_vec();
+    let cfg = |data: &Path, state: &Path| SyncConfig {
+        node: "bench".into(),
+        roots: vec![SyncRoot { name: "mail".into(), path: data.to_owned(), kind: RootKind::MailDir }],
+        listen: SocketAddr::new(IpAddr::V4(B_ADDR), SYNC_PORT),
+        peer: SocketAddr::new(IpAddr::V4(B_ADDR), SYNC_PORT),
+        key: key.clone(),
+        state_dir: state.to_owned(),
+        max_lag: Duration::from_secs(1),
+        retry: Duration::from_millis(200),
+    };
+    let rcfg = cfg(&dst, &work.0.join("state-b"));
+    let rx = b.run(|| Receiver::spawn(rcfg)).context("receiver")?;
+    let scfg = cfg(&src, &work.0.join("state-a"));
+    let cpu0 = sender_cpu();
+    let start = Instant::now();
+    let tx = a.run(|| Sender::spawn(scfg)).context("sender")?;
+    wait(&tx, Duration::from_secs(600), |s| s.in_sync)?;
+    let d = start.elapsed();
+    let cpu = sender_cpu().saturating_sub(cpu0);
+    check_same(&src, &dst)?;
+    eprintln!("ha: {:.1} s, sender CPU {:.2} s", d.as_secs_f64(), cpu.as_secs_f64());
+    rows.push(("ha (sendfile, group commit)".to_owned(), d, Some(cpu)));
+
+    // Steady state is measured on its own: let the bulk sync's writeback
+    // (and the deleted rsync trees') settle first.
+    syncfs(&work.0)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let steady = steady_state(&tx, &src, &o)?;
+    tx.stop();
+    rx.stop();
+
+    println!();
+    println!("initial sync: {files} messages, {:.0} MB, veth between two namespaces, timed until durable", mb(bytes));
+    println!("{:<34} {:>8} {:>9} {:>12}", "system", "time s", "MB/s", "CPU s/GB");
+    for (label, d, cpu) in &rows {
+        let cpu = cpu.map_or("-".to_owned(), |c| format!("{:.2}", c.as_secs_f64() / gb(bytes)));
+        println!("{label:<34} {:>8.2} {:>9.1} {cpu:>12}", d.as_secs_f64(), mb(bytes) / d.as_secs_f64());
+    }
+    let ha = rows[2].1.as_secs_f64();
+    println!(
+        "ha throughput vs rsync: {:.2}x (rsync + syncfs), {:.2}x (rsync --fsync); target >= 1.5x",
+        rows[0].1.as_secs_f64() / ha,
+        rows[1].1.as_secs_f64() / ha
+    );
+    println!();
+    steady.print();
+    Ok(())
+}
+
+fn which(prog: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {prog}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1e6
+}
+
+fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}
+
+fn syncfs(path: &Path) -> Result<()> {
+    let f = fs::File::open(path)?;
+    nix::unistd::syncfs(f.as_raw_fd())?;
+    Ok(())
+}
+
+/// A deterministic mail tree: 50 mailboxes, 2% of the messages 256 KiB–2 MiB,
+/// the rest 2–128 KiB log-uniform (about 1 GB for 20,000 messages). Each
+/// message is a unique header plus a slice of random bytes (incompressible).
+fn generate(root: &Path, n: usize) -> Result<(usize, u64)> {
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut pool = vec![0u8; 4 << 20];
+    rng.fill(&mut pool[..]);
+    let mut total = 0u64;
+    for i in 0..n {
+        let size = if i % 50 == 0 {
+            rng.gen_range(256 << 10..=2 << 20)
+        } else {
+            let (lo, hi) = ((2u32 << 10) as f64, (128u32 << 10) as f64);
+            (lo * (hi / lo).powf(rng.r#gen::<f64>())) as usize
+        };
+        let dir = root.join(format!("user{}/cur", i % 50));
+        if i < 50 {
+            fs::create_dir_all(&dir)?;
+            fs::create_dir_all(root.join(format!("user{i}/new")))?;
+            fs::create_dir_all(root.join(format!("user{i}/tmp")))?;
+        }
+        let header = format!("Message-ID: <{i}@bench.example>\r\n\r\n");
+        let off = rng.gen_range(0..pool.len() - size);
+        let mut f = fs::File::create(dir.join(format!("{i}.M{i}P1.bench:2,S")))?;
+        f.write_all(header.as_bytes())?;
+        f.write_all(&pool[off..off + size - header.len().min(size)])?;
+        total += size.max(header.len()) as u64;
+    }
+    Ok((n, total))
+}
+
+/// Same relative files with the same sizes; content compared on a sample.
+fn check_same(a: &Path, b: &Path) -> Result<()> {
+    fn list(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, u64)>) -> Result<()> {
+        for e in fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let md = e.metadata()?;
+            let p = rel.join(e.file_name());
+            if md.is_dir() {
+                list(root, &p, out)?;
+            } else {
+                out.push((p, md.len()));
+            }
+        }
+        Ok(())
+    }
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    list(a, Path::new(""), &mut la)?;
+    list(b, Path::new(""), &mut lb)?;
+    la.sort();
+    lb.sort();
+    ensure!(la == lb, "replica {} differs from the source ({} vs {} files)", b.display(), lb.len(), la.len());
+    for (p, _) in la.iter().step_by(97) {
+        ensure!(fs::read(a.join(p))? == fs::read(b.join(p))?, "{} differs", p.display());
+    }
+    Ok(())
+}
+
+fn rsync_run(a: &Netns, b: &Netns, work: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<Duration> {
+    fs::create_dir_all(dst)?;
+    let conf = work.join("rsyncd.conf");
+    fs::write(
+        &conf,
+        format!("uid = root\ngid = root\nuse chroot = no\nlog file = {}\n[bench]\npath = {}\nread only = false\n", work.join("rsyncd.log").display(), dst.display()),
+    )?;
+    let _daemon = b.spawn(Command::new("rsync").args(["--daemon", "--no-detach", &format!("--config={}", conf.display()), &format!("--port={RSYNC_PORT}"), &format!("--address={B_ADDR}")]))?;
+    let target = SocketAddr::new(IpAddr::V4(B_ADDR), RSYNC_PORT);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a.run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()) {
+        ensure!(Instant::now() < deadline, "rsync daemon did not start listening on {target}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut cmd = Command::new("rsync");
+    cmd.args(["-a", "--whole-file"]);
+    if fsync {
+        cmd.arg("--fsync");
+    }
+    cmd.arg(format!("{}/", src.display())).arg(format!("rsync://{B_ADDR}:{RSYNC_PORT}/bench/"));
+    let start = Instant::now();
+    let out = a.output(&mut cmd)?;
+    ensure!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    syncfs(dst)?;
+    Ok(start.elapsed())
+}
+
+fn wait(h: &SyncHandle, timeout: Duration, f: impl Fn(&ha_agent::sync::SyncStatus) -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = h.status();
+        if f(&s) {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "sync did not get there in {timeout:?}: {s:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// CPU time (user + system) of the sender's threads in this process.
+fn sender_cpu() -> Duration {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let mut ticks = 0u64;
+    for t in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !SENDER_THREADS.contains(&comm.trim()) {
+            continue;
+        }
+        let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after the command: state is field 3, utime 14, stime 15.
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Duration::from_secs_f64(ticks as f64 / tick)
+}
+
+struct Steady {
+    rate: u32,
+    secs: f64,
+    sent: usize,
+    bytes: u64,
+    lags: Vec<Duration>,
+    missing: usize,
+    cpu: Duration,
+    late_writes: usize,
+}
+
+impl Steady {
+    fn print(&self) {
+        let pct = |p: f64| self.lags.get(((self.lags.len() as f64 * p) as usize).min(self.lags.len().saturating_sub(1))).copied().unwrap_or_default();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "steady state: writer at {} msg/s for {:.0} s, Maildir tmp/ -> new/, {} messages, {:.0} MB ({} behind schedule)",
+            self.rate, self.secs, self.sent, mb(self.bytes), self.late_writes
+        );
+        println!("lag rename on primary -> ack of durable copy received by the sender:");
+        println!(
+            "  p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   max {:.2} ms   (target p99 <= 10 ms)   not acked: {}",
+            ms(pct(0.5)),
+            ms(pct(0.9)),
+            ms(pct(0.99)),
+            ms(self.lags.last().copied().unwrap_or_default()),
+            self.missing
+        );
+        println!(
+            "  sender CPU {:.2} s = {:.1} s per GB delivered ({:.1}% of a core)",
+            self.cpu.as_secs_f64(),
+            self.cpu.as_secs_f64() / gb(self.bytes).max(1e-9),
+            100.0 * self.cpu.as_secs_f64() / self.secs
+        );
+    }
+}
+
+/// Delivers `o.rate` messages per second for `o.steady` and measures each
+/// one's lag from its rename to the acknowledgement of its durable copy.
+fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
+    let acks = tx.subscribe_acks();
+    let (tmp, new) = (src.join("inbox/tmp"), src.join("inbox/new"));
+    fs::create_dir_all(&tmp)?;
+    fs::create_dir_all(&new)?;
+    // Let the two directory creations reach the replica first.
+    wait(tx, Duration::from_secs(10), |s| s.backlog_ops == 0)?;
+    while acks.try_recv().is_ok() {}
+    let mut rng = StdRng::seed_from_u64(5);
+    let mut pool = vec![0u8; 256 << 10];
+    rng.fill(&mut pool[..]);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(o.rate));
+    let n = (o.steady.as_secs_f64() * f64::from(o.rate)) as usize;
+    let mut renamed: HashMap<String, Instant> = HashMap::with_capacity(n);
+    let mut lags = Vec::with_capacity(n);
+    let (mut bytes, mut late) = (0u64, 0usize);
+    let collect = |acks: &mpsc::Receiver<ha_agent::sync::AckedOp>, renamed: &mut HashMap<String, Instant>, lags: &mut Vec<Duration>| {
+        while let Ok(a) = acks.try_recv() {
+            if let Some(name) = a.path.strip_prefix("inbox/new/")
+                && let Some(t) = renamed.remove(name)
+            {
+                lags.push(a.acked.saturating_duration_since(t));
+            }
+        }
+    };
+    let cpu0 = sender_cpu();
+    let start = Instant::now();
+    for i in 0..n {
+        let due = start + interval * i as u32;
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else if now - due > interval {
+            late += 1;
+        }
+        let size = ((2u32 << 10) as f64 * 32f64.powf(rng.r#gen::<f64>())) as usize;
+        let name = format!("{i}.M{i}P2.bench");
+        fs::write(tmp.join(&name), &pool[..size])?;
+        fs::rename(tmp.join(&name), new.join(&name))?;
+        renamed.insert(name, Instant::now());
+        bytes += size as u64;
+        collect(&acks, &mut renamed, &mut lags);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !renamed.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        collect(&acks, &mut renamed, &mut lags);
+    }
+    let cpu = sender_cpu().saturating_sub(cpu0);
+    lags.sort();
+    Ok(Steady { rate: o.rate, secs, sent: n, bytes, lags, missing: renamed.len(), cpu, late_writes: late })
+}
