@@ -237,10 +237,10 @@ impl Cluster {
             if self.status(n).is_some() {
                 return;
             }
-            if let Some(c) = self.agents[n.idx()].as_mut() {
-                if let Ok(Some(st)) = c.child().try_wait() {
-                    panic!("agent {n:?} exited at start ({st}):\n{}", self.log(n));
-                }
+            if let Some(c) = self.agents[n.idx()].as_mut()
+                && let Ok(Some(st)) = c.child().try_wait()
+            {
+                panic!("agent {n:?} exited at start ({st}):\n{}", self.log(n));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -483,7 +483,7 @@ impl GateWatch {
     /// Time of the last sample (after `after`) with `n`'s gate open.
     #[must_use]
     pub fn last_open(&self, n: Node, after: u64) -> Option<u64> {
-        self.samples().into_iter().filter(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t).last()
+        self.samples().into_iter().rev().find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t)
     }
 
     /// `n`'s gate-open intervals (first and last open sample) since

@@ -54,6 +54,8 @@ pub(super) struct Agent {
     pub metrics: Arc<Metrics>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
+    /// Epoch and sequence number of the newest peer frame given to the state machine.
+    pub newest_seq: Option<(u64, u64)>,
     pub times: crate::dataplane::HeartbeatTimes,
     /// Transitions already recorded in the metrics.
     pub transitions_seen: u64,
@@ -227,6 +229,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         sync_seq: 0,
         metrics,
         last_view: None,
+        newest_seq: None,
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
@@ -372,6 +375,15 @@ impl Agent {
         if !fresh {
             return;
         }
+        // Each link's receiver queues its fresh frames on one channel, so a
+        // frame can land behind a newer one from the other link (seen after
+        // a SIGSTOP: the peer's old "secondary, handover" advert delivered
+        // after its "active" one made this become-secondary node claim the
+        // role back). The state machine must see adverts in order.
+        if self.newest_seq.is_some_and(|(epoch, seq)| epoch == heartbeat.epoch && heartbeat.seq <= seq) {
+            return;
+        }
+        self.newest_seq = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
         let view = convert::peer_view(&heartbeat);
         self.last_view = Some(view);
