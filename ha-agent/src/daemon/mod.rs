@@ -5,6 +5,7 @@
 
 mod agent;
 mod convert;
+mod datasync;
 mod hooks;
 mod lock;
 mod metrics;

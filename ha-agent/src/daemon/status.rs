@@ -161,7 +161,10 @@ pub(super) fn build(a: &Agent) -> Status {
         last_transition,
         gate,
         monitors,
-        sync: SyncInfo { enabled: false, state: "not configured".into(), ..SyncInfo::default() },
+        sync: a.sync.as_ref().map_or_else(
+            || SyncInfo { enabled: false, state: "not configured".into(), ..SyncInfo::default() },
+            |s| s.info(a.fsm.is_active()),
+        ),
         sender: SenderInfo {
             realtime: sender.realtime.load(Ordering::Relaxed),
             memory_locked: sender.memory_locked.load(Ordering::Relaxed),
