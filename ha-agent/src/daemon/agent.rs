@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
+    configsync::ConfigSync,
     convert,
     datasync::{self, DataSync, HandBackDone},
     hooks, lock, metrics as feed, monitors, notify, status,
@@ -60,6 +61,8 @@ pub(super) struct Agent {
     /// Mail data and spool sync, when `[backup]` lists anything.
     pub sync: Option<DataSync>,
     pub sync_polled: Instant,
+    /// Configuration sync, when `[config_sync] paths` lists anything.
+    pub config_sync: Option<ConfigSync>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
     pub times: crate::dataplane::HeartbeatTimes,
@@ -184,6 +187,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     // Data sync: the receiver listens from the start.
     let (sync_tx, mut sync_rx) = mpsc::channel::<HandBackDone>(4);
     let data_sync = DataSync::start(&cfg, sync_tx)?;
+    let config_sync = ConfigSync::new(&cfg)?;
 
     // Control socket.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(16);
@@ -240,6 +244,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         metrics,
         sync: data_sync,
         sync_polled: Instant::now(),
+        config_sync,
         last_view: None,
         times: dp_times,
         transitions_seen: 0,
@@ -376,6 +381,9 @@ impl Agent {
         }
         self.sync_polled = Instant::now();
         let active = self.fsm.is_active();
+        if let Some(c) = self.config_sync.as_mut() {
+            c.set_active(active);
+        }
         let peer_alive = self.fsm.status().peer.alive;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
@@ -474,9 +482,10 @@ impl Agent {
                 (None, SyncWhat::All | SyncWhat::Data) => {
                     Response { ok: false, message: "data sync is not configured ([backup] lists no directory)".into(), status: None }
                 }
-                (_, SyncWhat::Config) => {
-                    Response { ok: false, message: "config sync is not running on this node (see docs/sync.md)".into(), status: None }
-                }
+                (_, SyncWhat::Config) => match &self.config_sync {
+                    Some(c) => Response { ok: true, message: c.push_now().to_owned(), status: None },
+                    None => Response { ok: false, message: "config sync is not configured ([config_sync] paths is empty)".into(), status: None },
+                },
             },
         };
         let _ = cmd.reply.send(resp);
@@ -558,6 +567,9 @@ impl Agent {
         self.receivers.clear();
         if let Some(s) = self.sync.take() {
             s.stop();
+        }
+        if let Some(c) = self.config_sync.take() {
+            c.stop();
         }
         info!(node = %self.cfg.node.name, "ha-agent stopped: gate closed, VIPs released, peer told");
     }
