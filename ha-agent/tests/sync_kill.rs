@@ -167,7 +167,7 @@ fn sigkill_of_the_sender_process_never_leaves_a_partial_file() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) && n < 20_000 {
                     let i = n % STORM;
-                    let (from, to) = if (n / STORM) % 2 == 0 { ("q/a", "q/b") } else { ("q/b", "q/a") };
+                    let (from, to) = if (n / STORM).is_multiple_of(2) { ("q/a", "q/b") } else { ("q/b", "q/a") };
                     let _ = fs::rename(src.join(from).join(format!("s{i}")), src.join(to).join(format!("s{i}")));
                     n += 1;
                 }

@@ -291,7 +291,7 @@ fn push_one(
         }
         // The peer runs this step: now this node may.
         if running.synced_view() != *view {
-            *running = running.with_synced(view).map_err(plan::PlanError::Invalid)?;
+            *running = running.with_synced(view).map_err(|e| plan::PlanError::Invalid(Box::new(e)))?;
             on_step(view);
         }
     }

@@ -19,7 +19,7 @@ use crate::config::{Config, ConfigError, SyncedView, Timing};
 pub enum PlanError {
     /// The target itself does not validate on this node.
     #[error("pushed cluster settings refused: {0}")]
-    Invalid(#[source] ConfigError),
+    Invalid(#[source] Box<ConfigError>),
     /// Not even the intermediate step validates (change both nodes by hand).
     #[error("no safe intermediate timing from {from} to {to}: {source}")]
     NoSafeStep {
@@ -29,7 +29,7 @@ pub enum PlanError {
         to: Timing,
         /// Why the intermediate step was refused.
         #[source]
-        source: ConfigError,
+        source: Box<ConfigError>,
     },
 }
 
@@ -48,7 +48,7 @@ fn pair_safe(a: &Timing, b: &Timing) -> bool {
 /// # Errors
 /// When `target` does not validate on `base`, or no safe step exists.
 pub fn timing_steps(base: &Config, current: &[SyncedView], target: &SyncedView) -> Result<Vec<SyncedView>, PlanError> {
-    let to = timing_of(base, target).map_err(PlanError::Invalid)?;
+    let to = timing_of(base, target).map_err(|e| PlanError::Invalid(Box::new(e)))?;
     let now: Vec<Timing> = current.iter().filter_map(|v| timing_of(base, v).ok()).collect();
     let all: Vec<Timing> = now.iter().copied().chain([to]).collect();
     let safe = all.iter().enumerate().all(|(i, a)| all[i + 1..].iter().all(|b| pair_safe(a, b)));
@@ -64,7 +64,7 @@ pub fn timing_steps(base: &Config, current: &[SyncedView], target: &SyncedView) 
     // startup_wait must cover the threshold in force.
     let mid = SyncedView { startup_wait: mid.startup_wait.max(mid.lost_threshold), ..mid };
     let from = now.first().copied().unwrap_or(to);
-    let m = timing_of(base, &mid).map_err(|source| PlanError::NoSafeStep { from, to, source })?;
+    let m = timing_of(base, &mid).map_err(|e| PlanError::NoSafeStep { from, to, source: Box::new(e) })?;
     debug_assert!(all.iter().all(|t| pair_safe(t, &m)), "intermediate timing {m} must be safe with {all:?}");
     Ok(vec![mid, target.clone()])
 }

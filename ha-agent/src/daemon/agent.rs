@@ -16,7 +16,13 @@ use tokio::{
 };
 use tracing::{error, info, warn};
 
-use super::{convert, hooks, lock, metrics as feed, monitors, notify, status, vips::VipSet};
+use super::{
+    configsync::ConfigSync,
+    convert,
+    datasync::{self, DataSync, HandBackDone},
+    hooks, lock, metrics as feed, monitors, notify, status,
+    vips::VipSet,
+};
 use crate::{
     config::{Config, XdpMode},
     control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
@@ -52,6 +58,11 @@ pub(super) struct Agent {
     pub active_flag: Arc<AtomicBool>,
     pub sync_seq: u64,
     pub metrics: Arc<Metrics>,
+    /// Mail data and spool sync, when `[backup]` lists anything.
+    pub sync: Option<DataSync>,
+    pub sync_polled: Instant,
+    /// Configuration sync, when `[config_sync] paths` lists anything.
+    pub config_sync: Option<ConfigSync>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
     /// Epoch and sequence number of the newest peer frame given to the state machine.
@@ -175,6 +186,11 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         );
     }
 
+    // Data sync: the receiver listens from the start.
+    let (sync_tx, mut sync_rx) = mpsc::channel::<HandBackDone>(4);
+    let data_sync = DataSync::start(&cfg, sync_tx)?;
+    let config_sync = ConfigSync::new(&cfg)?;
+
     // Control socket.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(16);
     let server = ControlServer::bind(&cfg.runtime.control_socket)
@@ -228,6 +244,9 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
         active_flag,
         sync_seq: 0,
         metrics,
+        sync: data_sync,
+        sync_polled: Instant::now(),
+        config_sync,
         last_view: None,
         newest_seq: None,
         times: dp_times,
@@ -257,6 +276,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
                 agent.apply_result(actions).await;
             }
             Some(cmd) = ctl_rx.recv() => agent.on_command(cmd).await,
+            Some(done) = sync_rx.recv() => agent.on_hand_back_done(done).await,
             () = tokio::time::sleep(sleep) => {}
         }
         // Every heartbeat already received goes in before time is judged.
@@ -287,6 +307,7 @@ impl Agent {
         }
         let actions = self.fsm.handle(Event::Tick { now });
         self.apply_result(actions).await;
+        self.poll_sync().await;
         // An open gate whose lease ran out means this agent stalled: step
         // down and re-acquire the role through the protocol.
         if self.fsm.is_active() {
@@ -334,10 +355,49 @@ impl Agent {
                 tracing::debug!(error = %e, "data plane counters without metrics");
             }
         }
+        if let Some(s) = &self.sync {
+            s.metrics(&self.metrics, self.fsm.is_active());
+        }
         for m in [&self.local_monitors, &self.remote_monitors].into_iter().flatten() {
             for s in m.status() {
                 self.metrics.set_monitor(&s);
             }
+        }
+    }
+
+    async fn on_hand_back_done(&mut self, done: HandBackDone) {
+        if let Some(s) = self.sync.as_mut() {
+            s.hand_back_done(&done);
+        }
+        // Whatever the outcome, the state machine waits for the answer; a
+        // failed hand-back leaves the data here, and the replica state says
+        // whether this node is current.
+        let now = now_ns();
+        let r = self.fsm.handle(Event::SyncState { now, lag_zero: done.result.is_ok(), outdated: false });
+        self.apply_result(r).await;
+    }
+
+    /// Tells the state machine when the replica's state changes.
+    async fn poll_sync(&mut self) {
+        if self.sync_polled.elapsed() < datasync::POLL {
+            return;
+        }
+        self.sync_polled = Instant::now();
+        let active = self.fsm.is_active();
+        if let Some(c) = self.config_sync.as_mut() {
+            c.set_active(active);
+        }
+        let peer_alive = self.fsm.status().peer.alive;
+        let Some(s) = self.sync.as_mut() else { return };
+        s.set_active(active);
+        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
+            if outdated {
+                warn!(lag_zero, "replica OUTDATED: this node knows its data is behind");
+            } else {
+                info!(lag_zero, outdated, "sync state");
+            }
+            let r = self.fsm.handle(Event::SyncState { now: now_ns(), lag_zero, outdated });
+            Box::pin(self.apply_result(r)).await;
         }
     }
 
@@ -429,14 +489,15 @@ impl Agent {
                 self.apply_result(r).await;
                 Response { ok, message, status: None }
             }
-            Request::Sync { what } => Response {
-                ok: false,
-                message: format!("sync {}: no sync channel is running on this node", match what {
-                    SyncWhat::All => "all",
-                    SyncWhat::Config => "config",
-                    SyncWhat::Data => "data",
-                }),
-                status: None,
+            Request::Sync { what } => match (&self.sync, what) {
+                (Some(s), SyncWhat::All | SyncWhat::Data) => Response { ok: true, message: s.resync().to_owned(), status: None },
+                (None, SyncWhat::All | SyncWhat::Data) => {
+                    Response { ok: false, message: "data sync is not configured ([backup] lists no directory)".into(), status: None }
+                }
+                (_, SyncWhat::Config) => match &self.config_sync {
+                    Some(c) => Response { ok: true, message: c.push_now().to_owned(), status: None },
+                    None => Response { ok: false, message: "config sync is not configured ([config_sync] paths is empty)".into(), status: None },
+                },
             },
         };
         let _ = cmd.reply.send(resp);
@@ -464,6 +525,9 @@ impl Agent {
                         error!(error = %e, "opening the gate failed");
                     }
                     self.vips.announce();
+                    if let Some(s) = self.sync.as_mut() {
+                        s.set_active(true);
+                    }
                     info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs held and announced");
                 }
                 Action::Deactivate { reason } => {
@@ -474,6 +538,9 @@ impl Agent {
                     if let Err(e) = self.vips.release().await {
                         error!(error = %format!("{e:#}"), "removing VIPs failed");
                     }
+                    if let Some(s) = self.sync.as_mut() {
+                        s.set_active(false);
+                    }
                     info!(%reason, "passive: gate closed, VIPs released");
                 }
                 Action::SetPeerActive { active } => {
@@ -483,12 +550,17 @@ impl Agent {
                 }
                 Action::RunHook { from, to, reason } => hooks::spawn(&self.cfg.hooks, from, to, reason.to_string()),
                 Action::HandBackData => {
-                    // Without a data sync there is nothing to hand back; the
-                    // state machine waits for this answer (restore-role).
-                    info!("hand-back of data only this node holds: no data sync configured, nothing to hand back");
-                    let now = now_ns();
-                    let r = self.fsm.handle(Event::SyncState { now, lag_zero: true, outdated: false });
-                    Box::pin(self.apply_result(r)).await;
+                    if let Some(s) = self.sync.as_mut() {
+                        info!("handing the peer the data only this node holds");
+                        s.hand_back();
+                    } else {
+                        // Nothing to hand back; the state machine waits for
+                        // this answer (restore-role).
+                        info!("hand-back of data: no data sync configured, nothing to hand back");
+                        let now = now_ns();
+                        let r = self.fsm.handle(Event::SyncState { now, lag_zero: true, outdated: false });
+                        Box::pin(self.apply_result(r)).await;
+                    }
                 }
             }
         }
@@ -505,6 +577,12 @@ impl Agent {
         self.publish();
         self.sender.stop();
         self.receivers.clear();
+        if let Some(s) = self.sync.take() {
+            s.stop();
+        }
+        if let Some(c) = self.config_sync.take() {
+            c.stop();
+        }
         info!(node = %self.cfg.node.name, "ha-agent stopped: gate closed, VIPs released, peer told");
     }
 }

@@ -4,7 +4,9 @@
 //! carried out here, in order.
 
 mod agent;
+mod configsync;
 mod convert;
+mod datasync;
 mod hooks;
 mod lock;
 mod metrics;

@@ -161,7 +161,19 @@ pub(super) fn build(a: &Agent) -> Status {
         last_transition,
         gate,
         monitors,
-        sync: SyncInfo { enabled: false, state: "not configured".into(), ..SyncInfo::default() },
+        sync: {
+            let mut info = a.sync.as_ref().map_or_else(
+                || SyncInfo { enabled: false, state: "not configured".into(), ..SyncInfo::default() },
+                |s| s.info(a.fsm.is_active()),
+            );
+            if let Some(c) = &a.config_sync {
+                let (last, checksum, agree) = c.info();
+                info.enabled = true;
+                info.last_config_sync = last;
+                info.config_checksum = checksum.map(|c| if agree { format!("{c} (peer agrees)") } else { format!("{c} (peer differs or unknown)") });
+            }
+            info
+        },
         sender: SenderInfo {
             realtime: sender.realtime.load(Ordering::Relaxed),
             memory_locked: sender.memory_locked.load(Ordering::Relaxed),

@@ -133,6 +133,9 @@ pub(crate) struct Shared {
     pub status: Mutex<SyncStatus>,
     pub stop: AtomicBool,
     pub resync: AtomicBool,
+    /// Receiver: refuse replica sessions (this node is active; only
+    /// failback hand-ins may write to its live tree).
+    pub refuse_replicas: AtomicBool,
     /// Subscribers to acknowledged operations (benchmarks, tests).
     pub acks: Mutex<Option<mpsc::Sender<AckedOp>>>,
 }
@@ -162,6 +165,14 @@ impl SyncHandle {
 
     /// Forces a full reconcile now (`ha-agent sync data`): the sender drops
     /// its connection and reconciles on the next one.
+    /// Receiver: while set, replica sessions are refused and only failback
+    /// sessions are served. The daemon sets it while this node is active, so
+    /// that a peer that wrongly believes itself primary can never overwrite
+    /// the live spool with its replica.
+    pub fn refuse_replicas(&self, refuse: bool) {
+        self.shared.refuse_replicas.store(refuse, Ordering::Relaxed);
+    }
+
     pub fn resync(&self) {
         self.shared.resync.store(true, Ordering::Relaxed);
     }

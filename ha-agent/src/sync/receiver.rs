@@ -177,6 +177,11 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         }
     };
     let replicate = hello.purpose == Purpose::Replicate;
+    if replicate && ctx.shared.refuse_replicas.load(std::sync::atomic::Ordering::Relaxed) {
+        warn!(node = %hello.node, "replica session refused: this node is active (only failback hand-ins are accepted)");
+        ctx.shared.with_status(|s| s.count_error("refused_replica", format!("replica session from {} refused while active", hello.node)));
+        return;
+    }
     // Take over from an older session (a sender that reconnected after a
     // failure we have not noticed yet).
     if let Ok(clone) = w.try_clone()

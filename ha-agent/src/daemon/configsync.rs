@@ -1,0 +1,108 @@
+//! Configuration sync as the daemon runs it: the primary pushes the listed
+//! application config paths and the cluster-wide keys; the secondary
+//! applies them (application files at once, with the `after_apply` hook).
+//!
+//! Cluster timing received from the peer is validated against the lease
+//! rule by the config sync itself; this agent applies new timing at its
+//! next start (heartbeat and lease threads keep their settings while they
+//! run) and says so in its log.
+
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, SyncedView},
+    config_sync::{ConfigPusher, ConfigReceiver, ConfigSyncConfig, ConfigSyncHandle},
+};
+
+/// The config sync side of this node.
+pub struct ConfigSync {
+    settings: ConfigSyncConfig,
+    cfg: Config,
+    handle: Option<ConfigSyncHandle>,
+    active: Option<bool>,
+}
+
+fn stop_in_background(h: ConfigSyncHandle) {
+    std::thread::spawn(move || h.stop());
+}
+
+impl ConfigSync {
+    /// Set up when `[config_sync] paths` lists anything.
+    pub fn new(cfg: &Config) -> anyhow::Result<Option<Self>> {
+        if cfg.config_sync.paths.is_empty() {
+            return Ok(None);
+        }
+        let settings = ConfigSyncConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("config_sync.exclude: {e}"))?;
+        Ok(Some(Self { settings, cfg: cfg.clone(), handle: None, active: None }))
+    }
+
+    /// Pusher while active, receiver while passive.
+    pub fn set_active(&mut self, active: bool) {
+        if self.active == Some(active) {
+            return;
+        }
+        self.active = Some(active);
+        if let Some(h) = self.handle.take() {
+            stop_in_background(h);
+        }
+        let running = self.cfg.synced_view();
+        let r = if active {
+            ConfigPusher::spawn(
+                self.settings.clone(),
+                self.cfg.clone(),
+                Box::new(move |view: &SyncedView| {
+                    if *view != running {
+                        warn!(?view, "cluster settings step agreed with the peer; this agent applies new timing at its next start");
+                    }
+                }),
+            )
+        } else {
+            let running = self.cfg.synced_view();
+            ConfigReceiver::spawn(
+                self.settings.clone(),
+                self.cfg.clone(),
+                Box::new(move |new: &Config| {
+                    if new.synced_view() == running {
+                        info!("configuration from the primary applied");
+                    } else {
+                        warn!(view = ?new.synced_view(), "cluster settings from the primary accepted; this agent applies new timing at its next start");
+                    }
+                }),
+            )
+        };
+        match r {
+            Ok(h) => {
+                info!(role = if active { "pusher" } else { "receiver" }, "config sync started");
+                self.handle = Some(h);
+            }
+            Err(e) => warn!(error = %e, "config sync could not start"),
+        }
+    }
+
+    /// `ha-agent sync config`.
+    pub fn push_now(&self) -> &'static str {
+        match (&self.handle, self.active) {
+            (Some(h), Some(true)) => {
+                h.push_now();
+                "configuration push to the peer started"
+            }
+            (Some(_), _) => "this node is passive: it receives configuration; run `ha-agent sync config` on the primary",
+            (None, _) => "config sync is not running",
+        }
+    }
+
+    /// `(last sync, checksum, in agreement)` for the status page.
+    pub fn info(&self) -> (Option<String>, Option<String>, bool) {
+        let Some(h) = &self.handle else { return (None, None, false) };
+        let s = h.status();
+        let agree = s.in_agreement();
+        (s.last_sync.map(|t| humantime::format_rfc3339_millis(t).to_string()), s.checksum, agree)
+    }
+
+    /// Stops (shutdown).
+    pub fn stop(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.stop();
+        }
+    }
+}
