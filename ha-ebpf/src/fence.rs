@@ -95,8 +95,11 @@ fn classify(p: &Pkt) -> Out {
         if p.read::<u8>(l3 + 9) != Some(IPPROTO_TCP) {
             return Out::Other;
         }
+        // A connection *to* a VIP goes to the active node (a probe of the
+        // peer's MTA, a remote monitor): never fenced. Deliveries of a
+        // replicated queue go elsewhere.
         if let Some((IPPROTO_TCP, l4)) = v4_l4(p, l3) {
-            if fenced_syn(p, l4) {
+            if fenced_syn(p, l4) && is_vip4_at(p, l3 + 16) != Some(true) {
                 return Out::FencedPort;
             }
         }
@@ -116,7 +119,7 @@ fn classify(p: &Pkt) -> Out {
             if p.read::<u8>(l3 + 40) == Some(ICMPV6_NA) && is_vip6(p, l3 + 48) == Some(true) {
                 return Out::VipSourced;
             }
-        } else if nh == IPPROTO_TCP && fenced_syn(p, l3 + 40) {
+        } else if nh == IPPROTO_TCP && fenced_syn(p, l3 + 40) && is_vip6(p, l3 + 24) != Some(true) {
             return Out::FencedPort;
         }
         Out::Other

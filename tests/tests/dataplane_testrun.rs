@@ -372,6 +372,8 @@ fn fence_drops_vip_sourced_egress_while_passive() {
         ("na for vip", pk::eth([0x33, 0x33, 0, 0, 0, 1], OWN, 0x86dd, &pk::ipv6("fe80::a".parse().unwrap(), "ff02::1".parse().unwrap(), 58, &pk::icmpv6_nd(136, "fe80::a".parse().unwrap(), "ff02::1".parse().unwrap(), vip6(), OWN))), TC_SHOT, Counter::FenceDropPassive),
         ("syn to fenced port", pk::eth(CLIENT, OWN, 0x0800, &pk::ipv4(other4(), client4(), 6, &pk::tcp(40000, 25, 0x02))), TC_SHOT, Counter::FenceDropPort),
         ("ipv6 syn to fenced port", pk::eth(CLIENT, OWN, 0x86dd, &pk::ipv6(client6(), "fd00::9".parse().unwrap(), 6, &pk::tcp(40000, 25, 0x02))), TC_SHOT, Counter::FenceDropPort),
+        ("syn to a vip (probe of the active node)", pk::eth(CLIENT, OWN, 0x0800, &pk::ipv4(other4(), vip4(), 6, &pk::tcp(40000, 25, 0x02))), TC_OK, Counter::FenceNonVip),
+        ("ipv6 syn to a vip", pk::eth(CLIENT, OWN, 0x86dd, &pk::ipv6(client6(), vip6(), 6, &pk::tcp(40000, 25, 0x02))), TC_OK, Counter::FenceNonVip),
         ("syn to other port", pk::eth(CLIENT, OWN, 0x0800, &pk::ipv4(other4(), client4(), 6, &pk::tcp(40000, 80, 0x02))), TC_OK, Counter::FenceNonVip),
         ("established to fenced port", pk::eth(CLIENT, OWN, 0x0800, &pk::ipv4(other4(), client4(), 6, &pk::tcp(40000, 25, 0x10))), TC_OK, Counter::FenceNonVip),
         ("own address", pk::eth(CLIENT, OWN, 0x0800, &pk::ipv4(other4(), client4(), 17, &pk::udp(1, 2, b"x"))), TC_OK, Counter::FenceNonVip),
