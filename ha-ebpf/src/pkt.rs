@@ -70,7 +70,6 @@ pub struct V4 {
     /// Fragment offset is non-zero (no L4 header in this packet).
     pub later_fragment: bool,
     pub src: [u8; 4],
-    pub dst: [u8; 4],
 }
 
 #[inline(always)]
@@ -85,7 +84,6 @@ pub fn v4(p: &Pkt, off: usize) -> Option<V4> {
         ihl,
         later_fragment: (u16::from_be_bytes([h[6], h[7]]) & 0x1fff) != 0,
         src: [h[12], h[13], h[14], h[15]],
-        dst: [h[16], h[17], h[18], h[19]],
     })
 }
 

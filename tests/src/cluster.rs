@@ -85,6 +85,9 @@ pub struct ClusterOpts {
     pub b: NodeOpts,
     /// Extra TOML appended to both configs (e.g. `[[monitor.remote]]`).
     pub extra: String,
+    /// Data sync of a mail directory per node (`<tmp>/<node>/mail`) with
+    /// this `max_lag`, e.g. `Some("200ms")`.
+    pub mail_sync: Option<&'static str>,
 }
 
 impl Default for ClusterOpts {
@@ -97,6 +100,7 @@ impl Default for ClusterOpts {
             a: NodeOpts { mode: "primary", on_failure: "become-secondary", priority: 200, password: PASSWORD },
             b: NodeOpts { mode: "secondary", on_failure: "become-secondary", priority: 100, password: PASSWORD },
             extra: String::new(),
+            mail_sync: None,
         }
     }
 }
@@ -161,6 +165,9 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
         nd.join("state").display(),
         dir.join(format!("{name}.sock")).display()
     );
+    if let Some(max_lag) = o.mail_sync {
+        let _ = writeln!(t, "[backup]\nmail_data = [\"{}\"]\nmax_lag = \"{max_lag}\"", nd.join("mail").display());
+    }
     t.push_str(&o.extra);
     t
 }
@@ -185,6 +192,12 @@ impl Cluster {
             Node::A => "node-a",
             Node::B => "node-b",
         }
+    }
+
+    /// The synced mail directory of a node (with `mail_sync`).
+    #[must_use]
+    pub fn mail_dir(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n)).join("mail")
     }
 
     /// The config file of a node.

@@ -147,8 +147,12 @@ impl DataSync {
         } else {
             let r = self.receiver_status().unwrap_or_default();
             let current = r.connected && r.in_sync;
-            if current {
+            // The receiver records when it last completed a reconcile, so a
+            // sync reached between two polls still counts.
+            if current || r.last_sync.is_some() {
                 self.ever_in_sync = true;
+            }
+            if current {
                 self.out_of_sync_since = None;
             } else if peer_alive && self.out_of_sync_since.is_none() {
                 self.out_of_sync_since = Some(now);
