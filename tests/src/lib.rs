@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod link;
 pub mod netns;
 pub mod packets;
+pub mod plane;
 pub mod privileges;
 pub mod prober;
 pub mod servers;

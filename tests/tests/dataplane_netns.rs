@@ -3,32 +3,26 @@
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
-use ha_agent::dataplane::{DataPlane, Options, XdpAttachMode};
+use ha_agent::dataplane::{DataPlane, XdpAttachMode};
 use ha_common::Counter;
 use ha_tests::{
     link,
     netns::tcp_reachable,
+    plane::{unique_options, TestPlane},
+    prober::now_ns,
     topology::{Host, SVC_IF, SVC_PREFIX, VIP4},
     require_root, Netns, Topology,
 };
 
 /// A node's data plane, attached to its service interface; pins removed on drop.
-struct Node {
-    dp: Option<DataPlane>,
-    opts: Options,
-}
+struct Node(TestPlane);
 
 impl Node {
     fn attach(host: &Host, mode: XdpAttachMode) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let opts = Options {
-            instance: format!("nn{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
-            pin_root: "/sys/fs/bpf/ha-test".into(),
-        };
+        let opts = unique_options("nn");
         let o = opts.clone();
         let dp = host.ns.run(move || {
             let mut dp = DataPlane::open(&o).expect("load data plane");
@@ -36,9 +30,9 @@ impl Node {
             dp
         });
         dp.gate().set_vips(&[IpAddr::V4(VIP4)]).unwrap();
-        Self { dp: Some(dp), opts }
+        Self(TestPlane::new(dp, opts))
     }
-    fn dp(&self) -> &DataPlane { self.dp.as_ref().unwrap() }
+    fn dp(&self) -> &DataPlane { self.0.dp() }
     fn activate(&self, lease: Duration) {
         self.dp().gate().set_active(true, now_ns() + lease.as_nanos() as u64).unwrap();
     }
@@ -46,18 +40,6 @@ impl Node {
     fn count(&self, c: Counter) -> u64 { self.dp().counters().get(c).unwrap() }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.destroy(&self.opts);
-        }
-    }
-}
-
-fn now_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
 
 fn add_vip(ns: &Netns) {
     ns.netlink(|h| async move { link::add_addr(&h, SVC_IF, IpAddr::V4(VIP4), SVC_PREFIX).await })
@@ -184,9 +166,9 @@ fn gate_survives_the_loader_and_is_reused() {
     assert!(tcp_reachable(&t.c.ns, &t.a.ns, IpAddr::V4(VIP4)));
     // The agent goes away without cleaning up: links and maps stay pinned,
     // so the gate keeps filtering, and closes when the lease runs out.
-    let opts = a.opts.clone();
+    let opts = a.0.opts.clone();
     let mut a = a;
-    let dp = a.dp.take().unwrap();
+    let dp = a.0.take();
     dp.gate().set_active(true, now_ns() + 200_000_000).unwrap();
     drop(dp);
     assert!(tcp_reachable(&t.c.ns, &t.a.ns, IpAddr::V4(VIP4)), "gate still open inside the lease after the loader is gone");
@@ -202,5 +184,5 @@ fn gate_survives_the_loader_and_is_reused() {
     assert_eq!(dp.gate().snapshot().unwrap().vips.len(), 1, "VIP set survived in the pinned map");
     dp.gate().set_active(true, now_ns() + 30_000_000_000).unwrap();
     assert!(tcp_reachable(&t.c.ns, &t.a.ns, IpAddr::V4(VIP4)));
-    a.dp = Some(dp);
+    a.0.put(dp);
 }

@@ -1,14 +1,16 @@
 //! In-kernel unit tests of the XDP and tc programs with BPF_PROG_TEST_RUN:
 //! crafted packets in, verdict, rewritten frame and map contents checked.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ha_agent::dataplane::{DataPlane, LinkSpec, Options, ProgramKind};
+use ha_agent::dataplane::{DataPlane, LinkSpec, ProgramKind};
 use ha_common::{Counter, HB_PROTOCOL_VERSION};
-use ha_tests::{packets as pk, privileges::have_root};
+use ha_tests::{
+    packets as pk,
+    plane::{unique_options, TestPlane},
+    privileges::have_root,
+    prober::now_ns,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -33,25 +35,18 @@ fn client6() -> Ipv6Addr { "fd00:200:1::50".parse().unwrap() }
 fn peer6() -> Ipv6Addr { "fd00:200:2::2".parse().unwrap() }
 
 /// A loaded data plane with its own pin directory, removed on drop.
-struct Fx {
-    dp: Option<DataPlane>,
-    opts: Options,
-}
+struct Fx(TestPlane);
 
 impl Fx {
     fn new(test: &str) -> Option<Self> {
         if !have_root(test) {
             return None;
         }
-        static N: AtomicU32 = AtomicU32::new(0);
-        let opts = Options {
-            instance: format!("tr{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
-            pin_root: "/sys/fs/bpf/ha-test".into(),
-        };
+        let opts = unique_options("tr");
         let dp = DataPlane::open(&opts).expect("load data plane");
-        Some(Self { dp: Some(dp), opts })
+        Some(Self(TestPlane::new(dp, opts)))
     }
-    fn dp(&mut self) -> &mut DataPlane { self.dp.as_mut().unwrap() }
+    fn dp(&mut self) -> &mut DataPlane { self.0.dp_mut() }
     fn run(&mut self, prog: ProgramKind, pkt: &[u8]) -> (u32, Vec<u8>) {
         let o = self.dp().test_run(prog, pkt, Some(LO), 1).expect("test run");
         (o.verdict, o.data_out)
@@ -79,18 +74,6 @@ impl Fx {
     }
 }
 
-impl Drop for Fx {
-    fn drop(&mut self) {
-        if let Some(dp) = self.dp.take() {
-            let _ = dp.destroy(&self.opts);
-        }
-    }
-}
-
-fn now_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
 
 fn hb4(src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     pk::eth(OWN, PEER, 0x0800, &pk::ipv4(src, Ipv4Addr::new(10, 200, 2, 1), 17, &pk::udp(40000, PORT, payload)))
