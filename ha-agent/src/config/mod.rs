@@ -15,6 +15,7 @@
 
 mod decode;
 pub mod defaults;
+pub mod persist;
 mod error;
 mod model;
 mod raw;

@@ -82,7 +82,7 @@ fn xdp_mode(m: XdpMode) -> XdpAttachMode {
     }
 }
 
-pub(super) async fn run(cfg: Config) -> Result<()> {
+pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<()> {
     let _lock = lock::take(&cfg.runtime.state_dir, &cfg.runtime.instance)?;
     let ct = cfg.cluster.timing();
     let timing = heartbeat::Timing { interval: ct.interval, threshold: ct.lost_threshold, lease: ct.lease };
@@ -189,7 +189,7 @@ pub(super) async fn run(cfg: Config) -> Result<()> {
     // Data sync: the receiver listens from the start.
     let (sync_tx, mut sync_rx) = mpsc::channel::<HandBackDone>(4);
     let data_sync = DataSync::start(&cfg, sync_tx)?;
-    let config_sync = ConfigSync::new(&cfg)?;
+    let config_sync = ConfigSync::new(&cfg, &config_path)?;
 
     // Control socket.
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Command>(16);

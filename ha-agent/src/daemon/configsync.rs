@@ -2,10 +2,11 @@
 //! application config paths and the cluster-wide keys; the secondary
 //! applies them (application files at once, with the `after_apply` hook).
 //!
-//! Cluster timing received from the peer is validated against the lease
-//! rule by the config sync itself; this agent applies new timing at its
+//! Cluster keys received from the peer are validated against the lease rule
+//! by the config sync itself and written into this node's configuration
+//! file (comments and other keys kept); the agent runs with them from its
 //! next start (heartbeat and lease threads keep their settings while they
-//! run) and says so in its log.
+//! run), and says so in its log.
 
 use tracing::{info, warn};
 
@@ -18,6 +19,7 @@ use crate::{
 pub struct ConfigSync {
     settings: ConfigSyncConfig,
     cfg: Config,
+    path: std::path::PathBuf,
     handle: Option<ConfigSyncHandle>,
     active: Option<bool>,
 }
@@ -28,12 +30,12 @@ fn stop_in_background(h: ConfigSyncHandle) {
 
 impl ConfigSync {
     /// Set up when `[config_sync] paths` lists anything.
-    pub fn new(cfg: &Config) -> anyhow::Result<Option<Self>> {
+    pub fn new(cfg: &Config, path: &std::path::Path) -> anyhow::Result<Option<Self>> {
         if cfg.config_sync.paths.is_empty() {
             return Ok(None);
         }
         let settings = ConfigSyncConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("config_sync.exclude: {e}"))?;
-        Ok(Some(Self { settings, cfg: cfg.clone(), handle: None, active: None }))
+        Ok(Some(Self { settings, cfg: cfg.clone(), path: path.to_owned(), handle: None, active: None }))
     }
 
     /// Pusher while active, receiver while passive.
@@ -58,14 +60,19 @@ impl ConfigSync {
             )
         } else {
             let running = self.cfg.synced_view();
+            let path = self.path.clone();
             ConfigReceiver::spawn(
                 self.settings.clone(),
                 self.cfg.clone(),
                 Box::new(move |new: &Config| {
-                    if new.synced_view() == running {
+                    let view = new.synced_view();
+                    if view == running {
                         info!("configuration from the primary applied");
-                    } else {
-                        warn!(view = ?new.synced_view(), "cluster settings from the primary accepted; this agent applies new timing at its next start");
+                        return;
+                    }
+                    match crate::config::persist::persist_synced(&path, &view) {
+                        Ok(_) => warn!(config = %path.display(), ?view, "cluster settings from the primary written to the config file; the agent runs with them from its next start"),
+                        Err(e) => warn!(error = %e, ?view, "cluster settings from the primary could not be written to the config file"),
                     }
                 }),
             )

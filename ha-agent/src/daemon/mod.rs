@@ -55,7 +55,8 @@ pub fn run(path: &Path) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     // The control loop runs on a (realtime) worker thread, not on this one.
-    rt.block_on(async move { tokio::spawn(agent::run(cfg)).await })
+    let path = path.to_owned();
+    rt.block_on(async move { tokio::spawn(agent::run(cfg, path)).await })
         .context("the control loop panicked")?
 }
 
