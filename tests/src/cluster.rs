@@ -88,6 +88,10 @@ pub struct ClusterOpts {
     /// Data sync of a mail directory per node (`<tmp>/<node>/mail`) with
     /// this `max_lag`, e.g. `Some("200ms")`.
     pub mail_sync: Option<&'static str>,
+    /// Config sync of a directory per node (`<tmp>/<node>/etc`), with
+    /// `local.cf` excluded (kept per node) and an `after_apply` hook that
+    /// touches `<tmp>/<node>/applied`.
+    pub config_sync: bool,
 }
 
 impl Default for ClusterOpts {
@@ -101,6 +105,7 @@ impl Default for ClusterOpts {
             b: NodeOpts { mode: "secondary", on_failure: "become-secondary", priority: 100, password: PASSWORD },
             extra: String::new(),
             mail_sync: None,
+            config_sync: false,
         }
     }
 }
@@ -168,6 +173,14 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     if let Some(max_lag) = o.mail_sync {
         let _ = writeln!(t, "[backup]\nmail_data = [\"{}\"]\nmax_lag = \"{max_lag}\"", nd.join("mail").display());
     }
+    if o.config_sync {
+        let _ = writeln!(
+            t,
+            "[config_sync]\npaths = [\"{}\"]\nexclude = [\"**/local.cf\"]\nafter_apply = \"touch {}\"",
+            nd.join("etc").display(),
+            nd.join("applied").display()
+        );
+    }
     t.push_str(&o.extra);
     t
 }
@@ -198,6 +211,18 @@ impl Cluster {
     #[must_use]
     pub fn mail_dir(&self, n: Node) -> PathBuf {
         self.dir.path().join(Self::name(n)).join("mail")
+    }
+
+    /// The config-synced directory of a node (with `config_sync`).
+    #[must_use]
+    pub fn etc_dir(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n)).join("etc")
+    }
+
+    /// The file the `after_apply` hook touches (with `config_sync`).
+    #[must_use]
+    pub fn applied_marker(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n)).join("applied")
     }
 
     /// The config file of a node.

@@ -67,6 +67,20 @@ enum Cmd {
     },
 }
 
+/// `main` of the `ha-agent` binary (and of the test crate's copy): runs
+/// the command and prints a failure as one line with its causes, no
+/// backtrace, for operators.
+#[must_use]
+pub fn run_main() -> std::process::ExitCode {
+    match main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ha-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Entry point of the `ha-agent` binary.
 ///
 /// # Errors

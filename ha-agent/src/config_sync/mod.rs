@@ -416,8 +416,12 @@ fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &O
             on_apply(cfg);
         }
         let checksum = local_checksum(st, cfg).unwrap_or_default();
+        // The primary's checksum, computed from what it sent (a push without
+        // files means it found nothing to change: the same state as ours).
+        let theirs = bundle.as_ref().map_or_else(|| checksum.clone(), |b| bundle::checksum(b, &view));
         sh.with(|s| {
             s.checksum = Some(checksum.clone());
+            s.peer_checksum = Some(theirs);
             s.last_sync = Some(SystemTime::now());
         });
         wire::send(&mut s, &Msg::Applied { view: cfg.synced_view(), checksum, hook })?;
