@@ -48,6 +48,20 @@ fn primary_config_reaches_the_secondary() {
     std::fs::write(ea.join("main.cf"), "relayhost = [10.200.9.10]\n").unwrap();
     wait("changed main.cf on the secondary", Duration::from_secs(15), || read(&eb.join("main.cf")).as_deref() == Some("relayhost = [10.200.9.10]\n"));
 
+    // A cluster key edited in the primary's own config file is pushed and
+    // written into the secondary's config file (used from its next start).
+    let pa = c.config_path(Node::A);
+    let text = std::fs::read_to_string(&pa).unwrap();
+    assert!(text.contains("fence_ports = [25]"));
+    std::fs::write(&pa, text.replace("fence_ports = [25]", "fence_ports = [25, 587]")).unwrap();
+    let pb = c.config_path(Node::B);
+    wait("cluster key in the secondary's config file", Duration::from_secs(15), || {
+        read(&pb).is_some_and(|t| t.contains("fence_ports = [25, 587]"))
+    });
+    let b_text = read(&pb).unwrap();
+    assert!(b_text.contains("name = \"node-b\""), "per-node keys untouched:\n{b_text}");
+    assert!(b_text.contains("mode = \"secondary\""), "{b_text}");
+
     // Both nodes show the same checksum, and say they agree.
     wait("checksums agree", Duration::from_secs(15), || {
         let (a, b) = (c.status(Node::A), c.status(Node::B));

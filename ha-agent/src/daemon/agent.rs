@@ -63,6 +63,9 @@ pub(super) struct Agent {
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
+    /// The configuration file and its last seen modification time.
+    pub config_path: std::path::PathBuf,
+    pub config_mtime: Option<SystemTime>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
     /// Epoch and sequence number of the newest peer frame given to the state machine.
@@ -247,6 +250,8 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
         sync: data_sync,
         sync_polled: Instant::now(),
         config_sync,
+        config_mtime: std::fs::metadata(&config_path).and_then(|m| m.modified()).ok(),
+        config_path,
         last_view: None,
         newest_seq: None,
         times: dp_times,
@@ -377,12 +382,33 @@ impl Agent {
         self.apply_result(r).await;
     }
 
+    /// Watches the configuration file: a valid change is pushed to the peer
+    /// by config sync; an invalid one is reported and ignored.
+    fn check_config_file(&mut self) {
+        let m = std::fs::metadata(&self.config_path).and_then(|m| m.modified()).ok();
+        if m == self.config_mtime {
+            return;
+        }
+        self.config_mtime = m;
+        match crate::config::load(&self.config_path) {
+            Ok(new) => {
+                let timing_changed = new.synced_view() != self.cfg.synced_view();
+                info!(config = %self.config_path.display(), timing_changed, "configuration file changed; cluster settings go to the peer, this agent uses new timing from its next start");
+                if let Some(c) = self.config_sync.as_mut() {
+                    c.config_changed(new);
+                }
+            }
+            Err(e) => warn!(config = %self.config_path.display(), problems = %e, "configuration file changed but is invalid; keeping the running configuration"),
+        }
+    }
+
     /// Tells the state machine when the replica's state changes.
     async fn poll_sync(&mut self) {
         if self.sync_polled.elapsed() < datasync::POLL {
             return;
         }
         self.sync_polled = Instant::now();
+        self.check_config_file();
         let active = self.fsm.is_active();
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);

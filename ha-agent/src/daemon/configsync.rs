@@ -86,6 +86,17 @@ impl ConfigSync {
         }
     }
 
+    /// The configuration file changed on disk and validated: push its
+    /// cluster keys (the pusher applies the lease rule in safe steps). The
+    /// running agent keeps its timing until its next start.
+    pub fn config_changed(&mut self, new: Config) {
+        self.cfg = new.clone();
+        if let (Some(h), Some(true)) = (&self.handle, self.active) {
+            h.set_config(new);
+            h.push_now();
+        }
+    }
+
     /// `ha-agent sync config`.
     pub fn push_now(&self) -> &'static str {
         match (&self.handle, self.active) {
