@@ -129,6 +129,9 @@ pub(super) fn build(a: &Agent) -> Status {
     for w in &f.failing {
         warnings.push(format!("local check failing: {w}"));
     }
+    if a.receivers.iter().any(|r| r.health().refused(RefusalKind::TimingMismatch) > 0) {
+        warnings.push("the peer's heartbeat timing is incompatible with ours (interval + lease + margin must stay below each other's lost threshold): see the log".into());
+    }
     if f.promoted_outdated {
         warnings.push("promoted with a replica known to be behind (promote_outdated)".into());
     }

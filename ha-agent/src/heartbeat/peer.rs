@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::codec::{DecodeError, Heartbeat};
 use super::histogram::{Histogram, HistogramSnapshot};
-use super::timing::{Timing, TimingError, check_pair};
+use super::timing::{Timing, TimingError};
 
 /// A copy of a frame arriving on another link is accepted for that link's
 /// health only this many sequence numbers behind the newest: enough for any
@@ -273,7 +273,10 @@ impl PeerState {
         if hb.epoch == self.me.epoch || hb.node_id == self.me.node_id {
             return Err(Refusal::Reflected);
         }
-        check_pair(&self.me.timing, &hb.timing).map_err(Refusal::Timing)?;
+        // The pair's timing is checked by the receiver, which accepts an
+        // incompatible but authentic peer as alive and warns: refusing its
+        // frames would make a live primary look dead and cause the very
+        // dual-active state the timing rule exists to prevent.
 
         if let Some(cur) = self.current.as_mut().filter(|c| c.epoch == hb.epoch) {
             let link_newest = cur.per_link.get(&link).copied().unwrap_or(0);
@@ -641,14 +644,14 @@ mod tests {
     }
 
     #[test]
-    fn incompatible_timing_refused_and_named() {
+    fn incompatible_timing_is_still_a_sign_of_life_and_named() {
         let mut p = PeerState::new(me());
         let mut f = hb(PEER1, 1, (US, 1));
         f.timing.lease = Duration::from_millis(10);
-        let r = p.on_frame(0, &f, 1).unwrap_err();
+        assert!(p.on_frame(0, &f, 1).is_ok(), "an authentic peer with other timing is alive");
+        let r = Refusal::Timing(super::super::timing::check_pair(&me().timing, &f.timing).unwrap_err());
         assert_eq!(r.kind(), RefusalKind::TimingMismatch);
         assert!(r.to_string().contains("lost threshold 6ms"), "{r}");
-        assert_eq!(p.peer_epoch(), None);
     }
 
     #[test]

@@ -143,6 +143,14 @@ impl LinkReceiver {
     pub fn handle(&mut self, from: SocketAddr, bytes: &[u8], user_ns: u64) -> HeartbeatEvent {
         match self.check(from, bytes) {
             Ok((hb, acc)) => {
+                // Incompatible timing: alive all the same, but said loudly
+                // (counted under timing_mismatch, logged at most once a second).
+                if let Err(e) = super::timing::check_pair(&self.ctx.shared.timing, &hb.timing) {
+                    self.health.lock().unwrap_or_else(PoisonError::into_inner).on_refused(RefusalKind::TimingMismatch);
+                    if self.limiter.allow(RefusalKind::TimingMismatch, user_ns).is_some() {
+                        tracing::warn!(link = self.link, error = %e, "peer timing incompatible with ours: accepted as alive, fix the configuration");
+                    }
+                }
                 let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
                 let kernel = self.ctx.kernel.rx_time(self.link, hb.epoch, hb.seq);
                 let (rx_ns, rx_source) = choose_rx_time(kernel, user_ns, health.last_rx_ns(), self.ctx.shared.timing.threshold);
