@@ -22,7 +22,11 @@ fn main() -> Result<()> {
     let ebpf_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
     println!("cargo:rerun-if-changed=../ha-common/src");
     aya_build::build_ebpf(
-        [aya_build::Package { name: "ha-ebpf", root_dir: ebpf_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "ha-ebpf",
+            root_dir: ebpf_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
     .context(

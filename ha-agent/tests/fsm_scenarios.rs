@@ -69,7 +69,8 @@ fn effective(s: &str) -> Result<EffectiveMode, String> {
 }
 
 fn kv(word: &str) -> Result<(&str, &str), String> {
-    word.split_once('=').ok_or_else(|| format!("expected key=value, got {word:?}"))
+    word.split_once('=')
+        .ok_or_else(|| format!("expected key=value, got {word:?}"))
 }
 
 /// Splits `@1ms 500us heard hb0 ...` into the time and the rest: the time
@@ -198,7 +199,11 @@ impl Run {
 
     fn event(&mut self, at: u64, words: &[&str]) -> Result<Vec<Event>, String> {
         let (&verb, args) = words.split_first().ok_or("missing event")?;
-        let arg = |i: usize| args.get(i).copied().ok_or_else(|| format!("{verb}: missing argument"));
+        let arg = |i: usize| {
+            args.get(i)
+                .copied()
+                .ok_or_else(|| format!("{verb}: missing argument"))
+        };
         Ok(match verb {
             "start" => vec![Event::Start { now: at }],
             "tick" => vec![Event::Tick { now: at }],
@@ -208,12 +213,25 @@ impl Run {
                 self.peer(&args[1..])?;
                 let mut evs = Vec::new();
                 for name in arg(0)?.split(',') {
-                    let link = self.cfg.links.iter().position(|l| l == name).unwrap_or(usize::MAX);
-                    evs.push(Event::PeerHeard { at, link, view: self.peer });
+                    let link = self
+                        .cfg
+                        .links
+                        .iter()
+                        .position(|l| l == name)
+                        .unwrap_or(usize::MAX);
+                    evs.push(Event::PeerHeard {
+                        at,
+                        link,
+                        view: self.peer,
+                    });
                 }
                 evs
             }
-            "check" => vec![Event::LocalCheck { now: at, ok: arg(0)? == "ok", what: args[1..].join(" ") }],
+            "check" => vec![Event::LocalCheck {
+                now: at,
+                ok: arg(0)? == "ok",
+                what: args[1..].join(" "),
+            }],
             "sync" => {
                 let (mut lag_zero, mut outdated) = (true, false);
                 for w in args {
@@ -223,9 +241,16 @@ impl Run {
                         (k, _) => return Err(format!("unknown sync key {k:?}")),
                     }
                 }
-                vec![Event::SyncState { now: at, lag_zero, outdated }]
+                vec![Event::SyncState {
+                    now: at,
+                    lag_zero,
+                    outdated,
+                }]
             }
-            "vip" => vec![Event::VipProbe { at, answered: arg(0)? == "answered" }],
+            "vip" => vec![Event::VipProbe {
+                at,
+                answered: arg(0)? == "answered",
+            }],
             "switch" => {
                 let to = match arg(0)? {
                     "primary" => SwitchTarget::Primary,
@@ -241,14 +266,29 @@ impl Run {
     fn apply(&mut self, ev: Event) -> Result<(), String> {
         let fsm = self.fsm()?;
         let result = fsm.handle(ev);
-        let (transitions, history): (u64, Vec<_>) = (fsm.status().transitions, fsm.history().cloned().collect());
+        let (transitions, history): (u64, Vec<_>) =
+            (fsm.status().transitions, fsm.history().cloned().collect());
         match result {
             Err(e) => writeln!(self.out, "  !! error: {e}").map_err(|e| e.to_string())?,
             Ok(actions) => {
-                let new = usize::try_from(transitions - self.seen_transitions).map_err(|e| e.to_string())?;
+                let new = usize::try_from(transitions - self.seen_transitions)
+                    .map_err(|e| e.to_string())?;
                 for t in &history[history.len() - new.min(history.len())..] {
-                    let det = t.detection_ns.map(|d| format!(", detected after {}", humantime::format_duration(Duration::from_nanos(d)))).unwrap_or_default();
-                    writeln!(self.out, "  ~ {} -> {}: {} (term {}{det})", t.from, t.to, t.reason, t.term).map_err(|e| e.to_string())?;
+                    let det = t
+                        .detection_ns
+                        .map(|d| {
+                            format!(
+                                ", detected after {}",
+                                humantime::format_duration(Duration::from_nanos(d))
+                            )
+                        })
+                        .unwrap_or_default();
+                    writeln!(
+                        self.out,
+                        "  ~ {} -> {}: {} (term {}{det})",
+                        t.from, t.to, t.reason, t.term
+                    )
+                    .map_err(|e| e.to_string())?;
                 }
                 for a in actions {
                     writeln!(self.out, "  -> {a}").map_err(|e| e.to_string())?;
@@ -268,8 +308,19 @@ impl Run {
         let fsm = self.fsm()?;
         let s = fsm.status();
         let adv = fsm.advert();
-        let mut line = format!("{} eff={} term={} advert={}@{}", s.state, s.effective, s.term, adv.flag_names(), adv.term);
-        line += if s.peer.alive { " peer=alive" } else { " peer=lost" };
+        let mut line = format!(
+            "{} eff={} term={} advert={}@{}",
+            s.state,
+            s.effective,
+            s.term,
+            adv.flag_names(),
+            adv.term
+        );
+        line += if s.peer.alive {
+            " peer=alive"
+        } else {
+            " peer=lost"
+        };
         if s.split_brain_risk {
             line += " SPLIT-BRAIN-RISK";
         }
@@ -302,7 +353,8 @@ impl Run {
                 _ => return Err(format!("unknown expect key {k:?}")),
             };
             if got != v {
-                self.errors.push(format!("expect {k}={v}, got {got} (at {})", s.now));
+                self.errors
+                    .push(format!("expect {k}={v}, got {got} (at {})", s.now));
             }
         }
         Ok(())
@@ -349,10 +401,17 @@ fn fsm_scenarios() {
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
         .collect();
     files.sort();
-    assert!(files.len() >= 20, "expected the scenario set, found {} files", files.len());
+    assert!(
+        files.len() >= 20,
+        "expected the scenario set, found {} files",
+        files.len()
+    );
     let mut failures = Vec::new();
     for path in &files {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = std::fs::read_to_string(path).expect("read scenario");
         let (got, errors) = match replay(&text) {
             Ok(r) => r,
@@ -382,7 +441,12 @@ fn fsm_scenarios() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} scenario failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} scenario failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use ha_agent::dataplane::{self, DataPlane, DataPlaneError, Options, XdpAttachMode};
 use ha_agent::heartbeat::{
-    HbKey, HbShared, Heartbeat, HeartbeatEvent, KernelTimes, LinkSocket, LinkSpec, Mode, NoKernelTimes, NodeSnapshot,
-    RxContext, RxSource, Sender, SenderOptions, Timing, receiver,
+    HbKey, HbShared, Heartbeat, HeartbeatEvent, KernelTimes, LinkSocket, LinkSpec, Mode,
+    NoKernelTimes, NodeSnapshot, RxContext, RxSource, Sender, SenderOptions, Timing, receiver,
 };
 use ha_common::Counter;
 use tokio::sync::mpsc;
@@ -25,7 +25,10 @@ const CLUSTER: u32 = 11;
 const PASSWORD: &[u8] = b"kernel test password";
 
 fn skip(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "CI is set and this test cannot run: {why}");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set and this test cannot run: {why}"
+    );
     eprintln!("SKIP heartbeat_kernel: {why}");
 }
 
@@ -40,11 +43,22 @@ impl Drop for Pins {
 }
 
 fn timing() -> Timing {
-    Timing { interval: Duration::from_millis(1), threshold: Duration::from_millis(100), lease: Duration::from_millis(40) }
+    Timing {
+        interval: Duration::from_millis(1),
+        threshold: Duration::from_millis(100),
+        lease: Duration::from_millis(40),
+    }
 }
 
 fn snapshot() -> NodeSnapshot {
-    NodeSnapshot { flags: 0, configured_mode: Mode::Secondary, effective_mode: Mode::Secondary, priority: 0, term: 0, sync_seq: 0 }
+    NodeSnapshot {
+        flags: 0,
+        configured_mode: Mode::Secondary,
+        effective_mode: Mode::Secondary,
+        priority: 0,
+        term: 0,
+        sync_seq: 0,
+    }
 }
 
 #[test]
@@ -55,7 +69,11 @@ fn kernel_receive_times_from_xdp() {
     // A thread of its own: the namespace it enters dies with it.
     let r = std::thread::spawn(|| {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(body());
     })
     .join();
@@ -76,29 +94,53 @@ async fn body() {
     conn.abort();
 
     static N: AtomicU32 = AtomicU32::new(0);
-    let opts = Options::new(&format!("hbk-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let opts = Options::new(&format!(
+        "hbk-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut dp = match DataPlane::open(&opts) {
         Ok(dp) => dp,
-        Err(DataPlaneError::StubObject) => return skip("built with AYA_BUILD_SKIP: no eBPF object"),
+        Err(DataPlaneError::StubObject) => {
+            return skip("built with AYA_BUILD_SKIP: no eBPF object");
+        }
         Err(e) => panic!("data plane: {e}"),
     };
     let _pins = Pins(opts);
 
-    let spec = |port| LinkSpec { id: 0, interface: Some("lo".into()), local: format!("127.0.0.1:{port}").parse().unwrap(), peer: "127.0.0.1:9".parse().unwrap() };
-    let (mut la, mut lb) = (LinkSocket::open(&spec(0)).unwrap(), LinkSocket::open(&spec(0)).unwrap());
+    let spec = |port| LinkSpec {
+        id: 0,
+        interface: Some("lo".into()),
+        local: format!("127.0.0.1:{port}").parse().unwrap(),
+        peer: "127.0.0.1:9".parse().unwrap(),
+    };
+    let (mut la, mut lb) = (
+        LinkSocket::open(&spec(0)).unwrap(),
+        LinkSocket::open(&spec(0)).unwrap(),
+    );
     let (aa, ab) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
     la.peer = ab;
     lb.peer = aa;
     // The program watches B's port: it times A's frames to B.
-    let link = dataplane::LinkSpec { link_id: 0, peer: IpAddr::V4(Ipv4Addr::LOCALHOST), port: ab.port(), cluster_id: CLUSTER };
-    dp.attach_heartbeat("lo", &link, XdpAttachMode::Generic).expect("attach ha_heartbeat to lo");
+    let link = dataplane::LinkSpec {
+        link_id: 0,
+        peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port: ab.port(),
+        cluster_id: CLUSTER,
+    };
+    dp.attach_heartbeat("lo", &link, XdpAttachMode::Generic)
+        .expect("attach ha_heartbeat to lo");
     let counters = dp.counters();
 
     let key = HbKey::derive(PASSWORD, CLUSTER).unwrap();
     let a = Arc::new(HbShared::new(CLUSTER, 1, timing(), snapshot()));
     let b = Arc::new(HbShared::new(CLUSTER, 2, timing(), snapshot()));
     let kernel: Arc<dyn KernelTimes> = Arc::new(dp.heartbeat_times());
-    let ctx_a = Arc::new(RxContext::new(key.clone(), a.clone(), Arc::new(NoKernelTimes)));
+    let ctx_a = Arc::new(RxContext::new(
+        key.clone(),
+        a.clone(),
+        Arc::new(NoKernelTimes),
+    ));
     let ctx_b = Arc::new(RxContext::new(key.clone(), b.clone(), kernel));
     let (tx_a, mut ev_a) = mpsc::channel(4096);
     let (tx_b, mut ev_b) = mpsc::channel(4096);
@@ -109,9 +151,16 @@ async fn body() {
     let lag = kernel_lag.clone();
     tokio::spawn(async move {
         while let Some(ev) = ev_b.recv().await {
-            if let HeartbeatEvent::Accepted { rx_ns, rx_source: RxSource::Kernel, .. } = ev {
+            if let HeartbeatEvent::Accepted {
+                rx_ns,
+                rx_source: RxSource::Kernel,
+                ..
+            } = ev
+            {
                 // How long after the kernel saw it the agent handled it.
-                lag.lock().unwrap().push(ha_agent::heartbeat::clock::now_ns().saturating_sub(rx_ns));
+                lag.lock()
+                    .unwrap()
+                    .push(ha_agent::heartbeat::clock::now_ns().saturating_sub(rx_ns));
             }
         }
     });
@@ -123,21 +172,34 @@ async fn body() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     });
-    let options = SenderOptions { lock_memory: false, ..SenderOptions::default() };
+    let options = SenderOptions {
+        lock_memory: false,
+        ..SenderOptions::default()
+    };
     let mut send_a = Sender::spawn(a.clone(), key.clone(), vec![la], options, |_| {}).unwrap();
     let mut send_b = Sender::spawn(b.clone(), key.clone(), vec![lb], options, |_| {}).unwrap();
 
     let start = Instant::now();
     while ctx_b.peer_epoch() != Some(a.epoch) {
-        assert!(start.elapsed() < Duration::from_secs(2), "handshake did not complete");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "handshake did not complete"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let h = rx_b.health();
     let kernel_timed = h.accepted - h.kernel_fallbacks;
-    eprintln!("B accepted {}, kernel-timed {kernel_timed}, fallbacks {}", h.accepted, h.kernel_fallbacks);
+    eprintln!(
+        "B accepted {}, kernel-timed {kernel_timed}, fallbacks {}",
+        h.accepted, h.kernel_fallbacks
+    );
     assert!(h.accepted >= 400, "B accepted only {}", h.accepted);
-    assert!(kernel_timed * 100 >= h.accepted * 95, "only {kernel_timed} of {} frames timed by the kernel", h.accepted);
+    assert!(
+        kernel_timed * 100 >= h.accepted * 95,
+        "only {kernel_timed} of {} frames timed by the kernel",
+        h.accepted
+    );
     assert_eq!(ctx_b.expect_errors(), 0);
     let mut lags = kernel_lag.lock().unwrap().clone();
     lags.sort_unstable();
@@ -175,18 +237,37 @@ async fn body() {
     };
     let forged = 200u64;
     for k in 0..forged {
-        let f = Heartbeat { seq: newest + 5 + k, ..template }.encode(&guess);
+        let f = Heartbeat {
+            seq: newest + 5 + k,
+            ..template
+        }
+        .encode(&guess);
         attacker.send_to(&f, ab).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = rx_b.health();
     let unexpected = counters.get(Counter::HbUnexpected).unwrap() - unexpected0;
-    let (acc, fb) = (after.accepted - before.accepted, after.kernel_fallbacks - before.kernel_fallbacks);
-    eprintln!("during forgery: accepted {acc}, fallbacks {fb}, program counted {unexpected} unexpected");
-    assert!(unexpected >= forged, "program counted {unexpected} unexpected frames for {forged} forged");
-    assert_eq!(after.refused(ha_agent::heartbeat::RefusalKind::Forged) - before.refused(ha_agent::heartbeat::RefusalKind::Forged), forged);
+    let (acc, fb) = (
+        after.accepted - before.accepted,
+        after.kernel_fallbacks - before.kernel_fallbacks,
+    );
+    eprintln!(
+        "during forgery: accepted {acc}, fallbacks {fb}, program counted {unexpected} unexpected"
+    );
+    assert!(
+        unexpected >= forged,
+        "program counted {unexpected} unexpected frames for {forged} forged"
+    );
+    assert_eq!(
+        after.refused(ha_agent::heartbeat::RefusalKind::Forged)
+            - before.refused(ha_agent::heartbeat::RefusalKind::Forged),
+        forged
+    );
     assert!(acc >= 200, "genuine frames stopped: {acc}");
-    assert!(fb * 100 <= acc * 5, "forgeries displaced kernel records: {fb} fallbacks of {acc}");
+    assert!(
+        fb * 100 <= acc * 5,
+        "forgeries displaced kernel records: {fb} fallbacks of {acc}"
+    );
 
     send_a.stop();
     send_b.stop();

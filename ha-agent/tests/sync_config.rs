@@ -56,7 +56,11 @@ fn pushes_files_and_cluster_view_keeps_per_node_files_and_agrees_on_checksum() {
     for d in [a.path(), b.path()] {
         fs::create_dir_all(d.join("postfix")).unwrap();
     }
-    fs::write(a.path().join("postfix/main.cf"), "relayhost = [10.200.9.9]\n").unwrap();
+    fs::write(
+        a.path().join("postfix/main.cf"),
+        "relayhost = [10.200.9.9]\n",
+    )
+    .unwrap();
     fs::write(a.path().join("postfix/main.cf.local"), "myhostname = a\n").unwrap();
     fs::write(b.path().join("postfix/main.cf.local"), "myhostname = b\n").unwrap();
     fs::write(b.path().join("postfix/stale"), "x").unwrap();
@@ -67,45 +71,97 @@ fn pushes_files_and_cluster_view_keeps_per_node_files_and_agrees_on_checksum() {
     let steps_a: Arc<Mutex<Vec<SyncedView>>> = Arc::default();
     let rx = {
         let applied = applied_b.clone();
-        ConfigReceiver::spawn(settings(&cb), cb.clone(), Box::new(move |c: &Config| applied.lock().unwrap().push(c.synced_view()))).unwrap()
+        ConfigReceiver::spawn(
+            settings(&cb),
+            cb.clone(),
+            Box::new(move |c: &Config| applied.lock().unwrap().push(c.synced_view())),
+        )
+        .unwrap()
     };
     let mut sa = settings(&ca);
     sa.peers = vec![rx.local_addr().unwrap()];
     let tx = {
         let steps = steps_a.clone();
-        ConfigPusher::spawn(sa, ca.clone(), Box::new(move |v: &SyncedView| steps.lock().unwrap().push(v.clone()))).unwrap()
+        ConfigPusher::spawn(
+            sa,
+            ca.clone(),
+            Box::new(move |v: &SyncedView| steps.lock().unwrap().push(v.clone())),
+        )
+        .unwrap()
     };
 
     // First push: files mirrored, the per-node file kept, the hook ran, checksums agree.
-    wait_for("first push", Duration::from_secs(10), || tx.status().in_agreement());
-    assert_eq!(fs::read_to_string(b.path().join("postfix/main.cf")).unwrap(), "relayhost = [10.200.9.9]\n");
-    assert_eq!(fs::read_to_string(b.path().join("postfix/main.cf.local")).unwrap(), "myhostname = b\n");
+    wait_for("first push", Duration::from_secs(10), || {
+        tx.status().in_agreement()
+    });
+    assert_eq!(
+        fs::read_to_string(b.path().join("postfix/main.cf")).unwrap(),
+        "relayhost = [10.200.9.9]\n"
+    );
+    assert_eq!(
+        fs::read_to_string(b.path().join("postfix/main.cf.local")).unwrap(),
+        "myhostname = b\n"
+    );
     assert!(!b.path().join("postfix/stale").exists());
-    assert_eq!(fs::read_to_string(b.path().join("hook.log")).unwrap(), "applied\n");
-    wait_for("receiver checksum", Duration::from_secs(5), || rx.status().checksum == tx.status().checksum);
+    assert_eq!(
+        fs::read_to_string(b.path().join("hook.log")).unwrap(),
+        "applied\n"
+    );
+    wait_for("receiver checksum", Duration::from_secs(5), || {
+        rx.status().checksum == tx.status().checksum
+    });
 
     // A change on the primary is pushed by itself.
-    fs::write(a.path().join("postfix/transport"), "example.com smtp:[10.200.9.9]\n").unwrap();
-    wait_for("change pushed", Duration::from_secs(10), || b.path().join("postfix/transport").exists());
-    wait_for("agreement again", Duration::from_secs(5), || tx.status().in_agreement());
+    fs::write(
+        a.path().join("postfix/transport"),
+        "example.com smtp:[10.200.9.9]\n",
+    )
+    .unwrap();
+    wait_for("change pushed", Duration::from_secs(10), || {
+        b.path().join("postfix/transport").exists()
+    });
+    wait_for("agreement again", Duration::from_secs(5), || {
+        tx.status().in_agreement()
+    });
     // Editing only the per-node file pushes nothing and changes no checksum.
     let before = tx.status().checksum;
     fs::write(a.path().join("postfix/main.cf.local"), "myhostname = a2\n").unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(tx.status().checksum, before);
-    assert_eq!(fs::read_to_string(b.path().join("postfix/main.cf.local")).unwrap(), "myhostname = b\n");
+    assert_eq!(
+        fs::read_to_string(b.path().join("postfix/main.cf.local")).unwrap(),
+        "myhostname = b\n"
+    );
 
     // A much slower heartbeat: applied in two safe steps, the peer first.
     let slower = agent_config("a", a.path(), "100ms", "600ms");
     tx.set_config(slower.clone());
     tx.push_now();
-    wait_for("timing pushed", Duration::from_secs(10), || steps_a.lock().unwrap().last() == Some(&slower.synced_view()));
+    wait_for("timing pushed", Duration::from_secs(10), || {
+        steps_a.lock().unwrap().last() == Some(&slower.synced_view())
+    });
     let steps = steps_a.lock().unwrap().clone();
     assert_eq!(steps.len(), 2, "intermediate step first: {steps:?}");
-    assert_eq!(steps[0].heartbeat_interval, Duration::from_millis(10), "interval raised only in the last step");
-    assert_eq!(steps[0].lost_threshold, Duration::from_millis(600), "threshold raised first");
-    assert_eq!(*applied_b.lock().unwrap(), steps, "the peer ran every step before this node");
-    wait_for("agreement after timing change", Duration::from_secs(5), || tx.status().in_agreement());
+    assert_eq!(
+        steps[0].heartbeat_interval,
+        Duration::from_millis(10),
+        "interval raised only in the last step"
+    );
+    assert_eq!(
+        steps[0].lost_threshold,
+        Duration::from_millis(600),
+        "threshold raised first"
+    );
+    assert_eq!(
+        *applied_b.lock().unwrap(),
+        steps,
+        "the peer ran every step before this node"
+    );
+    wait_for(
+        "agreement after timing change",
+        Duration::from_secs(5),
+        || tx.status().in_agreement(),
+    );
 
     // A view that breaks the lease rule is refused by the pusher's plan: nothing changes on the peer.
     let n = applied_b.lock().unwrap().len();
@@ -113,8 +169,14 @@ fn pushes_files_and_cluster_view_keeps_per_node_files_and_agrees_on_checksum() {
     bad.cluster.lease = Some(Duration::from_secs(5));
     tx.set_config(bad);
     tx.push_now();
-    wait_for("refusal counted", Duration::from_secs(5), || tx.status().errors > 0);
-    assert!(tx.status().last_error.unwrap().contains("refused"), "{:?}", tx.status());
+    wait_for("refusal counted", Duration::from_secs(5), || {
+        tx.status().errors > 0
+    });
+    assert!(
+        tx.status().last_error.unwrap().contains("refused"),
+        "{:?}",
+        tx.status()
+    );
     assert_eq!(applied_b.lock().unwrap().len(), n);
     tx.stop();
     rx.stop();
@@ -134,7 +196,9 @@ fn wrong_password_is_refused_and_nothing_is_written() {
     sa.peers = vec![rx.local_addr().unwrap()];
     sa.key = b"wrong".to_vec();
     let tx = ConfigPusher::spawn(sa, ca, Box::new(|_: &SyncedView| {})).unwrap();
-    wait_for("refusal", Duration::from_secs(5), || tx.status().errors > 0 && rx.status().errors > 0);
+    wait_for("refusal", Duration::from_secs(5), || {
+        tx.status().errors > 0 && rx.status().errors > 0
+    });
     assert!(!b.path().join("postfix/main.cf").exists());
     assert!(!tx.status().in_agreement());
     tx.stop();

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use ha_agent::sync::proto::{self, ErrorCode, Frame, Hello, Purpose};
 use ha_agent::sync::state::{StateFile, SyncState};
-use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, auth, failback};
+use ha_agent::sync::{
+    Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, auth, failback,
+};
 
 const KEY: &[u8] = b"test-password";
 
@@ -26,13 +28,21 @@ fn side() -> Side {
     let data = d.path().join("data");
     let state = d.path().join("state");
     fs::create_dir_all(&data).unwrap();
-    Side { data, state, _dir: d }
+    Side {
+        data,
+        state,
+        _dir: d,
+    }
 }
 
 fn cfg(root: &Path, state: &Path, peer: SocketAddr, kind: RootKind) -> SyncConfig {
     SyncConfig {
         node: "test".into(),
-        roots: vec![SyncRoot { name: "mail".into(), path: root.to_owned(), kind }],
+        roots: vec![SyncRoot {
+            name: "mail".into(),
+            path: root.to_owned(),
+            kind,
+        }],
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: KEY.to_vec(),
@@ -43,7 +53,13 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr, kind: RootKind) -> SyncConfi
 }
 
 fn receiver(s: &Side) -> SyncHandle {
-    Receiver::spawn(cfg(&s.data, &s.state, "127.0.0.1:1".parse().unwrap(), RootKind::MailDir)).unwrap()
+    Receiver::spawn(cfg(
+        &s.data,
+        &s.state,
+        "127.0.0.1:1".parse().unwrap(),
+        RootKind::MailDir,
+    ))
+    .unwrap()
 }
 
 fn receiver_at(s: &Side, addr: SocketAddr) -> SyncHandle {
@@ -72,21 +88,39 @@ type Snap = BTreeMap<String, (bool, u32, i64, Vec<u8>)>;
 
 fn snapshot(root: &Path) -> Snap {
     fn walk(root: &Path, rel: &str, out: &mut Snap) {
-        let dir = if rel.is_empty() { root.to_owned() } else { root.join(rel) };
+        let dir = if rel.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(rel)
+        };
         let Ok(rd) = fs::read_dir(&dir) else { return };
         for e in rd.flatten() {
             let name = e.file_name().into_string().unwrap();
             if name.starts_with(".ha-sync-tmp.") {
                 continue;
             }
-            let p = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let Ok(md) = fs::symlink_metadata(e.path()) else { continue };
+            let p = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(md) = fs::symlink_metadata(e.path()) else {
+                continue;
+            };
             if md.is_dir() {
                 out.insert(p.clone(), (true, md.mode() & 0o7777, 0, Vec::new()));
                 walk(root, &p, out);
             } else if md.is_file() {
                 let data = fs::read(e.path()).unwrap_or_default();
-                out.insert(p, (false, md.mode() & 0o7777, md.mtime() * 1_000_000_000 + md.mtime_nsec(), data));
+                out.insert(
+                    p,
+                    (
+                        false,
+                        md.mode() & 0o7777,
+                        md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                        data,
+                    ),
+                );
             }
         }
     }
@@ -129,16 +163,26 @@ fn wait_equal(a: &Path, b: &Path, timeout: Duration) {
             return;
         }
         if Instant::now() > deadline {
-            let only_a: Vec<_> = sa.keys().filter(|k| sb.get(*k) != sa.get(*k)).take(5).collect();
+            let only_a: Vec<_> = sa
+                .keys()
+                .filter(|k| sb.get(*k) != sa.get(*k))
+                .take(5)
+                .collect();
             let only_b: Vec<_> = sb.keys().filter(|k| !sa.contains_key(*k)).take(5).collect();
-            panic!("trees differ: {} vs {} entries; differing {only_a:?}; extra {only_b:?}", sa.len(), sb.len());
+            panic!(
+                "trees differ: {} vs {} entries; differing {only_a:?}; extra {only_b:?}",
+                sa.len(),
+                sb.len()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + seed * 7) % 251) as u8).collect()
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+        .collect()
 }
 
 #[test]
@@ -170,8 +214,13 @@ fn reconciles_10k_small_and_some_large_files_exactly_then_streams_maildir_delive
     let rx = receiver(&b);
     let started = Instant::now();
     let tx = sender(&a, rx.local_addr().unwrap());
-    wait_for("initial reconcile", Duration::from_secs(60), || tx.status().in_sync && rx.status().in_sync);
-    eprintln!("reconcile of 10,000 + 3×8 MiB files: {:?}", started.elapsed());
+    wait_for("initial reconcile", Duration::from_secs(60), || {
+        tx.status().in_sync && rx.status().in_sync
+    });
+    eprintln!(
+        "reconcile of 10,000 + 3×8 MiB files: {:?}",
+        started.elapsed()
+    );
     let phase = Instant::now();
     assert_eq!(snapshot(&a.data), snapshot(&b.data));
     assert!(!rx.status().outdated);
@@ -185,7 +234,11 @@ fn reconciles_10k_small_and_some_large_files_exactly_then_streams_maildir_delive
         let name = format!("{i}.M1P1.host");
         let body = pattern(i, 2000 + i);
         fs::write(a.data.join("inbox/tmp").join(&name), &body).unwrap();
-        fs::rename(a.data.join("inbox/tmp").join(&name), a.data.join("inbox/new").join(&name)).unwrap();
+        fs::rename(
+            a.data.join("inbox/tmp").join(&name),
+            a.data.join("inbox/new").join(&name),
+        )
+        .unwrap();
         let t = Instant::now();
         if i % 20 == 0 {
             let target = b.data.join("inbox/new").join(&name);
@@ -207,15 +260,25 @@ fn reconciles_10k_small_and_some_large_files_exactly_then_streams_maildir_delive
     wait_equal(&a.data, &b.data, Duration::from_secs(10));
     eprintln!("compare {:?}", phase.elapsed());
     lags.sort();
-    eprintln!("maildir delivery lag (rename → visible on replica) median {:?} max {:?}", lags[lags.len() / 2], lags.last().unwrap());
+    eprintln!(
+        "maildir delivery lag (rename → visible on replica) median {:?} max {:?}",
+        lags[lags.len() / 2],
+        lags.last().unwrap()
+    );
     let st = tx.status();
     assert!(st.files_synced >= 10_000, "{st:?}");
     assert_eq!(st.backlog_ops, 0);
     assert!(!st.lag_alarm);
     // Renames are sent as renames: nothing re-sent for a flag change.
     let before = tx.status().files_synced;
-    fs::rename(a.data.join("box0/cur/0.msg:2,S"), a.data.join("box0/cur/0.msg:2,RS")).unwrap();
-    wait_for("flag rename", Duration::from_secs(5), || b.data.join("box0/cur/0.msg:2,RS").exists());
+    fs::rename(
+        a.data.join("box0/cur/0.msg:2,S"),
+        a.data.join("box0/cur/0.msg:2,RS"),
+    )
+    .unwrap();
+    wait_for("flag rename", Duration::from_secs(5), || {
+        b.data.join("box0/cur/0.msg:2,RS").exists()
+    });
     assert_eq!(tx.status().files_synced, before);
     let t = Instant::now();
     tx.stop();
@@ -235,7 +298,9 @@ fn dropped_connection_mid_transfer_and_rename_storm_resumes_without_partial_file
     let addr = rx.local_addr().unwrap();
     let tx = sender(&a, addr);
     // Cut the connection while large files are in flight.
-    wait_for("transfer under way", Duration::from_secs(20), || rx.status().files_synced >= 1 || temps(&b.data) > 0);
+    wait_for("transfer under way", Duration::from_secs(20), || {
+        rx.status().files_synced >= 1 || temps(&b.data) > 0
+    });
     rx.stop();
     // Nothing partial under a final name.
     for (p, (dir, _, _, data)) in snapshot(&b.data) {
@@ -249,15 +314,25 @@ fn dropped_connection_mid_transfer_and_rename_storm_resumes_without_partial_file
         fs::write(a.data.join(format!("q/a/s{i}")), pattern(i, 100)).unwrap();
     }
     let rx = receiver_at(&b, addr);
-    wait_for("reconnect", Duration::from_secs(10), || tx.status().connected);
+    wait_for("reconnect", Duration::from_secs(10), || {
+        tx.status().connected
+    });
     for i in 0..300 {
-        fs::rename(a.data.join(format!("q/a/s{i}")), a.data.join(format!("q/b/s{i}"))).unwrap();
+        fs::rename(
+            a.data.join(format!("q/a/s{i}")),
+            a.data.join(format!("q/b/s{i}")),
+        )
+        .unwrap();
     }
     wait_equal(&a.data, &b.data, Duration::from_secs(30));
-    wait_for("in sync", Duration::from_secs(10), || tx.status().in_sync && tx.status().backlog_ops == 0);
+    wait_for("in sync", Duration::from_secs(10), || {
+        tx.status().in_sync && tx.status().backlog_ops == 0
+    });
     assert_eq!(temps(&b.data), 0);
     // The receiver's state survived on disk.
-    let st = StateFile::new(&b.state, "sync-receiver.json").load().unwrap();
+    let st = StateFile::new(&b.state, "sync-receiver.json")
+        .load()
+        .unwrap();
     assert!(st.acked_seq > 0);
     tx.stop();
     rx.stop();
@@ -274,7 +349,14 @@ impl Raw {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut raw = Raw { s };
         let nonce = auth::nonce();
-        let hello = Hello { version: proto::VERSION, purpose: Purpose::Replicate, node: "evil".into(), nonce, roots: vec!["mail".into()], acked_seq: 0 };
+        let hello = Hello {
+            version: proto::VERSION,
+            purpose: Purpose::Replicate,
+            node: "evil".into(),
+            nonce,
+            roots: vec!["mail".into()],
+            acked_seq: 0,
+        };
         let mut b = BytesMut::new();
         proto::encode(&Frame::Hello(hello), 0, &mut b);
         b[2] = version;
@@ -284,7 +366,12 @@ impl Raw {
             Ok((_, f)) => return (raw, Some(f)),
             Err(e) => panic!("{e}"),
         };
-        raw.send(&Frame::Response { mac: auth::proof(key, auth::Role::Client, &ch.nonce, &nonce) }, 0);
+        raw.send(
+            &Frame::Response {
+                mac: auth::proof(key, auth::Role::Client, &ch.nonce, &nonce),
+            },
+            0,
+        );
         let reply = proto::read_frame(&mut raw.s).ok().map(|x| x.1);
         (raw, reply)
     }
@@ -310,24 +397,78 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     symlink(outside.path(), b.data.join("evil")).unwrap();
     let rx = receiver(&b);
     let addr = rx.local_addr().unwrap();
-    let attrs = proto::Attrs { mode: 0o644, mtime_ns: 0, owner: "root".into(), group: "root".into() };
+    let attrs = proto::Attrs {
+        mode: 0o644,
+        mtime_ns: 0,
+        owner: "root".into(),
+        group: "root".into(),
+    };
 
     // Symlink tricks: refused with an error frame, the body drained, the session continues.
     let (mut raw, reply) = Raw::connect(addr, KEY, proto::VERSION);
     assert!(matches!(reply, Some(Frame::Response { .. })), "{reply:?}");
-    raw.send(&Frame::FileData { root: 0, path: "evil/pwned".into(), size: 5, attrs: attrs.clone() }, 1);
+    raw.send(
+        &Frame::FileData {
+            root: 0,
+            path: "evil/pwned".into(),
+            size: 5,
+            attrs: attrs.clone(),
+        },
+        1,
+    );
     raw.s.write_all(b"owned").unwrap();
-    raw.send(&Frame::Rename { root: 0, from: "evil/victim".into(), to: "stolen".into() }, 2);
-    raw.send(&Frame::SetAttr { root: 0, path: "evil/victim".into(), attrs: attrs.clone() }, 3);
-    raw.send(&Frame::Mkdir { root: 0, path: "evil/d".into(), attrs: attrs.clone() }, 4);
-    raw.send(&Frame::Delete { root: 0, path: "evil/victim".into() }, 5);
-    raw.send(&Frame::FileData { root: 0, path: "fine".into(), size: 2, attrs: attrs.clone() }, 6);
+    raw.send(
+        &Frame::Rename {
+            root: 0,
+            from: "evil/victim".into(),
+            to: "stolen".into(),
+        },
+        2,
+    );
+    raw.send(
+        &Frame::SetAttr {
+            root: 0,
+            path: "evil/victim".into(),
+            attrs: attrs.clone(),
+        },
+        3,
+    );
+    raw.send(
+        &Frame::Mkdir {
+            root: 0,
+            path: "evil/d".into(),
+            attrs: attrs.clone(),
+        },
+        4,
+    );
+    raw.send(
+        &Frame::Delete {
+            root: 0,
+            path: "evil/victim".into(),
+        },
+        5,
+    );
+    raw.send(
+        &Frame::FileData {
+            root: 0,
+            path: "fine".into(),
+            size: 2,
+            attrs: attrs.clone(),
+        },
+        6,
+    );
     raw.s.write_all(b"ok").unwrap();
     let mut refused = 0;
     let mut acked = 0;
     while acked < 6 {
         match raw.read() {
-            Some((_, Frame::Error { code: ErrorCode::UnsafePath, .. })) => refused += 1,
+            Some((
+                _,
+                Frame::Error {
+                    code: ErrorCode::UnsafePath,
+                    ..
+                },
+            )) => refused += 1,
             Some((seq, Frame::Ack)) => acked = seq,
             other => panic!("unexpected {other:?}"),
         }
@@ -338,10 +479,25 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     // Traversal, absolute, NUL: the decoder refuses them and the session is dropped.
     for bad in ["../escape", "/tmp/abs", "a/../../x", "nul\0byte"] {
         let (mut raw, _) = Raw::connect(addr, KEY, proto::VERSION);
-        raw.send(&Frame::FileData { root: 0, path: bad.into(), size: 1, attrs: attrs.clone() }, 1);
+        raw.send(
+            &Frame::FileData {
+                root: 0,
+                path: bad.into(),
+                size: 1,
+                attrs: attrs.clone(),
+            },
+            1,
+        );
         let _ = raw.s.write_all(b"x");
         match raw.read() {
-            Some((_, Frame::Error { code: ErrorCode::Protocol, message, .. })) => assert!(message.contains("unsafe path"), "{message}"),
+            Some((
+                _,
+                Frame::Error {
+                    code: ErrorCode::Protocol,
+                    message,
+                    ..
+                },
+            )) => assert!(message.contains("unsafe path"), "{message}"),
             other => panic!("{bad:?}: {other:?}"),
         }
         assert!(raw.closed());
@@ -352,15 +508,37 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     proto::encode(&Frame::Ack, 1, &mut h);
     h[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
     raw.s.write_all(&h).unwrap();
-    assert!(matches!(raw.read(), Some((_, Frame::Error { code: ErrorCode::Protocol, .. }))));
+    assert!(matches!(
+        raw.read(),
+        Some((
+            _,
+            Frame::Error {
+                code: ErrorCode::Protocol,
+                ..
+            }
+        ))
+    ));
     assert!(raw.closed());
 
     // Wrong password and wrong version are refused with clear errors.
     let (_, reply) = Raw::connect(addr, b"wrong", proto::VERSION);
-    assert!(matches!(reply, Some(Frame::Error { code: ErrorCode::Auth, .. })), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            Some(Frame::Error {
+                code: ErrorCode::Auth,
+                ..
+            })
+        ),
+        "{reply:?}"
+    );
     let (_, reply) = Raw::connect(addr, KEY, 9);
     match reply {
-        Some(Frame::Error { code: ErrorCode::Version, message, .. }) => assert!(message.contains("v9"), "{message}"),
+        Some(Frame::Error {
+            code: ErrorCode::Version,
+            message,
+            ..
+        }) => assert!(message.contains("v9"), "{message}"),
         other => panic!("{other:?}"),
     }
 
@@ -368,9 +546,14 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
     // The receiver counts a refused handshake right after it answered it.
     let counted = |st: &ha_agent::sync::SyncStatus| {
-        st.error_count("unsafe_path") >= 9 && st.error_count("oversize") >= 1 && st.error_count("auth") >= 1 && st.error_count("version") >= 1
+        st.error_count("unsafe_path") >= 9
+            && st.error_count("oversize") >= 1
+            && st.error_count("auth") >= 1
+            && st.error_count("version") >= 1
     };
-    wait_for("error counters", Duration::from_secs(5), || counted(&rx.status()));
+    wait_for("error counters", Duration::from_secs(5), || {
+        counted(&rx.status())
+    });
     rx.stop();
 }
 
@@ -383,8 +566,16 @@ fn failback_hands_over_only_what_the_peer_lacks() {
         fs::write(s.data.join("deferred/A/OLD"), b"old message").unwrap();
     }
     std::thread::sleep(Duration::from_millis(20));
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
-    StateFile::new(&a.state, "sync-sender.json").store(&SyncState { acked_seq: 10, synced_until_ns: t }).unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    StateFile::new(&a.state, "sync-sender.json")
+        .store(&SyncState {
+            acked_seq: 10,
+            synced_until_ns: t,
+        })
+        .unwrap();
     // File times come from the coarse kernel clock (one tick behind at most).
     std::thread::sleep(Duration::from_millis(20));
     // During the partition, A wrote two messages; B renamed one of them
@@ -398,13 +589,31 @@ fn failback_hands_over_only_what_the_peer_lacks() {
     fs::remove_file(b.data.join("deferred/A/OLD")).unwrap();
 
     let rx = receiver(&b);
-    let report = failback(&cfg(&a.data, &a.state, rx.local_addr().unwrap(), RootKind::MailDir)).unwrap();
+    let report = failback(&cfg(
+        &a.data,
+        &a.state,
+        rx.local_addr().unwrap(),
+        RootKind::MailDir,
+    ))
+    .unwrap();
     assert_eq!(report.files, 2, "{report:?}");
     assert!(report.conflicts.is_empty());
-    assert_eq!(fs::read(b.data.join("deferred/A/NEW1")).unwrap(), b"only on a");
-    assert_eq!(fs::read(b.data.join("incoming/7/NEW2")).unwrap(), b"also only on a");
-    assert!(!b.data.join("deferred/A/NEW3").exists(), "renamed queue file must not come back");
-    assert!(!b.data.join("deferred/A/OLD").exists(), "delivered mail must not come back");
+    assert_eq!(
+        fs::read(b.data.join("deferred/A/NEW1")).unwrap(),
+        b"only on a"
+    );
+    assert_eq!(
+        fs::read(b.data.join("incoming/7/NEW2")).unwrap(),
+        b"also only on a"
+    );
+    assert!(
+        !b.data.join("deferred/A/NEW3").exists(),
+        "renamed queue file must not come back"
+    );
+    assert!(
+        !b.data.join("deferred/A/OLD").exists(),
+        "delivered mail must not come back"
+    );
     rx.stop();
 }
 
@@ -422,21 +631,37 @@ impl Drop for Mount {
 #[test]
 fn full_disk_on_replica_pauses_and_resumes_by_itself() {
     if !is_root() {
-        assert!(std::env::var_os("CI").is_none(), "CI: this test needs root to mount a tmpfs");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: this test needs root to mount a tmpfs"
+        );
         eprintln!("skipped: needs root to mount a small tmpfs");
         return;
     }
     let (a, b) = (side(), side());
-    nix::mount::mount(Some("tmpfs"), &b.data, Some("tmpfs"), nix::mount::MsFlags::empty(), Some("size=2m")).expect("mount tmpfs");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &b.data,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=2m"),
+    )
+    .expect("mount tmpfs");
     let _m = Mount(b.data.clone());
     for i in 0..8 {
         fs::write(a.data.join(format!("m{i}")), pattern(i, 512 * 1024)).unwrap();
     }
     let rx = receiver(&b);
     let tx = sender(&a, rx.local_addr().unwrap());
-    wait_for("pause on full disk", Duration::from_secs(20), || tx.status().paused.is_some() && rx.status().error_count("no_space") + tx.status().error_count("no_space") > 0);
+    wait_for("pause on full disk", Duration::from_secs(20), || {
+        tx.status().paused.is_some()
+            && rx.status().error_count("no_space") + tx.status().error_count("no_space") > 0
+    });
     let st = tx.status();
-    assert!(st.paused.as_deref().unwrap().contains("disk full"), "{st:?}");
+    assert!(
+        st.paused.as_deref().unwrap().contains("disk full"),
+        "{st:?}"
+    );
     assert!(!st.in_sync);
     assert!(rx.status().outdated);
     // Whatever is on the replica is complete.
@@ -445,9 +670,18 @@ fn full_disk_on_replica_pauses_and_resumes_by_itself() {
         assert_eq!(data, pattern(i, 512 * 1024));
     }
     // Space returns.
-    nix::mount::mount(Some("tmpfs"), &b.data, Some("tmpfs"), nix::mount::MsFlags::MS_REMOUNT, Some("size=16m")).expect("grow tmpfs");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &b.data,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some("size=16m"),
+    )
+    .expect("grow tmpfs");
     wait_equal(&a.data, &b.data, Duration::from_secs(20));
-    wait_for("resumed", Duration::from_secs(10), || tx.status().in_sync && tx.status().paused.is_none());
+    wait_for("resumed", Duration::from_secs(10), || {
+        tx.status().in_sync && tx.status().paused.is_none()
+    });
     assert!(!rx.status().outdated);
     tx.stop();
     rx.stop();
@@ -456,24 +690,50 @@ fn full_disk_on_replica_pauses_and_resumes_by_itself() {
 #[test]
 fn postfix_spool_syncs_queues_only() {
     let (a, b) = (side(), side());
-    for d in ["deferred/A", "active", "public", "private", "pid", "defer/A"] {
+    for d in [
+        "deferred/A",
+        "active",
+        "public",
+        "private",
+        "pid",
+        "defer/A",
+    ] {
         fs::create_dir_all(a.data.join(d)).unwrap();
     }
     fs::write(a.data.join("deferred/A/A1B2"), b"queue file").unwrap();
-    fs::set_permissions(a.data.join("deferred/A/A1B2"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(
+        a.data.join("deferred/A/A1B2"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     fs::write(a.data.join("defer/A/A1B2"), b"log").unwrap();
     fs::write(a.data.join("pid/master.pid"), b"1").unwrap();
     nix::unistd::mkfifo(&a.data.join("public/pickup"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let mut rc = cfg(&b.data, &b.state, "127.0.0.1:1".parse().unwrap(), RootKind::PostfixSpool);
+    let mut rc = cfg(
+        &b.data,
+        &b.state,
+        "127.0.0.1:1".parse().unwrap(),
+        RootKind::PostfixSpool,
+    );
     rc.roots[0].name = "postfix".into();
     let rx = Receiver::spawn(rc).unwrap();
-    let mut sc = cfg(&a.data, &a.state, rx.local_addr().unwrap(), RootKind::PostfixSpool);
+    let mut sc = cfg(
+        &a.data,
+        &a.state,
+        rx.local_addr().unwrap(),
+        RootKind::PostfixSpool,
+    );
     sc.roots[0].name = "postfix".into();
     let tx = Sender::spawn(sc).unwrap();
     wait_for("in sync", Duration::from_secs(10), || tx.status().in_sync);
     fs::rename(a.data.join("deferred/A/A1B2"), a.data.join("active/A1B2")).unwrap();
-    wait_for("queue move", Duration::from_secs(5), || b.data.join("active/A1B2").exists());
-    assert_eq!(fs::metadata(b.data.join("active/A1B2")).unwrap().mode() & 0o777, 0o700);
+    wait_for("queue move", Duration::from_secs(5), || {
+        b.data.join("active/A1B2").exists()
+    });
+    assert_eq!(
+        fs::metadata(b.data.join("active/A1B2")).unwrap().mode() & 0o777,
+        0o700
+    );
     assert!(b.data.join("defer/A/A1B2").exists());
     for never in ["public", "private", "pid"] {
         assert!(!b.data.join(never).exists(), "{never} must not be synced");

@@ -27,7 +27,11 @@ const STORM: usize = 200;
 fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "kill-test".into(),
-        roots: vec![SyncRoot { name: "mail".into(), path: root.to_owned(), kind: RootKind::MailDir }],
+        roots: vec![SyncRoot {
+            name: "mail".into(),
+            path: root.to_owned(),
+            kind: RootKind::MailDir,
+        }],
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"kill-test".to_vec(),
@@ -41,7 +45,12 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
 fn child(spec: &str) -> ! {
     let mut it = spec.split('|');
     let (root, state, peer) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-    let _tx = Sender::spawn(cfg(Path::new(root), Path::new(state), peer.parse().unwrap())).unwrap();
+    let _tx = Sender::spawn(cfg(
+        Path::new(root),
+        Path::new(state),
+        peer.parse().unwrap(),
+    ))
+    .unwrap();
     loop {
         std::thread::sleep(Duration::from_secs(1));
     }
@@ -55,7 +64,10 @@ impl SenderProc {
         let exe = std::env::current_exe().unwrap();
         let child = Command::new(exe)
             .args(["--exact", TEST_NAME, "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, format!("{}|{}|{peer}", root.display(), state.display()))
+            .env(
+                CHILD_ENV,
+                format!("{}|{}|{peer}", root.display(), state.display()),
+            )
             .spawn()
             .expect("re-exec the test binary as the sender");
         Self(child)
@@ -76,21 +88,33 @@ impl Drop for SenderProc {
 }
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| ((i * 31 + seed * 7) % 251) as u8).collect()
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7) % 251) as u8)
+        .collect()
 }
 
 /// Relative path → content of every regular file; temporaries counted apart.
 fn files(root: &Path) -> (BTreeMap<String, Vec<u8>>, usize) {
     fn walk(root: &Path, rel: &str, out: &mut BTreeMap<String, Vec<u8>>, temps: &mut usize) {
-        let dir = if rel.is_empty() { root.to_owned() } else { root.join(rel) };
+        let dir = if rel.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(rel)
+        };
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().into_string().unwrap();
             if name.starts_with(".ha-sync-tmp.") {
                 *temps += 1;
                 continue;
             }
-            let p = if rel.is_empty() { name } else { format!("{rel}/{name}") };
-            let Ok(md) = fs::symlink_metadata(e.path()) else { continue };
+            let p = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let Ok(md) = fs::symlink_metadata(e.path()) else {
+                continue;
+            };
             if md.is_dir() {
                 walk(root, &p, out, temps);
             } else if let Ok(d) = fs::read(e.path()) {
@@ -109,9 +133,20 @@ fn assert_no_partial(replica: &Path, big_versions: &BTreeMap<String, Vec<usize>>
     let (got, _) = files(replica);
     for (p, data) in got {
         if let Some(seeds) = big_versions.get(&p) {
-            assert!(seeds.iter().any(|s| data.len() == BIG && data == pattern(*s, BIG)), "{p}: partial or unknown content ({} bytes)", data.len());
+            assert!(
+                seeds
+                    .iter()
+                    .any(|s| data.len() == BIG && data == pattern(*s, BIG)),
+                "{p}: partial or unknown content ({} bytes)",
+                data.len()
+            );
         } else {
-            let i: usize = p.rsplit_once('s').unwrap().1.parse().unwrap_or_else(|_| panic!("unexpected file {p}"));
+            let i: usize = p
+                .rsplit_once('s')
+                .unwrap()
+                .1
+                .parse()
+                .unwrap_or_else(|_| panic!("unexpected file {p}"));
             assert_eq!(data, pattern(i, 100 + i), "{p}: partial");
         }
     }
@@ -167,8 +202,15 @@ fn sigkill_of_the_sender_process_never_leaves_a_partial_file() {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) && n < 20_000 {
                     let i = n % STORM;
-                    let (from, to) = if (n / STORM).is_multiple_of(2) { ("q/a", "q/b") } else { ("q/b", "q/a") };
-                    let _ = fs::rename(src.join(from).join(format!("s{i}")), src.join(to).join(format!("s{i}")));
+                    let (from, to) = if (n / STORM).is_multiple_of(2) {
+                        ("q/a", "q/b")
+                    } else {
+                        ("q/b", "q/a")
+                    };
+                    let _ = fs::rename(
+                        src.join(from).join(format!("s{i}")),
+                        src.join(to).join(format!("s{i}")),
+                    );
                     n += 1;
                 }
             })
@@ -177,23 +219,36 @@ fn sigkill_of_the_sender_process_never_leaves_a_partial_file() {
         // round's changed file is not complete on the replica yet.
         let deadline = Instant::now() + Duration::from_secs(30);
         while rx.status().bytes_synced == before && files(&dst).1 == 0 {
-            assert!(Instant::now() < deadline, "round {round}: no transfer started");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no transfer started"
+            );
             std::thread::sleep(Duration::from_millis(2));
         }
         std::thread::sleep(Duration::from_millis(rand_ms(round)));
         proc_.sigkill();
         stop.store(true, Ordering::Relaxed);
         storm.join().unwrap();
-        eprintln!("round {round}: sender killed after {} bytes committed", rx.status().bytes_synced - before);
+        eprintln!(
+            "round {round}: sender killed after {} bytes committed",
+            rx.status().bytes_synced - before
+        );
         // The receiver notices the dead connection; whatever it holds under
         // a final name is complete.
         let deadline = Instant::now() + Duration::from_secs(10);
         while rx.status().connected {
-            assert!(Instant::now() < deadline, "receiver did not notice the killed sender");
+            assert!(
+                Instant::now() < deadline,
+                "receiver did not notice the killed sender"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_no_partial(&dst, &versions);
-        assert_eq!(files(&dst).1, 0, "temporaries of the killed transfer are removed");
+        assert_eq!(
+            files(&dst).1,
+            0,
+            "temporaries of the killed transfer are removed"
+        );
     }
 
     // Restart: the replica converges to the primary.
@@ -204,7 +259,12 @@ fn sigkill_of_the_sender_process_never_leaves_a_partial_file() {
         if fa.0 == fb.0 && fb.1 == 0 && modes_equal(&src, &dst) {
             break;
         }
-        assert!(Instant::now() < deadline, "trees not equal after restart: {} vs {} files", fa.0.len(), fb.0.len());
+        assert!(
+            Instant::now() < deadline,
+            "trees not equal after restart: {} vs {} files",
+            fa.0.len(),
+            fb.0.len()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     drop(proc_);

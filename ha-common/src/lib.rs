@@ -10,5 +10,5 @@ pub mod frame;
 pub mod maps;
 
 pub use counters::Counter;
-pub use frame::{HbFrame, HB_FRAME_LEN, HB_MAGIC, HB_PROTOCOL_VERSION};
+pub use frame::{HB_FRAME_LEN, HB_MAGIC, HB_PROTOCOL_VERSION, HbFrame};
 pub use maps::*;

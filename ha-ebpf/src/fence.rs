@@ -10,10 +10,10 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::classifier, programs::TcContex
 use ha_common::Counter;
 
 use crate::{
-    maps::{count, FENCE_PORTS, GATE},
+    maps::{FENCE_PORTS, GATE, count},
     pkt::{
-        is_vip4, is_vip4_at, is_vip6, v4_l4, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, IPPROTO_ICMPV6,
-        IPPROTO_TCP,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, IPPROTO_ICMPV6, IPPROTO_TCP, Pkt, is_vip4,
+        is_vip4_at, is_vip6, v4_l4,
     },
 };
 
@@ -36,10 +36,16 @@ pub fn ha_fence(ctx: TcContext) -> i32 {
     // (A pull invalidates packet pointers: read them afresh either way.)
     let len = ctx.len();
     let want = if len < PULL_LEN { len } else { PULL_LEN };
-    let mut p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    let mut p = Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
     if ((p.end - p.data) as u32) < want {
         let _ = ctx.pull_data(want);
-        p = Pkt { data: ctx.data(), end: ctx.data_end() };
+        p = Pkt {
+            data: ctx.data(),
+            end: ctx.data_end(),
+        };
     }
     let class = classify(&p);
     let (drop_passive, drop_lease) = match class {
@@ -73,7 +79,9 @@ pub fn ha_fence(ctx: TcContext) -> i32 {
 fn fenced_syn(p: &Pkt, l4: usize) -> bool {
     // One bounds check, then single-byte loads through the checked pointer
     // (a copy of the whole header would cost a load per byte).
-    let Some(t) = p.ptr::<[u8; 14]>(l4) else { return false };
+    let Some(t) = p.ptr::<[u8; 14]>(l4) else {
+        return false;
+    };
     // SAFETY: 14 bytes in bounds.
     let (flags, hi, lo) = unsafe { ((*t)[13], (*t)[2], (*t)[3]) };
     if flags & 0x12 != 0x02 {
@@ -86,7 +94,9 @@ fn fenced_syn(p: &Pkt, l4: usize) -> bool {
 
 #[inline(always)]
 fn classify(p: &Pkt) -> Out {
-    let Some((et, l3)) = p.l2() else { return Out::Other };
+    let Some((et, l3)) = p.l2() else {
+        return Out::Other;
+    };
     if et == ETH_P_IP {
         if is_vip4_at(p, l3 + 12) == Some(true) {
             return Out::VipSourced;
@@ -105,7 +115,9 @@ fn classify(p: &Pkt) -> Out {
         }
         Out::Other
     } else if et == ETH_P_ARP {
-        let Some(a) = p.read::<[u8; 28]>(l3) else { return Out::Other };
+        let Some(a) = p.read::<[u8; 28]>(l3) else {
+            return Out::Other;
+        };
         if a[0..6] == [0, 1, 8, 0, 6, 4] && is_vip4([a[14], a[15], a[16], a[17]]) {
             return Out::VipSourced;
         }
@@ -114,7 +126,9 @@ fn classify(p: &Pkt) -> Out {
         if is_vip6(p, l3 + 8) == Some(true) {
             return Out::VipSourced;
         }
-        let Some(nh) = p.read::<u8>(l3 + 6) else { return Out::Other };
+        let Some(nh) = p.read::<u8>(l3 + 6) else {
+            return Out::Other;
+        };
         if nh == IPPROTO_ICMPV6 {
             if p.read::<u8>(l3 + 40) == Some(ICMPV6_NA) && is_vip6(p, l3 + 48) == Some(true) {
                 return Out::VipSourced;

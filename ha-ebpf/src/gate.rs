@@ -8,14 +8,16 @@
 //! node) pass, so a passive node can reach the VIP itself. Everything else
 //! passes untouched, without a clock read.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext,
+};
 use ha_common::Counter;
 
 use crate::{
-    maps::{count, GATE, PEER_MAC},
+    maps::{GATE, PEER_MAC, count},
     pkt::{
-        is_vip4, is_vip4_at, is_vip6, Pkt, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS,
-        IPPROTO_ICMPV6,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ICMPV6_NA, ICMPV6_NS, IPPROTO_ICMPV6, Pkt, is_vip4,
+        is_vip4_at, is_vip6,
     },
 };
 
@@ -33,7 +35,10 @@ pub enum Class {
 
 #[xdp]
 pub fn ha_gate(ctx: XdpContext) -> u32 {
-    let p = Pkt { data: ctx.data(), end: ctx.data_end() };
+    let p = Pkt {
+        data: ctx.data(),
+        end: ctx.data_end(),
+    };
     match classify(&p) {
         Class::Other => {
             count(Counter::GateNonVip);
@@ -84,8 +89,12 @@ fn decide(ctx: &XdpContext, p: &Pkt, unicast_ip: bool) -> u32 {
 fn forward(ctx: &XdpContext, p: &Pkt) -> bool {
     let ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: copied out at once.
-    let Some(peer) = (unsafe { PEER_MAC.get(&ifindex) }).copied() else { return false };
-    let Some(eth) = p.ptr::<[u8; 12]>(0) else { return false };
+    let Some(peer) = (unsafe { PEER_MAC.get(&ifindex) }).copied() else {
+        return false;
+    };
+    let Some(eth) = p.ptr::<[u8; 12]>(0) else {
+        return false;
+    };
     let eth = eth as *mut [u8; 12];
     // SAFETY: 12 bytes in bounds (checked by `ptr`); XDP frames are writable.
     unsafe {
@@ -105,7 +114,9 @@ fn forward(ctx: &XdpContext, p: &Pkt) -> bool {
 
 #[inline(always)]
 fn classify(p: &Pkt) -> Class {
-    let Some((et, l3)) = p.l2() else { return Class::Truncated };
+    let Some((et, l3)) = p.l2() else {
+        return Class::Truncated;
+    };
     if et == ETH_P_IP {
         // Whole header present and version 4; then the addresses, last
         // byte first (see `is_vip4_at`).
@@ -124,7 +135,9 @@ fn classify(p: &Pkt) -> Class {
         Class::Other
     } else if et == ETH_P_ARP {
         // Ethernet/IPv4 ARP: htype, ptype, hlen, plen, op, sha, spa, tha, tpa.
-        let Some(a) = p.read::<[u8; 28]>(l3) else { return Class::Truncated };
+        let Some(a) = p.read::<[u8; 28]>(l3) else {
+            return Class::Truncated;
+        };
         if a[0..6] != [0, 1, 8, 0, 6, 4] {
             return Class::Other;
         }
@@ -139,23 +152,35 @@ fn classify(p: &Pkt) -> Class {
         }
         Class::Other
     } else if et == ETH_P_IPV6 {
-        let Some(dst) = is_vip6(p, l3 + 24) else { return Class::Truncated };
+        let Some(dst) = is_vip6(p, l3 + 24) else {
+            return Class::Truncated;
+        };
         if dst {
             return Class::ToVip { unicast_ip: true };
         }
-        let Some(nh) = p.read::<u8>(l3 + 6) else { return Class::Truncated };
+        let Some(nh) = p.read::<u8>(l3 + 6) else {
+            return Class::Truncated;
+        };
         if nh == IPPROTO_ICMPV6 {
             // NS/NA: type at +0, target at +8.
             if let Some(ty) = p.read::<u8>(l3 + 40) {
                 if ty == ICMPV6_NS || ty == ICMPV6_NA {
-                    let Some(target) = is_vip6(p, l3 + 48) else { return Class::Truncated };
+                    let Some(target) = is_vip6(p, l3 + 48) else {
+                        return Class::Truncated;
+                    };
                     if target {
-                        return if ty == ICMPV6_NS { Class::ToVip { unicast_ip: false } } else { Class::FromVip };
+                        return if ty == ICMPV6_NS {
+                            Class::ToVip { unicast_ip: false }
+                        } else {
+                            Class::FromVip
+                        };
                     }
                 }
             }
         }
-        let Some(src) = is_vip6(p, l3 + 8) else { return Class::Truncated };
+        let Some(src) = is_vip6(p, l3 + 8) else {
+            return Class::Truncated;
+        };
         if src {
             return Class::FromVip;
         }

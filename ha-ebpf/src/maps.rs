@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use ha_common::{
-    counters::COUNTER_SLOTS, Counter, GateState, HbExpect, HbLinkConfig, HbRecord, PeerMac, VipKey,
-    VipSlot, HB_LINK_SLOTS, HB_RING_SLOTS, MAX_FENCE_PORTS, MAX_LINKS, MAX_VIPS, VIP_SLOT_ENTRIES,
+    Counter, GateState, HB_LINK_SLOTS, HB_RING_SLOTS, HbExpect, HbLinkConfig, HbRecord,
+    MAX_FENCE_PORTS, MAX_LINKS, MAX_VIPS, PeerMac, VIP_SLOT_ENTRIES, VipKey, VipSlot,
+    counters::COUNTER_SLOTS,
 };
 
 #[map]

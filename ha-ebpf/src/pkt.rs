@@ -4,9 +4,9 @@
 
 use core::mem::size_of;
 
-use ha_common::{VipKey, FAMILY_V4, FAMILY_V6, VIP_SLOT_EMPTY, VIP_SLOT_MANY, VIP_SLOT_ONE};
+use ha_common::{FAMILY_V4, FAMILY_V6, VIP_SLOT_EMPTY, VIP_SLOT_MANY, VIP_SLOT_ONE, VipKey};
 
-use crate::maps::{VIPS, VIP_SLOTS};
+use crate::maps::{VIP_SLOTS, VIPS};
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
@@ -42,7 +42,8 @@ impl Pkt {
     #[inline(always)]
     pub fn read<T: Copy>(&self, off: usize) -> Option<T> {
         // SAFETY: bounds checked by `ptr`.
-        self.ptr::<T>(off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+        self.ptr::<T>(off)
+            .map(|p| unsafe { core::ptr::read_unaligned(p) })
     }
 
     /// Ethertype and offset of the L3 header, skipping up to two VLAN tags.
@@ -109,10 +110,16 @@ pub fn is_vip4(a: [u8; 4]) -> bool {
         return false;
     };
     if slot.state == VIP_SLOT_ONE {
-        return slot.addr[0] == a[0] && slot.addr[1] == a[1] && slot.addr[2] == a[2] && slot.addr[3] == a[3];
+        return slot.addr[0] == a[0]
+            && slot.addr[1] == a[1]
+            && slot.addr[2] == a[2]
+            && slot.addr[3] == a[3];
     }
     if slot.state == VIP_SLOT_MANY {
-        let mut key = VipKey { family: FAMILY_V4, addr: [0; 16] };
+        let mut key = VipKey {
+            family: FAMILY_V4,
+            addr: [0; 16],
+        };
         key.addr[0] = a[0];
         key.addr[1] = a[1];
         key.addr[2] = a[2];
@@ -159,7 +166,10 @@ pub fn is_vip6(p: &Pkt, off: usize) -> Option<bool> {
         return Some(x == sx && y == sy);
     }
     if slot.state == VIP_SLOT_MANY {
-        let key = VipKey { family: FAMILY_V6, addr: a };
+        let key = VipKey {
+            family: FAMILY_V6,
+            addr: a,
+        };
         // SAFETY: the value is not kept past this call.
         return Some(unsafe { VIPS.get(&key) }.is_some());
     }

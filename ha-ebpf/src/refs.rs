@@ -23,7 +23,11 @@ pub fn ref_xdp_clock(_ctx: XdpContext) -> u32 {
     // SAFETY: helper with no preconditions.
     let t = unsafe { bpf_ktime_get_ns() };
     // Keep the read: the verdict depends on it (never true in practice).
-    if t == 1 { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
+    if t == 1 {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
 }
 
 #[classifier]
@@ -35,5 +39,9 @@ pub fn ref_tc_empty(_ctx: TcContext) -> i32 {
 pub fn ref_tc_clock(_ctx: TcContext) -> i32 {
     // SAFETY: helper with no preconditions.
     let t = unsafe { bpf_ktime_get_ns() };
-    if t == 1 { crate::fence::TC_ACT_SHOT } else { crate::fence::TC_ACT_OK }
+    if t == 1 {
+        crate::fence::TC_ACT_SHOT
+    } else {
+        crate::fence::TC_ACT_OK
+    }
 }

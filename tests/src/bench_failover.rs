@@ -8,16 +8,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use nix::sys::signal::Signal;
 use rand::Rng as _;
 
 use crate::{
+    NsChild, Topology,
     cluster::{Cluster, ClusterOpts, Node},
     link,
-    prober::{now_ns, Prober, VIA_ROUTE},
+    prober::{Prober, VIA_ROUTE, now_ns},
     topology::{SVC_IF, VIP4},
-    NsChild, Topology,
 };
 
 /// What goes wrong on the primary.
@@ -43,7 +43,12 @@ pub struct Sample {
 fn measure(probe: &Prober, new_mac: [u8; 6], t_fault: u64, timeout: Duration) -> Result<Sample> {
     let deadline = Instant::now() + timeout;
     let first = loop {
-        if let Some(r) = probe.replies().into_iter().filter(|r| r.id == VIA_ROUTE && r.from == new_mac && r.sent_ns >= t_fault).min_by_key(|r| r.rx_ns) {
+        if let Some(r) = probe
+            .replies()
+            .into_iter()
+            .filter(|r| r.id == VIA_ROUTE && r.from == new_mac && r.sent_ns >= t_fault)
+            .min_by_key(|r| r.rx_ns)
+        {
             break r;
         }
         if Instant::now() > deadline {
@@ -54,11 +59,21 @@ fn measure(probe: &Prober, new_mac: [u8; 6], t_fault: u64, timeout: Duration) ->
     // Let a little time pass so that late answers of the old node show up.
     std::thread::sleep(Duration::from_millis(100));
     let replies = probe.replies();
-    let answered: std::collections::BTreeSet<u64> = replies.iter().filter(|r| r.id == VIA_ROUTE).map(|r| r.sent_ns).collect();
-    let lost = probe.sent().iter().filter(|t| **t >= t_fault && **t <= first.sent_ns && !answered.contains(t)).count();
+    let answered: std::collections::BTreeSet<u64> = replies
+        .iter()
+        .filter(|r| r.id == VIA_ROUTE)
+        .map(|r| r.sent_ns)
+        .collect();
+    let lost = probe
+        .sent()
+        .iter()
+        .filter(|t| **t >= t_fault && **t <= first.sent_ns && !answered.contains(t))
+        .count();
     Ok(Sample {
         failover_ms: (first.rx_ns.saturating_sub(t_fault)) as f64 / 1e6,
-        dual_active_rounds: probe.dual_active_rounds(t_fault.saturating_sub(50_000_000)).len(),
+        dual_active_rounds: probe
+            .dual_active_rounds(t_fault.saturating_sub(50_000_000))
+            .len(),
         lost_probes: lost,
     })
 }
@@ -69,14 +84,26 @@ fn random_phase(max: Duration) {
 }
 
 fn start_probe(t: &Topology) -> Prober {
-    Prober::start(&t.c.ns, SVC_IF, t.c.svc_addr, t.c.svc_mac, VIP4, vec![t.a.svc_mac, t.b.svc_mac], Duration::from_millis(1))
+    Prober::start(
+        &t.c.ns,
+        SVC_IF,
+        t.c.svc_addr,
+        t.c.svc_mac,
+        VIP4,
+        vec![t.a.svc_mac, t.b.svc_mac],
+        Duration::from_millis(1),
+    )
 }
 
 fn wait_replies_from(probe: &Prober, mac: [u8; 6], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let since = now_ns();
     while Instant::now() < deadline {
-        if probe.replies().iter().any(|r| r.id == VIA_ROUTE && r.from == mac && r.sent_ns >= since) {
+        if probe
+            .replies()
+            .iter()
+            .any(|r| r.id == VIA_ROUTE && r.from == mac && r.sent_ns >= since)
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -85,18 +112,27 @@ fn wait_replies_from(probe: &Prober, mac: [u8; 6], timeout: Duration) -> Result<
 }
 
 fn link_down(t: &Topology) {
-    t.a.ns.netlink(|h| async move { link::set_down(&h, SVC_IF).await }).expect("set svc0 down");
+    t.a.ns
+        .netlink(|h| async move { link::set_down(&h, SVC_IF).await })
+        .expect("set svc0 down");
 }
 
 /// One ha failover.
 pub fn ha_once(fault: Fault, interval: &'static str, threshold: &'static str) -> Result<Sample> {
-    let opts = ClusterOpts { interval, threshold, ..ClusterOpts::default() };
+    let opts = ClusterOpts {
+        interval,
+        threshold,
+        ..ClusterOpts::default()
+    };
     let mut c = Cluster::new(Topology::two_nodes(), &opts);
     c.start(Node::A);
     c.start(Node::B);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !(c.status(Node::A).is_some_and(|s| s.effective_mode == "primary" && s.peer.alive)
-        && c.status(Node::B).is_some_and(|s| s.state == "secondary" && s.peer.alive))
+    while !(c
+        .status(Node::A)
+        .is_some_and(|s| s.effective_mode == "primary" && s.peer.alive)
+        && c.status(Node::B)
+            .is_some_and(|s| s.state == "secondary" && s.peer.alive))
     {
         if Instant::now() > deadline {
             bail!("ha pair did not settle");
@@ -114,12 +150,20 @@ pub fn ha_once(fault: Fault, interval: &'static str, threshold: &'static str) ->
     }
     let s = measure(&probe, c.topo.b.svc_mac, t_fault, Duration::from_secs(5));
     if s.is_err() {
-        eprintln!("ha {fault:?}: B status: {:?}", c.status(Node::B).map(|s| ha_agent::control::render(&s)));
+        eprintln!(
+            "ha {fault:?}: B status: {:?}",
+            c.status(Node::B).map(|s| ha_agent::control::render(&s))
+        );
     }
     s
 }
 
-fn keepalived_conf(dir: &std::path::Path, name: &str, state: &str, priority: u8) -> std::path::PathBuf {
+fn keepalived_conf(
+    dir: &std::path::Path,
+    name: &str,
+    state: &str,
+    priority: u8,
+) -> std::path::PathBuf {
     let mut t = String::new();
     let _ = write!(
         t,
@@ -140,7 +184,10 @@ struct Keepalived {
 fn start_keepalived(t: &Topology, dir: &std::path::Path) -> Result<Keepalived> {
     let mut procs = Vec::new();
     let mut pids = Vec::new();
-    for (host, name, state, prio) in [(&t.a, "ka_a", "MASTER", 200u8), (&t.b, "ka_b", "BACKUP", 100u8)] {
+    for (host, name, state, prio) in [
+        (&t.a, "ka_a", "MASTER", 200u8),
+        (&t.b, "ka_b", "BACKUP", 100u8),
+    ] {
         let conf = keepalived_conf(dir, name, state, prio);
         let pid = dir.join(format!("{name}.pid"));
         let vpid = dir.join(format!("{name}.vrrp.pid"));
@@ -154,7 +201,11 @@ fn start_keepalived(t: &Topology, dir: &std::path::Path) -> Result<Keepalived> {
             .arg(&vpid)
             .stdout(log.try_clone()?)
             .stderr(log);
-        procs.push(host.ns.spawn(&mut cmd).context("starting keepalived (is it installed? cargo xtask setup --test-deps)")?);
+        procs.push(
+            host.ns
+                .spawn(&mut cmd)
+                .context("starting keepalived (is it installed? cargo xtask setup --test-deps)")?,
+        );
         pids.push(vpid);
         pids.push(pid);
     }
@@ -168,7 +219,8 @@ impl Keepalived {
         for p in &self.pids[0..2] {
             if let Ok(s) = std::fs::read_to_string(p) {
                 if let Ok(pid) = s.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
@@ -180,7 +232,8 @@ impl Drop for Keepalived {
         for p in &self.pids {
             if let Ok(s) = std::fs::read_to_string(p) {
                 if let Ok(pid) = s.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
         }
@@ -222,21 +275,35 @@ pub fn run(args: &[String]) -> Result<()> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs N")?.parse()?,
-            "--interval" => interval = Box::leak(it.next().context("--interval D")?.clone().into_boxed_str()),
-            "--threshold" => threshold = Box::leak(it.next().context("--threshold D")?.clone().into_boxed_str()),
+            "--interval" => {
+                interval = Box::leak(it.next().context("--interval D")?.clone().into_boxed_str())
+            }
+            "--threshold" => {
+                threshold = Box::leak(it.next().context("--threshold D")?.clone().into_boxed_str())
+            }
             "--stability" => return crate::bench_stability::run(&args[1..]),
-            other => bail!("unknown option {other}; usage: ha-bench failover [--runs N] [--interval D] [--threshold D] | --stability [--minutes M]"),
+            other => bail!(
+                "unknown option {other}; usage: ha-bench failover [--runs N] [--interval D] [--threshold D] | --stability [--minutes M]"
+            ),
         }
     }
-    println!("failover benchmark: {runs} runs per system and fault; ha at interval {interval}, threshold {threshold}; keepalived VRRPv3 advert_int 0.01");
-    println!("failover = fault to first reply from the new primary (client probing the VIP every 1 ms through its ARP cache)");
+    println!(
+        "failover benchmark: {runs} runs per system and fault; ha at interval {interval}, threshold {threshold}; keepalived VRRPv3 advert_int 0.01"
+    );
+    println!(
+        "failover = fault to first reply from the new primary (client probing the VIP every 1 ms through its ARP cache)"
+    );
     let mut rows = Vec::new();
     for fault in [Fault::Kill9, Fault::LinkDown] {
         for system in ["ha", "keepalived"] {
             let mut samples = Vec::new();
             let mut failures = 0;
             for i in 0..runs {
-                let r = if system == "ha" { ha_once(fault, interval, threshold) } else { keepalived_once(fault) };
+                let r = if system == "ha" {
+                    ha_once(fault, interval, threshold)
+                } else {
+                    keepalived_once(fault)
+                };
                 match r {
                     Ok(s) => samples.push(s),
                     Err(e) => {
@@ -250,25 +317,51 @@ pub fn run(args: &[String]) -> Result<()> {
             rows.push((system, fault, samples, failures));
         }
     }
-    println!("\n{:<11} {:<9} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}", "system", "fault", "n", "min ms", "p50 ms", "p99 ms", "max ms", "dual-act", "lost/run", "failed");
+    println!(
+        "\n{:<11} {:<9} {:>4} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>6}",
+        "system",
+        "fault",
+        "n",
+        "min ms",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "dual-act",
+        "lost/run",
+        "failed"
+    );
     let mut medians = std::collections::HashMap::new();
     for (system, fault, samples, failures) in &rows {
         if samples.is_empty() {
-            println!("{system:<11} {:<9} {:>4} (no successful run) failed {failures}", format!("{fault:?}"), 0);
+            println!(
+                "{system:<11} {:<9} {:>4} (no successful run) failed {failures}",
+                format!("{fault:?}"),
+                0
+            );
             continue;
         }
         let mut v: Vec<f64> = samples.iter().map(|s| s.failover_ms).collect();
         let (min, p50, p99, max) = stats(&mut v);
         let dual: usize = samples.iter().map(|s| s.dual_active_rounds).sum();
-        let lost = samples.iter().map(|s| s.lost_probes).sum::<usize>() as f64 / samples.len() as f64;
+        let lost =
+            samples.iter().map(|s| s.lost_probes).sum::<usize>() as f64 / samples.len() as f64;
         medians.insert((*system, *fault), p50);
-        println!("{system:<11} {:<9} {:>4} {min:>8.1} {p50:>8.1} {p99:>8.1} {max:>8.1} {dual:>10} {lost:>10.1} {failures:>6}", format!("{fault:?}"), samples.len());
+        println!(
+            "{system:<11} {:<9} {:>4} {min:>8.1} {p50:>8.1} {p99:>8.1} {max:>8.1} {dual:>10} {lost:>10.1} {failures:>6}",
+            format!("{fault:?}"),
+            samples.len()
+        );
     }
     for fault in [Fault::Kill9, Fault::LinkDown] {
-        if let (Some(k), Some(h)) = (medians.get(&("keepalived", fault)), medians.get(&("ha", fault))) {
+        if let (Some(k), Some(h)) = (
+            medians.get(&("keepalived", fault)),
+            medians.get(&("ha", fault)),
+        ) {
             println!("median ratio keepalived/ha, {fault:?}: {:.1}x", k / h);
         }
     }
-    println!("dual-act = probe rounds in which both nodes answered VIP-addressed frames sent to their own MACs");
+    println!(
+        "dual-act = probe rounds in which both nodes answered VIP-addressed frames sent to their own MACs"
+    );
     Ok(())
 }

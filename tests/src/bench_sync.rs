@@ -60,7 +60,10 @@ fn parse(args: &[String]) -> Result<Opts> {
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut val = || it.next().with_context(|| format!("{a} needs a value; {}", usage()));
+        let mut val = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value; {}", usage()))
+        };
         match a.as_str() {
             "--small" => {
                 o.messages = 2_000;
@@ -91,8 +94,14 @@ impl Drop for WorkDir {
 /// When the namespaces, rsync or the sync cannot be set up.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    ensure!(nix::unistd::geteuid().is_root(), "ha-bench sync needs root (network namespaces)");
-    ensure!(which("rsync"), "rsync is not installed (cargo xtask setup --test-deps)");
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "ha-bench sync needs root (network namespaces)"
+    );
+    ensure!(
+        which("rsync"),
+        "rsync is not installed (cargo xtask setup --test-deps)"
+    );
     let work = WorkDir(o.dir.clone());
     let _ = fs::remove_dir_all(&work.0);
     fs::create_dir_all(&work.0)?;
@@ -115,13 +124,21 @@ pub fn run(args: &[String]) -> Result<()> {
     let t = Instant::now();
     let (files, bytes) = generate(&src, o.messages)?;
     syncfs(&work.0)?;
-    eprintln!("generated {files} messages, {:.0} MB in {:.1} s", mb(bytes), t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {files} messages, {:.0} MB in {:.1} s",
+        mb(bytes),
+        t.elapsed().as_secs_f64()
+    );
 
     let mut rows = Vec::new();
     for fsync in [false, true] {
         let dst = work.0.join(if fsync { "rsync-fsync" } else { "rsync" });
         let d = rsync_run(&a, &b, &work.0, &src, &dst, fsync)?;
-        let label = if fsync { "rsync --whole-file --fsync" } else { "rsync --whole-file, then syncfs" };
+        let label = if fsync {
+            "rsync --whole-file --fsync"
+        } else {
+            "rsync --whole-file, then syncfs"
+        };
         check_same(&src, &dst)?;
         eprintln!("{label}: {:.1} s", d.as_secs_f64());
         rows.push((label.to_owned(), d, None));
@@ -134,7 +151,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let key = b"bench-password".to_vec();
     let cfg = |data: &Path, state: &Path| SyncConfig {
         node: "bench".into(),
-        roots: vec![SyncRoot { name: "mail".into(), path: data.to_owned(), kind: RootKind::MailDir }],
+        roots: vec![SyncRoot {
+            name: "mail".into(),
+            path: data.to_owned(),
+            kind: RootKind::MailDir,
+        }],
         listen: SocketAddr::new(IpAddr::V4(B_ADDR), SYNC_PORT),
         peer: SocketAddr::new(IpAddr::V4(B_ADDR), SYNC_PORT),
         key: key.clone(),
@@ -152,7 +173,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let d = start.elapsed();
     let cpu = sender_cpu().saturating_sub(cpu0);
     check_same(&src, &dst)?;
-    eprintln!("ha: {:.1} s, sender CPU {:.2} s", d.as_secs_f64(), cpu.as_secs_f64());
+    eprintln!(
+        "ha: {:.1} s, sender CPU {:.2} s",
+        d.as_secs_f64(),
+        cpu.as_secs_f64()
+    );
     rows.push(("ha (sendfile, group commit)".to_owned(), d, Some(cpu)));
 
     // Steady state is measured on its own: let the bulk sync's writeback
@@ -164,11 +189,23 @@ pub fn run(args: &[String]) -> Result<()> {
     rx.stop();
 
     println!();
-    println!("initial sync: {files} messages, {:.0} MB, veth between two namespaces, timed until durable", mb(bytes));
-    println!("{:<34} {:>8} {:>9} {:>12}", "system", "time s", "MB/s", "CPU s/GB");
+    println!(
+        "initial sync: {files} messages, {:.0} MB, veth between two namespaces, timed until durable",
+        mb(bytes)
+    );
+    println!(
+        "{:<34} {:>8} {:>9} {:>12}",
+        "system", "time s", "MB/s", "CPU s/GB"
+    );
     for (label, d, cpu) in &rows {
-        let cpu = cpu.map_or("-".to_owned(), |c| format!("{:.2}", c.as_secs_f64() / gb(bytes)));
-        println!("{label:<34} {:>8.2} {:>9.1} {cpu:>12}", d.as_secs_f64(), mb(bytes) / d.as_secs_f64());
+        let cpu = cpu.map_or("-".to_owned(), |c| {
+            format!("{:.2}", c.as_secs_f64() / gb(bytes))
+        });
+        println!(
+            "{label:<34} {:>8.2} {:>9.1} {cpu:>12}",
+            d.as_secs_f64(),
+            mb(bytes) / d.as_secs_f64()
+        );
     }
     let ha = rows[2].1.as_secs_f64();
     println!(
@@ -182,7 +219,10 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn which(prog: &str) -> bool {
-    Command::new("sh").args(["-c", &format!("command -v {prog}")]).output().is_ok_and(|o| o.status.success())
+    Command::new("sh")
+        .args(["-c", &format!("command -v {prog}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -250,25 +290,57 @@ fn check_same(a: &Path, b: &Path) -> Result<()> {
     list(b, Path::new(""), &mut lb)?;
     la.sort();
     lb.sort();
-    ensure!(la == lb, "replica {} differs from the source ({} vs {} files)", b.display(), lb.len(), la.len());
+    ensure!(
+        la == lb,
+        "replica {} differs from the source ({} vs {} files)",
+        b.display(),
+        lb.len(),
+        la.len()
+    );
     for (p, _) in la.iter().step_by(97) {
-        ensure!(fs::read(a.join(p))? == fs::read(b.join(p))?, "{} differs", p.display());
+        ensure!(
+            fs::read(a.join(p))? == fs::read(b.join(p))?,
+            "{} differs",
+            p.display()
+        );
     }
     Ok(())
 }
 
-fn rsync_run(a: &Netns, b: &Netns, work: &Path, src: &Path, dst: &Path, fsync: bool) -> Result<Duration> {
+fn rsync_run(
+    a: &Netns,
+    b: &Netns,
+    work: &Path,
+    src: &Path,
+    dst: &Path,
+    fsync: bool,
+) -> Result<Duration> {
     fs::create_dir_all(dst)?;
     let conf = work.join("rsyncd.conf");
     fs::write(
         &conf,
-        format!("uid = root\ngid = root\nuse chroot = no\nlog file = {}\n[bench]\npath = {}\nread only = false\n", work.join("rsyncd.log").display(), dst.display()),
+        format!(
+            "uid = root\ngid = root\nuse chroot = no\nlog file = {}\n[bench]\npath = {}\nread only = false\n",
+            work.join("rsyncd.log").display(),
+            dst.display()
+        ),
     )?;
-    let _daemon = b.spawn(Command::new("rsync").args(["--daemon", "--no-detach", &format!("--config={}", conf.display()), &format!("--port={RSYNC_PORT}"), &format!("--address={B_ADDR}")]))?;
+    let _daemon = b.spawn(Command::new("rsync").args([
+        "--daemon",
+        "--no-detach",
+        &format!("--config={}", conf.display()),
+        &format!("--port={RSYNC_PORT}"),
+        &format!("--address={B_ADDR}"),
+    ]))?;
     let target = SocketAddr::new(IpAddr::V4(B_ADDR), RSYNC_PORT);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !a.run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()) {
-        ensure!(Instant::now() < deadline, "rsync daemon did not start listening on {target}");
+    while !a
+        .run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok())
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "rsync daemon did not start listening on {target}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut cmd = Command::new("rsync");
@@ -276,37 +348,58 @@ fn rsync_run(a: &Netns, b: &Netns, work: &Path, src: &Path, dst: &Path, fsync: b
     if fsync {
         cmd.arg("--fsync");
     }
-    cmd.arg(format!("{}/", src.display())).arg(format!("rsync://{B_ADDR}:{RSYNC_PORT}/bench/"));
+    cmd.arg(format!("{}/", src.display()))
+        .arg(format!("rsync://{B_ADDR}:{RSYNC_PORT}/bench/"));
     let start = Instant::now();
     let out = a.output(&mut cmd)?;
-    ensure!(out.status.success(), "rsync failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "rsync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     syncfs(dst)?;
     Ok(start.elapsed())
 }
 
-fn wait(h: &SyncHandle, timeout: Duration, f: impl Fn(&ha_agent::sync::SyncStatus) -> bool) -> Result<()> {
+fn wait(
+    h: &SyncHandle,
+    timeout: Duration,
+    f: impl Fn(&ha_agent::sync::SyncStatus) -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let s = h.status();
         if f(&s) {
             return Ok(());
         }
-        ensure!(Instant::now() < deadline, "sync did not get there in {timeout:?}: {s:?}");
+        ensure!(
+            Instant::now() < deadline,
+            "sync did not get there in {timeout:?}: {s:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
 /// CPU time (user + system) of the sender's threads in this process.
 fn sender_cpu() -> Duration {
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
     let mut ticks = 0u64;
-    for t in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for t in fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
         if !SENDER_THREADS.contains(&comm.trim()) {
             continue;
         }
         let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
         let f: Vec<&str> = rest.split_whitespace().collect();
         // Fields after the command: state is field 3, utime 14, stime 15.
         ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
@@ -328,11 +421,20 @@ struct Steady {
 
 impl Steady {
     fn print(&self) {
-        let pct = |p: f64| self.lags.get(((self.lags.len() as f64 * p) as usize).min(self.lags.len().saturating_sub(1))).copied().unwrap_or_default();
+        let pct = |p: f64| {
+            self.lags
+                .get(((self.lags.len() as f64 * p) as usize).min(self.lags.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or_default()
+        };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
             "steady state: writer at {} msg/s for {:.0} s, Maildir tmp/ -> new/, {} messages, {:.0} MB ({} behind schedule)",
-            self.rate, self.secs, self.sent, mb(self.bytes), self.late_writes
+            self.rate,
+            self.secs,
+            self.sent,
+            mb(self.bytes),
+            self.late_writes
         );
         println!("lag rename on primary -> ack of durable copy received by the sender:");
         println!(
@@ -370,7 +472,9 @@ fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
     let mut renamed: HashMap<String, Instant> = HashMap::with_capacity(n);
     let mut lags = Vec::with_capacity(n);
     let (mut bytes, mut late) = (0u64, 0usize);
-    let collect = |acks: &mpsc::Receiver<ha_agent::sync::AckedOp>, renamed: &mut HashMap<String, Instant>, lags: &mut Vec<Duration>| {
+    let collect = |acks: &mpsc::Receiver<ha_agent::sync::AckedOp>,
+                   renamed: &mut HashMap<String, Instant>,
+                   lags: &mut Vec<Duration>| {
         while let Ok(a) = acks.try_recv() {
             if let Some(name) = a.path.strip_prefix("inbox/new/")
                 && let Some(t) = renamed.remove(name)
@@ -405,5 +509,14 @@ fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
     }
     let cpu = sender_cpu().saturating_sub(cpu0);
     lags.sort();
-    Ok(Steady { rate: o.rate, secs, sent: n, bytes, lags, missing: renamed.len(), cpu, late_writes: late })
+    Ok(Steady {
+        rate: o.rate,
+        secs,
+        sent: n,
+        bytes,
+        lags,
+        missing: renamed.len(),
+        cpu,
+        late_writes: late,
+    })
 }

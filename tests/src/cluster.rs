@@ -10,23 +10,22 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use ha_agent::{
-    control::{request, Request, Response, Status, SwitchTo},
+    control::{Request, Response, Status, SwitchTo, request},
     dataplane::{DataPlane, GateControl, Options},
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 
 use crate::{
-    link,
-    prober::{now_ns, Prober},
+    NsChild, Topology, link,
+    prober::{Prober, now_ns},
     topology::{Host, VIP4},
-    NsChild, Topology,
 };
 
 /// Which node.
@@ -101,8 +100,18 @@ impl Default for ClusterOpts {
             threshold: "40ms",
             remote_services: false,
             port_monitor: true,
-            a: NodeOpts { mode: "primary", on_failure: "become-secondary", priority: 200, password: PASSWORD },
-            b: NodeOpts { mode: "secondary", on_failure: "become-secondary", priority: 100, password: PASSWORD },
+            a: NodeOpts {
+                mode: "primary",
+                on_failure: "become-secondary",
+                priority: 200,
+                password: PASSWORD,
+            },
+            b: NodeOpts {
+                mode: "secondary",
+                on_failure: "become-secondary",
+                priority: 100,
+                password: PASSWORD,
+            },
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
@@ -149,14 +158,22 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
         Node::B => "node-b",
     };
     let mut t = String::new();
-    let _ = writeln!(t, "[node]\nname = \"{name}\"\nmode = \"{}\"\non_failure = \"{}\"\npriority = {}", no.mode, no.on_failure, no.priority);
+    let _ = writeln!(
+        t,
+        "[node]\nname = \"{name}\"\nmode = \"{}\"\non_failure = \"{}\"\npriority = {}",
+        no.mode, no.on_failure, no.priority
+    );
     let _ = writeln!(
         t,
         "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
         no.password, o.interval, o.threshold, o.remote_services
     );
     for hb in &host.hb {
-        let _ = writeln!(t, "[[heartbeat]]\ninterface = \"{}\"\nlocal = \"{}\"\npeer = \"{}\"", hb.ifname, hb.local, hb.peer);
+        let _ = writeln!(
+            t,
+            "[[heartbeat]]\ninterface = \"{}\"\nlocal = \"{}\"\npeer = \"{}\"",
+            hb.ifname, hb.local, hb.peer
+        );
     }
     let _ = writeln!(
         t,
@@ -171,7 +188,11 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
         dir.join(format!("{name}.sock")).display()
     );
     if let Some(max_lag) = o.mail_sync {
-        let _ = writeln!(t, "[backup]\nmail_data = [\"{}\"]\nmax_lag = \"{max_lag}\"", nd.join("mail").display());
+        let _ = writeln!(
+            t,
+            "[backup]\nmail_data = [\"{}\"]\nmax_lag = \"{max_lag}\"",
+            nd.join("mail").display()
+        );
     }
     if o.config_sync {
         let _ = writeln!(
@@ -190,14 +211,28 @@ impl Cluster {
     #[must_use]
     pub fn new(topo: Topology, opts: &ClusterOpts) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = tempfile::Builder::new().prefix("ha-e2e-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("ha-e2e-")
+            .tempdir()
+            .expect("temp dir");
         let k = N.fetch_add(1, Ordering::Relaxed);
-        let instances = [format!("e2e{}-{k}a", std::process::id()), format!("e2e{}-{k}b", std::process::id())];
+        let instances = [
+            format!("e2e{}-{k}a", std::process::id()),
+            format!("e2e{}-{k}b", std::process::id()),
+        ];
         for n in [Node::A, Node::B] {
             let toml = node_toml(opts, n, &topo, dir.path(), &instances[n.idx()]);
-            std::fs::write(dir.path().join(format!("{}.toml", Self::name(n))), toml).expect("write config");
+            std::fs::write(dir.path().join(format!("{}.toml", Self::name(n))), toml)
+                .expect("write config");
         }
-        Self { topo, dir, agents: [None, None], stopped: [false; 2], instances, bin: agent_binary() }
+        Self {
+            topo,
+            dir,
+            agents: [None, None],
+            stopped: [false; 2],
+            instances,
+            bin: agent_binary(),
+        }
     }
 
     fn name(n: Node) -> &'static str {
@@ -254,20 +289,36 @@ impl Cluster {
     #[must_use]
     pub fn stalls(&self) -> String {
         let count = |n| self.log(n).matches("control loop stalled").count();
-        format!("control loop stalls logged: A {}, B {}", count(Node::A), count(Node::B))
+        format!(
+            "control loop stalls logged: A {}, B {}",
+            count(Node::A),
+            count(Node::B)
+        )
     }
 
     /// Starts (or restarts) the agent of `n` and waits until its control
     /// socket answers (at most 10 s).
     pub fn start(&mut self, n: Node) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(n)).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(n))
+            .expect("log file");
         let host = match n {
             Node::A => &self.topo.a,
             Node::B => &self.topo.b,
         };
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["run", "--config"]).arg(self.config_path(n)).env("HA_LOG", "info").stdin(Stdio::null()).stdout(log.try_clone().expect("log")).stderr(log);
-        let child = host.ns.spawn(&mut cmd).unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
+        cmd.args(["run", "--config"])
+            .arg(self.config_path(n))
+            .env("HA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = host
+            .ns
+            .spawn(&mut cmd)
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.bin.display()));
         self.agents[n.idx()] = Some(child);
         self.stopped[n.idx()] = false;
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -282,7 +333,10 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("agent {n:?} did not answer on its control socket within 10 s:\n{}", self.log(n));
+        panic!(
+            "agent {n:?} did not answer on its control socket within 10 s:\n{}",
+            self.log(n)
+        );
     }
 
     /// The status of `n`, or `None` if it does not answer.
@@ -293,7 +347,13 @@ impl Cluster {
     }
 
     /// Polls `n` until `pred` holds (every 5 ms, at most `timeout`).
-    pub fn wait_for(&self, n: Node, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+    pub fn wait_for(
+        &self,
+        n: Node,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         while Instant::now() < deadline {
@@ -308,7 +368,8 @@ impl Cluster {
         panic!(
             "{n:?}: {what} not reached within {timeout:?}; {}; last status:\n{}\nlog A:\n{}\nlog B:\n{}",
             self.stalls(),
-            last.map(|s| ha_agent::control::render(&s)).unwrap_or_else(|| "(no answer)".into()),
+            last.map(|s| ha_agent::control::render(&s))
+                .unwrap_or_else(|| "(no answer)".into()),
             tail(&self.log(Node::A)),
             tail(&self.log(Node::B))
         );
@@ -322,13 +383,21 @@ impl Cluster {
         c.start(Node::A);
         c.start(Node::B);
         c.wait_mode(Node::A, "primary", settle);
-        c.wait_for(Node::B, "secondary hearing A", settle, |s| s.state == "secondary" && s.peer.alive);
+        c.wait_for(Node::B, "secondary hearing A", settle, |s| {
+            s.state == "secondary" && s.peer.alive
+        });
         c
     }
 
     /// Asserts that `pred` holds on every status of `n` read during `dur`
     /// (every 10 ms): "nothing happens" made checkable. Returns the last status.
-    pub fn holds(&self, n: Node, what: &str, dur: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+    pub fn holds(
+        &self,
+        n: Node,
+        what: &str,
+        dur: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
         let end = Instant::now() + dur;
         let mut last = None;
         while Instant::now() < end {
@@ -350,7 +419,9 @@ impl Cluster {
 
     /// Waits until `n`'s effective mode is `mode`.
     pub fn wait_mode(&self, n: Node, mode: &str, timeout: Duration) -> Status {
-        self.wait_for(n, &format!("effective mode {mode}"), timeout, |s| s.effective_mode == mode)
+        self.wait_for(n, &format!("effective mode {mode}"), timeout, |s| {
+            s.effective_mode == mode
+        })
     }
 
     /// Sends `sig` to the agent of `n`.
@@ -378,7 +449,10 @@ impl Cluster {
                 self.agents[n.idx()] = None;
                 return st;
             }
-            assert!(Instant::now() < deadline, "agent {n:?} did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "agent {n:?} did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -410,7 +484,13 @@ impl Cluster {
         let name = ifname.to_owned();
         self.host(n)
             .ns
-            .netlink(|h| async move { if up { link::set_up(&h, &name).await } else { link::set_down(&h, &name).await } })
+            .netlink(|h| async move {
+                if up {
+                    link::set_up(&h, &name).await
+                } else {
+                    link::set_down(&h, &name).await
+                }
+            })
             .unwrap_or_else(|e| panic!("{n:?}: {e}"));
     }
 
@@ -432,7 +512,8 @@ impl Cluster {
     /// # Panics
     /// When the agent does not answer.
     pub fn switch(&self, n: Node, to: SwitchTo) -> Response {
-        request(&self.socket(n), &Request::Switch { to }).unwrap_or_else(|e| panic!("switch {n:?}: {e}"))
+        request(&self.socket(n), &Request::Switch { to })
+            .unwrap_or_else(|e| panic!("switch {n:?}: {e}"))
     }
 
     /// A handle on `n`'s pinned gate maps, read from this process: the gate
@@ -452,7 +533,15 @@ impl Cluster {
     #[must_use]
     pub fn prober(&self) -> Prober {
         let c = &self.topo.c;
-        Prober::start(&c.ns, &c.svc_if, c.svc_addr, c.svc_mac, VIP4, vec![self.mac(Node::A), self.mac(Node::B)], Duration::from_millis(1))
+        Prober::start(
+            &c.ns,
+            &c.svc_if,
+            c.svc_addr,
+            c.svc_mac,
+            VIP4,
+            vec![self.mac(Node::A), self.mac(Node::B)],
+            Duration::from_millis(1),
+        )
     }
 
     /// Samples both nodes' pinned gates until dropped (see [`GateWatch`]).
@@ -503,7 +592,11 @@ impl GateWatch {
                 std::thread::sleep(Duration::from_micros(200));
             }
         });
-        Self { stop, samples, thread: Some(thread) }
+        Self {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
     }
 
     /// Every sample so far.
@@ -515,13 +608,21 @@ impl GateWatch {
     /// Times of the samples (after `after`) in which both gates were open.
     #[must_use]
     pub fn both_open(&self, after: u64) -> Vec<u64> {
-        self.samples().into_iter().filter(|&(t, a, b)| t >= after && a && b).map(|(t, ..)| t).collect()
+        self.samples()
+            .into_iter()
+            .filter(|&(t, a, b)| t >= after && a && b)
+            .map(|(t, ..)| t)
+            .collect()
     }
 
     /// Time of the last sample (after `after`) with `n`'s gate open.
     #[must_use]
     pub fn last_open(&self, n: Node, after: u64) -> Option<u64> {
-        self.samples().into_iter().rev().find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t)
+        self.samples()
+            .into_iter()
+            .rev()
+            .find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b })
+            .map(|(t, ..)| t)
     }
 
     /// `n`'s gate-open intervals (first and last open sample) since
@@ -552,7 +653,10 @@ impl GateWatch {
     /// Time of the first sample (after `after`) with `n`'s gate open.
     #[must_use]
     pub fn first_open(&self, n: Node, after: u64) -> Option<u64> {
-        self.samples().into_iter().find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b }).map(|(t, ..)| t)
+        self.samples()
+            .into_iter()
+            .find(|&(t, a, b)| t >= after && if n == Node::A { a } else { b })
+            .map(|(t, ..)| t)
     }
 }
 
@@ -597,10 +701,17 @@ impl StatusWatch {
                 }
                 let (b, bm) = read(&sockets[1]);
                 let (a, am) = read(&sockets[0]);
-                samples2.lock().expect("samples").push((now_ns(), a, b, am, bm));
+                samples2
+                    .lock()
+                    .expect("samples")
+                    .push((now_ns(), a, b, am, bm));
             }
         });
-        Self { stop, samples, thread: Some(thread) }
+        Self {
+            stop,
+            samples,
+            thread: Some(thread),
+        }
     }
 
     /// Every sample so far.
@@ -643,7 +754,10 @@ impl Drop for Cluster {
             let keep = std::env::temp_dir().join(format!("ha-e2e-failed-{}", self.instances[0]));
             if std::fs::create_dir_all(&keep).is_ok() {
                 for n in [Node::A, Node::B] {
-                    let _ = std::fs::copy(self.log_path(n), keep.join(format!("{}.log", Self::name(n))));
+                    let _ = std::fs::copy(
+                        self.log_path(n),
+                        keep.join(format!("{}.log", Self::name(n))),
+                    );
                 }
                 eprintln!("full logs kept in {}", keep.display());
             }

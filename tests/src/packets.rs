@@ -5,7 +5,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ha_common::{HbFrame, HB_FRAME_LEN, HB_MAGIC, HB_PROTOCOL_VERSION};
+use ha_common::{HB_FRAME_LEN, HB_MAGIC, HB_PROTOCOL_VERSION, HbFrame};
 
 /// A MAC address.
 pub type Mac = [u8; 6];
@@ -31,7 +31,11 @@ pub fn eth_vlan(dst: Mac, src: Mac, vid: u16, ethertype: u16, payload: &[u8]) ->
 
 fn csum(data: &[u8], mut sum: u32) -> u16 {
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += u32::from(w);
     }
     while sum >> 16 != 0 {
@@ -122,7 +126,16 @@ pub fn icmpv6_nd(ty: u8, src: Ipv6Addr, dst: Ipv6Addr, target: Ipv6Addr, lladdr:
 /// The solicited-node multicast address of `a`.
 pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
     let o = a.octets();
-    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(o[13]), u16::from_be_bytes([o[14], o[15]]))
+    Ipv6Addr::new(
+        0xff02,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0xff00 | u16::from(o[13]),
+        u16::from_be_bytes([o[14], o[15]]),
+    )
 }
 
 /// A heartbeat frame as the XDP program sees it (the tag is not checked
@@ -132,7 +145,14 @@ pub fn heartbeat(cluster: u32, epoch: u64, seq: u64, token: [u8; 8]) -> Vec<u8> 
 }
 
 /// A heartbeat frame with explicit magic and version (for malformed cases).
-pub fn heartbeat_with(magic: u32, version: u8, cluster: u32, epoch: u64, seq: u64, token: [u8; 8]) -> Vec<u8> {
+pub fn heartbeat_with(
+    magic: u32,
+    version: u8,
+    cluster: u32,
+    epoch: u64,
+    seq: u64,
+    token: [u8; 8],
+) -> Vec<u8> {
     let f = HbFrame {
         magic: magic.to_be_bytes(),
         version,

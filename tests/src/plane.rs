@@ -10,7 +10,11 @@ use ha_agent::dataplane::{DataPlane, Options};
 pub fn unique_options(prefix: &str) -> Options {
     static N: AtomicU32 = AtomicU32::new(0);
     Options {
-        instance: format!("{prefix}{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)),
+        instance: format!(
+            "{prefix}{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ),
         pin_root: "/sys/fs/bpf/ha-test".into(),
     }
 }

@@ -7,7 +7,10 @@ pub fn have_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "{test}: needs root, and CI is set: refusing to skip");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: needs root, and CI is set: refusing to skip"
+    );
     eprintln!("SKIP {test}: needs root (BPF, network namespaces)");
     false
 }

@@ -9,14 +9,14 @@ use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
     time::Duration,
 };
 
-use crate::{packets as pk, Netns};
+use crate::{Netns, packets as pk};
 
 /// CLOCK_MONOTONIC in nanoseconds (the agents' clock, shared by all namespaces).
 #[must_use]
@@ -73,7 +73,11 @@ fn icmp_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
 fn packet_socket(ifindex: u32, proto: u16) -> OwnedFd {
     // SAFETY: plain socket(2) call; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be())) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: fd is a fresh, valid descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: sockaddr_ll zero-initialised and filled; size passed matches.
@@ -82,10 +86,27 @@ fn packet_socket(ifindex: u32, proto: u16) -> OwnedFd {
         sll.sll_family = libc::AF_PACKET as u16;
         sll.sll_protocol = proto.to_be();
         sll.sll_ifindex = ifindex as i32;
-        let r = libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32);
-        assert!(r == 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
-        let tv = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32);
+        let r = libc::bind(
+            fd.as_raw_fd(),
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert!(
+            r == 0,
+            "bind AF_PACKET: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 20_000,
+        };
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        );
     }
     fd
 }
@@ -95,7 +116,15 @@ impl Prober {
     /// MAC `client_mac`) every `period`; `targets` are the MACs to probe
     /// directly.
     #[must_use]
-    pub fn start(ns: &Netns, ifname: &str, client: Ipv4Addr, client_mac: [u8; 6], vip: Ipv4Addr, targets: Vec<[u8; 6]>, period: Duration) -> Self {
+    pub fn start(
+        ns: &Netns,
+        ifname: &str,
+        client: Ipv4Addr,
+        client_mac: [u8; 6],
+        vip: Ipv4Addr,
+        targets: Vec<[u8; 6]>,
+        period: Duration,
+    ) -> Self {
         let ifindex = ns.run(|| nix::net::if_::if_nametoindex(ifname).expect("client interface"));
         let stop = Arc::new(AtomicBool::new(false));
         let replies = Arc::new(Mutex::new(Vec::new()));
@@ -106,7 +135,11 @@ impl Prober {
             let tx = packet_socket(ifindex, 0x0800);
             // SAFETY: plain socket(2) call; the fd is owned right away.
             let icmp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
-            assert!(icmp >= 0, "raw ICMP socket: {}", std::io::Error::last_os_error());
+            assert!(
+                icmp >= 0,
+                "raw ICMP socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: fresh valid descriptor.
             (rx, tx, unsafe { OwnedFd::from_raw_fd(icmp) })
         });
@@ -117,7 +150,9 @@ impl Prober {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     // SAFETY: buf is valid for its length.
-                    let n = unsafe { libc::recv(rx_fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    let n = unsafe {
+                        libc::recv(rx_fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                    };
                     let rx_ns = now_ns();
                     if n < 14 + 20 + 8 {
                         continue;
@@ -136,7 +171,13 @@ impl Prober {
                     let sent_ns = u64::from_be_bytes(icmp[8..16].try_into().expect("8 bytes"));
                     let mut from = [0u8; 6];
                     from.copy_from_slice(&f[6..12]);
-                    replies.lock().expect("replies").push(Reply { id, seq, sent_ns, rx_ns, from });
+                    replies.lock().expect("replies").push(Reply {
+                        id,
+                        seq,
+                        sent_ns,
+                        rx_ns,
+                        from,
+                    });
                 }
             }));
         }
@@ -148,7 +189,9 @@ impl Prober {
                 let dst = libc::sockaddr_in {
                     sin_family: libc::AF_INET as u16,
                     sin_port: 0,
-                    sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(vip.octets()) },
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(vip.octets()),
+                    },
                     sin_zero: [0; 8],
                 };
                 while !stop.load(Ordering::Relaxed) {
@@ -157,10 +200,22 @@ impl Prober {
                     let m = icmp_echo(VIA_ROUTE, seq, &payload);
                     // SAFETY: buffers valid; dst is a sockaddr_in of the right size.
                     unsafe {
-                        libc::sendto(icmp_fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0, (&raw const dst).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32);
+                        libc::sendto(
+                            icmp_fd.as_raw_fd(),
+                            m.as_ptr().cast(),
+                            m.len(),
+                            0,
+                            (&raw const dst).cast(),
+                            std::mem::size_of::<libc::sockaddr_in>() as u32,
+                        );
                     }
                     for (i, mac) in targets.iter().enumerate() {
-                        let ip = pk::ipv4(client, vip, 1, &icmp_echo(DIRECT_BASE + i as u16, seq, &payload));
+                        let ip = pk::ipv4(
+                            client,
+                            vip,
+                            1,
+                            &icmp_echo(DIRECT_BASE + i as u16, seq, &payload),
+                        );
                         let frame = pk::eth(*mac, client_mac, 0x0800, &ip);
                         // SAFETY: the packet socket is bound to the interface; buffer valid.
                         unsafe {
@@ -179,7 +234,12 @@ impl Prober {
                 }
             }));
         }
-        Self { stop, replies, sent, threads }
+        Self {
+            stop,
+            replies,
+            sent,
+            threads,
+        }
     }
 
     /// A copy of every reply so far.
@@ -197,7 +257,10 @@ impl Prober {
     /// First reply after `t` from `mac` (any stream), as (time, reply).
     #[must_use]
     pub fn first_from_after(&self, mac: [u8; 6], t: u64) -> Option<Reply> {
-        self.replies().into_iter().filter(|r| r.from == mac && r.sent_ns >= t).min_by_key(|r| r.rx_ns)
+        self.replies()
+            .into_iter()
+            .filter(|r| r.from == mac && r.sent_ns >= t)
+            .min_by_key(|r| r.rx_ns)
     }
 
     /// Probe rounds (by send time) in which both direct streams got an
@@ -205,7 +268,8 @@ impl Prober {
     #[must_use]
     pub fn dual_active_rounds(&self, after: u64) -> Vec<u64> {
         let r = self.replies();
-        let mut by_round: std::collections::BTreeMap<u64, (bool, bool)> = std::collections::BTreeMap::new();
+        let mut by_round: std::collections::BTreeMap<u64, (bool, bool)> =
+            std::collections::BTreeMap::new();
         for x in r.iter().filter(|x| x.sent_ns >= after) {
             let e = by_round.entry(x.sent_ns).or_default();
             if x.id == DIRECT_BASE {
@@ -214,7 +278,11 @@ impl Prober {
                 e.1 = true;
             }
         }
-        by_round.into_iter().filter(|(_, (a, b))| *a && *b).map(|(t, _)| t).collect()
+        by_round
+            .into_iter()
+            .filter(|(_, (a, b))| *a && *b)
+            .map(|(t, _)| t)
+            .collect()
     }
 }
 

@@ -29,10 +29,21 @@ impl Tap {
     #[must_use]
     pub fn open(ns: &Netns, ifname: &str) -> Self {
         let fd = ns.run(|| {
-            let ifindex = nix::net::if_::if_nametoindex(ifname).unwrap_or_else(|e| panic!("{ifname} in {}: {e}", ns.name()));
+            let ifindex = nix::net::if_::if_nametoindex(ifname)
+                .unwrap_or_else(|e| panic!("{ifname} in {}: {e}", ns.name()));
             // SAFETY: plain socket(2); the descriptor is owned at once.
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(ETH_P_ALL.to_be())) };
-            assert!(raw >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let raw = unsafe {
+                libc::socket(
+                    libc::AF_PACKET,
+                    libc::SOCK_RAW,
+                    i32::from(ETH_P_ALL.to_be()),
+                )
+            };
+            assert!(
+                raw >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: `raw` is a fresh valid descriptor nobody else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(raw) };
             // SAFETY: a zeroed sockaddr_ll is valid; we pass its exact size.
@@ -41,13 +52,30 @@ impl Tap {
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_protocol = ETH_P_ALL.to_be();
                 sll.sll_ifindex = ifindex as i32;
-                libc::bind(fd.as_raw_fd(), (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+                libc::bind(
+                    fd.as_raw_fd(),
+                    (&raw const sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
             };
-            assert!(r == 0, "bind AF_PACKET to {ifname}: {}", std::io::Error::last_os_error());
-            let tv = libc::timeval { tv_sec: 0, tv_usec: 10_000 };
+            assert!(
+                r == 0,
+                "bind AF_PACKET to {ifname}: {}",
+                std::io::Error::last_os_error()
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 10_000,
+            };
             // SAFETY: the option value is a timeval of the size given.
             let r = unsafe {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&raw const tv).cast(), std::mem::size_of::<libc::timeval>() as u32)
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&raw const tv).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                )
             };
             assert!(r == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
             fd
@@ -63,7 +91,8 @@ impl Tap {
         let mut buf = [0u8; 2048];
         while Instant::now() < end && out.len() < 100_000 {
             // SAFETY: buf is valid for its whole length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if let Ok(n) = usize::try_from(n)
                 && keep(&buf[..n])
             {
@@ -106,13 +135,18 @@ pub mod hb {
 /// UDP over IPv4 from `src` to port `port`; `None` for any other frame.
 #[must_use]
 pub fn heartbeat_offset(frame: &[u8], src: Ipv4Addr, port: u16) -> Option<usize> {
-    if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] || frame[14 + 9] != 17 || frame[26..30] != src.octets() {
+    if frame.len() < 14 + 20
+        || frame[12..14] != [0x08, 0x00]
+        || frame[14 + 9] != 17
+        || frame[26..30] != src.octets()
+    {
         return None;
     }
     let ihl = usize::from(frame[14] & 0x0f) * 4;
     let udp = 14 + ihl;
     let payload = udp + 8;
-    (frame.len() >= payload + HB_FRAME_LEN && frame[udp + 2..udp + 4] == port.to_be_bytes()).then_some(payload)
+    (frame.len() >= payload + HB_FRAME_LEN && frame[udp + 2..udp + 4] == port.to_be_bytes())
+        .then_some(payload)
 }
 
 /// The heartbeat's big-endian u64 field at `at` (relative to the frame start `off`).

@@ -12,13 +12,19 @@ fn demo(no_failover: bool) -> (bool, String) {
         cmd.env("HA_DEMO_NO_FAILOVER", "1");
     }
     let out = cmd.output().expect("run ha-demo");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 #[test]
 fn demo_runs_to_the_end() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let (ok, out) = demo(false);
     assert!(ok, "demo failed:\n{out}");
     assert!(out.contains("failover: first reply from B"), "{out}");
@@ -28,7 +34,9 @@ fn demo_runs_to_the_end() {
 
 #[test]
 fn demo_fails_when_no_failover_happens() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let (ok, out) = demo(true);
     assert!(!ok, "demo must fail without a failover:\n{out}");
     assert!(out.contains("NO FAILOVER"), "{out}");

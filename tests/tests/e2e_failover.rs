@@ -10,15 +10,15 @@
 
 use std::{net::IpAddr, time::Duration};
 
+use ha_agent::control::SwitchTo;
 use ha_tests::{
     cluster::{Cluster, ClusterOpts, GateWatch, Node},
     netns::tcp_reachable,
-    prober::{now_ns, Prober, Reply, DIRECT_BASE},
+    prober::{DIRECT_BASE, Prober, Reply, now_ns},
     require_root,
     servers::{BannerServer, Behaviour},
     topology::VIP4,
 };
-use ha_agent::control::SwitchTo;
 use nix::sys::signal::Signal;
 
 const SETTLE: Duration = Duration::from_secs(10);
@@ -32,12 +32,23 @@ fn started(opts: &ClusterOpts) -> Cluster {
 
 /// The MAC the client has for the VIP after talking to it.
 fn vip_mac_seen_by_client(c: &Cluster) -> String {
-    let out = c.topo.c.ns.sh("ip", &["neigh", "show", &VIP4.to_string(), "dev", "svc0"]);
-    out.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap_or("").to_owned()
+    let out = c
+        .topo
+        .c
+        .ns
+        .sh("ip", &["neigh", "show", &VIP4.to_string(), "dev", "svc0"]);
+    out.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .unwrap_or("")
+        .to_owned()
 }
 
 fn mac_str(m: [u8; 6]) -> String {
-    m.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The node that holds the VIP address serves it: the client reaches it.
@@ -48,7 +59,11 @@ fn client_reaches_vip_on(c: &Cluster, n: Node) -> bool {
 /// Replies to the probes sent straight to `n`'s MAC, sent at or after `after`, by send time.
 fn direct(p: &Prober, n: Node, after: u64) -> Vec<Reply> {
     let id = DIRECT_BASE + if n == Node::A { 0 } else { 1 };
-    let mut r: Vec<Reply> = p.replies().into_iter().filter(|r| r.id == id && r.sent_ns >= after).collect();
+    let mut r: Vec<Reply> = p
+        .replies()
+        .into_iter()
+        .filter(|r| r.id == id && r.sent_ns >= after)
+        .collect();
     r.sort_by_key(|r| r.sent_ns);
     r
 }
@@ -60,7 +75,10 @@ fn wait_direct(p: &Prober, n: Node, after: u64, timeout: Duration) -> Reply {
         if let Some(r) = direct(p, n, after).into_iter().next() {
             return r;
         }
-        assert!(std::time::Instant::now() < end, "no direct reply from {n:?} within {timeout:?}");
+        assert!(
+            std::time::Instant::now() < end,
+            "no direct reply from {n:?} within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -91,7 +109,9 @@ fn assert_never_both(p: &Prober, g: &GateWatch, after: u64, when: &str) {
 
 #[test]
 fn kill_9_of_the_primary_moves_the_vip() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let mut c = started(&ClusterOpts::default());
     assert!(client_reaches_vip_on(&c, Node::A), "A serves the VIP");
     assert_eq!(vip_mac_seen_by_client(&c), mac_str(c.topo.a.svc_mac));
@@ -99,9 +119,20 @@ fn kill_9_of_the_primary_moves_the_vip() {
     c.signal(Node::A, Signal::SIGKILL);
     let s = c.wait_mode(Node::B, "primary", FAILOVER);
     let t = s.last_transition.expect("a transition");
-    assert!(t.reason.contains("lost") || t.reason.contains("peer"), "reason names the peer: {}", t.reason);
-    assert!(client_reaches_vip_on(&c, Node::B), "B serves the VIP after the failover");
-    assert_eq!(vip_mac_seen_by_client(&c), mac_str(c.topo.b.svc_mac), "client's replies come from B's MAC");
+    assert!(
+        t.reason.contains("lost") || t.reason.contains("peer"),
+        "reason names the peer: {}",
+        t.reason
+    );
+    assert!(
+        client_reaches_vip_on(&c, Node::B),
+        "B serves the VIP after the failover"
+    );
+    assert_eq!(
+        vip_mac_seen_by_client(&c),
+        mac_str(c.topo.b.svc_mac),
+        "client's replies come from B's MAC"
+    );
 }
 
 /// SIGSTOP of the primary, then SIGCONT. With `mta`, A runs an SMTP
@@ -110,33 +141,55 @@ fn kill_9_of_the_primary_moves_the_vip() {
 fn sigstop_then_sigcont(opts: &ClusterOpts, mta: bool) {
     let mut c = started(opts);
     let mta = mta.then(|| {
-        let l = c.topo.a.ns.run(|| std::net::TcpListener::bind("0.0.0.0:25")).expect("MTA listener in A");
+        let l = c
+            .topo
+            .a
+            .ns
+            .run(|| std::net::TcpListener::bind("0.0.0.0:25"))
+            .expect("MTA listener in A");
         BannerServer::serve(l, Behaviour::Greet("220 node-a ESMTP"))
     });
     let probe = c.prober();
     let gates = c.gate_watch();
     wait_direct(&probe, Node::A, 0, FAILOVER);
-    assert!(direct(&probe, Node::B, 0).is_empty(), "the secondary answers for the VIP before any fault");
+    assert!(
+        direct(&probe, Node::B, 0).is_empty(),
+        "the secondary answers for the VIP before any fault"
+    );
 
     let served_before = mta.as_ref().map_or(0, |m| m.received().len());
     let t0 = now_ns();
     c.signal(Node::A, Signal::SIGSTOP);
     let s = c.wait_mode(Node::B, "primary", FAILOVER);
     let reason = s.last_transition.map(|t| t.reason).unwrap_or_default();
-    assert!(reason.contains("peer lost"), "B took over because the peer was lost, not: {reason}");
+    assert!(
+        reason.contains("peer lost"),
+        "B took over because the peer was lost, not: {reason}"
+    );
     let first_b = wait_direct(&probe, Node::B, t0, FAILOVER);
     std::thread::sleep(Duration::from_millis(100));
     if let Some(m) = &mta {
         // B probed the VIP once A fell silent; while A's gate was still open
         // its MTA answered, so the takeover waited for the gate to close.
         let answered = m.received().len() - served_before;
-        assert!(answered > 0, "B's VIP probes never reached A's MTA after the stop: the probe was blind, not the VIP silent");
-        let local = c.topo.a.ns.run(|| std::net::TcpStream::connect_timeout(&"127.0.0.1:25".parse().unwrap(), Duration::from_secs(1)));
+        assert!(
+            answered > 0,
+            "B's VIP probes never reached A's MTA after the stop: the probe was blind, not the VIP silent"
+        );
+        let local = c.topo.a.ns.run(|| {
+            std::net::TcpStream::connect_timeout(
+                &"127.0.0.1:25".parse().unwrap(),
+                Duration::from_secs(1),
+            )
+        });
         assert!(local.is_ok(), "A's MTA still accepts connections locally");
     }
 
     assert_never_both(&probe, &gates, 0, "SIGSTOP");
-    let last_a = direct(&probe, Node::A, 0).last().copied().expect("A answered before the stop");
+    let last_a = direct(&probe, Node::A, 0)
+        .last()
+        .copied()
+        .expect("A answered before the stop");
     assert!(
         last_a.sent_ns < first_b.sent_ns,
         "A's last answer (probe sent {:.1} ms after the stop) comes after B's first ({:.1} ms)",
@@ -145,7 +198,12 @@ fn sigstop_then_sigcont(opts: &ClusterOpts, mta: bool) {
     );
     let a_closed = gates.last_open(Node::A, 0).expect("A's gate was open");
     let b_opened = gates.first_open(Node::B, t0).expect("B's gate opened");
-    assert!(a_closed < b_opened, "A's gate still open at {} when B's was open at {}", a_closed, b_opened);
+    assert!(
+        a_closed < b_opened,
+        "A's gate still open at {} when B's was open at {}",
+        a_closed,
+        b_opened
+    );
     eprintln!(
         "SIGSTOP: A's gate last seen open {:+.1} ms after the stop, B's first seen open {:.1} ms after (gap {:.1} ms); \
          A's last direct answer to a probe sent {:+.1} ms, B's first {:.1} ms",
@@ -159,10 +217,25 @@ fn sigstop_then_sigcont(opts: &ClusterOpts, mta: bool) {
     // The hung agent wakes up: it must not serve again next to B.
     let t1 = now_ns();
     c.signal(Node::A, Signal::SIGCONT);
-    let a = c.wait_for(Node::A, "rejoined as secondary (become-secondary)", SETTLE, |s| s.state == "secondary" && s.peer.alive);
+    let a = c.wait_for(
+        Node::A,
+        "rejoined as secondary (become-secondary)",
+        SETTLE,
+        |s| s.state == "secondary" && s.peer.alive,
+    );
     assert!(!a.gate.open, "A's gate is closed after it rejoined");
-    c.holds(Node::B, "B stays primary", Duration::from_millis(300), |s| s.effective_mode == "primary");
-    c.holds(Node::A, "A stays secondary", Duration::from_millis(100), |s| s.effective_mode == "secondary" && !s.gate.open);
+    c.holds(
+        Node::B,
+        "B stays primary",
+        Duration::from_millis(300),
+        |s| s.effective_mode == "primary",
+    );
+    c.holds(
+        Node::A,
+        "A stays secondary",
+        Duration::from_millis(100),
+        |s| s.effective_mode == "secondary" && !s.gate.open,
+    );
     wait_direct(&probe, Node::B, now_ns(), FAILOVER);
     assert_never_both(&probe, &gates, t1, "SIGCONT");
     assert!(
@@ -174,7 +247,9 @@ fn sigstop_then_sigcont(opts: &ClusterOpts, mta: bool) {
 
 #[test]
 fn sigstop_of_the_primary_closes_its_gate_before_the_secondary_opens() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     sigstop_then_sigcont(&ClusterOpts::default(), false);
 }
 
@@ -183,7 +258,9 @@ fn sigstop_of_the_primary_closes_its_gate_before_the_secondary_opens() {
 /// lease), so the secondary takes over.
 #[test]
 fn sigstop_with_remote_services_and_a_live_mta_still_fails_over() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let opts = ClusterOpts {
         remote_services: true,
         extra: "[[monitor.remote]]\nservice = \"smtp\"\naddress = \"10.200.1.100:25\"\n".into(),
@@ -194,7 +271,9 @@ fn sigstop_with_remote_services_and_a_live_mta_still_fails_over() {
 
 #[test]
 fn sigterm_of_the_primary_hands_over_at_once() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let mut c = started(&ClusterOpts::default());
     let probe = c.prober();
     wait_direct(&probe, Node::A, 0, FAILOVER);
@@ -205,22 +284,40 @@ fn sigterm_of_the_primary_hands_over_at_once() {
     let t = s.last_transition.expect("a transition");
     let first_b = wait_direct(&probe, Node::B, t0, FAILOVER);
     let took = ms(first_b.rx_ns - t0);
-    eprintln!("SIGTERM: B's first direct answer {took:.1} ms after the signal; detection {:?} ms; reason {:?}", t.detection_ms, t.reason);
-    assert_eq!(t.reason, "peer is leaving", "B acted on the leaving flag, not on the lost threshold");
-    assert!(took < THRESHOLD_MS, "B answered {took:.1} ms after SIGTERM: not under the lost threshold ({THRESHOLD_MS} ms)");
+    eprintln!(
+        "SIGTERM: B's first direct answer {took:.1} ms after the signal; detection {:?} ms; reason {:?}",
+        t.detection_ms, t.reason
+    );
+    assert_eq!(
+        t.reason, "peer is leaving",
+        "B acted on the leaving flag, not on the lost threshold"
+    );
+    assert!(
+        took < THRESHOLD_MS,
+        "B answered {took:.1} ms after SIGTERM: not under the lost threshold ({THRESHOLD_MS} ms)"
+    );
 
     let st = c.wait_exit(Node::A, Duration::from_secs(5));
     assert!(st.success(), "A exits cleanly on SIGTERM: {st}");
-    assert!(!c.service_addrs(Node::A).contains(&IpAddr::V4(VIP4)), "A released the VIP address");
+    assert!(
+        !c.service_addrs(Node::A).contains(&IpAddr::V4(VIP4)),
+        "A released the VIP address"
+    );
     let g = c.pinned_gate(Node::A).snapshot().expect("A's pinned gate");
     assert!(!g.active, "A's pinned gate is closed after it left: {g:?}");
     let rounds = probe.dual_active_rounds(0);
-    assert!(rounds.is_empty(), "both nodes answered the same probe round {} times", rounds.len());
+    assert!(
+        rounds.is_empty(),
+        "both nodes answered the same probe round {} times",
+        rounds.len()
+    );
 }
 
 #[test]
 fn planned_switch_to_secondary_never_has_two_active_nodes() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let c = started(&ClusterOpts::default());
     let probe = c.prober();
     wait_direct(&probe, Node::A, 0, FAILOVER);
@@ -231,7 +328,9 @@ fn planned_switch_to_secondary_never_has_two_active_nodes() {
     let r = c.switch(Node::A, SwitchTo::Secondary);
     assert!(r.ok, "switch accepted: {}", r.message);
     let b = c.wait_mode(Node::B, "primary", FAILOVER);
-    let a = c.wait_for(Node::A, "secondary after the switch", FAILOVER, |s| s.state == "secondary");
+    let a = c.wait_for(Node::A, "secondary after the switch", FAILOVER, |s| {
+        s.state == "secondary"
+    });
     let t = now_ns();
     wait_direct(&probe, Node::B, t, FAILOVER);
     std::thread::sleep(Duration::from_millis(50));
@@ -239,26 +338,50 @@ fn planned_switch_to_secondary_never_has_two_active_nodes() {
     drop(statuses);
 
     let reason = b.last_transition.map(|t| t.reason).unwrap_or_default();
-    assert!(reason.contains("handed over"), "B took over by a planned handover, not: {reason}");
+    assert!(
+        reason.contains("handed over"),
+        "B took over by a planned handover, not: {reason}"
+    );
     assert!(!a.gate.open, "A's gate is closed");
-    assert!(samples.iter().any(|s| s.1) && samples.iter().any(|s| s.2), "the status sampler saw A open before and B open after ({} samples)", samples.len());
+    assert!(
+        samples.iter().any(|s| s.1) && samples.iter().any(|s| s.2),
+        "the status sampler saw A open before and B open after ({} samples)",
+        samples.len()
+    );
     let both: Vec<_> = samples.iter().filter(|s| s.1 && s.2).collect();
-    assert!(both.is_empty(), "status pages showed both gates open {} times, first {:?}", both.len(), both.first());
+    assert!(
+        both.is_empty(),
+        "status pages showed both gates open {} times, first {:?}",
+        both.len(),
+        both.first()
+    );
     assert_never_both(&probe, &gates, 0, "planned switch");
-    eprintln!("planned switch: {} status samples, {} gate samples, no overlap", samples.len(), gates.samples().len());
+    eprintln!(
+        "planned switch: {} status samples, {} gate samples, no overlap",
+        samples.len(),
+        gates.samples().len()
+    );
 }
 
 #[test]
 fn monitored_service_link_down_fails_the_primary_over() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let c = started(&ClusterOpts::default());
     c.set_link(Node::A, "svc0", false);
     let b = c.wait_mode(Node::B, "primary", FAILOVER);
     let a = c.wait_mode(Node::A, "failed", FAILOVER);
     let reason = b.last_transition.map(|t| t.reason).unwrap_or_default();
-    assert_eq!(reason, "peer failed", "B took over because A reported its failure");
+    assert_eq!(
+        reason, "peer failed",
+        "B took over because A reported its failure"
+    );
     let ra = a.last_transition.map(|t| t.reason).unwrap_or_default();
-    assert!(ra.contains("local check failed") && ra.contains("svc0"), "A names the failed check: {ra}");
+    assert!(
+        ra.contains("local check failed") && ra.contains("svc0"),
+        "A names the failed check: {ra}"
+    );
     assert!(!a.gate.open, "A's gate is closed");
     assert!(client_reaches_vip_on(&c, Node::B), "B serves the VIP");
 }

@@ -14,10 +14,10 @@ use std::{
 use ha_agent::control::Status;
 use ha_common::frame::{HB_FLAG_ACTIVE, HB_FLAG_HANDOVER, HB_FLAG_LEAVING};
 use ha_tests::{
+    Topology,
     cluster::{Cluster, ClusterOpts, Node, NodeOpts},
     require_root,
-    tap::{clear_udp_checksum, hb, heartbeat_offset, read_u64, Tap},
-    Topology,
+    tap::{Tap, clear_udp_checksum, hb, heartbeat_offset, read_u64},
 };
 use nix::sys::signal::Signal;
 
@@ -35,7 +35,11 @@ fn a_hb1(c: &Cluster) -> Ipv4Addr {
 fn record_a(c: &Cluster, tap: &Tap, dur: Duration) -> Vec<Vec<u8>> {
     let src = a_hb1(c);
     let frames = tap.capture(dur, |f| heartbeat_offset(f, src, PORT).is_some());
-    assert!(frames.len() >= 20, "recorded only {} heartbeat frames of A in {dur:?}", frames.len());
+    assert!(
+        frames.len() >= 20,
+        "recorded only {} heartbeat frames of A in {dur:?}",
+        frames.len()
+    );
     frames
 }
 
@@ -43,7 +47,12 @@ fn record_a(c: &Cluster, tap: &Tap, dur: Duration) -> Vec<Vec<u8>> {
 /// effective mode, and a tag that no longer matches (it is not recomputed:
 /// the attacker lacks the key).
 fn forged(template: &[u8], seq: u64, flags: u16, effective: u8) -> Vec<u8> {
-    let off = heartbeat_offset(template, Ipv4Addr::from(<[u8; 4]>::try_from(&template[26..30]).expect("4 bytes")), PORT).expect("a heartbeat frame");
+    let off = heartbeat_offset(
+        template,
+        Ipv4Addr::from(<[u8; 4]>::try_from(&template[26..30]).expect("4 bytes")),
+        PORT,
+    )
+    .expect("a heartbeat frame");
     let mut f = template.to_vec();
     f[off + hb::SEQ..off + hb::SEQ + 8].copy_from_slice(&seq.to_be_bytes());
     f[off + hb::FLAGS..off + hb::FLAGS + 2].copy_from_slice(&flags.to_be_bytes());
@@ -55,7 +64,13 @@ fn forged(template: &[u8], seq: u64, flags: u16, effective: u8) -> Vec<u8> {
 
 /// Sends, every millisecond until `stop` (at most `limit`): the next recorded
 /// frame again (a replay) and a forged one per `forge(i)`. Returns frames sent.
-fn inject(tap: &Tap, recorded: &[Vec<u8>], forge: impl Fn(u64) -> Vec<Vec<u8>>, stop: &AtomicBool, limit: Duration) -> u64 {
+fn inject(
+    tap: &Tap,
+    recorded: &[Vec<u8>],
+    forge: impl Fn(u64) -> Vec<Vec<u8>>,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> u64 {
     let replays: Vec<Vec<u8>> = recorded
         .iter()
         .map(|f| {
@@ -86,7 +101,9 @@ fn refused(s: &Status, link: usize, kind: &str) -> u64 {
 
 #[test]
 fn replayed_and_forged_heartbeats_keep_no_dead_primary_alive() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let mut c = Cluster::running(&ClusterOpts::default(), SETTLE);
     let tap = Tap::open(&c.topo.a.ns, "hb1");
     let recorded = record_a(&c, &tap, Duration::from_millis(300));
@@ -101,7 +118,10 @@ fn replayed_and_forged_heartbeats_keep_no_dead_primary_alive() {
         s.spawn(|| {
             // "Still alive, still active", in sequence after the real ones.
             let forge = |i: u64| vec![forged(&last, last_seq + 100 + i, HB_FLAG_ACTIVE, 1)];
-            sent.store(inject(&tap, &recorded, forge, &stop, Duration::from_secs(5)), Ordering::Relaxed);
+            sent.store(
+                inject(&tap, &recorded, forge, &stop, Duration::from_secs(5)),
+                Ordering::Relaxed,
+            );
         });
         std::thread::sleep(Duration::from_millis(50));
         c.signal(Node::A, Signal::SIGKILL);
@@ -111,18 +131,34 @@ fn replayed_and_forged_heartbeats_keep_no_dead_primary_alive() {
     });
 
     let t = b.last_transition.as_ref().expect("a transition");
-    assert!(t.reason.contains("peer lost"), "B took over because A was lost: {}", t.reason);
+    assert!(
+        t.reason.contains("peer lost"),
+        "B took over because A was lost: {}",
+        t.reason
+    );
     let detection = t.detection_ms.expect("a detection time");
-    eprintln!("with {} injected frames, B took over {detection:.1} ms after A's last genuine heartbeat", sent.load(Ordering::Relaxed));
-    assert!(detection < 2.5 * THRESHOLD_MS, "detection {detection:.1} ms: the injected frames delayed the takeover");
+    eprintln!(
+        "with {} injected frames, B took over {detection:.1} ms after A's last genuine heartbeat",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(
+        detection < 2.5 * THRESHOLD_MS,
+        "detection {detection:.1} ms: the injected frames delayed the takeover"
+    );
     for kind in ["forged", "replayed"] {
-        assert!(refused(&b, 0, kind) > refused(&before, 0, kind), "B refused and counted {kind} frames on hb1: {:?}", b.links[0].refused);
+        assert!(
+            refused(&b, 0, kind) > refused(&before, 0, kind),
+            "B refused and counted {kind} frames on hb1: {:?}",
+            b.links[0].refused
+        );
     }
 }
 
 #[test]
 fn replayed_and_forged_heartbeats_trigger_no_failover_while_the_primary_lives() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let c = Cluster::running(&ClusterOpts::default(), SETTLE);
     let tap = Tap::open(&c.topo.a.ns, "hb1");
     let recorded = record_a(&c, &tap, Duration::from_millis(300));
@@ -146,33 +182,77 @@ fn replayed_and_forged_heartbeats_trigger_no_failover_while_the_primary_lives() 
             };
             inject(&tap, &recorded, forge, &stop, Duration::from_secs(5));
         });
-        c.holds(Node::B, "B stays a secondary hearing A", Duration::from_secs(1), |s| s.state == "secondary" && s.peer.alive && !s.gate.open);
+        c.holds(
+            Node::B,
+            "B stays a secondary hearing A",
+            Duration::from_secs(1),
+            |s| s.state == "secondary" && s.peer.alive && !s.gate.open,
+        );
         stop.store(true, Ordering::Relaxed);
     });
-    let a = c.holds(Node::A, "A stays primary", Duration::from_millis(50), |s| s.effective_mode == "primary" && s.gate.open);
+    let a = c.holds(Node::A, "A stays primary", Duration::from_millis(50), |s| {
+        s.effective_mode == "primary" && s.gate.open
+    });
     let b = c.status(Node::B).expect("B answers");
-    assert_eq!(b.last_transition.as_ref().map(|t| &t.at), before.last_transition.as_ref().map(|t| &t.at), "B made no transition");
+    assert_eq!(
+        b.last_transition.as_ref().map(|t| &t.at),
+        before.last_transition.as_ref().map(|t| &t.at),
+        "B made no transition"
+    );
     for kind in ["forged", "replayed"] {
-        assert!(refused(&b, 0, kind) > refused(&before, 0, kind), "B refused and counted {kind} frames on hb1: {:?}", b.links[0].refused);
+        assert!(
+            refused(&b, 0, kind) > refused(&before, 0, kind),
+            "B refused and counted {kind} frames on hb1: {:?}",
+            b.links[0].refused
+        );
     }
     assert_eq!(a.peer.effective_mode.as_deref(), Some("secondary"));
-    eprintln!("A's epoch {epoch:#x}: B refused {:?} on hb1 and stayed secondary", b.links[0].refused);
+    eprintln!(
+        "A's epoch {epoch:#x}: B refused {:?} on hb1 and stayed secondary",
+        b.links[0].refused
+    );
 }
 
 #[test]
 fn a_peer_with_the_wrong_password_is_refused_and_counted() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let d = ClusterOpts::default();
-    let opts = ClusterOpts { b: NodeOpts { password: "not-the-shared-secret", ..d.b.clone() }, ..d };
+    let opts = ClusterOpts {
+        b: NodeOpts {
+            password: "not-the-shared-secret",
+            ..d.b.clone()
+        },
+        ..d
+    };
     let mut c = Cluster::new(Topology::two_nodes(), &opts);
     c.start(Node::A);
     c.start(Node::B);
-    let forged_on_every_link = |s: &Status| !s.peer.alive && s.links.iter().all(|l| l.refused.get("forged").is_some_and(|&n| n > 0) && l.accepted == 0);
+    let forged_on_every_link = |s: &Status| {
+        !s.peer.alive
+            && s.links
+                .iter()
+                .all(|l| l.refused.get("forged").is_some_and(|&n| n > 0) && l.accepted == 0)
+    };
     for n in [Node::A, Node::B] {
-        c.wait_for(n, "the peer's frames refused as forged on every link", FAILOVER, forged_on_every_link);
+        c.wait_for(
+            n,
+            "the peer's frames refused as forged on every link",
+            FAILOVER,
+            forged_on_every_link,
+        );
     }
     for n in [Node::A, Node::B] {
-        c.holds(n, "never hears the peer", Duration::from_millis(200), forged_on_every_link);
-        assert!(c.log(n).contains("kind=\"forged\""), "{n:?} logs the refused frames");
+        c.holds(
+            n,
+            "never hears the peer",
+            Duration::from_millis(200),
+            forged_on_every_link,
+        );
+        assert!(
+            c.log(n).contains("kind=\"forged\""),
+            "{n:?} logs the refused frames"
+        );
     }
 }

@@ -34,7 +34,13 @@ enum Fault {
 
 fn opts(policy: &'static str) -> ClusterOpts {
     let d = ClusterOpts::default();
-    ClusterOpts { a: NodeOpts { on_failure: policy, ..d.a.clone() }, ..d }
+    ClusterOpts {
+        a: NodeOpts {
+            on_failure: policy,
+            ..d.a.clone()
+        },
+        ..d
+    }
 }
 
 /// Starts the pair, fails A, checks that B took over, and recovers A (the
@@ -60,7 +66,10 @@ fn fail_and_recover(policy: &'static str, fault: Fault) -> (Cluster, GateWatch, 
 }
 
 fn reason(s: &Status) -> String {
-    s.last_transition.as_ref().map(|t| t.reason.clone()).unwrap_or_default()
+    s.last_transition
+        .as_ref()
+        .map(|t| t.reason.clone())
+        .unwrap_or_default()
 }
 
 fn assert_never_both(c: &Cluster, g: &GateWatch, after: u64) {
@@ -78,17 +87,31 @@ fn assert_never_both(c: &Cluster, g: &GateWatch, after: u64) {
 /// `off`: A stays out until the operator switches it back to primary.
 fn policy_off(fault: Fault) {
     let (c, gates, t0) = fail_and_recover("off", fault);
-    let a = c.wait_for(Node::A, "held off by policy", SETTLE, |s| s.state == "held-off" && s.peer.alive);
+    let a = c.wait_for(Node::A, "held off by policy", SETTLE, |s| {
+        s.state == "held-off" && s.peer.alive
+    });
     assert_eq!(a.effective_mode, "off", "A is effectively off");
-    assert!(reason(&a).contains("on-failure off"), "A names its policy: {}", reason(&a));
-    c.holds(Node::A, "A stays off", QUIET, |s| s.effective_mode == "off" && !s.gate.open);
-    c.holds(Node::B, "B keeps serving", Duration::from_millis(50), |s| s.effective_mode == "primary" && s.gate.open);
+    assert!(
+        reason(&a).contains("on-failure off"),
+        "A names its policy: {}",
+        reason(&a)
+    );
+    c.holds(Node::A, "A stays off", QUIET, |s| {
+        s.effective_mode == "off" && !s.gate.open
+    });
+    c.holds(Node::B, "B keeps serving", Duration::from_millis(50), |s| {
+        s.effective_mode == "primary" && s.gate.open
+    });
 
     let r = c.switch(Node::A, SwitchTo::Primary);
     assert!(r.ok, "operator switch accepted: {}", r.message);
     let a = c.wait_mode(Node::A, "primary", FAILOVER);
     let b = c.wait_for(Node::B, "secondary", FAILOVER, |s| s.state == "secondary");
-    assert!(reason(&a).contains("operator switch to primary"), "A came back by the operator's switch: {}", reason(&a));
+    assert!(
+        reason(&a).contains("operator switch to primary"),
+        "A came back by the operator's switch: {}",
+        reason(&a)
+    );
     assert!(!b.gate.open, "B's gate closed");
     assert_never_both(&c, &gates, t0);
 }
@@ -99,58 +122,88 @@ fn policy_restore_role(fault: Fault) {
     let a = c.wait_mode(Node::A, "primary", SETTLE);
     let b = c.wait_for(Node::B, "secondary", FAILOVER, |s| s.state == "secondary");
     assert!(
-        a.last_transition.as_ref().is_some_and(|t| t.from == "promoting"),
+        a.last_transition
+            .as_ref()
+            .is_some_and(|t| t.from == "promoting"),
         "A claimed the role and was granted it (a planned handover): {:?}",
         a.last_transition
     );
-    assert!(reason(&a).contains("restor"), "A restored its configured role: {}", reason(&a));
+    assert!(
+        reason(&a).contains("restor"),
+        "A restored its configured role: {}",
+        reason(&a)
+    );
     assert!(!b.gate.open, "B's gate closed");
-    c.holds(Node::A, "A stays primary", QUIET, |s| s.effective_mode == "primary" && s.gate.open);
+    c.holds(Node::A, "A stays primary", QUIET, |s| {
+        s.effective_mode == "primary" && s.gate.open
+    });
     assert_never_both(&c, &gates, t0);
 }
 
 /// `become-secondary`: A rejoins as secondary and B keeps the role.
 fn policy_become_secondary(fault: Fault) {
     let (c, gates, t0) = fail_and_recover("become-secondary", fault);
-    let a = c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| s.state == "secondary" && s.peer.alive);
-    assert!(reason(&a).contains("become-secondary"), "A names its policy: {}", reason(&a));
-    c.holds(Node::A, "A stays secondary", QUIET, |s| s.effective_mode == "secondary" && !s.gate.open);
-    c.holds(Node::B, "B keeps serving", Duration::from_millis(50), |s| s.effective_mode == "primary" && s.gate.open);
+    let a = c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
+        s.state == "secondary" && s.peer.alive
+    });
+    assert!(
+        reason(&a).contains("become-secondary"),
+        "A names its policy: {}",
+        reason(&a)
+    );
+    c.holds(Node::A, "A stays secondary", QUIET, |s| {
+        s.effective_mode == "secondary" && !s.gate.open
+    });
+    c.holds(Node::B, "B keeps serving", Duration::from_millis(50), |s| {
+        s.effective_mode == "primary" && s.gate.open
+    });
     assert_never_both(&c, &gates, t0);
 }
 
 #[test]
 fn policy_off_after_kill_stays_out_until_the_operator_acts() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_off(Fault::Kill);
 }
 
 #[test]
 fn policy_off_after_service_link_failure_stays_out_until_the_operator_acts() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_off(Fault::ServiceLink);
 }
 
 #[test]
 fn policy_restore_role_after_kill_takes_the_role_back() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_restore_role(Fault::Kill);
 }
 
 #[test]
 fn policy_restore_role_after_service_link_failure_takes_the_role_back() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_restore_role(Fault::ServiceLink);
 }
 
 #[test]
 fn policy_become_secondary_after_kill_rejoins_as_secondary() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_become_secondary(Fault::Kill);
 }
 
 #[test]
 fn policy_become_secondary_after_service_link_failure_rejoins_as_secondary() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     policy_become_secondary(Fault::ServiceLink);
 }

@@ -8,16 +8,17 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use ha_tests::{
+    Topology,
     cluster::{Cluster, ClusterOpts, Node},
     prober::now_ns,
-    require_root, Topology,
+    require_root,
 };
 use nix::sys::signal::Signal;
 
@@ -38,7 +39,10 @@ fn body(i: u64) -> Vec<u8> {
 }
 
 fn settled() -> Cluster {
-    let opts = ClusterOpts { mail_sync: Some(MAX_LAG), ..ClusterOpts::default() };
+    let opts = ClusterOpts {
+        mail_sync: Some(MAX_LAG),
+        ..ClusterOpts::default()
+    };
     let mut c = Cluster::new(Topology::two_nodes(), &opts);
     for n in [Node::A, Node::B] {
         std::fs::create_dir_all(c.mail_dir(n).join("new")).unwrap();
@@ -48,7 +52,9 @@ fn settled() -> Cluster {
     c.start(Node::A);
     c.start(Node::B);
     c.wait_mode(Node::A, "primary", Duration::from_secs(10));
-    c.wait_for(Node::B, "replica in sync", Duration::from_secs(20), |s| s.sync.state.contains("in sync") && s.peer.alive);
+    c.wait_for(Node::B, "replica in sync", Duration::from_secs(20), |s| {
+        s.sync.state.contains("in sync") && s.peer.alive
+    });
     c
 }
 
@@ -65,9 +71,18 @@ fn wait_file(path: &Path, want: &[u8], timeout: Duration) -> bool {
 
 #[test]
 fn kill_9_while_a_writer_runs_loses_nothing_older_than_max_lag() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let mut c = settled();
-    assert!(wait_file(&c.mail_dir(Node::B).join("new/before-start"), b"already there", Duration::from_secs(5)), "initial reconcile");
+    assert!(
+        wait_file(
+            &c.mail_dir(Node::B).join("new/before-start"),
+            b"already there",
+            Duration::from_secs(5)
+        ),
+        "initial reconcile"
+    );
 
     // A writer delivers Maildir-style on A, recording when each rename completed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -100,7 +115,12 @@ fn kill_9_while_a_writer_runs_loses_nothing_older_than_max_lag() {
         let got = std::fs::read(replica.join(name)).ok();
         if *t + MAX_LAG_NS < t_kill {
             old += 1;
-            assert_eq!(got.as_deref(), Some(&b[..]), "{name}, delivered {} ms before the kill, missing or damaged on the secondary", (t_kill - t) / 1_000_000);
+            assert_eq!(
+                got.as_deref(),
+                Some(&b[..]),
+                "{name}, delivered {} ms before the kill, missing or damaged on the secondary",
+                (t_kill - t) / 1_000_000
+            );
         } else {
             newer += 1;
             if let Some(g) = got {
@@ -109,36 +129,65 @@ fn kill_9_while_a_writer_runs_loses_nothing_older_than_max_lag() {
             }
         }
     }
-    assert!(old > 100, "the writer delivered enough before the kill ({old})");
-    eprintln!("{old} messages older than max_lag all on the secondary; {newer_there} of the {newer} newer ones made it too");
+    assert!(
+        old > 100,
+        "the writer delivered enough before the kill ({old})"
+    );
+    eprintln!(
+        "{old} messages older than max_lag all on the secondary; {newer_there} of the {newer} newer ones made it too"
+    );
     // No partial file under a final name: every file in new/ is one the writer completed.
     for e in std::fs::read_dir(&replica).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
-        assert!(name == "before-start" || delivered.contains_key(&name), "unexpected file {name} in the replica");
+        assert!(
+            name == "before-start" || delivered.contains_key(&name),
+            "unexpected file {name} in the replica"
+        );
     }
 }
 
 #[test]
 fn returning_primary_hands_over_mail_only_it_held() {
-    if !require_root() { return; }
+    if !require_root() {
+        return;
+    }
     let mut c = settled();
     c.signal(Node::A, Signal::SIGKILL);
     c.wait_mode(Node::B, "primary", Duration::from_secs(3));
     // While A is down (partitioned from the new primary), mail lands only on A...
-    deliver(&c.mail_dir(Node::A), "only-on-a", b"written on the old primary during the partition");
+    deliver(
+        &c.mail_dir(Node::A),
+        "only-on-a",
+        b"written on the old primary during the partition",
+    );
     // ...and the new primary keeps receiving its own.
-    deliver(&c.mail_dir(Node::B), "on-b-after-failover", b"written on the new primary");
+    deliver(
+        &c.mail_dir(Node::B),
+        "on-b-after-failover",
+        b"written on the new primary",
+    );
     // A returns with on_failure = become-secondary: it hands over first.
     c.start(Node::A);
     c.wait_mode(Node::A, "secondary", Duration::from_secs(10));
     assert!(
-        wait_file(&c.mail_dir(Node::B).join("new/only-on-a"), b"written on the old primary during the partition", Duration::from_secs(10)),
+        wait_file(
+            &c.mail_dir(Node::B).join("new/only-on-a"),
+            b"written on the old primary during the partition",
+            Duration::from_secs(10)
+        ),
         "the old primary's mail reached the new primary"
     );
     assert!(
-        wait_file(&c.mail_dir(Node::A).join("new/on-b-after-failover"), b"written on the new primary", Duration::from_secs(10)),
+        wait_file(
+            &c.mail_dir(Node::A).join("new/on-b-after-failover"),
+            b"written on the new primary",
+            Duration::from_secs(10)
+        ),
         "the new primary's mail reached the returning node"
     );
     let s = c.status(Node::B).unwrap();
-    assert_eq!(s.effective_mode, "primary", "the hand-back did not move the role");
+    assert_eq!(
+        s.effective_mode, "primary",
+        "the hand-back did not move the role"
+    );
 }

@@ -42,7 +42,12 @@ impl Postfix {
             fs::create_dir_all(pf.dir.join(d)).unwrap();
         }
         // Daemons and postsuper write these as the mail owner.
-        Command::new("chown").args(["postfix:postfix"]).arg(pf.dir.join("data")).arg(pf.dir.join("log")).status().unwrap();
+        Command::new("chown")
+            .args(["postfix:postfix"])
+            .arg(pf.dir.join("data"))
+            .arg(pf.dir.join("log"))
+            .status()
+            .unwrap();
         let main = format!(
             "compatibility_level = 3.6\n\
              queue_directory = {spool}\n\
@@ -76,7 +81,12 @@ impl Postfix {
     }
 
     fn postconf(&self, args: &[&str]) {
-        let st = Command::new("postconf").arg("-c").arg(self.etc()).args(args).status().unwrap();
+        let st = Command::new("postconf")
+            .arg("-c")
+            .arg(self.etc())
+            .args(args)
+            .status()
+            .unwrap();
         assert!(st.success(), "postconf {args:?}");
     }
 
@@ -88,7 +98,18 @@ impl Postfix {
 
     fn files_in(&self, queue: &str) -> usize {
         fn count(p: &Path) -> usize {
-            fs::read_dir(p).into_iter().flatten().flatten().map(|e| if e.path().is_dir() { count(&e.path()) } else { 1 }).sum()
+            fs::read_dir(p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
         }
         count(&self.spool().join(queue))
     }
@@ -106,9 +127,19 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for (etc, ns) in &self.instances {
-            let _ = Command::new("ip").args(["netns", "exec", ns, "postfix", "-c"]).arg(etc).arg("abort").output();
+            let _ = Command::new("ip")
+                .args(["netns", "exec", ns, "postfix", "-c"])
+                .arg(etc)
+                .arg("abort")
+                .output();
         }
-        let _ = Command::new("postconf").arg("-e").arg(format!("alternate_config_directories = {}", self.old_alternates)).status();
+        let _ = Command::new("postconf")
+            .arg("-e")
+            .arg(format!(
+                "alternate_config_directories = {}",
+                self.old_alternates
+            ))
+            .status();
         let _ = fs::remove_dir_all(&self.root);
     }
 }
@@ -179,7 +210,10 @@ fn submit(ns: &Netns, token: &str) {
             ("MAIL FROM:<sender@ha-test>\r\n".to_owned(), "250"),
             ("RCPT TO:<user@remote.ha-test>\r\n".to_owned(), "250"),
             ("DATA\r\n".to_owned(), "354"),
-            (format!("Subject: {token}\r\n\r\nbody of {token}\r\n.\r\n"), "250"),
+            (
+                format!("Subject: {token}\r\n\r\nbody of {token}\r\n.\r\n"),
+                "250",
+            ),
             ("QUIT\r\n".to_owned(), "221"),
         ] {
             w.write_all(cmd.as_bytes()).unwrap();
@@ -202,7 +236,10 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
         return;
     }
     if !Path::new("/usr/sbin/postfix").exists() {
-        assert!(std::env::var_os("CI").is_none(), "CI: Postfix is not installed (cargo xtask setup --test-deps)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: Postfix is not installed (cargo xtask setup --test-deps)"
+        );
         eprintln!("skipped: Postfix is not installed");
         return;
     }
@@ -232,30 +269,63 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
         .unwrap();
 
     let root = PathBuf::from(format!("/var/tmp/ha-test-postfix-{}", std::process::id()));
-    let (pa, pb) = (Postfix::new(root.join("a"), "node-a", r_a), Postfix::new(root.join("b"), "node-b", r_b));
-    let old = String::from_utf8(Command::new("postconf").args(["-h", "alternate_config_directories"]).output().unwrap().stdout).unwrap().trim().to_owned();
+    let (pa, pb) = (
+        Postfix::new(root.join("a"), "node-a", r_a),
+        Postfix::new(root.join("b"), "node-b", r_b),
+    );
+    let old = String::from_utf8(
+        Command::new("postconf")
+            .args(["-h", "alternate_config_directories"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_owned();
     let _cleanup = Cleanup {
         old_alternates: old.clone(),
-        instances: vec![(pa.etc(), a.name().to_owned()), (pb.etc(), b.name().to_owned())],
+        instances: vec![
+            (pa.etc(), a.name().to_owned()),
+            (pb.etc(), b.name().to_owned()),
+        ],
         root: root.clone(),
     };
     let alternates = format!("{old} {} {}", pa.etc().display(), pb.etc().display());
-    assert!(Command::new("postconf").arg("-e").arg(format!("alternate_config_directories = {}", alternates.trim())).status().unwrap().success());
+    assert!(
+        Command::new("postconf")
+            .arg("-e")
+            .arg(format!(
+                "alternate_config_directories = {}",
+                alternates.trim()
+            ))
+            .status()
+            .unwrap()
+            .success()
+    );
 
     // Node A accepts mail for the relay, which refuses connections: deferred.
     pa.cmd(&a, "postfix", &["check"]);
     pa.cmd(&a, "postfix", &["start"]);
-    let tokens: Vec<String> = (0..MESSAGES).map(|i| format!("ha-sync-postfix-{}-{i}", std::process::id())).collect();
+    let tokens: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("ha-sync-postfix-{}-{i}", std::process::id()))
+        .collect();
     for t in &tokens {
         submit(&a, t);
     }
-    wait_for("mail deferred on node A", Duration::from_secs(60), || pa.files_in("deferred") >= MESSAGES);
+    wait_for("mail deferred on node A", Duration::from_secs(60), || {
+        pa.files_in("deferred") >= MESSAGES
+    });
 
     // Replicate A's queue to B's (B's Postfix is stopped, as on a secondary).
     pb.cmd(&b, "postfix", &["check"]);
     let cfg = |data: &Path, state: PathBuf, peer| SyncConfig {
         node: "pf".into(),
-        roots: vec![SyncRoot { name: "mta_spool.0".into(), path: data.to_owned(), kind: RootKind::PostfixSpool }],
+        roots: vec![SyncRoot {
+            name: "mta_spool.0".into(),
+            path: data.to_owned(),
+            kind: RootKind::PostfixSpool,
+        }],
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"postfix-test".to_vec(),
@@ -263,22 +333,41 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
         max_lag: Duration::from_secs(1),
         retry: Duration::from_millis(100),
     };
-    let rx = Receiver::spawn(cfg(&pb.spool(), root.join("state-b"), "127.0.0.1:1".parse().unwrap())).unwrap();
-    let tx = Sender::spawn(cfg(&pa.spool(), root.join("state-a"), rx.local_addr().unwrap())).unwrap();
-    wait_for("replica in sync", Duration::from_secs(30), || tx.status().in_sync && tx.status().backlog_ops == 0);
+    let rx = Receiver::spawn(cfg(
+        &pb.spool(),
+        root.join("state-b"),
+        "127.0.0.1:1".parse().unwrap(),
+    ))
+    .unwrap();
+    let tx = Sender::spawn(cfg(
+        &pa.spool(),
+        root.join("state-a"),
+        rx.local_addr().unwrap(),
+    ))
+    .unwrap();
+    wait_for("replica in sync", Duration::from_secs(30), || {
+        tx.status().in_sync && tx.status().backlog_ops == 0
+    });
     // Node A fails; the last changes reach B first (stop is what a
     // crash after the acknowledgement looks like to the replica).
     pa.cmd(&a, "postfix", &["abort"]);
     std::thread::sleep(Duration::from_millis(300));
-    wait_for("last changes acknowledged", Duration::from_secs(10), || tx.status().backlog_ops == 0);
+    wait_for("last changes acknowledged", Duration::from_secs(10), || {
+        tx.status().backlog_ops == 0
+    });
     tx.stop();
     rx.stop();
-    assert!(pb.files_in("deferred") >= MESSAGES, "replica holds the deferred mail");
+    assert!(
+        pb.files_in("deferred") >= MESSAGES,
+        "replica holds the deferred mail"
+    );
 
     // The relay comes up; B is promoted the way the hook does it.
     let got: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let listener = relay.run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, SINK_PORT))).unwrap();
+    let listener = relay
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, SINK_PORT)))
+        .unwrap();
     let sink_thread = {
         let (got, stop) = (got.clone(), stop.clone());
         std::thread::spawn(move || sink(listener, got, stop))
@@ -287,12 +376,18 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
     pb.cmd(&b, "postfix", &["start"]);
     pb.cmd(&b, "postqueue", &["-f"]);
     let want: BTreeSet<&str> = tokens.iter().map(String::as_str).collect();
-    wait_for("every message delivered to the relay", Duration::from_secs(60), || {
-        let got = got.lock().unwrap();
-        want.iter().all(|t| got.iter().any(|b| b.contains(t)))
-    });
+    wait_for(
+        "every message delivered to the relay",
+        Duration::from_secs(60),
+        || {
+            let got = got.lock().unwrap();
+            want.iter().all(|t| got.iter().any(|b| b.contains(t)))
+        },
+    );
     let delivered = got.lock().unwrap().len();
-    eprintln!("{delivered} messages delivered by the promoted node ({MESSAGES} submitted to the failed one)");
+    eprintln!(
+        "{delivered} messages delivered by the promoted node ({MESSAGES} submitted to the failed one)"
+    );
     assert_eq!(delivered, MESSAGES, "each message exactly once");
     pb.cmd(&b, "postfix", &["stop"]);
     stop.store(true, Ordering::Relaxed);

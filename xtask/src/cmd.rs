@@ -2,12 +2,14 @@
 
 use std::process::Command;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// Runs a command, echoing it first; fails with the command line on a non-zero exit.
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {}", show(cmd));
-    let status = cmd.status().with_context(|| format!("starting {}", show(cmd)))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", show(cmd)))?;
     if !status.success() {
         bail!("{} failed ({status})", show(cmd));
     }
@@ -51,7 +53,10 @@ struct Totals {
 fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
     use std::io::{BufRead as _, BufReader};
     eprintln!("xtask: $ {}", show(cmd));
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("starting {}", show(cmd)))?;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {}", show(cmd)))?;
     let out = child.stdout.take().context("test output")?;
     for line in BufReader::new(out).lines() {
         let line = line?;
@@ -59,7 +64,12 @@ fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             let num = |key: &str| -> u64 {
                 rest.split(';')
-                    .find_map(|part| part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ").strip_suffix(key))
+                    .find_map(|part| {
+                        part.trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ")
+                            .strip_suffix(key)
+                    })
                     .and_then(|n| n.trim().parse().ok())
                     .unwrap_or(0)
             };
@@ -81,16 +91,32 @@ fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
 pub fn test(args: &[String]) -> Result<()> {
     let mut totals = Totals::default();
     let mut c = cargo();
-    c.args(["test", "--workspace", "--exclude", "ha-tests", "--no-fail-fast"]);
+    c.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "ha-tests",
+        "--no-fail-fast",
+    ]);
     if !args.is_empty() {
         c.arg("--").args(args);
     }
     let first = run_tests(&mut c, &mut totals);
     let mut c = cargo();
-    c.args(["test", "--package", "ha-tests", "--no-fail-fast", "--", "--test-threads=1"]);
+    c.args([
+        "test",
+        "--package",
+        "ha-tests",
+        "--no-fail-fast",
+        "--",
+        "--test-threads=1",
+    ]);
     c.args(args);
     let second = run_tests(&mut c, &mut totals);
-    println!("summary: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    println!(
+        "summary: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     first.and(second)
 }
 

@@ -10,7 +10,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Build, test, demo, benchmark and install ha")]
+#[command(
+    name = "cargo xtask",
+    about = "Build, test, demo, benchmark and install ha"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

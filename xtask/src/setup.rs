@@ -5,7 +5,7 @@
 
 use std::{path::Path, process::Command};
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 use crate::cmd::run as sh;
 
@@ -14,7 +14,15 @@ const LLVM: &str = "22";
 const NIGHTLY: &str = "nightly";
 
 /// Debian packages the tests and benchmarks use.
-const TEST_PACKAGES: &[&str] = &["iproute2", "postfix", "keepalived", "rsync", "nftables", "iputils-ping", "systemd"];
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "postfix",
+    "keepalived",
+    "rsync",
+    "nftables",
+    "iputils-ping",
+    "systemd",
+];
 
 fn quiet_ok(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -27,7 +35,9 @@ fn quiet_ok(program: &str, args: &[&str]) -> bool {
 
 fn output(program: &str, args: &[&str]) -> Option<String> {
     let o = Command::new(program).args(args).output().ok()?;
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
 fn is_root() -> bool {
@@ -35,7 +45,8 @@ fn is_root() -> bool {
 }
 
 fn dpkg_installed(pkg: &str) -> bool {
-    output("dpkg-query", &["-W", "-f=${Status}", pkg]).is_some_and(|s| s.contains("install ok installed"))
+    output("dpkg-query", &["-W", "-f=${Status}", pkg])
+        .is_some_and(|s| s.contains("install ok installed"))
 }
 
 struct Missing {
@@ -62,7 +73,10 @@ pub fn run(test_deps: bool) -> Result<()> {
     if !pkgs.is_empty() {
         let line = format!("apt-get install -y {}", pkgs.join(" "));
         if root && debian {
-            eprintln!("xtask setup: installing Debian packages: {}", pkgs.join(" "));
+            eprintln!(
+                "xtask setup: installing Debian packages: {}",
+                pkgs.join(" ")
+            );
             sh(Command::new("apt-get").args(["update", "-qq"]))?;
             sh(Command::new("apt-get")
                 .args(["install", "-y", "-qq", "--no-install-recommends"])
@@ -73,23 +87,49 @@ pub fn run(test_deps: bool) -> Result<()> {
                 let _ = Command::new("postfix").arg("stop").output();
             }
         } else {
-            missing.push(Missing { what: format!("Debian packages {}", pkgs.join(", ")), fix: vec![line] });
+            missing.push(Missing {
+                what: format!("Debian packages {}", pkgs.join(", ")),
+                fix: vec![line],
+            });
         }
     }
 
     // 2. The nightly toolchain with rust-src (for -Z build-std=core).
     if !quiet_ok("rustup", &["run", NIGHTLY, "rustc", "--version"]) {
         eprintln!("xtask setup: installing the {NIGHTLY} toolchain");
-        if sh(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"])).is_err() {
-            missing.push(Missing { what: "nightly toolchain".into(), fix: vec![format!("rustup toolchain install {NIGHTLY} --profile minimal")] });
+        if sh(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))
+        .is_err()
+        {
+            missing.push(Missing {
+                what: "nightly toolchain".into(),
+                fix: vec![format!(
+                    "rustup toolchain install {NIGHTLY} --profile minimal"
+                )],
+            });
         }
     }
-    let has_src = output("rustup", &["component", "list", "--installed", "--toolchain", NIGHTLY])
-        .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
+    let has_src = output(
+        "rustup",
+        &["component", "list", "--installed", "--toolchain", NIGHTLY],
+    )
+    .is_some_and(|s| s.lines().any(|l| l.starts_with("rust-src")));
     if !has_src {
         eprintln!("xtask setup: adding rust-src to {NIGHTLY}");
-        if sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY])).is_err() {
-            missing.push(Missing { what: "rust-src".into(), fix: vec![format!("rustup component add rust-src --toolchain {NIGHTLY}")] });
+        if sh(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+            .is_err()
+        {
+            missing.push(Missing {
+                what: "rust-src".into(),
+                fix: vec![format!(
+                    "rustup component add rust-src --toolchain {NIGHTLY}"
+                )],
+            });
         }
     }
 
@@ -103,21 +143,41 @@ pub fn run(test_deps: bool) -> Result<()> {
         if Path::new(&prefix).exists() {
             eprintln!("xtask setup: building bpf-linker against LLVM {LLVM} (about a minute)");
             let r = sh(Command::new("cargo")
-                .args(["install", "--locked", "bpf-linker", "--no-default-features", "--features"])
+                .args([
+                    "install",
+                    "--locked",
+                    "bpf-linker",
+                    "--no-default-features",
+                    "--features",
+                ])
                 .arg(format!("llvm-{LLVM}"))
                 .env("LLVM_PREFIX", &prefix));
             if r.is_err() {
                 // --locked can pin a dependency this toolchain rejects; retry without.
                 let r = sh(Command::new("cargo")
-                    .args(["install", "bpf-linker", "--no-default-features", "--features"])
+                    .args([
+                        "install",
+                        "bpf-linker",
+                        "--no-default-features",
+                        "--features",
+                    ])
                     .arg(format!("llvm-{LLVM}"))
                     .env("LLVM_PREFIX", &prefix));
                 if r.is_err() {
-                    missing.push(Missing { what: "bpf-linker".into(), fix: vec![line] });
+                    missing.push(Missing {
+                        what: "bpf-linker".into(),
+                        fix: vec![line],
+                    });
                 }
             }
         } else {
-            missing.push(Missing { what: "bpf-linker".into(), fix: vec![format!("apt-get install -y llvm-{LLVM}-dev libpolly-{LLVM}-dev"), line] });
+            missing.push(Missing {
+                what: "bpf-linker".into(),
+                fix: vec![
+                    format!("apt-get install -y llvm-{LLVM}-dev libpolly-{LLVM}-dev"),
+                    line,
+                ],
+            });
         }
     }
 
@@ -131,6 +191,9 @@ pub fn run(test_deps: bool) -> Result<()> {
         }
         bail!("prerequisites missing (see above)");
     }
-    eprintln!("xtask setup: prerequisites present (nightly + rust-src, bpf-linker, LLVM {LLVM}{})", if test_deps { ", test tools" } else { "" });
+    eprintln!(
+        "xtask setup: prerequisites present (nightly + rust-src, bpf-linker, LLVM {LLVM}{})",
+        if test_deps { ", test tools" } else { "" }
+    );
     Ok(())
 }

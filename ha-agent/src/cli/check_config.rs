@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{Result, bail};
 
 /// `ha-agent check-config FILE`: every problem, one per line, with its key.
 pub fn run(path: &Path) -> Result<()> {

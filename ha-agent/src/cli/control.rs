@@ -2,9 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
-use crate::control::{render, request, Request, SwitchTo, SyncWhat};
+use crate::control::{Request, SwitchTo, SyncWhat, render, request};
 
 /// Which agent to talk to.
 #[derive(clap::Args)]
@@ -22,15 +22,21 @@ impl Target {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
         }
-        let cfg = crate::config::load(&self.config)
-            .with_context(|| format!("finding the control socket via {} (or pass --socket)", self.config.display()))?;
+        let cfg = crate::config::load(&self.config).with_context(|| {
+            format!(
+                "finding the control socket via {} (or pass --socket)",
+                self.config.display()
+            )
+        })?;
         Ok(cfg.runtime.control_socket)
     }
 }
 
 pub fn status(t: &Target, json: bool) -> Result<()> {
     let r = request(&t.socket()?, &Request::Status)?;
-    let Some(s) = r.status.filter(|_| r.ok) else { bail!("status refused: {}", r.message) };
+    let Some(s) = r.status.filter(|_| r.ok) else {
+        bail!("status refused: {}", r.message)
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -15,7 +15,11 @@ use crate::control::{SwitchTo, SyncWhat};
 pub const DEFAULT_CONFIG: &str = "/etc/ha/ha.toml";
 
 #[derive(Parser)]
-#[command(name = "ha-agent", version, about = "Active-passive high availability for Linux mail appliances")]
+#[command(
+    name = "ha-agent",
+    version,
+    about = "Active-passive high availability for Linux mail appliances"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,

@@ -15,9 +15,9 @@
 
 mod decode;
 pub mod defaults;
-pub mod persist;
 mod error;
 mod model;
+pub mod persist;
 mod raw;
 mod secret;
 pub mod timing;

@@ -2,14 +2,9 @@
 //! configuration file, keeping every comment and every other key as the
 //! operator wrote them, so that the next start of the agent runs with them.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::PermissionsExt as _,
-    path::Path,
-    time::Duration,
-};
+use std::{io::Write as _, os::unix::fs::PermissionsExt as _, path::Path, time::Duration};
 
-use toml_edit::{value, Array, DocumentMut, Item, Table};
+use toml_edit::{Array, DocumentMut, Item, Table, value};
 
 use super::SyncedView;
 
@@ -77,16 +72,23 @@ pub fn with_synced_keys(text: &str, view: &SyncedView) -> Result<String, toml_ed
 /// # Errors
 /// The file cannot be read, parsed or replaced.
 pub fn persist_synced(path: &Path, view: &SyncedView) -> Result<bool, PersistError> {
-    let io = |source| PersistError::Io { path: path.display().to_string(), source };
+    let io = |source| PersistError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let text = std::fs::read_to_string(path).map_err(io)?;
-    let new = with_synced_keys(&text, view).map_err(|source| PersistError::Parse { path: path.display().to_string(), source })?;
+    let new = with_synced_keys(&text, view).map_err(|source| PersistError::Parse {
+        path: path.display().to_string(),
+        source,
+    })?;
     if new == text {
         return Ok(false);
     }
     let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
     let tmp = path.with_extension("toml.ha-sync-tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(io)?;
     f.write_all(new.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -141,8 +143,14 @@ mod tests {
         std::fs::write(&p, TEXT).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(persist_synced(&p, &view()).unwrap());
-        assert!(!persist_synced(&p, &view()).unwrap(), "second write changes nothing");
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(
+            !persist_synced(&p, &view()).unwrap(),
+            "second write changes nothing"
+        );
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(!dir.path().join("ha.toml.ha-sync-tmp").exists());
     }
 

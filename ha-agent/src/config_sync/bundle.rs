@@ -68,7 +68,10 @@ pub enum BundleError {
     NotConfigured(PathBuf),
     /// The push holds an unsafe relative path.
     #[error("pushed path {path:?} refused: {source}")]
-    Unsafe { path: String, source: relpath::PathError },
+    Unsafe {
+        path: String,
+        source: relpath::PathError,
+    },
     /// Writing the configuration failed.
     #[error("applying {path}: {source}")]
     Apply { path: PathBuf, source: FsError },
@@ -89,10 +92,19 @@ pub fn collect(paths: &[PathBuf], exclude: &GlobSet) -> Result<Bundle, BundleErr
     let mut total = 0u64;
     let mut roots = Vec::new();
     for p in paths {
-        let mut root = Root { path: p.clone(), present: false, entries: Vec::new() };
+        let mut root = Root {
+            path: p.clone(),
+            present: false,
+            entries: Vec::new(),
+        };
         match fs::symlink_metadata(p) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(BundleError::Read { path: p.clone(), source }),
+            Err(source) => {
+                return Err(BundleError::Read {
+                    path: p.clone(),
+                    source,
+                });
+            }
             Ok(md) => {
                 root.present = true;
                 if md.is_dir() {
@@ -107,22 +119,60 @@ pub fn collect(paths: &[PathBuf], exclude: &GlobSet) -> Result<Bundle, BundleErr
     Ok(Bundle { roots })
 }
 
-fn entry(full: &Path, rel: &str, md: &fs::Metadata, ids: &mut Ids, total: &mut u64) -> Result<Entry, BundleError> {
-    let data = if md.is_dir() { Vec::new() } else { fs::read(full).map_err(|source| BundleError::Read { path: full.to_owned(), source })? };
+fn entry(
+    full: &Path,
+    rel: &str,
+    md: &fs::Metadata,
+    ids: &mut Ids,
+    total: &mut u64,
+) -> Result<Entry, BundleError> {
+    let data = if md.is_dir() {
+        Vec::new()
+    } else {
+        fs::read(full).map_err(|source| BundleError::Read {
+            path: full.to_owned(),
+            source,
+        })?
+    };
     *total += data.len() as u64;
     if *total > MAX_BUNDLE_BYTES {
         return Err(BundleError::TooLarge);
     }
-    Ok(Entry { rel: rel.to_owned(), dir: md.is_dir(), mode: md.mode() & 0o7777, owner: ids.user_name(md.uid()), group: ids.group_name(md.gid()), data })
+    Ok(Entry {
+        rel: rel.to_owned(),
+        dir: md.is_dir(),
+        mode: md.mode() & 0o7777,
+        owner: ids.user_name(md.uid()),
+        group: ids.group_name(md.gid()),
+        data,
+    })
 }
 
-fn walk(root: &Path, rel: &str, exclude: &GlobSet, ids: &mut Ids, total: &mut u64, out: &mut Vec<Entry>, depth: usize) -> Result<(), BundleError> {
+fn walk(
+    root: &Path,
+    rel: &str,
+    exclude: &GlobSet,
+    ids: &mut Ids,
+    total: &mut u64,
+    out: &mut Vec<Entry>,
+    depth: usize,
+) -> Result<(), BundleError> {
     if depth > MAX_DEPTH {
         return Ok(());
     }
-    let dir = if rel.is_empty() { root.to_owned() } else { root.join(rel) };
-    let rd = fs::read_dir(&dir).map_err(|source| BundleError::Read { path: dir.clone(), source })?;
-    let mut names: Vec<String> = rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| !relpath::is_temp_name(n)).collect();
+    let dir = if rel.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(rel)
+    };
+    let rd = fs::read_dir(&dir).map_err(|source| BundleError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| !relpath::is_temp_name(n))
+        .collect();
     names.sort();
     for name in names {
         let r = relpath::join(rel, &name);
@@ -130,7 +180,9 @@ fn walk(root: &Path, rel: &str, exclude: &GlobSet, ids: &mut Ids, total: &mut u6
         if excluded(exclude, &full) {
             continue;
         }
-        let Ok(md) = fs::symlink_metadata(&full) else { continue };
+        let Ok(md) = fs::symlink_metadata(&full) else {
+            continue;
+        };
         if md.is_dir() {
             out.push(entry(&full, &r, &md, ids, total)?);
             walk(root, &r, exclude, ids, total, out, depth + 1)?;
@@ -194,15 +246,25 @@ impl Applied {
 /// # Errors
 /// When the bundle names a path not configured here, holds an unsafe
 /// relative path (checked before anything is written), or writing fails.
-pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Applied, BundleError> {
+pub fn apply(
+    bundle: &Bundle,
+    paths: &[PathBuf],
+    exclude: &GlobSet,
+) -> Result<Applied, BundleError> {
     if bundle.roots.len() != paths.len() {
-        let extra = bundle.roots.get(paths.len()).map_or_else(|| PathBuf::from("(fewer paths than here)"), |r| r.path.clone());
+        let extra = bundle.roots.get(paths.len()).map_or_else(
+            || PathBuf::from("(fewer paths than here)"),
+            |r| r.path.clone(),
+        );
         return Err(BundleError::NotConfigured(extra));
     }
     for r in &bundle.roots {
         for e in &r.entries {
             if !e.rel.is_empty() {
-                relpath::validate(&e.rel).map_err(|source| BundleError::Unsafe { path: e.rel.clone(), source })?;
+                relpath::validate(&e.rel).map_err(|source| BundleError::Unsafe {
+                    path: e.rel.clone(),
+                    source,
+                })?;
             }
         }
     }
@@ -211,20 +273,37 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
     let mut out = Applied::default();
     // Roots pair by position (`paths` lists the same paths on both nodes;
     // position rather than text lets tests run two nodes on one host).
-    for ((r, own), mine) in bundle.roots.iter().zip(paths).zip(&local.roots).filter(|((r, _), _)| r.present) {
+    for ((r, own), mine) in bundle
+        .roots
+        .iter()
+        .zip(paths)
+        .zip(&local.roots)
+        .filter(|((r, _), _)| r.present)
+    {
         let mine = Some(mine);
         let file_root = r.entries.len() == 1 && r.entries[0].rel.is_empty();
         // A file root is applied as entry `name` of its parent directory.
         let (tree_path, prefix) = if file_root {
-            let name = own.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let name = own
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
             (own.parent().unwrap_or(Path::new("/")).to_owned(), name)
         } else {
             (own.clone(), String::new())
         };
-        let err = |source| BundleError::Apply { path: own.clone(), source };
+        let err = |source| BundleError::Apply {
+            path: own.clone(),
+            source,
+        };
         let tree = Tree::open(&tree_path).map_err(|e| err(FsError::from_io("", e)))?;
         for e in &r.entries {
-            let rel = if file_root { prefix.clone() } else { e.rel.clone() };
+            let rel = if file_root {
+                prefix.clone()
+            } else {
+                e.rel.clone()
+            };
             let full = tree_path.join(&rel);
             if excluded(exclude, &full) {
                 continue;
@@ -232,7 +311,12 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
             if mine.and_then(|m| m.entries.iter().find(|x| x.rel == e.rel)) == Some(e) {
                 continue;
             }
-            let attrs = Attrs { mode: e.mode, mtime_ns: now_ns(), owner: e.owner.clone(), group: e.group.clone() };
+            let attrs = Attrs {
+                mode: e.mode,
+                mtime_ns: now_ns(),
+                owner: e.owner.clone(),
+                group: e.group.clone(),
+            };
             if e.dir {
                 tree.mkdir(&rel, &attrs, &mut ids).map_err(err)?;
             } else {
@@ -242,7 +326,9 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
                     Tree::discard(&t);
                     return Err(err(FsError::from_io(&rel, io)));
                 }
-                if let Err(x) = Tree::apply_attrs(&t.file, &rel, &attrs, false, &mut ids).and_then(|()| Tree::commit_file(&t, &rel)) {
+                if let Err(x) = Tree::apply_attrs(&t.file, &rel, &attrs, false, &mut ids)
+                    .and_then(|()| Tree::commit_file(&t, &rel))
+                {
                     Tree::discard(&t);
                     return Err(err(x));
                 }
@@ -253,7 +339,12 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
         // Removals: what this node holds under the path and the primary does not.
         if let Some(m) = mine.filter(|_| !file_root) {
             let theirs: BTreeSet<&str> = r.entries.iter().map(|e| e.rel.as_str()).collect();
-            for e in m.entries.iter().rev().filter(|e| !theirs.contains(e.rel.as_str())) {
+            for e in m
+                .entries
+                .iter()
+                .rev()
+                .filter(|e| !theirs.contains(e.rel.as_str()))
+            {
                 // Children come first (reverse order); an excluded child keeps its directory.
                 let full = tree_path.join(&e.rel);
                 if e.dir && fs::read_dir(&full).is_ok_and(|mut d| d.next().is_some()) {
@@ -268,7 +359,9 @@ pub fn apply(bundle: &Bundle, paths: &[PathBuf], exclude: &GlobSet) -> Result<Ap
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 #[cfg(test)]
@@ -312,34 +405,91 @@ mod tests {
         fs::write(pb.join("main.cf.local"), b"myhostname = b\n").unwrap();
         let ex = globs(&["**/main.cf.local"]);
         let mut bundle = collect(std::slice::from_ref(&pa), &ex).unwrap();
-        assert!(bundle.roots[0].entries.iter().all(|e| e.rel != "main.cf.local"), "excluded on the sender");
+        assert!(
+            bundle.roots[0]
+                .entries
+                .iter()
+                .all(|e| e.rel != "main.cf.local"),
+            "excluded on the sender"
+        );
         bundle.roots[0].path = pb.clone();
         let applied = apply(&bundle, std::slice::from_ref(&pb), &ex).unwrap();
         assert!(applied.changed());
-        assert_eq!(fs::read(pb.join("main.cf")).unwrap(), b"relayhost = [10.200.9.9]\n");
-        assert_eq!(fs::read(pb.join("maps/transport")).unwrap(), b"example.com smtp:\n");
-        assert_eq!(fs::read(pb.join("main.cf.local")).unwrap(), b"myhostname = b\n", "per-node file kept");
+        assert_eq!(
+            fs::read(pb.join("main.cf")).unwrap(),
+            b"relayhost = [10.200.9.9]\n"
+        );
+        assert_eq!(
+            fs::read(pb.join("maps/transport")).unwrap(),
+            b"example.com smtp:\n"
+        );
+        assert_eq!(
+            fs::read(pb.join("main.cf.local")).unwrap(),
+            b"myhostname = b\n",
+            "per-node file kept"
+        );
         assert!(!pb.join("old").exists(), "stale entries removed");
         // Same checksum on both nodes now; a second apply changes nothing.
         let ca = checksum(&collect(std::slice::from_ref(&pa), &ex).unwrap(), &view());
         let mut lb = collect(std::slice::from_ref(&pb), &ex).unwrap();
         lb.roots[0].path = pa.clone();
         assert_eq!(ca, checksum(&lb, &view()));
-        assert!(!apply(&bundle, std::slice::from_ref(&pb), &ex).unwrap().changed());
+        assert!(
+            !apply(&bundle, std::slice::from_ref(&pb), &ex)
+                .unwrap()
+                .changed()
+        );
         // Other cluster settings: other checksum.
-        assert_ne!(ca, checksum(&collect(std::slice::from_ref(&pa), &ex).unwrap(), &SyncedView { forward: true, ..view() }));
+        assert_ne!(
+            ca,
+            checksum(
+                &collect(std::slice::from_ref(&pa), &ex).unwrap(),
+                &SyncedView {
+                    forward: true,
+                    ..view()
+                }
+            )
+        );
     }
 
     #[test]
     fn unsafe_or_unconfigured_paths_are_refused_before_writing() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("etc");
-        let entry = |rel: &str| Entry { rel: rel.into(), dir: false, mode: 0o644, owner: "root".into(), group: "root".into(), data: b"x".to_vec() };
-        let b = Bundle { roots: vec![Root { path: p.clone(), present: true, entries: vec![entry("ok"), entry("../escape")] }] };
-        assert!(matches!(apply(&b, std::slice::from_ref(&p), &globs(&[])), Err(BundleError::Unsafe { .. })));
+        let entry = |rel: &str| Entry {
+            rel: rel.into(),
+            dir: false,
+            mode: 0o644,
+            owner: "root".into(),
+            group: "root".into(),
+            data: b"x".to_vec(),
+        };
+        let b = Bundle {
+            roots: vec![Root {
+                path: p.clone(),
+                present: true,
+                entries: vec![entry("ok"), entry("../escape")],
+            }],
+        };
+        assert!(matches!(
+            apply(&b, std::slice::from_ref(&p), &globs(&[])),
+            Err(BundleError::Unsafe { .. })
+        ));
         assert!(!p.join("ok").exists());
-        let other = Bundle { roots: vec![Root { path: p.clone(), present: true, entries: vec![] }; 2] };
-        assert!(matches!(apply(&other, std::slice::from_ref(&p), &globs(&[])), Err(BundleError::NotConfigured(_))));
+        let other = Bundle {
+            roots: vec![
+                Root {
+                    path: p.clone(),
+                    present: true,
+                    entries: vec![]
+                };
+                2
+            ],
+        };
+        assert!(matches!(
+            apply(&other, std::slice::from_ref(&p), &globs(&[])),
+            Err(BundleError::NotConfigured(_))
+        ));
     }
 
     #[test]

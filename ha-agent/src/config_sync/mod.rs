@@ -75,7 +75,10 @@ impl ConfigSyncConfig {
     pub fn from_config(cfg: &Config) -> Result<Self, globset::Error> {
         let port = cfg.cluster.config_sync_port();
         let (listen, peers) = match cfg.heartbeat.first() {
-            Some(l) => (SocketAddr::new(l.local, port), vec![SocketAddr::new(l.peer, port)]),
+            Some(l) => (
+                SocketAddr::new(l.local, port),
+                vec![SocketAddr::new(l.peer, port)],
+            ),
             None => (SocketAddr::from(([0, 0, 0, 0], port)), Vec::new()),
         };
         Ok(Self {
@@ -192,20 +195,35 @@ pub struct ConfigPusher;
 impl ConfigPusher {
     /// Starts pushing `cfg`'s synced configuration. `on_step` is called
     /// with every cluster view this node must switch to, after the peer runs it.
-    pub fn spawn(settings: ConfigSyncConfig, cfg: Config, on_step: OnStep) -> std::io::Result<ConfigSyncHandle> {
+    pub fn spawn(
+        settings: ConfigSyncConfig,
+        cfg: Config,
+        on_step: OnStep,
+    ) -> std::io::Result<ConfigSyncHandle> {
         let shared = Arc::new(Shared::default());
         *shared.target.lock().unwrap_or_else(|p| p.into_inner()) = Some(cfg.clone());
         shared.force.store(true, Ordering::Relaxed);
         let sh = shared.clone();
-        let thread = thread::Builder::new().name("config-push".into()).spawn(move || push_loop(&settings, cfg, &on_step, &sh))?;
-        Ok(ConfigSyncHandle { shared, thread: Some(thread), local_addr: None })
+        let thread = thread::Builder::new()
+            .name("config-push".into())
+            .spawn(move || push_loop(&settings, cfg, &on_step, &sh))?;
+        Ok(ConfigSyncHandle {
+            shared,
+            thread: Some(thread),
+            local_addr: None,
+        })
     }
 }
 
 fn push_loop(st: &ConfigSyncConfig, mut running: Config, on_step: &OnStep, sh: &Shared) {
     let mut acked: Option<String> = None;
     while !sh.stopping() {
-        let target = sh.target.lock().unwrap_or_else(|p| p.into_inner()).clone().expect("target set at spawn");
+        let target = sh
+            .target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("target set at spawn");
         let bundle = match bundle::collect(&st.paths, &st.exclude) {
             Ok(b) => b,
             Err(e) => {
@@ -278,7 +296,13 @@ fn push_one(
     let steps = plan::timing_steps(running, &[running.synced_view(), peer_view], &want)?;
     let mut theirs = peer_sum;
     for (i, view) in steps.iter().enumerate() {
-        wire::send(&mut s, &Msg::Push { view: view.clone(), bundle: (i == 0).then(|| bundle.clone()) })?;
+        wire::send(
+            &mut s,
+            &Msg::Push {
+                view: view.clone(),
+                bundle: (i == 0).then(|| bundle.clone()),
+            },
+        )?;
         match wire::recv(&mut s)? {
             Msg::Applied { checksum, hook, .. } => {
                 if let Some(h) = hook {
@@ -291,7 +315,9 @@ fn push_one(
         }
         // The peer runs this step: now this node may.
         if running.synced_view() != *view {
-            *running = running.with_synced(view).map_err(|e| plan::PlanError::Invalid(Box::new(e)))?;
+            *running = running
+                .with_synced(view)
+                .map_err(|e| plan::PlanError::Invalid(Box::new(e)))?;
             on_step(view);
         }
     }
@@ -322,42 +348,57 @@ impl ConfigReceiver {
     /// Listens on `settings.listen` and applies what the primary pushes on
     /// top of `cfg`; `on_apply` gets the new agent configuration whenever
     /// a pushed cluster view was accepted.
-    pub fn spawn(settings: ConfigSyncConfig, cfg: Config, on_apply: OnApply) -> std::io::Result<ConfigSyncHandle> {
+    pub fn spawn(
+        settings: ConfigSyncConfig,
+        cfg: Config,
+        on_apply: OnApply,
+    ) -> std::io::Result<ConfigSyncHandle> {
         let listener = TcpListener::bind(settings.listen)?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
         let sh = shared.clone();
-        let thread = thread::Builder::new().name("config-recv".into()).spawn(move || {
-            let mut cfg = cfg;
-            let mut next_refresh = Instant::now();
-            while !sh.stopping() {
-                if Instant::now() >= next_refresh {
-                    refresh(&settings, &cfg, &sh);
-                    next_refresh = Instant::now() + settings.poll;
-                }
-                match listener.accept() {
-                    Ok((s, peer)) => {
-                        let _ = s.set_nonblocking(false);
-                        if let Err(e) = serve(&settings, s, &mut cfg, &on_apply, &sh) {
-                            sh.error(format!("from {peer}: {e}"));
-                        }
+        let thread = thread::Builder::new()
+            .name("config-recv".into())
+            .spawn(move || {
+                let mut cfg = cfg;
+                let mut next_refresh = Instant::now();
+                while !sh.stopping() {
+                    if Instant::now() >= next_refresh {
                         refresh(&settings, &cfg, &sh);
+                        next_refresh = Instant::now() + settings.poll;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(20)),
-                    Err(e) => {
-                        warn!(error = %e, "config sync accept failed");
-                        thread::sleep(Duration::from_millis(100));
+                    match listener.accept() {
+                        Ok((s, peer)) => {
+                            let _ = s.set_nonblocking(false);
+                            if let Err(e) = serve(&settings, s, &mut cfg, &on_apply, &sh) {
+                                sh.error(format!("from {peer}: {e}"));
+                            }
+                            refresh(&settings, &cfg, &sh);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            thread::sleep(Duration::from_millis(20))
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "config sync accept failed");
+                            thread::sleep(Duration::from_millis(100));
+                        }
                     }
                 }
-            }
-        })?;
-        Ok(ConfigSyncHandle { shared, thread: Some(thread), local_addr: Some(local) })
+            })?;
+        Ok(ConfigSyncHandle {
+            shared,
+            thread: Some(thread),
+            local_addr: Some(local),
+        })
     }
 }
 
 fn local_checksum(st: &ConfigSyncConfig, cfg: &Config) -> Result<String, bundle::BundleError> {
-    Ok(bundle::checksum(&bundle::collect(&st.paths, &st.exclude)?, &cfg.synced_view()))
+    Ok(bundle::checksum(
+        &bundle::collect(&st.paths, &st.exclude)?,
+        &cfg.synced_view(),
+    ))
 }
 
 fn refresh(st: &ConfigSyncConfig, cfg: &Config, sh: &Shared) {
@@ -367,11 +408,23 @@ fn refresh(st: &ConfigSyncConfig, cfg: &Config, sh: &Shared) {
     }
 }
 
-fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &OnApply, sh: &Shared) -> Result<(), WireError> {
+fn serve(
+    st: &ConfigSyncConfig,
+    mut s: TcpStream,
+    cfg: &mut Config,
+    on_apply: &OnApply,
+    sh: &Shared,
+) -> Result<(), WireError> {
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let peer = wire::server_handshake(&mut s, &st.key, &st.node)?;
     let sum = local_checksum(st, cfg).unwrap_or_default();
-    wire::send(&mut s, &Msg::State { view: cfg.synced_view(), checksum: sum })?;
+    wire::send(
+        &mut s,
+        &Msg::State {
+            view: cfg.synced_view(),
+            checksum: sum,
+        },
+    )?;
     loop {
         let (view, bundle) = match wire::recv(&mut s) {
             Ok(Msg::Push { view, bundle }) => (view, bundle),
@@ -385,7 +438,12 @@ fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &O
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cluster settings refused: {e}");
-                wire::send(&mut s, &Msg::Refused { reason: reason.clone() })?;
+                wire::send(
+                    &mut s,
+                    &Msg::Refused {
+                        reason: reason.clone(),
+                    },
+                )?;
                 return Err(WireError::Refused(reason));
             }
         };
@@ -405,7 +463,12 @@ fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &O
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    wire::send(&mut s, &Msg::Refused { reason: reason.clone() })?;
+                    wire::send(
+                        &mut s,
+                        &Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                    )?;
                     return Err(WireError::Refused(reason));
                 }
             }
@@ -418,13 +481,22 @@ fn serve(st: &ConfigSyncConfig, mut s: TcpStream, cfg: &mut Config, on_apply: &O
         let checksum = local_checksum(st, cfg).unwrap_or_default();
         // The primary's checksum, computed from what it sent (a push without
         // files means it found nothing to change: the same state as ours).
-        let theirs = bundle.as_ref().map_or_else(|| checksum.clone(), |b| bundle::checksum(b, &view));
+        let theirs = bundle
+            .as_ref()
+            .map_or_else(|| checksum.clone(), |b| bundle::checksum(b, &view));
         sh.with(|s| {
             s.checksum = Some(checksum.clone());
             s.peer_checksum = Some(theirs);
             s.last_sync = Some(SystemTime::now());
         });
-        wire::send(&mut s, &Msg::Applied { view: cfg.synced_view(), checksum, hook })?;
+        wire::send(
+            &mut s,
+            &Msg::Applied {
+                view: cfg.synced_view(),
+                checksum,
+                hook,
+            },
+        )?;
     }
 }
 

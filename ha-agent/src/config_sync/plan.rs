@@ -47,25 +47,53 @@ fn pair_safe(a: &Timing, b: &Timing) -> bool {
 ///
 /// # Errors
 /// When `target` does not validate on `base`, or no safe step exists.
-pub fn timing_steps(base: &Config, current: &[SyncedView], target: &SyncedView) -> Result<Vec<SyncedView>, PlanError> {
+pub fn timing_steps(
+    base: &Config,
+    current: &[SyncedView],
+    target: &SyncedView,
+) -> Result<Vec<SyncedView>, PlanError> {
     let to = timing_of(base, target).map_err(|e| PlanError::Invalid(Box::new(e)))?;
-    let now: Vec<Timing> = current.iter().filter_map(|v| timing_of(base, v).ok()).collect();
+    let now: Vec<Timing> = current
+        .iter()
+        .filter_map(|v| timing_of(base, v).ok())
+        .collect();
     let all: Vec<Timing> = now.iter().copied().chain([to]).collect();
-    let safe = all.iter().enumerate().all(|(i, a)| all[i + 1..].iter().all(|b| pair_safe(a, b)));
+    let safe = all
+        .iter()
+        .enumerate()
+        .all(|(i, a)| all[i + 1..].iter().all(|b| pair_safe(a, b)));
     if safe {
         return Ok(vec![target.clone()]);
     }
     let mid = SyncedView {
-        heartbeat_interval: all.iter().map(|t| t.interval).min().expect("target present"),
-        lost_threshold: all.iter().map(|t| t.lost_threshold).max().expect("target present"),
+        heartbeat_interval: all
+            .iter()
+            .map(|t| t.interval)
+            .min()
+            .expect("target present"),
+        lost_threshold: all
+            .iter()
+            .map(|t| t.lost_threshold)
+            .max()
+            .expect("target present"),
         lease: all.iter().map(|t| t.lease).min(),
         ..target.clone()
     };
     // startup_wait must cover the threshold in force.
-    let mid = SyncedView { startup_wait: mid.startup_wait.max(mid.lost_threshold), ..mid };
+    let mid = SyncedView {
+        startup_wait: mid.startup_wait.max(mid.lost_threshold),
+        ..mid
+    };
     let from = now.first().copied().unwrap_or(to);
-    let m = timing_of(base, &mid).map_err(|e| PlanError::NoSafeStep { from, to, source: Box::new(e) })?;
-    debug_assert!(all.iter().all(|t| pair_safe(t, &m)), "intermediate timing {m} must be safe with {all:?}");
+    let m = timing_of(base, &mid).map_err(|e| PlanError::NoSafeStep {
+        from,
+        to,
+        source: Box::new(e),
+    })?;
+    debug_assert!(
+        all.iter().all(|t| pair_safe(t, &m)),
+        "intermediate timing {m} must be safe with {all:?}"
+    );
     Ok(vec![mid, target.clone()])
 }
 
@@ -123,12 +151,21 @@ peer = "10.200.1.2"
     #[test]
     fn a_small_change_is_one_step() {
         // With a fixed lease, a higher threshold is safe at once...
-        let lease = |v: SyncedView| SyncedView { lease: Some(Duration::from_millis(20)), ..v };
-        assert_eq!(check_every_transition(&lease(view(10, 60)), &lease(view(10, 70))), 1);
+        let lease = |v: SyncedView| SyncedView {
+            lease: Some(Duration::from_millis(20)),
+            ..v
+        };
+        assert_eq!(
+            check_every_transition(&lease(view(10, 60)), &lease(view(10, 70))),
+            1
+        );
         // ...but not with a derived one: the lease grows with the threshold
         // and would outlive the old threshold of the peer.
         assert_eq!(check_every_transition(&view(10, 60), &view(10, 70)), 2);
-        let other = SyncedView { forward: true, ..view(10, 60) };
+        let other = SyncedView {
+            forward: true,
+            ..view(10, 60)
+        };
         assert_eq!(check_every_transition(&view(10, 60), &other), 1);
         let same = view(10, 60);
         assert_eq!(check_every_transition(&same, &same), 1);
@@ -144,6 +181,9 @@ peer = "10.200.1.2"
     #[test]
     fn an_invalid_target_is_refused() {
         let b = base();
-        assert!(matches!(timing_steps(&b, &[view(10, 60)], &view(50, 40)), Err(PlanError::Invalid(_))));
+        assert!(matches!(
+            timing_steps(&b, &[view(10, 60)], &view(50, 40)),
+            Err(PlanError::Invalid(_))
+        ));
     }
 }

@@ -22,15 +22,26 @@ pub const MAX_MSG: usize = 80 << 20;
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Msg {
     /// Opening of each side: version, node name, challenge.
-    Hello { version: u8, node: String, nonce: [u8; NONCE_LEN] },
+    Hello {
+        version: u8,
+        node: String,
+        nonce: [u8; NONCE_LEN],
+    },
     /// HMAC proof over both nonces (see `sync::auth`).
     Proof { mac: [u8; 32] },
     /// Receiver → pusher after authentication: what it runs now.
     State { view: SyncedView, checksum: String },
     /// One step: cluster view to run, and the files (first step only).
-    Push { view: SyncedView, bundle: Option<Bundle> },
+    Push {
+        view: SyncedView,
+        bundle: Option<Bundle>,
+    },
     /// The step is applied and durable.
-    Applied { view: SyncedView, checksum: String, hook: Option<String> },
+    Applied {
+        view: SyncedView,
+        checksum: String,
+        hook: Option<String>,
+    },
     /// The step was refused; nothing of it was applied.
     Refused { reason: String },
 }
@@ -83,47 +94,99 @@ pub fn recv(r: &mut impl Read) -> Result<Msg, WireError> {
 
 fn expect_hello(m: Msg) -> Result<(String, [u8; NONCE_LEN]), WireError> {
     match m {
-        Msg::Hello { version, node, nonce } if version == VERSION => Ok((node, nonce)),
-        Msg::Hello { version, .. } => Err(WireError::Handshake(format!("protocol version mismatch: peer speaks v{version}, this node v{VERSION}"))),
+        Msg::Hello {
+            version,
+            node,
+            nonce,
+        } if version == VERSION => Ok((node, nonce)),
+        Msg::Hello { version, .. } => Err(WireError::Handshake(format!(
+            "protocol version mismatch: peer speaks v{version}, this node v{VERSION}"
+        ))),
         Msg::Refused { reason } => Err(WireError::Refused(reason)),
         m => Err(WireError::Handshake(format!("expected hello, got {m:?}"))),
     }
 }
 
 /// Pusher side of the mutual challenge–response. Returns the peer's name.
-pub fn client_handshake<S: Read + Write>(s: &mut S, key: &[u8], node: &str) -> Result<String, WireError> {
+pub fn client_handshake<S: Read + Write>(
+    s: &mut S,
+    key: &[u8],
+    node: &str,
+) -> Result<String, WireError> {
     let mine = auth::nonce();
-    send(s, &Msg::Hello { version: VERSION, node: node.to_owned(), nonce: mine })?;
+    send(
+        s,
+        &Msg::Hello {
+            version: VERSION,
+            node: node.to_owned(),
+            nonce: mine,
+        },
+    )?;
     let (peer, theirs) = expect_hello(recv(s)?)?;
-    send(s, &Msg::Proof { mac: auth::proof(key, Role::Client, &theirs, &mine) })?;
+    send(
+        s,
+        &Msg::Proof {
+            mac: auth::proof(key, Role::Client, &theirs, &mine),
+        },
+    )?;
     match recv(s)? {
         Msg::Proof { mac } if auth::verify(key, Role::Server, &mine, &theirs, &mac) => Ok(peer),
-        Msg::Proof { .. } => Err(WireError::Handshake(format!("peer {peer:?} failed to prove the password"))),
+        Msg::Proof { .. } => Err(WireError::Handshake(format!(
+            "peer {peer:?} failed to prove the password"
+        ))),
         Msg::Refused { reason } => Err(WireError::Refused(reason)),
         m => Err(WireError::Handshake(format!("expected proof, got {m:?}"))),
     }
 }
 
 /// Receiver side. Returns the pusher's name.
-pub fn server_handshake<S: Read + Write>(s: &mut S, key: &[u8], node: &str) -> Result<String, WireError> {
+pub fn server_handshake<S: Read + Write>(
+    s: &mut S,
+    key: &[u8],
+    node: &str,
+) -> Result<String, WireError> {
     let hello = recv(s)?;
     let (peer, theirs) = match expect_hello(hello) {
         Ok(x) => x,
         Err(e) => {
-            let _ = send(s, &Msg::Refused { reason: e.to_string() });
+            let _ = send(
+                s,
+                &Msg::Refused {
+                    reason: e.to_string(),
+                },
+            );
             return Err(e);
         }
     };
     let mine = auth::nonce();
-    send(s, &Msg::Hello { version: VERSION, node: node.to_owned(), nonce: mine })?;
+    send(
+        s,
+        &Msg::Hello {
+            version: VERSION,
+            node: node.to_owned(),
+            nonce: mine,
+        },
+    )?;
     match recv(s)? {
         Msg::Proof { mac } if auth::verify(key, Role::Client, &mine, &theirs, &mac) => {}
         _ => {
-            let _ = send(s, &Msg::Refused { reason: "authentication failed".into() });
-            return Err(WireError::Handshake(format!("bad proof from {peer:?} (wrong password?)")));
+            let _ = send(
+                s,
+                &Msg::Refused {
+                    reason: "authentication failed".into(),
+                },
+            );
+            return Err(WireError::Handshake(format!(
+                "bad proof from {peer:?} (wrong password?)"
+            )));
         }
     }
-    send(s, &Msg::Proof { mac: auth::proof(key, Role::Server, &theirs, &mine) })?;
+    send(
+        s,
+        &Msg::Proof {
+            mac: auth::proof(key, Role::Server, &theirs, &mine),
+        },
+    )?;
     Ok(peer)
 }
 
@@ -139,7 +202,9 @@ mod tests {
 
     #[test]
     fn message_round_trip() {
-        let m = Msg::Refused { reason: "no".into() };
+        let m = Msg::Refused {
+            reason: "no".into(),
+        };
         let mut b = Vec::new();
         send(&mut b, &m).unwrap();
         assert_eq!(recv(&mut &b[..]).unwrap(), m);

@@ -11,7 +11,9 @@ use super::{Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The socket is missing or refuses connections: no agent runs there.
-    #[error("cannot reach the agent at {path}: {source} (is `ha-agent run` running with this config?)")]
+    #[error(
+        "cannot reach the agent at {path}: {source} (is `ha-agent run` running with this config?)"
+    )]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -41,13 +43,23 @@ pub enum ControlError {
 /// # Errors
 /// No agent, broken connection, or an unreadable answer.
 pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
-    let io = |source| ControlError::Io { path: path.to_owned(), source };
-    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect { path: path.to_owned(), source })?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    let io = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect {
+        path: path.to_owned(),
+        source,
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("requests serialise");
     line.push(b'\n');
     s.write_all(&line).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(s).read_line(&mut answer).map_err(io)?;
-    serde_json::from_str(&answer).map_err(|source| ControlError::Decode { path: path.to_owned(), source })
+    serde_json::from_str(&answer).map_err(|source| ControlError::Decode {
+        path: path.to_owned(),
+        source,
+    })
 }

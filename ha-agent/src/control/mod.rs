@@ -8,9 +8,9 @@ mod render;
 mod server;
 mod status;
 
-pub use client::{request, ControlError};
+pub use client::{ControlError, request};
 pub use render::render;
-pub use server::{serve, Command, ControlServer};
+pub use server::{Command, ControlServer, serve};
 pub use status::*;
 
 use serde::{Deserialize, Serialize};

@@ -23,8 +23,16 @@ fn ms(v: Option<f64>) -> String {
 /// The status page as text.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "node {} ({}), ha-agent {}, {}", s.node, s.instance, s.version, s.now);
-    let _ = writeln!(o, "  mode:        configured {}, effective {} (state {})", s.configured_mode, s.effective_mode, s.state);
+    let _ = writeln!(
+        o,
+        "node {} ({}), ha-agent {}, {}",
+        s.node, s.instance, s.version, s.now
+    );
+    let _ = writeln!(
+        o,
+        "  mode:        configured {}, effective {} (state {})",
+        s.configured_mode, s.effective_mode, s.state
+    );
     let _ = writeln!(
         o,
         "  timing:      interval {} ms, lost threshold {} ms, lease {} ms",
@@ -36,7 +44,11 @@ pub fn render(s: &Status) -> String {
         "  gate:        {}{}, lease {}, VIPs [{}]",
         if g.open { "OPEN" } else { "closed" },
         if g.forward { " (forward mode)" } else { "" },
-        g.lease_remaining_ms.map_or("-".into(), |l| if l < 0.0 { "lapsed".into() } else { format!("{l:.1} ms left") }),
+        g.lease_remaining_ms.map_or("-".into(), |l| if l < 0.0 {
+            "lapsed".into()
+        } else {
+            format!("{l:.1} ms left")
+        }),
         g.vips.join(", ")
     );
     let p = &s.peer;
@@ -46,12 +58,20 @@ pub fn render(s: &Status) -> String {
         if p.alive { "alive," } else { "LOST," },
         ago(p.last_heard_ms_ago),
         match (&p.configured_mode, &p.effective_mode) {
-            (Some(c), Some(e)) => format!(", configured {c}, effective {e}, flags {}", p.flags.as_deref().unwrap_or("-")),
+            (Some(c), Some(e)) => format!(
+                ", configured {c}, effective {e}, flags {}",
+                p.flags.as_deref().unwrap_or("-")
+            ),
             _ => String::new(),
         }
     );
     for l in &s.links {
-        let refused: Vec<String> = l.refused.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        let refused: Vec<String> = l
+            .refused
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
         let _ = writeln!(
             o,
             "  link {} {:<6} {} -> {}: {}, {}, {} accepted, {} gaps, {} sent{}",
@@ -64,7 +84,11 @@ pub fn render(s: &Status) -> String {
             l.accepted,
             l.gaps,
             l.sent,
-            if refused.is_empty() { String::new() } else { format!(", refused: {}", refused.join(", ")) }
+            if refused.is_empty() {
+                String::new()
+            } else {
+                format!(", refused: {}", refused.join(", "))
+            }
         );
     }
     match &s.last_transition {
@@ -80,7 +104,8 @@ pub fn render(s: &Status) -> String {
                 t.at,
                 t.ago_s,
                 t.reason,
-                t.detection_ms.map_or(String::new(), |d| format!(" (detected in {d:.1} ms)"))
+                t.detection_ms
+                    .map_or(String::new(), |d| format!(" (detected in {d:.1} ms)"))
             );
         }
     }
@@ -93,7 +118,9 @@ pub fn render(s: &Status) -> String {
             m.failures,
             m.threshold,
             ms(m.next_check_in_ms),
-            m.last_error.as_ref().map_or(String::new(), |e| format!(" ({e})"))
+            m.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
         );
     }
     let y = &s.sync;
@@ -106,22 +133,36 @@ pub fn render(s: &Status) -> String {
             y.backlog,
             y.last_data_sync.as_deref().unwrap_or("never"),
             y.last_config_sync.as_deref().unwrap_or("never"),
-            y.config_checksum.as_ref().map_or(String::new(), |c| format!(", config checksum {c}"))
+            y.config_checksum
+                .as_ref()
+                .map_or(String::new(), |c| format!(", config checksum {c}"))
         );
     }
     let _ = writeln!(
         o,
         "  sender:      {}, {} renewals, {} overruns, jitter p99 {}",
-        if s.sender.realtime { "SCHED_FIFO" } else { "normal priority" },
+        if s.sender.realtime {
+            "SCHED_FIFO"
+        } else {
+            "normal priority"
+        },
         s.sender.renewals,
         s.sender.overruns,
-        s.sender.jitter_p99_us.map_or("-".into(), |j| format!("{j:.0} us"))
+        s.sender
+            .jitter_p99_us
+            .map_or("-".into(), |j| format!("{j:.0} us"))
     );
     if s.split_brain_risk {
-        let _ = writeln!(o, "  !! SPLIT BRAIN RISK: every heartbeat link is silent and this node serves the VIPs");
+        let _ = writeln!(
+            o,
+            "  !! SPLIT BRAIN RISK: every heartbeat link is silent and this node serves the VIPs"
+        );
     }
     if s.outdated {
-        let _ = writeln!(o, "  !! replica outdated: this node knows its data is behind");
+        let _ = writeln!(
+            o,
+            "  !! replica outdated: this node knows its data is behind"
+        );
     }
     for w in &s.warnings {
         let _ = writeln!(o, "  warning:     {w}");

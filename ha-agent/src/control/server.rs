@@ -54,7 +54,10 @@ impl ControlServer {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Self { listener, path: path.to_owned() })
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -62,7 +65,9 @@ impl ControlServer {
 /// [`Command`] for the control loop.
 pub async fn serve(server: ControlServer, commands: mpsc::Sender<Command>) {
     loop {
-        let Ok((stream, _)) = server.listener.accept().await else { continue };
+        let Ok((stream, _)) = server.listener.accept().await else {
+            continue;
+        };
         if commands.is_closed() {
             return;
         }
@@ -75,7 +80,11 @@ pub async fn serve(server: ControlServer, commands: mpsc::Sender<Command>) {
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {
-                Err(e) => Response { ok: false, message: format!("bad request: {e}"), status: None },
+                Err(e) => Response {
+                    ok: false,
+                    message: format!("bad request: {e}"),
+                    status: None,
+                },
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
                     if commands.send(Command { request, reply: tx }).await.is_err() {
@@ -83,7 +92,11 @@ pub async fn serve(server: ControlServer, commands: mpsc::Sender<Command>) {
                     }
                     match rx.await {
                         Ok(r) => r,
-                        Err(_) => Response { ok: false, message: "agent is shutting down".into(), status: None },
+                        Err(_) => Response {
+                            ok: false,
+                            message: "agent is shutting down".into(),
+                            status: None,
+                        },
                     }
                 }
             };

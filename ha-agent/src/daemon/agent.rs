@@ -3,15 +3,15 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, Result};
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
 use tracing::{error, info, warn};
@@ -29,8 +29,8 @@ use crate::{
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
     fsm::{Action, Event, Fsm, SwitchTarget},
     heartbeat::{
-        self, clock::now_ns, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle,
-        SenderOptions,
+        self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
+        clock::now_ns,
     },
     metrics::Metrics,
     monitor::{Health, MonitorEvent, Monitors},
@@ -88,7 +88,11 @@ fn xdp_mode(m: XdpMode) -> XdpAttachMode {
 pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<()> {
     let _lock = lock::take(&cfg.runtime.state_dir, &cfg.runtime.instance)?;
     let ct = cfg.cluster.timing();
-    let timing = heartbeat::Timing { interval: ct.interval, threshold: ct.lost_threshold, lease: ct.lease };
+    let timing = heartbeat::Timing {
+        interval: ct.interval,
+        threshold: ct.lost_threshold,
+        lease: ct.lease,
+    };
     info!(
         node = %cfg.node.name,
         instance = %cfg.runtime.instance,
@@ -101,29 +105,40 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     );
 
     // Data plane: gate closed until the state machine says otherwise.
-    let mut dp = DataPlane::open(&Options::new(&cfg.runtime.instance)).context("loading the data plane")?;
+    let mut dp =
+        DataPlane::open(&Options::new(&cfg.runtime.instance)).context("loading the data plane")?;
     let gate = dp.gate();
     gate.set_active(false, 0).context("closing the gate")?;
     let mut vips = VipSet::open(&cfg).await?;
-    gate.set_vips(&vips.addresses()).context("loading the VIP set into the gate")?;
-    gate.set_fence_ports(&cfg.cluster.fence_ports).context("loading fenced ports")?;
-    gate.set_forward(cfg.cluster.forward, false).context("setting forward mode")?;
+    gate.set_vips(&vips.addresses())
+        .context("loading the VIP set into the gate")?;
+    gate.set_fence_ports(&cfg.cluster.fence_ports)
+        .context("loading fenced ports")?;
+    gate.set_forward(cfg.cluster.forward, false)
+        .context("setting forward mode")?;
     let mode = xdp_mode(cfg.runtime.xdp_mode);
     let port = cfg.cluster.heartbeat_port();
     for (i, l) in cfg.heartbeat.iter().enumerate() {
-        let spec = DpLinkSpec { link_id: i as u32, peer: l.peer, port, cluster_id: cfg.cluster.id };
+        let spec = DpLinkSpec {
+            link_id: i as u32,
+            peer: l.peer,
+            port,
+            cluster_id: cfg.cluster.id,
+        };
         dp.attach_heartbeat(&l.interface, &spec, mode)
             .with_context(|| format!("heartbeat[{i}]: attaching to {}", l.interface))?;
     }
     let service_ifaces: Vec<String> = vips.interfaces().map(str::to_owned).collect();
     for iface in &service_ifaces {
-        dp.attach_service(iface, mode).with_context(|| format!("service interface {iface}: attaching the gate"))?;
+        dp.attach_service(iface, mode)
+            .with_context(|| format!("service interface {iface}: attaching the gate"))?;
     }
     // Not active yet: a restarted agent must not keep addresses it held.
     vips.release().await?;
 
     // Heartbeat.
-    let key = HbKey::derive(cfg.cluster.password.expose(), cfg.cluster.id).context("deriving the heartbeat key")?;
+    let key = HbKey::derive(cfg.cluster.password.expose(), cfg.cluster.id)
+        .context("deriving the heartbeat key")?;
     let mut fsm = Fsm::new(convert::fsm_config(&cfg)).context("state machine configuration")?;
     let shared = Arc::new(HbShared::new(
         cfg.cluster.id,
@@ -139,13 +154,24 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
             local: SocketAddr::new(l.local, port),
             peer: SocketAddr::new(l.peer, port),
         };
-        sockets.push(LinkSocket::open(&spec).with_context(|| format!("heartbeat[{i}]: opening the socket"))?);
+        sockets.push(
+            LinkSocket::open(&spec)
+                .with_context(|| format!("heartbeat[{i}]: opening the socket"))?,
+        );
     }
     let (hb_tx, mut hb_rx) = mpsc::channel::<HeartbeatEvent>(1024);
-    let ctx = Arc::new(heartbeat::RxContext::new(key.clone(), shared.clone(), Arc::new(dp.heartbeat_times())));
+    let ctx = Arc::new(heartbeat::RxContext::new(
+        key.clone(),
+        shared.clone(),
+        Arc::new(dp.heartbeat_times()),
+    ));
     let mut receivers = Vec::new();
     for s in &sockets {
-        receivers.push(heartbeat::receiver::spawn(s.try_clone()?, ctx.clone(), hb_tx.clone())?);
+        receivers.push(heartbeat::receiver::spawn(
+            s.try_clone()?,
+            ctx.clone(),
+            hb_tx.clone(),
+        )?);
     }
     drop(hb_tx);
     let lease_ns = timing.lease.as_nanos() as u64;
@@ -157,7 +183,10 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
         // A stalled control loop stops renewing at once and stops sending
         // after a lease, so the peer takes over from a hung agent whose gate
         // has closed by then.
-        SenderOptions { mute_after: Some(timing.lease), ..SenderOptions::default() },
+        SenderOptions {
+            mute_after: Some(timing.lease),
+            ..SenderOptions::default()
+        },
         move |now| {
             if let Err(e) = renew_gate.renew_lease(now, now + lease_ns) {
                 error!(error = %e, "lease renewal failed");
@@ -169,12 +198,21 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     // Monitors.
     let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorEvent>(64);
     let (remote_tx, mut remote_rx) = mpsc::channel::<MonitorEvent>(64);
-    let (nl_conn, nl_handle, _) = rtnetlink::new_connection().context("netlink socket for monitors")?;
+    let (nl_conn, nl_handle, _) =
+        rtnetlink::new_connection().context("netlink socket for monitors")?;
     tokio::spawn(nl_conn);
     let local_specs = monitors::local_specs(&cfg);
-    let local_monitors = if local_specs.is_empty() { None } else { Some(Monitors::spawn(local_specs, &nl_handle, &mon_tx)?) };
+    let local_monitors = if local_specs.is_empty() {
+        None
+    } else {
+        Some(Monitors::spawn(local_specs, &nl_handle, &mon_tx)?)
+    };
     let remote_specs = monitors::remote_specs(&cfg);
-    let remote_monitors = if remote_specs.is_empty() { None } else { Some(Monitors::spawn(remote_specs, &nl_handle, &remote_tx)?) };
+    let remote_monitors = if remote_specs.is_empty() {
+        None
+    } else {
+        Some(Monitors::spawn(remote_specs, &nl_handle, &remote_tx)?)
+    };
     let last_heard = Arc::new(AtomicU64::new(0));
     let active_flag = Arc::new(AtomicBool::new(false));
     let (probe_tx, mut probe_rx) = mpsc::channel(16);
@@ -211,15 +249,24 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     for l in &cfg.heartbeat {
         metrics.add_link(&l.interface);
     }
-    for m in monitors::local_specs(&cfg).iter().chain(monitors::remote_specs(&cfg).iter()) {
+    for m in monitors::local_specs(&cfg)
+        .iter()
+        .chain(monitors::remote_specs(&cfg).iter())
+    {
         metrics.add_monitor(&m.name);
     }
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(listen) = cfg.metrics.listen {
-        let server = crate::metrics::MetricsServer::bind(listen).await.context("metrics endpoint")?;
+        let server = crate::metrics::MetricsServer::bind(listen)
+            .await
+            .context("metrics endpoint")?;
         let m = metrics.clone();
         tokio::spawn(async move {
-            server.run(m, async { let _ = metrics_stop_rx.await; }).await;
+            server
+                .run(m, async {
+                    let _ = metrics_stop_rx.await;
+                })
+                .await;
         });
     }
 
@@ -250,7 +297,9 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
         sync: data_sync,
         sync_polled: Instant::now(),
         config_sync,
-        config_mtime: std::fs::metadata(&config_path).and_then(|m| m.modified()).ok(),
+        config_mtime: std::fs::metadata(&config_path)
+            .and_then(|m| m.modified())
+            .ok(),
         config_path,
         last_view: None,
         newest_seq: None,
@@ -267,7 +316,12 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     let tick = timing.interval;
     loop {
         let now = now_ns();
-        let wake_at = agent.fsm.next_deadline().map_or(now + tick.as_nanos() as u64, |d| d.min(now + tick.as_nanos() as u64));
+        let wake_at = agent
+            .fsm
+            .next_deadline()
+            .map_or(now + tick.as_nanos() as u64, |d| {
+                d.min(now + tick.as_nanos() as u64)
+            });
         let sleep = Duration::from_nanos(wake_at.saturating_sub(now));
         tokio::select! {
             biased;
@@ -318,7 +372,10 @@ impl Agent {
         if self.fsm.is_active() {
             if let Ok(g) = self.gate.snapshot() {
                 if !g.active || g.lease_deadline_ns <= now {
-                    warn!(lease_deadline_ns = g.lease_deadline_ns, now, "gate lease lapsed while active");
+                    warn!(
+                        lease_deadline_ns = g.lease_deadline_ns,
+                        now, "gate lease lapsed while active"
+                    );
                     let actions = self.fsm.handle(Event::LeaseLapsed { now });
                     self.apply_result(actions).await;
                 }
@@ -329,9 +386,11 @@ impl Agent {
 
     /// Pushes the state machine's advert to the heartbeat sender and shows progress.
     fn publish(&mut self) {
-        self.shared.set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
+        self.shared
+            .set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
         self.shared.bump_progress();
-        self.active_flag.store(self.fsm.is_active(), Ordering::Relaxed);
+        self.active_flag
+            .store(self.fsm.is_active(), Ordering::Relaxed);
         self.update_metrics();
     }
 
@@ -353,7 +412,8 @@ impl Agent {
         let f = self.fsm.status();
         self.metrics.set_effective_role(feed::role(f.effective));
         for (i, l) in self.cfg.heartbeat.iter().enumerate() {
-            self.metrics.set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));
+            self.metrics
+                .set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));
         }
         if let Ok(c) = self.dp.counters().all() {
             if let Err(e) = self.metrics.set_dataplane_counters(&c) {
@@ -363,7 +423,10 @@ impl Agent {
         if let Some(s) = &self.sync {
             s.metrics(&self.metrics, self.fsm.is_active());
         }
-        for m in [&self.local_monitors, &self.remote_monitors].into_iter().flatten() {
+        for m in [&self.local_monitors, &self.remote_monitors]
+            .into_iter()
+            .flatten()
+        {
             for s in m.status() {
                 self.metrics.set_monitor(&s);
             }
@@ -378,14 +441,20 @@ impl Agent {
         // failed hand-back leaves the data here, and the replica state says
         // whether this node is current.
         let now = now_ns();
-        let r = self.fsm.handle(Event::SyncState { now, lag_zero: done.result.is_ok(), outdated: false });
+        let r = self.fsm.handle(Event::SyncState {
+            now,
+            lag_zero: done.result.is_ok(),
+            outdated: false,
+        });
         self.apply_result(r).await;
     }
 
     /// Watches the configuration file: a valid change is pushed to the peer
     /// by config sync; an invalid one is reported and ignored.
     fn check_config_file(&mut self) {
-        let m = std::fs::metadata(&self.config_path).and_then(|m| m.modified()).ok();
+        let m = std::fs::metadata(&self.config_path)
+            .and_then(|m| m.modified())
+            .ok();
         if m == self.config_mtime {
             return;
         }
@@ -398,7 +467,9 @@ impl Agent {
                     c.config_changed(new);
                 }
             }
-            Err(e) => warn!(config = %self.config_path.display(), problems = %e, "configuration file changed but is invalid; keeping the running configuration"),
+            Err(e) => {
+                warn!(config = %self.config_path.display(), problems = %e, "configuration file changed but is invalid; keeping the running configuration")
+            }
         }
     }
 
@@ -418,11 +489,18 @@ impl Agent {
         s.set_active(active);
         if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
             if outdated {
-                warn!(lag_zero, "replica OUTDATED: this node knows its data is behind");
+                warn!(
+                    lag_zero,
+                    "replica OUTDATED: this node knows its data is behind"
+                );
             } else {
                 info!(lag_zero, outdated, "sync state");
             }
-            let r = self.fsm.handle(Event::SyncState { now: now_ns(), lag_zero, outdated });
+            let r = self.fsm.handle(Event::SyncState {
+                now: now_ns(),
+                lag_zero,
+                outdated,
+            });
             Box::pin(self.apply_result(r)).await;
         }
     }
@@ -436,7 +514,12 @@ impl Agent {
         for link in 0..self.cfg.heartbeat.len() {
             if let Some((seq, at)) = self.times.newest(link as u32, view.epoch) {
                 if at > last {
-                    tracing::debug!(link, seq, behind_us = (at - last) / 1000, "liveness from the kernel ring ahead of the receiver");
+                    tracing::debug!(
+                        link,
+                        seq,
+                        behind_us = (at - last) / 1000,
+                        "liveness from the kernel ring ahead of the receiver"
+                    );
                     self.last_heard.fetch_max(at, Ordering::Relaxed);
                     let actions = self.fsm.handle(Event::PeerHeard { at, link, view });
                     self.apply_result(actions).await;
@@ -447,7 +530,13 @@ impl Agent {
 
     async fn on_heartbeat(&mut self, ev: HeartbeatEvent) {
         let (link, heartbeat, rx_ns, fresh) = match ev {
-            HeartbeatEvent::Accepted { link, heartbeat, rx_ns, fresh, .. } => (link, heartbeat, rx_ns, fresh),
+            HeartbeatEvent::Accepted {
+                link,
+                heartbeat,
+                rx_ns,
+                fresh,
+                ..
+            } => (link, heartbeat, rx_ns, fresh),
             HeartbeatEvent::Refused { kind, .. } => {
                 self.metrics.heartbeat_rejected(kind);
                 return;
@@ -466,14 +555,21 @@ impl Agent {
         // a SIGSTOP: the peer's old "secondary, handover" advert delivered
         // after its "active" one made this become-secondary node claim the
         // role back). The state machine must see adverts in order.
-        if self.newest_seq.is_some_and(|(epoch, seq)| epoch == heartbeat.epoch && heartbeat.seq <= seq) {
+        if self
+            .newest_seq
+            .is_some_and(|(epoch, seq)| epoch == heartbeat.epoch && heartbeat.seq <= seq)
+        {
             return;
         }
         self.newest_seq = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
         let view = convert::peer_view(&heartbeat);
         self.last_view = Some(view);
-        let actions = self.fsm.handle(Event::PeerHeard { at: rx_ns, link: link as usize, view });
+        let actions = self.fsm.handle(Event::PeerHeard {
+            at: rx_ns,
+            link: link as usize,
+            view,
+        });
         self.apply_result(actions).await;
     }
 
@@ -484,7 +580,11 @@ impl Agent {
         } else {
             info!(monitor = %ev.name, "local check ok");
         }
-        let actions = self.fsm.handle(Event::LocalCheck { now: now_ns(), ok, what: ev.name });
+        let actions = self.fsm.handle(Event::LocalCheck {
+            now: now_ns(),
+            ok,
+            what: ev.name,
+        });
         self.apply_result(actions).await;
     }
 
@@ -492,14 +592,20 @@ impl Agent {
         // Remote checks are reported in status and logs; a primary whose
         // service fails fails itself over through its own local checks.
         match ev.transition.to {
-            Health::Down => warn!(monitor = %ev.name, error = ev.error.as_deref().unwrap_or(""), "remote service check failing"),
+            Health::Down => {
+                warn!(monitor = %ev.name, error = ev.error.as_deref().unwrap_or(""), "remote service check failing")
+            }
             _ => info!(monitor = %ev.name, state = ?ev.transition.to, "remote service check"),
         }
     }
 
     async fn on_command(&mut self, cmd: Command) {
         let resp = match cmd.request {
-            Request::Status => Response { ok: true, message: String::new(), status: Some(Box::new(status::build(self))) },
+            Request::Status => Response {
+                ok: true,
+                message: String::new(),
+                status: Some(Box::new(status::build(self))),
+            },
             Request::Switch { to } => {
                 let to = match to {
                     SwitchTo::Primary => SwitchTarget::Primary,
@@ -508,21 +614,42 @@ impl Agent {
                 info!(%to, "operator switch requested");
                 let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
                 let message = match &r {
-                    Ok(_) => format!("switch to {to} requested; `ha-agent status` shows its progress"),
+                    Ok(_) => {
+                        format!("switch to {to} requested; `ha-agent status` shows its progress")
+                    }
                     Err(e) => format!("switch refused: {e}"),
                 };
                 let ok = r.is_ok();
                 self.apply_result(r).await;
-                Response { ok, message, status: None }
+                Response {
+                    ok,
+                    message,
+                    status: None,
+                }
             }
             Request::Sync { what } => match (&self.sync, what) {
-                (Some(s), SyncWhat::All | SyncWhat::Data) => Response { ok: true, message: s.resync().to_owned(), status: None },
-                (None, SyncWhat::All | SyncWhat::Data) => {
-                    Response { ok: false, message: "data sync is not configured ([backup] lists no directory)".into(), status: None }
-                }
+                (Some(s), SyncWhat::All | SyncWhat::Data) => Response {
+                    ok: true,
+                    message: s.resync().to_owned(),
+                    status: None,
+                },
+                (None, SyncWhat::All | SyncWhat::Data) => Response {
+                    ok: false,
+                    message: "data sync is not configured ([backup] lists no directory)".into(),
+                    status: None,
+                },
                 (_, SyncWhat::Config) => match &self.config_sync {
-                    Some(c) => Response { ok: true, message: c.push_now().to_owned(), status: None },
-                    None => Response { ok: false, message: "config sync is not configured ([config_sync] paths is empty)".into(), status: None },
+                    Some(c) => Response {
+                        ok: true,
+                        message: c.push_now().to_owned(),
+                        status: None,
+                    },
+                    None => Response {
+                        ok: false,
+                        message: "config sync is not configured ([config_sync] paths is empty)"
+                            .into(),
+                        status: None,
+                    },
                 },
             },
         };
@@ -574,7 +701,9 @@ impl Agent {
                         error!(error = %e, "updating forward mode failed");
                     }
                 }
-                Action::RunHook { from, to, reason } => hooks::spawn(&self.cfg.hooks, from, to, reason.to_string()),
+                Action::RunHook { from, to, reason } => {
+                    hooks::spawn(&self.cfg.hooks, from, to, reason.to_string())
+                }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {
                         info!("handing the peer the data only this node holds");
@@ -584,7 +713,11 @@ impl Agent {
                         // this answer (restore-role).
                         info!("hand-back of data: no data sync configured, nothing to hand back");
                         let now = now_ns();
-                        let r = self.fsm.handle(Event::SyncState { now, lag_zero: true, outdated: false });
+                        let r = self.fsm.handle(Event::SyncState {
+                            now,
+                            lag_zero: true,
+                            outdated: false,
+                        });
                         Box::pin(self.apply_result(r)).await;
                     }
                 }

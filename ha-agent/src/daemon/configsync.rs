@@ -34,8 +34,15 @@ impl ConfigSync {
         if cfg.config_sync.paths.is_empty() {
             return Ok(None);
         }
-        let settings = ConfigSyncConfig::from_config(cfg).map_err(|e| anyhow::anyhow!("config_sync.exclude: {e}"))?;
-        Ok(Some(Self { settings, cfg: cfg.clone(), path: path.to_owned(), handle: None, active: None }))
+        let settings = ConfigSyncConfig::from_config(cfg)
+            .map_err(|e| anyhow::anyhow!("config_sync.exclude: {e}"))?;
+        Ok(Some(Self {
+            settings,
+            cfg: cfg.clone(),
+            path: path.to_owned(),
+            handle: None,
+            active: None,
+        }))
     }
 
     /// Pusher while active, receiver while passive.
@@ -54,7 +61,10 @@ impl ConfigSync {
                 self.cfg.clone(),
                 Box::new(move |view: &SyncedView| {
                     if *view != running {
-                        warn!(?view, "cluster settings step agreed with the peer; this agent applies new timing at its next start");
+                        warn!(
+                            ?view,
+                            "cluster settings step agreed with the peer; this agent applies new timing at its next start"
+                        );
                     }
                 }),
             )
@@ -71,15 +81,22 @@ impl ConfigSync {
                         return;
                     }
                     match crate::config::persist::persist_synced(&path, &view) {
-                        Ok(_) => warn!(config = %path.display(), ?view, "cluster settings from the primary written to the config file; the agent runs with them from its next start"),
-                        Err(e) => warn!(error = %e, ?view, "cluster settings from the primary could not be written to the config file"),
+                        Ok(_) => {
+                            warn!(config = %path.display(), ?view, "cluster settings from the primary written to the config file; the agent runs with them from its next start")
+                        }
+                        Err(e) => {
+                            warn!(error = %e, ?view, "cluster settings from the primary could not be written to the config file")
+                        }
                     }
                 }),
             )
         };
         match r {
             Ok(h) => {
-                info!(role = if active { "pusher" } else { "receiver" }, "config sync started");
+                info!(
+                    role = if active { "pusher" } else { "receiver" },
+                    "config sync started"
+                );
                 self.handle = Some(h);
             }
             Err(e) => warn!(error = %e, "config sync could not start"),
@@ -104,17 +121,26 @@ impl ConfigSync {
                 h.push_now();
                 "configuration push to the peer started"
             }
-            (Some(_), _) => "this node is passive: it receives configuration; run `ha-agent sync config` on the primary",
+            (Some(_), _) => {
+                "this node is passive: it receives configuration; run `ha-agent sync config` on the primary"
+            }
             (None, _) => "config sync is not running",
         }
     }
 
     /// `(last sync, checksum, in agreement)` for the status page.
     pub fn info(&self) -> (Option<String>, Option<String>, bool) {
-        let Some(h) = &self.handle else { return (None, None, false) };
+        let Some(h) = &self.handle else {
+            return (None, None, false);
+        };
         let s = h.status();
         let agree = s.in_agreement();
-        (s.last_sync.map(|t| humantime::format_rfc3339_millis(t).to_string()), s.checksum, agree)
+        (
+            s.last_sync
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            s.checksum,
+            agree,
+        )
     }
 
     /// Stops (shutdown).

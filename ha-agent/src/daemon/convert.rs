@@ -34,7 +34,9 @@ pub fn on_failure(p: config::OnFailure) -> OnFailure {
 
 /// How long a planned switch may take before it is abandoned.
 fn handover_timeout(cfg: &Config) -> Duration {
-    (cfg.cluster.lost_threshold * 4).max(Duration::from_secs(2)).max(cfg.backup.max_lag * 2)
+    (cfg.cluster.lost_threshold * 4)
+        .max(Duration::from_secs(2))
+        .max(cfg.backup.max_lag * 2)
 }
 
 pub fn fsm_config(cfg: &Config) -> FsmConfig {
@@ -83,8 +85,10 @@ pub fn snapshot(a: &Advert, sync_seq: u64) -> NodeSnapshot {
 
 /// The state machine's view of an authenticated heartbeat.
 pub fn peer_view(hb: &Heartbeat) -> PeerView {
-    let configured = ConfiguredMode::from_wire_code(hb.configured_mode.code()).unwrap_or(ConfiguredMode::Off);
-    let effective = EffectiveMode::from_wire_code(hb.effective_mode.code()).unwrap_or(EffectiveMode::Off);
+    let configured =
+        ConfiguredMode::from_wire_code(hb.configured_mode.code()).unwrap_or(ConfiguredMode::Off);
+    let effective =
+        EffectiveMode::from_wire_code(hb.effective_mode.code()).unwrap_or(EffectiveMode::Off);
     let mut advert = Advert {
         node_id: hb.node_id,
         priority: hb.priority,
@@ -98,5 +102,8 @@ pub fn peer_view(hb: &Heartbeat) -> PeerView {
         term: hb.term,
     };
     advert.set_wire_flags(hb.flags);
-    PeerView { epoch: hb.epoch, advert }
+    PeerView {
+        epoch: hb.epoch,
+        advert,
+    }
 }

@@ -45,12 +45,19 @@ fn stop_in_background(h: SyncHandle) {
 
 impl DataSync {
     /// Starts the receiver, when `[backup]` lists anything to sync.
-    pub fn start(cfg: &Config, done_tx: mpsc::Sender<HandBackDone>) -> anyhow::Result<Option<Self>> {
-        let Some(sc) = SyncConfig::from_config(cfg) else { return Ok(None) };
+    pub fn start(
+        cfg: &Config,
+        done_tx: mpsc::Sender<HandBackDone>,
+    ) -> anyhow::Result<Option<Self>> {
+        let Some(sc) = SyncConfig::from_config(cfg) else {
+            return Ok(None);
+        };
         for r in &sc.roots {
-            std::fs::create_dir_all(&r.path).map_err(|e| anyhow::anyhow!("backup root {}: {e}", r.path.display()))?;
+            std::fs::create_dir_all(&r.path)
+                .map_err(|e| anyhow::anyhow!("backup root {}: {e}", r.path.display()))?;
         }
-        let receiver = Receiver::spawn(sc.clone()).map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
+        let receiver = Receiver::spawn(sc.clone())
+            .map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
         info!(listen = %sc.listen, peer = %sc.peer, roots = sc.roots.len(), "data sync receiver started");
         Ok(Some(Self {
             cfg: sc,
@@ -98,7 +105,9 @@ impl DataSync {
         let cfg = self.cfg.clone();
         let tx = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let result = sync::failback(&cfg).map(|r| (r.files, r.bytes, r.conflicts.len())).map_err(|e| e.to_string());
+            let result = sync::failback(&cfg)
+                .map(|r| (r.files, r.bytes, r.conflicts.len()))
+                .map_err(|e| e.to_string());
             let _ = tx.blocking_send(HandBackDone { result });
         });
     }
@@ -107,8 +116,13 @@ impl DataSync {
     pub fn hand_back_done(&mut self, d: &HandBackDone) {
         self.handing_back = false;
         match &d.result {
-            Ok((files, bytes, conflicts)) => info!(files, bytes, conflicts, "handed back the data only this node held"),
-            Err(e) => warn!(error = %e, "hand-back of data failed; the peer keeps its copy, ours stays here"),
+            Ok((files, bytes, conflicts)) => info!(
+                files,
+                bytes, conflicts, "handed back the data only this node held"
+            ),
+            Err(e) => {
+                warn!(error = %e, "hand-back of data failed; the peer keeps its copy, ours stays here")
+            }
         }
     }
 
@@ -119,7 +133,9 @@ impl DataSync {
                 s.resync();
                 "full reconcile of mail data and spool started (this node sends)"
             }
-            (None, Some(_)) => "this node is passive: it receives; run `ha-agent sync data` on the primary",
+            (None, Some(_)) => {
+                "this node is passive: it receives; run `ha-agent sync data` on the primary"
+            }
             _ => "data sync is not running",
         }
     }
@@ -157,7 +173,9 @@ impl DataSync {
             } else if peer_alive && self.out_of_sync_since.is_none() {
                 self.out_of_sync_since = Some(now);
             }
-            let behind = self.out_of_sync_since.is_some_and(|t| peer_alive && now.duration_since(t) > self.cfg.max_lag);
+            let behind = self
+                .out_of_sync_since
+                .is_some_and(|t| peer_alive && now.duration_since(t) > self.cfg.max_lag);
             let outdated = !self.ever_in_sync || (behind && !current);
             (current, outdated)
         };
@@ -171,7 +189,12 @@ impl DataSync {
 
     /// The status page's sync section.
     pub fn info(&self, active: bool) -> SyncInfo {
-        let s = if active { self.sender_status() } else { self.receiver_status() }.unwrap_or_default();
+        let s = if active {
+            self.sender_status()
+        } else {
+            self.receiver_status()
+        }
+        .unwrap_or_default();
         let r = self.receiver_status().unwrap_or_default();
         let mut errors = s.errors.clone();
         for (k, v) in &r.errors {
@@ -191,7 +214,9 @@ impl DataSync {
         SyncInfo {
             enabled: true,
             last_config_sync: None,
-            last_data_sync: s.last_sync.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            last_data_sync: s
+                .last_sync
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
             lag_ms: Some(s.lag.as_secs_f64() * 1e3),
             backlog: s.backlog_ops,
             lag_alarm: s.lag_alarm,
@@ -203,7 +228,12 @@ impl DataSync {
 
     /// Feeds the metrics (lag, backlog, outdated).
     pub fn metrics(&self, m: &crate::metrics::Metrics, active: bool) {
-        let s = if active { self.sender_status() } else { self.receiver_status() }.unwrap_or_default();
+        let s = if active {
+            self.sender_status()
+        } else {
+            self.receiver_status()
+        }
+        .unwrap_or_default();
         m.set_sync_lag(s.lag);
         m.set_sync_max_lag(self.cfg.max_lag);
         m.set_sync_backlog(s.backlog_ops, s.backlog_bytes);

@@ -21,7 +21,9 @@ fn command_for(hooks: &Hooks, to: EffectiveMode) -> Option<&str> {
 
 /// Starts the hook for `from -> to` in the background.
 pub fn spawn(hooks: &Hooks, from: EffectiveMode, to: EffectiveMode, reason: String) {
-    let Some(cmd) = command_for(hooks, to).map(str::to_owned) else { return };
+    let Some(cmd) = command_for(hooks, to).map(str::to_owned) else {
+        return;
+    };
     tokio::spawn(async move {
         let started = std::time::Instant::now();
         let child = tokio::process::Command::new("/bin/sh")
@@ -43,7 +45,9 @@ pub fn spawn(hooks: &Hooks, from: EffectiveMode, to: EffectiveMode, reason: Stri
             }
         };
         match tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output()).await {
-            Err(_) => tracing::error!(hook = %cmd, %from, %to, "hook killed after {HOOK_TIMEOUT:?}"),
+            Err(_) => {
+                tracing::error!(hook = %cmd, %from, %to, "hook killed after {HOOK_TIMEOUT:?}")
+            }
             Ok(Err(e)) => tracing::error!(hook = %cmd, %from, %to, error = %e, "hook failed"),
             Ok(Ok(out)) => {
                 let stderr = String::from_utf8_lossy(&out.stderr);

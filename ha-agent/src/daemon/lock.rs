@@ -2,7 +2,7 @@
 
 use std::{fs::File, os::fd::AsFd as _, path::Path};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 
 /// Holds the lock while alive.
@@ -10,12 +10,16 @@ pub struct InstanceLock(#[allow(dead_code, reason = "held for its Drop")] Flock<
 
 /// Takes the instance lock, or says which instance is already running.
 pub fn take(state_dir: &Path, instance: &str) -> Result<InstanceLock> {
-    std::fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
     let path = state_dir.join("agent.lock");
     let f = File::create(&path).with_context(|| format!("opening {}", path.display()))?;
     let _ = f.as_fd();
     match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
         Ok(l) => Ok(InstanceLock(l)),
-        Err((_, e)) => bail!("another ha-agent already runs instance {instance} ({}: {e})", path.display()),
+        Err((_, e)) => bail!(
+            "another ha-agent already runs instance {instance} ({}: {e})",
+            path.display()
+        ),
     }
 }

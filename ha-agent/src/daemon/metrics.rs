@@ -52,6 +52,10 @@ pub fn transition(m: &Arc<Metrics>, t: &Transition, at: SystemTime) {
     let (from, to) = (role(t.from.effective()), role(t.to.effective()));
     m.record_transition(from, to);
     if t.to == StateName::Primary && t.from != StateName::Primary {
-        m.record_failover(reason_name(&t.reason), t.detection_ns.map(Duration::from_nanos), at);
+        m.record_failover(
+            reason_name(&t.reason),
+            t.detection_ns.map(Duration::from_nanos),
+            at,
+        );
     }
 }

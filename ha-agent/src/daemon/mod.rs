@@ -17,7 +17,7 @@ mod vips;
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 /// SCHED_FIFO priority of the control loop and receivers (sender: 40).
 const CONTROL_PRIORITY: i32 = 20;
@@ -31,13 +31,19 @@ pub fn run(path: &Path) -> Result<()> {
     let cfg = match crate::config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{}: invalid configuration, refusing to start:\n{e}", path.display());
+            eprintln!(
+                "{}: invalid configuration, refusing to start:\n{e}",
+                path.display()
+            );
             bail!("{} has problems (see above)", path.display());
         }
     };
     init_logging();
     if !cfg.node.mode.is_active_passive() && cfg.node.mode != crate::config::Mode::Off {
-        bail!("node.mode {:?}: config-only modes are not supported by this agent yet", cfg.node.mode);
+        bail!(
+            "node.mode {:?}: config-only modes are not supported by this agent yet",
+            cfg.node.mode
+        );
     }
     // The control loop and the heartbeat receivers run at a realtime
     // priority below the heartbeat sender's (40), as keepalived users do

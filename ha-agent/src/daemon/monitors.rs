@@ -6,8 +6,8 @@ use std::{
     net::SocketAddr,
     num::NonZeroU32,
     sync::{
-        atomic::{AtomicU64, Ordering},
         Arc,
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::{
     config::{self, Config, LocalCheck, MinFree},
     heartbeat::clock::now_ns,
-    monitor::{disk::DiskLimits, remote, Check, MonitorSpec},
+    monitor::{Check, MonitorSpec, disk::DiskLimits, remote},
 };
 
 /// Local checks: every `port_monitor` interface (event-driven through link
@@ -29,7 +29,9 @@ pub fn local_specs(cfg: &Config) -> Vec<MonitorSpec> {
         .filter(|i| i.port_monitor)
         .map(|i| MonitorSpec {
             name: format!("interface {}", i.name),
-            check: Check::Link { ifname: i.name.clone() },
+            check: Check::Link {
+                ifname: i.name.clone(),
+            },
             // Link notifications can lag by up to a second right after other
             // link changes (the kernel batches carrier events), so also poll.
             interval: Duration::from_millis(20),
@@ -39,26 +41,46 @@ pub fn local_specs(cfg: &Config) -> Vec<MonitorSpec> {
     for m in &cfg.monitor.local {
         let failures = NonZeroU32::new(m.failures).unwrap_or(NonZeroU32::MIN);
         let (name, check) = match &m.check {
-            LocalCheck::Interface { interface } => {
-                (format!("interface {interface}"), Check::Link { ifname: interface.clone() })
-            }
+            LocalCheck::Interface { interface } => (
+                format!("interface {interface}"),
+                Check::Link {
+                    ifname: interface.clone(),
+                },
+            ),
             LocalCheck::Disk { path, min_free } => {
                 let limits = match *min_free {
-                    MinFree::Bytes(b) => DiskLimits { min_free_bytes: b, min_free_inodes: 0 },
+                    MinFree::Bytes(b) => DiskLimits {
+                        min_free_bytes: b,
+                        min_free_inodes: 0,
+                    },
                     MinFree::Percent(p) => DiskLimits {
                         min_free_bytes: nix::sys::statvfs::statvfs(path.as_path())
-                            .map(|s| s.blocks() as u64 * s.fragment_size() as u64 / 100 * u64::from(p))
+                            .map(|s| {
+                                s.blocks() as u64 * s.fragment_size() as u64 / 100 * u64::from(p)
+                            })
                             .unwrap_or(0),
                         min_free_inodes: 0,
                     },
                 };
-                (format!("disk {}", path.display()), Check::Disk { path: path.clone(), limits, timeout: m.interval.min(Duration::from_secs(10)) })
+                (
+                    format!("disk {}", path.display()),
+                    Check::Disk {
+                        path: path.clone(),
+                        limits,
+                        timeout: m.interval.min(Duration::from_secs(10)),
+                    },
+                )
             }
         };
         if specs.iter().any(|s| s.name == name) {
             continue;
         }
-        specs.push(MonitorSpec { name, check, interval: m.interval, failures });
+        specs.push(MonitorSpec {
+            name,
+            check,
+            interval: m.interval,
+            failures,
+        });
     }
     specs
 }
@@ -70,7 +92,11 @@ pub fn remote_specs(cfg: &Config) -> Vec<MonitorSpec> {
         .iter()
         .map(|m| MonitorSpec {
             name: format!("{} {}", service_name(m.service), m.address),
-            check: Check::Remote { service: service(m.service), addr: m.address, timeout: m.timeout },
+            check: Check::Remote {
+                service: service(m.service),
+                addr: m.address,
+                timeout: m.timeout,
+            },
             interval: m.interval,
             failures: NonZeroU32::new(m.failures).unwrap_or(NonZeroU32::MIN),
         })
@@ -99,7 +125,10 @@ fn service_name(s: config::Service) -> &'static str {
 /// monitor (or SMTP).
 pub fn probe_targets(cfg: &Config) -> Vec<SocketAddr> {
     let port = cfg.monitor.remote.first().map_or(25, |m| m.address.port());
-    cfg.vips().iter().map(|v| SocketAddr::new(v.address.addr(), port)).collect()
+    cfg.vips()
+        .iter()
+        .map(|v| SocketAddr::new(v.address.addr(), port))
+        .collect()
 }
 
 /// Result of one VIP probe round.
@@ -137,12 +166,21 @@ pub fn spawn_vip_probe(
             }
             let mut answered = false;
             for t in &targets {
-                if let Ok(Ok(_s)) = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(t)).await {
+                if let Ok(Ok(_s)) =
+                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(t)).await
+                {
                     answered = true;
                     break;
                 }
             }
-            if out.send(VipProbe { at: now_ns(), answered }).await.is_err() {
+            if out
+                .send(VipProbe {
+                    at: now_ns(),
+                    answered,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
         }

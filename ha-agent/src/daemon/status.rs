@@ -8,7 +8,10 @@ use std::{
 
 use super::agent::Agent;
 use crate::{
-    control::{GateInfo, LinkInfo, MonitorInfo, PeerInfo, SenderInfo, Status, SyncInfo, TimingStatus, TransitionInfo},
+    control::{
+        GateInfo, LinkInfo, MonitorInfo, PeerInfo, SenderInfo, Status, SyncInfo, TimingStatus,
+        TransitionInfo,
+    },
     heartbeat::{clock::now_ns, peer::RefusalKind},
     monitor::{Health, MonitorStatus},
 };
@@ -30,7 +33,10 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 fn monitor(m: &MonitorStatus, active_role_checks: bool) -> MonitorInfo {
-    let next = m.next_check.duration_since(SystemTime::now()).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let next = m
+        .next_check
+        .duration_since(SystemTime::now())
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
     MonitorInfo {
         name: m.name.clone(),
         state: match (active_role_checks, m.health) {
@@ -53,38 +59,55 @@ pub(super) fn build(a: &Agent) -> Status {
     let threshold_ns = timing.lost_threshold.as_nanos() as u64;
 
     let sender = a.sender.stats();
-    let links = a
-        .cfg
-        .heartbeat
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let h = a.receivers.iter().find(|r| r.link() == i as u32).map(|r| r.health());
-            let age = h.as_ref().and_then(|h| h.last_rx_ns).map(|t| now.saturating_sub(t));
-            let (sent, send_errors) = sender
-                .links
-                .iter()
-                .find(|(id, _)| *id == i as u32)
-                .map_or((0, 0), |(_, s)| (s.sent.load(Ordering::Relaxed), s.errors.load(Ordering::Relaxed)));
-            LinkInfo {
-                id: i as u32,
-                interface: l.interface.clone(),
-                local: l.local.to_string(),
-                peer: l.peer.to_string(),
-                healthy: age.is_some_and(|x| x <= threshold_ns),
-                last_heard_ms_ago: age.map(ms),
-                accepted: h.as_ref().map_or(0, |h| h.accepted),
-                gaps: h.as_ref().map_or(0, |h| h.gaps),
-                kernel_fallbacks: h.as_ref().map_or(0, |h| h.kernel_fallbacks),
-                refused: h
+    let links =
+        a.cfg
+            .heartbeat
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let h = a
+                    .receivers
+                    .iter()
+                    .find(|r| r.link() == i as u32)
+                    .map(|r| r.health());
+                let age = h
                     .as_ref()
-                    .map(|h| RefusalKind::ALL.iter().map(|k| (k.as_str().to_owned(), h.refused(*k))).collect())
-                    .unwrap_or_default(),
-                sent,
-                send_errors,
-            }
-        })
-        .collect();
+                    .and_then(|h| h.last_rx_ns)
+                    .map(|t| now.saturating_sub(t));
+                let (sent, send_errors) = sender
+                    .links
+                    .iter()
+                    .find(|(id, _)| *id == i as u32)
+                    .map_or((0, 0), |(_, s)| {
+                        (
+                            s.sent.load(Ordering::Relaxed),
+                            s.errors.load(Ordering::Relaxed),
+                        )
+                    });
+                LinkInfo {
+                    id: i as u32,
+                    interface: l.interface.clone(),
+                    local: l.local.to_string(),
+                    peer: l.peer.to_string(),
+                    healthy: age.is_some_and(|x| x <= threshold_ns),
+                    last_heard_ms_ago: age.map(ms),
+                    accepted: h.as_ref().map_or(0, |h| h.accepted),
+                    gaps: h.as_ref().map_or(0, |h| h.gaps),
+                    kernel_fallbacks: h.as_ref().map_or(0, |h| h.kernel_fallbacks),
+                    refused: h
+                        .as_ref()
+                        .map(|h| {
+                            RefusalKind::ALL
+                                .iter()
+                                .map(|k| (k.as_str().to_owned(), h.refused(*k)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    sent,
+                    send_errors,
+                }
+            })
+            .collect();
 
     let view = f.peer.view.as_ref().map(|v| v.advert);
     let peer = PeerInfo {
@@ -107,10 +130,18 @@ pub(super) fn build(a: &Agent) -> Status {
 
     let g = a.gate.snapshot().ok();
     let gate = GateInfo {
-        open: g.as_ref().is_some_and(|g| g.active && g.lease_deadline_ns > now),
-        lease_remaining_ms: g.as_ref().filter(|g| g.active).map(|g| (g.lease_deadline_ns as f64 - now as f64) / 1e6),
+        open: g
+            .as_ref()
+            .is_some_and(|g| g.active && g.lease_deadline_ns > now),
+        lease_remaining_ms: g
+            .as_ref()
+            .filter(|g| g.active)
+            .map(|g| (g.lease_deadline_ns as f64 - now as f64) / 1e6),
         forward: g.as_ref().is_some_and(|g| g.forward),
-        vips: g.as_ref().map(|g| g.vips.iter().map(ToString::to_string).collect()).unwrap_or_default(),
+        vips: g
+            .as_ref()
+            .map(|g| g.vips.iter().map(ToString::to_string).collect())
+            .unwrap_or_default(),
         addresses_held: a.vips.describe(),
     };
 
@@ -129,7 +160,10 @@ pub(super) fn build(a: &Agent) -> Status {
     for w in &f.failing {
         warnings.push(format!("local check failing: {w}"));
     }
-    if a.receivers.iter().any(|r| r.health().refused(RefusalKind::TimingMismatch) > 0) {
+    if a.receivers
+        .iter()
+        .any(|r| r.health().refused(RefusalKind::TimingMismatch) > 0)
+    {
         warnings.push("the peer's heartbeat timing is incompatible with ours (interval + lease + margin must stay below each other's lost threshold): see the log".into());
     }
     if f.promoted_outdated {
@@ -139,7 +173,11 @@ pub(super) fn build(a: &Agent) -> Status {
         warnings.push("heartbeat sender runs without realtime priority".into());
     }
 
-    let jitter = sender.jitter.snapshot().quantile_bound_ns(0.99).map(|n| n as f64 / 1e3);
+    let jitter = sender
+        .jitter
+        .snapshot()
+        .quantile_bound_ns(0.99)
+        .map(|n| n as f64 / 1e3);
     Status {
         node: a.cfg.node.name.clone(),
         instance: a.cfg.runtime.instance.clone(),
@@ -166,14 +204,24 @@ pub(super) fn build(a: &Agent) -> Status {
         monitors,
         sync: {
             let mut info = a.sync.as_ref().map_or_else(
-                || SyncInfo { enabled: false, state: "not configured".into(), ..SyncInfo::default() },
+                || SyncInfo {
+                    enabled: false,
+                    state: "not configured".into(),
+                    ..SyncInfo::default()
+                },
                 |s| s.info(a.fsm.is_active()),
             );
             if let Some(c) = &a.config_sync {
                 let (last, checksum, agree) = c.info();
                 info.enabled = true;
                 info.last_config_sync = last;
-                info.config_checksum = checksum.map(|c| if agree { format!("{c} (peer agrees)") } else { format!("{c} (peer differs or unknown)") });
+                info.config_checksum = checksum.map(|c| {
+                    if agree {
+                        format!("{c} (peer agrees)")
+                    } else {
+                        format!("{c} (peer differs or unknown)")
+                    }
+                });
             }
             info
         },
@@ -184,6 +232,11 @@ pub(super) fn build(a: &Agent) -> Status {
             overruns: sender.overruns.load(Ordering::Relaxed),
             jitter_p99_us: jitter,
         },
-        counters: a.dp.counters().all().map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).unwrap_or_default(),
+        counters: a
+            .dp
+            .counters()
+            .all()
+            .map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+            .unwrap_or_default(),
     }
 }

@@ -5,7 +5,10 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     config::Config,
-    vip::{announce::{Announcer, Schedule}, Vip, VipLink},
+    vip::{
+        Vip, VipLink,
+        announce::{Announcer, Schedule},
+    },
 };
 
 /// One service interface and the VIPs it carries.
@@ -29,16 +32,25 @@ impl VipSet {
         for v in cfg.vips() {
             let vip = Vip::new(v.address.addr(), v.address.prefix_len())
                 .with_context(|| format!("VIP {} on {}", v.address, v.interface))?;
-            if let Some(i) = ifaces.iter_mut().find(|i| i.link.link().name == v.interface) {
+            if let Some(i) = ifaces
+                .iter_mut()
+                .find(|i| i.link.link().name == v.interface)
+            {
                 i.vips.push(vip);
                 continue;
             }
             let link = VipLink::open(handle.clone(), &v.interface)
                 .await
                 .with_context(|| format!("service interface {}", v.interface))?;
-            ifaces.push(Iface { link, vips: vec![vip] });
+            ifaces.push(Iface {
+                link,
+                vips: vec![vip],
+            });
         }
-        Ok(Self { ifaces, held: false })
+        Ok(Self {
+            ifaces,
+            held: false,
+        })
     }
 
     /// Service interfaces that carry VIPs.
@@ -48,14 +60,20 @@ impl VipSet {
 
     /// Every VIP address (for the gate).
     pub fn addresses(&self) -> Vec<std::net::IpAddr> {
-        self.ifaces.iter().flat_map(|i| i.vips.iter().map(Vip::addr)).collect()
+        self.ifaces
+            .iter()
+            .flat_map(|i| i.vips.iter().map(Vip::addr))
+            .collect()
     }
 
     /// Adds every VIP (idempotent).
     pub async fn hold(&mut self) -> Result<()> {
         for i in &self.ifaces {
             for v in &i.vips {
-                i.link.add(v).await.with_context(|| format!("adding VIP {v} on {}", i.link.link().name))?;
+                i.link
+                    .add(v)
+                    .await
+                    .with_context(|| format!("adding VIP {v} on {}", i.link.link().name))?;
             }
         }
         self.held = true;
@@ -87,7 +105,9 @@ impl VipSet {
                 Ok(a) => {
                     tokio::spawn(async move { a.run(Schedule::default()).await });
                 }
-                Err(e) => tracing::error!(ifname = %i.link.link().name, error = %e, "cannot announce VIPs"),
+                Err(e) => {
+                    tracing::error!(ifname = %i.link.link().name, error = %e, "cannot announce VIPs")
+                }
             }
         }
     }
@@ -97,6 +117,13 @@ impl VipSet {
         if !self.held {
             return Vec::new();
         }
-        self.ifaces.iter().flat_map(|i| i.vips.iter().map(move |v| format!("{v} on {}", i.link.link().name))).collect()
+        self.ifaces
+            .iter()
+            .flat_map(|i| {
+                i.vips
+                    .iter()
+                    .map(move |v| format!("{v} on {}", i.link.link().name))
+            })
+            .collect()
     }
 }

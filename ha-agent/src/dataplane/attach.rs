@@ -5,13 +5,13 @@
 use std::path::Path;
 
 use aya::{
+    Ebpf,
     programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
-    Ebpf,
 };
 
 use super::DataPlaneError;
@@ -34,7 +34,11 @@ pub fn ifindex(iface: &str) -> Result<u32, DataPlaneError> {
 }
 
 fn attach_err(prog: &'static str, iface: &str, reason: impl std::fmt::Display) -> DataPlaneError {
-    DataPlaneError::Attach { prog, iface: iface.to_owned(), reason: reason.to_string() }
+    DataPlaneError::Attach {
+        prog,
+        iface: iface.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 fn link_pin(pin_dir: &Path, prog: &str, iface: &str) -> std::path::PathBuf {
@@ -74,7 +78,8 @@ pub fn xdp(
         .map_err(|e| DataPlaneError::prog(name, e))?;
     if let Some(fd_link) = reuse_pinned(&pin) {
         let link = XdpLink::try_from(fd_link).map_err(|e| attach_err(name, iface, e))?;
-        prog.attach_to_link(link).map_err(|e| attach_err(name, iface, e))?;
+        prog.attach_to_link(link)
+            .map_err(|e| attach_err(name, iface, e))?;
         tracing::info!(prog = name, iface, "replaced program in pinned XDP link");
         return Ok(());
     }
@@ -88,15 +93,24 @@ pub fn xdp(
     }
     .map_err(|e| attach_err(name, iface, e))?;
     let link = prog.take_link(id).map_err(|e| attach_err(name, iface, e))?;
-    let fd_link: FdLink = link.try_into().map_err(|e| attach_err(name, iface, format!("not a bpf_link: {e}")))?;
-    fd_link.pin(&pin).map_err(|e| attach_err(name, iface, format!("pinning {}: {e}", pin.display())))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e| attach_err(name, iface, format!("not a bpf_link: {e}")))?;
+    fd_link
+        .pin(&pin)
+        .map_err(|e| attach_err(name, iface, format!("pinning {}: {e}", pin.display())))?;
     tracing::info!(prog = name, iface, ?mode, "attached XDP program");
     Ok(())
 }
 
 /// Attaches tc program `name` to the egress of `iface` (TCX link), or takes
 /// over the pinned link of a previous agent, and pins the link.
-pub fn tc_egress(ebpf: &mut Ebpf, name: &'static str, iface: &str, pin_dir: &Path) -> Result<(), DataPlaneError> {
+pub fn tc_egress(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    iface: &str,
+    pin_dir: &Path,
+) -> Result<(), DataPlaneError> {
     let pin = link_pin(pin_dir, name, iface);
     let prog: &mut SchedClassifier = ebpf
         .program_mut(name)
@@ -104,15 +118,23 @@ pub fn tc_egress(ebpf: &mut Ebpf, name: &'static str, iface: &str, pin_dir: &Pat
         .try_into()
         .map_err(|e| DataPlaneError::prog(name, e))?;
     if let Some(fd_link) = reuse_pinned(&pin) {
-        let link = SchedClassifierLink::try_from(fd_link).map_err(|e| attach_err(name, iface, e))?;
-        prog.attach_to_link(link).map_err(|e| attach_err(name, iface, e))?;
+        let link =
+            SchedClassifierLink::try_from(fd_link).map_err(|e| attach_err(name, iface, e))?;
+        prog.attach_to_link(link)
+            .map_err(|e| attach_err(name, iface, e))?;
         tracing::info!(prog = name, iface, "replaced program in pinned tc link");
         return Ok(());
     }
-    let id = prog.attach(iface, TcAttachType::Egress).map_err(|e| attach_err(name, iface, e))?;
+    let id = prog
+        .attach(iface, TcAttachType::Egress)
+        .map_err(|e| attach_err(name, iface, e))?;
     let link = prog.take_link(id).map_err(|e| attach_err(name, iface, e))?;
-    let fd_link: FdLink = link.try_into().map_err(|e| attach_err(name, iface, format!("not a TCX link: {e}")))?;
-    fd_link.pin(&pin).map_err(|e| attach_err(name, iface, format!("pinning {}: {e}", pin.display())))?;
+    let fd_link: FdLink = link
+        .try_into()
+        .map_err(|e| attach_err(name, iface, format!("not a TCX link: {e}")))?;
+    fd_link
+        .pin(&pin)
+        .map_err(|e| attach_err(name, iface, format!("pinning {}: {e}", pin.display())))?;
     tracing::info!(prog = name, iface, "attached tc egress program");
     Ok(())
 }

@@ -31,8 +31,17 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), DataPlaneError> {
         return Ok(());
     }
     let _ = std::fs::create_dir_all(mount_point);
-    nix::mount::mount(Some("bpf"), mount_point, Some("bpf"), MsFlags::empty(), None::<&str>)
-        .map_err(|source| DataPlaneError::Bpffs { path: mount_point.to_owned(), source })?;
+    nix::mount::mount(
+        Some("bpf"),
+        mount_point,
+        Some("bpf"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| DataPlaneError::Bpffs {
+        path: mount_point.to_owned(),
+        source,
+    })?;
     tracing::info!(path = %mount_point.display(), "mounted bpffs");
     Ok(())
 }

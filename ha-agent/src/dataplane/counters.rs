@@ -6,12 +6,12 @@ use std::{
 };
 
 use aya::{
-    maps::{MapData, PerCpuArray},
     Ebpf,
+    maps::{MapData, PerCpuArray},
 };
-use ha_common::{map, Counter};
+use ha_common::{Counter, map};
 
-use super::{gate::take_map, DataPlaneError};
+use super::{DataPlaneError, gate::take_map};
 
 /// Cloneable handle on the counters map.
 #[derive(Clone)]
@@ -21,7 +21,9 @@ pub struct Counters {
 
 impl Counters {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataPlaneError> {
-        Ok(Self { inner: Arc::new(Mutex::new(take_map(ebpf, map::COUNTERS)?)) })
+        Ok(Self {
+            inner: Arc::new(Mutex::new(take_map(ebpf, map::COUNTERS)?)),
+        })
     }
 
     /// One counter, summed over CPUs.
@@ -29,8 +31,13 @@ impl Counters {
     /// # Errors
     /// The map read failed.
     pub fn get(&self, c: Counter) -> Result<u64, DataPlaneError> {
-        let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let v = m.get(&(c as u32), 0).map_err(|e| DataPlaneError::map(map::COUNTERS, e))?;
+        let m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let v = m
+            .get(&(c as u32), 0)
+            .map_err(|e| DataPlaneError::map(map::COUNTERS, e))?;
         Ok(v.iter().sum())
     }
 
@@ -39,6 +46,9 @@ impl Counters {
     /// # Errors
     /// A map read failed.
     pub fn all(&self) -> Result<BTreeMap<&'static str, u64>, DataPlaneError> {
-        Counter::ALL.iter().map(|&c| Ok((c.name(), self.get(c)?))).collect()
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c.name(), self.get(c)?)))
+            .collect()
     }
 }

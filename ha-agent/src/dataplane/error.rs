@@ -4,7 +4,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum DataPlaneError {
     /// The agent was built with `AYA_BUILD_SKIP`: it carries no eBPF object.
-    #[error("this ha-agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    #[error(
+        "this ha-agent was built without its eBPF object (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
     StubObject,
     /// The instance name cannot be used as a directory name.
     #[error("instance name {0:?} must be 1-64 characters of [A-Za-z0-9._-] and not start with '.'")]
@@ -75,9 +77,15 @@ pub enum DataPlaneError {
 
 impl DataPlaneError {
     pub(crate) fn map(name: &'static str, e: aya::maps::MapError) -> Self {
-        Self::Map { name, source: Box::new(e) }
+        Self::Map {
+            name,
+            source: Box::new(e),
+        }
     }
     pub(crate) fn prog(name: &'static str, e: aya::programs::ProgramError) -> Self {
-        Self::Program { name, source: Box::new(e) }
+        Self::Program {
+            name,
+            source: Box::new(e),
+        }
     }
 }

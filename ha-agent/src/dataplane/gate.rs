@@ -12,12 +12,12 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData},
     Ebpf,
+    maps::{Array, HashMap, MapData},
 };
 use ha_common::{
-    map, GateState, PeerMac, VipKey, VipSlot, FAMILY_V4, FAMILY_V6, MAX_VIPS, VIP_SLOT_EMPTY,
-    VIP_SLOT_MANY, VIP_SLOT_ONE,
+    FAMILY_V4, FAMILY_V6, GateState, MAX_VIPS, PeerMac, VIP_SLOT_EMPTY, VIP_SLOT_MANY,
+    VIP_SLOT_ONE, VipKey, VipSlot, map,
 };
 
 use super::DataPlaneError;
@@ -57,9 +57,12 @@ pub(super) fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, Data
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let m = ebpf.take_map(name).ok_or(DataPlaneError::map(name, aya::maps::MapError::InvalidName {
-        name: name.to_owned(),
-    }))?;
+    let m = ebpf.take_map(name).ok_or(DataPlaneError::map(
+        name,
+        aya::maps::MapError::InvalidName {
+            name: name.to_owned(),
+        },
+    ))?;
     T::try_from(m).map_err(|e| DataPlaneError::map(name, e))
 }
 
@@ -67,7 +70,9 @@ impl GateControl {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, DataPlaneError> {
         let gate: Array<MapData, GateState> = take_map(ebpf, map::GATE)?;
         // A re-used pinned map keeps what the last agent wrote.
-        let state = gate.get(&0, 0).map_err(|e| DataPlaneError::map(map::GATE, e))?;
+        let state = gate
+            .get(&0, 0)
+            .map_err(|e| DataPlaneError::map(map::GATE, e))?;
         Ok(Self {
             inner: Arc::new(Mutex::new(Maps {
                 gate,
@@ -83,11 +88,15 @@ impl GateControl {
     fn lock(&self) -> MutexGuard<'_, Maps> {
         // A panic while holding the lock leaves the maps consistent (each
         // write is one syscall), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn write(m: &mut Maps, next: GateState) -> Result<(), DataPlaneError> {
-        m.gate.set(0, next, 0).map_err(|e| DataPlaneError::map(map::GATE, e))?;
+        m.gate
+            .set(0, next, 0)
+            .map_err(|e| DataPlaneError::map(map::GATE, e))?;
         m.state = next;
         Ok(())
     }
@@ -157,10 +166,14 @@ impl GateControl {
         let want: BTreeSet<u32> = ports.iter().map(|&p| u32::from(p)).collect();
         let have: Vec<u32> = m.fence_ports.keys().filter_map(Result::ok).collect();
         for p in &want {
-            m.fence_ports.insert(p, 1, 0).map_err(|e| DataPlaneError::map(map::FENCE_PORTS, e))?;
+            m.fence_ports
+                .insert(p, 1, 0)
+                .map_err(|e| DataPlaneError::map(map::FENCE_PORTS, e))?;
         }
         for p in have.iter().filter(|p| !want.contains(p)) {
-            m.fence_ports.remove(p).map_err(|e| DataPlaneError::map(map::FENCE_PORTS, e))?;
+            m.fence_ports
+                .remove(p)
+                .map_err(|e| DataPlaneError::map(map::FENCE_PORTS, e))?;
         }
         Ok(())
     }
@@ -179,18 +192,27 @@ impl GateControl {
         let mut m = self.lock();
         let have: Vec<VipKey> = m.vips.keys().filter_map(Result::ok).collect();
         for ip in &want {
-            m.vips.insert(key(*ip), 1, 0).map_err(|e| DataPlaneError::map(map::VIPS, e))?;
+            m.vips
+                .insert(key(*ip), 1, 0)
+                .map_err(|e| DataPlaneError::map(map::VIPS, e))?;
         }
         let slots = slots_for(&want);
         for (i, slot) in slots.iter().enumerate() {
-            let cur = m.slots.get(&(i as u32), 0).map_err(|e| DataPlaneError::map(map::VIP_SLOTS, e))?;
+            let cur = m
+                .slots
+                .get(&(i as u32), 0)
+                .map_err(|e| DataPlaneError::map(map::VIP_SLOTS, e))?;
             if cur != *slot {
-                m.slots.set(i as u32, slot, 0).map_err(|e| DataPlaneError::map(map::VIP_SLOTS, e))?;
+                m.slots
+                    .set(i as u32, slot, 0)
+                    .map_err(|e| DataPlaneError::map(map::VIP_SLOTS, e))?;
             }
         }
         let want_keys: BTreeSet<[u8; 20]> = want.iter().map(|ip| key_bytes(&key(*ip))).collect();
         for k in have.iter().filter(|k| !want_keys.contains(&key_bytes(k))) {
-            m.vips.remove(k).map_err(|e| DataPlaneError::map(map::VIPS, e))?;
+            m.vips
+                .remove(k)
+                .map_err(|e| DataPlaneError::map(map::VIPS, e))?;
         }
         Ok(())
     }
@@ -201,8 +223,16 @@ impl GateControl {
     /// A map read failed.
     pub fn snapshot(&self) -> Result<GateSnapshot, DataPlaneError> {
         let m = self.lock();
-        let s = m.gate.get(&0, 0).map_err(|e| DataPlaneError::map(map::GATE, e))?;
-        let vips = m.vips.keys().filter_map(Result::ok).filter_map(|k| ip_of(&k)).collect();
+        let s = m
+            .gate
+            .get(&0, 0)
+            .map_err(|e| DataPlaneError::map(map::GATE, e))?;
+        let vips = m
+            .vips
+            .keys()
+            .filter_map(Result::ok)
+            .filter_map(|k| ip_of(&k))
+            .collect();
         Ok(GateSnapshot {
             active: s.active != 0,
             forward: s.forward != 0,
@@ -218,9 +248,15 @@ fn key(ip: IpAddr) -> VipKey {
     match ip {
         IpAddr::V4(v4) => {
             addr[..4].copy_from_slice(&v4.octets());
-            VipKey { family: FAMILY_V4, addr }
+            VipKey {
+                family: FAMILY_V4,
+                addr,
+            }
         }
-        IpAddr::V6(v6) => VipKey { family: FAMILY_V6, addr: v6.octets() },
+        IpAddr::V6(v6) => VipKey {
+            family: FAMILY_V6,
+            addr: v6.octets(),
+        },
     }
 }
 
@@ -241,7 +277,13 @@ fn ip_of(k: &VipKey) -> Option<IpAddr> {
 
 /// The filter slots for a VIP set: `family * 256 + last byte`.
 fn slots_for(vips: &BTreeSet<IpAddr>) -> Vec<VipSlot> {
-    let mut slots = vec![VipSlot { state: VIP_SLOT_EMPTY, addr: [0; 16] }; ha_common::VIP_SLOT_ENTRIES as usize];
+    let mut slots = vec![
+        VipSlot {
+            state: VIP_SLOT_EMPTY,
+            addr: [0; 16]
+        };
+        ha_common::VIP_SLOT_ENTRIES as usize
+    ];
     for ip in vips {
         let k = key(*ip);
         let (base, last) = match ip {
@@ -269,8 +311,10 @@ mod tests {
 
     #[test]
     fn slots_single_and_shared_last_byte() {
-        let set: BTreeSet<IpAddr> =
-            ["10.0.0.5", "10.0.1.5", "10.0.0.7", "fd00::7"].iter().map(|s| s.parse().unwrap()).collect();
+        let set: BTreeSet<IpAddr> = ["10.0.0.5", "10.0.1.5", "10.0.0.7", "fd00::7"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let s = slots_for(&set);
         assert_eq!(s[5].state, VIP_SLOT_MANY);
         assert_eq!(s[7].state, VIP_SLOT_ONE);

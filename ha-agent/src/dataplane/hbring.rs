@@ -6,12 +6,15 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray},
     Ebpf,
+    maps::{Array, MapData, PerCpuArray},
 };
-use ha_common::{map, HbExpect, HbLinkConfig, HbRecord, FAMILY_V4, FAMILY_V6, HB_LINK_SLOTS, HB_RING_SLOTS, MAX_LINKS};
+use ha_common::{
+    FAMILY_V4, FAMILY_V6, HB_LINK_SLOTS, HB_RING_SLOTS, HbExpect, HbLinkConfig, HbRecord,
+    MAX_LINKS, map,
+};
 
-use super::{gate::take_map, DataPlaneError};
+use super::{DataPlaneError, gate::take_map};
 
 /// What the heartbeat program must know about one link.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,12 +81,23 @@ impl HeartbeatTimes {
             peer_addr,
         };
         let slot = ifindex % HB_LINK_SLOTS;
-        let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let cur = m.links.get(&slot, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))?;
+        let mut m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cur = m
+            .links
+            .get(&slot, 0)
+            .map_err(|e| DataPlaneError::map(map::HB_LINKS, e))?;
         if cur.ifindex != 0 && cur.ifindex != ifindex {
-            return Err(DataPlaneError::LinkSlot { ifindex, other: cur.ifindex });
+            return Err(DataPlaneError::LinkSlot {
+                ifindex,
+                other: cur.ifindex,
+            });
         }
-        m.links.set(slot, cfg, 0).map_err(|e| DataPlaneError::map(map::HB_LINKS, e))
+        m.links
+            .set(slot, cfg, 0)
+            .map_err(|e| DataPlaneError::map(map::HB_LINKS, e))
     }
 
     /// Tells the heartbeat program which token the peer's frame
@@ -95,8 +109,13 @@ impl HeartbeatTimes {
     /// The map write failed.
     pub fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError> {
         let idx = seq as u32 & (HB_RING_SLOTS - 1);
-        let mut m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        m.expect.set(idx, HbExpect { epoch, seq, token }, 0).map_err(|e| DataPlaneError::map(map::HB_EXPECT, e))
+        let mut m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        m.expect
+            .set(idx, HbExpect { epoch, seq, token }, 0)
+            .map_err(|e| DataPlaneError::map(map::HB_EXPECT, e))
     }
 
     /// The newest record on `link` from peer epoch `epoch`: `(seq, ktime)`.
@@ -109,11 +128,19 @@ impl HeartbeatTimes {
         if link >= MAX_LINKS {
             return None;
         }
-        let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut best: Option<(u64, u64)> = None;
         for slot in 0..HB_RING_SLOTS {
-            let Ok(values) = m.ring.get(&(link * HB_RING_SLOTS + slot), 0) else { continue };
-            for r in values.iter().filter(|r| r.epoch == epoch && r.ktime_ns != 0) {
+            let Ok(values) = m.ring.get(&(link * HB_RING_SLOTS + slot), 0) else {
+                continue;
+            };
+            for r in values
+                .iter()
+                .filter(|r| r.epoch == epoch && r.ktime_ns != 0)
+            {
                 if best.is_none_or(|(_, t)| r.ktime_ns > t) {
                     best = Some((r.seq, r.ktime_ns));
                 }
@@ -130,8 +157,15 @@ impl HeartbeatTimes {
             return None;
         }
         let idx = link * HB_RING_SLOTS + (seq as u32 & (HB_RING_SLOTS - 1));
-        let m = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let m = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let values = m.ring.get(&idx, 0).ok()?;
-        values.iter().filter(|r| r.epoch == epoch && r.seq == seq).map(|r| r.ktime_ns).min()
+        values
+            .iter()
+            .filter(|r| r.epoch == epoch && r.seq == seq)
+            .map(|r| r.ktime_ns)
+            .min()
     }
 }

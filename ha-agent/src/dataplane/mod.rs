@@ -40,7 +40,10 @@ pub struct Options {
 impl Options {
     /// Options for `instance` under the default pin root.
     pub fn new(instance: &str) -> Self {
-        Self { instance: instance.to_owned(), pin_root: PathBuf::from(DEFAULT_PIN_ROOT) }
+        Self {
+            instance: instance.to_owned(),
+            pin_root: PathBuf::from(DEFAULT_PIN_ROOT),
+        }
     }
 
     fn pin_dir(&self) -> PathBuf {
@@ -71,8 +74,12 @@ impl DataPlane {
         validate_instance(&opts.instance)?;
         bpffs::ensure_mounted(&opts.pin_root)?;
         let pin_dir = opts.pin_dir();
-        std::fs::create_dir_all(pin_dir.join("links"))
-            .map_err(|source| DataPlaneError::PinDir { path: pin_dir.clone(), source })?;
+        std::fs::create_dir_all(pin_dir.join("links")).map_err(|source| {
+            DataPlaneError::PinDir {
+                path: pin_dir.clone(),
+                source,
+            }
+        })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
             .load(OBJECT)
@@ -82,7 +89,13 @@ impl DataPlane {
         let times = HeartbeatTimes::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
         tracing::info!(pin_dir = %pin_dir.display(), "data plane loaded");
-        Ok(Self { ebpf, pin_dir, gate, times, counters })
+        Ok(Self {
+            ebpf,
+            pin_dir,
+            gate,
+            times,
+            counters,
+        })
     }
 
     /// The pin directory of this instance.
@@ -118,7 +131,13 @@ impl DataPlane {
     ) -> Result<(), DataPlaneError> {
         let ifindex = attach::ifindex(iface)?;
         self.times.configure_link(ifindex, link)?;
-        attach::xdp(&mut self.ebpf, ha_common::prog::HEARTBEAT, iface, mode, &self.pin_dir)
+        attach::xdp(
+            &mut self.ebpf,
+            ha_common::prog::HEARTBEAT,
+            iface,
+            mode,
+            &self.pin_dir,
+        )
     }
 
     /// Attaches the VIP gate (XDP ingress) and the egress fence (tc) to a
@@ -126,8 +145,18 @@ impl DataPlane {
     ///
     /// # Errors
     /// Unknown interface, or the kernel refuses an attachment.
-    pub fn attach_service(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), DataPlaneError> {
-        attach::xdp(&mut self.ebpf, ha_common::prog::GATE, iface, mode, &self.pin_dir)?;
+    pub fn attach_service(
+        &mut self,
+        iface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<(), DataPlaneError> {
+        attach::xdp(
+            &mut self.ebpf,
+            ha_common::prog::GATE,
+            iface,
+            mode,
+            &self.pin_dir,
+        )?;
         attach::tc_egress(&mut self.ebpf, ha_common::prog::FENCE, iface, &self.pin_dir)
     }
 
@@ -137,7 +166,13 @@ impl DataPlane {
     /// # Errors
     /// Unknown interface, or the kernel refuses the attachment.
     pub fn attach_pass(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), DataPlaneError> {
-        attach::xdp(&mut self.ebpf, ha_common::prog::XDP_PASS, iface, mode, &self.pin_dir)
+        attach::xdp(
+            &mut self.ebpf,
+            ha_common::prog::XDP_PASS,
+            iface,
+            mode,
+            &self.pin_dir,
+        )
     }
 
     /// Runs one program on a crafted packet (BPF_PROG_TEST_RUN).
@@ -182,7 +217,13 @@ pub fn remove_pins(opts: &Options) -> Result<(), DataPlaneError> {
 fn validate_instance(name: &str) -> Result<(), DataPlaneError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !name.starts_with('.');
-    if ok { Ok(()) } else { Err(DataPlaneError::BadInstance(name.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(DataPlaneError::BadInstance(name.to_owned()))
+    }
 }

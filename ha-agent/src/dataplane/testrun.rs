@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
     Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use ha_common::prog;
 
@@ -81,9 +81,14 @@ pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), DataPlaneError> {
         let name = kind.name();
         let p = ebpf
             .program_mut(name)
-            .ok_or_else(|| DataPlaneError::Attach { prog: name, iface: String::new(), reason: "missing from the object".into() })?;
+            .ok_or_else(|| DataPlaneError::Attach {
+                prog: name,
+                iface: String::new(),
+                reason: "missing from the object".into(),
+            })?;
         if kind.is_tc() {
-            let p: &mut SchedClassifier = p.try_into().map_err(|e| DataPlaneError::prog(name, e))?;
+            let p: &mut SchedClassifier =
+                p.try_into().map_err(|e| DataPlaneError::prog(name, e))?;
             p.load().map_err(|e| DataPlaneError::prog(name, e))?;
         } else {
             let p: &mut Xdp = p.try_into().map_err(|e| DataPlaneError::prog(name, e))?;
@@ -112,13 +117,21 @@ pub(super) fn run(
     let name = kind.name();
     let p = ebpf
         .program_mut(name)
-        .ok_or_else(|| DataPlaneError::Attach { prog: name, iface: String::new(), reason: "missing from the object".into() })?;
+        .ok_or_else(|| DataPlaneError::Attach {
+            prog: name,
+            iface: String::new(),
+            reason: "missing from the object".into(),
+        })?;
     let mut out = vec![0u8; packet.len() + 256];
     let ctx = ifindex.map(|i| xdp_md(packet.len(), i));
     let opts = TestRunOptions {
         data_in: Some(packet),
         data_out: Some(&mut out),
-        ctx_in: if kind.is_tc() { None } else { ctx.as_ref().map(|c| &c[..]) },
+        ctx_in: if kind.is_tc() {
+            None
+        } else {
+            ctx.as_ref().map(|c| &c[..])
+        },
         repeat: repeat.max(1),
         ..TestRunOptions::default()
     };
@@ -131,5 +144,9 @@ pub(super) fn run(
     }
     .map_err(|e| DataPlaneError::prog(name, e))?;
     out.truncate(res.data_size_out as usize);
-    Ok(TestOutcome { verdict: res.return_value, data_out: out, per_run: res.duration })
+    Ok(TestOutcome {
+        verdict: res.return_value,
+        data_out: out,
+        per_run: res.duration,
+    })
 }

@@ -42,7 +42,9 @@ pub enum FsmError {
     #[error("lost threshold must be above zero")]
     ZeroThreshold,
     /// The start-up wait is shorter than the lost threshold.
-    #[error("start-up wait {startup_wait:?} is shorter than the lost threshold {threshold:?}: a live peer could go unheard")]
+    #[error(
+        "start-up wait {startup_wait:?} is shorter than the lost threshold {threshold:?}: a live peer could go unheard"
+    )]
     StartupWaitBelowThreshold {
         /// Configured start-up wait.
         startup_wait: Duration,

@@ -23,19 +23,37 @@ const HISTORY: usize = 32;
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum State {
     Init,
-    Starting { since: Nanos },
+    Starting {
+        since: Nanos,
+    },
     /// `grant`: the peer term this node grants (the peer's claim, or its
     /// active term), advertised with the handover flag.
-    Secondary { grant: Option<u64> },
+    Secondary {
+        grant: Option<u64>,
+    },
     /// `planned`: the peer held the role and gives it up (or is asked to):
     /// promotion waits for sync lag 0.
-    Promoting { term: u64, since: Nanos, planned: bool, reason: Reason },
-    Primary { term: u64 },
-    HandingOver { since: Nanos, grant: u64 },
+    Promoting {
+        term: u64,
+        since: Nanos,
+        planned: bool,
+        reason: Reason,
+    },
+    Primary {
+        term: u64,
+    },
+    HandingOver {
+        since: Nanos,
+        grant: u64,
+    },
     /// Out of service; grants any claim of the peer (`grant`), and keeps
     /// that grant when it returns.
-    Failed { grant: Option<u64> },
-    HeldOff { grant: Option<u64> },
+    Failed {
+        grant: Option<u64>,
+    },
+    HeldOff {
+        grant: Option<u64>,
+    },
     Off,
     Stopped,
 }
@@ -79,7 +97,12 @@ struct Step {
 
 impl Step {
     fn to(to: State, reason: Reason) -> Self {
-        Self { to, reason, hand_back: false, detection_ns: None }
+        Self {
+            to,
+            reason,
+            hand_back: false,
+            detection_ns: None,
+        }
     }
 }
 
@@ -88,7 +111,12 @@ impl Step {
 type Key = (bool, bool, u16, Reverse<u32>);
 
 fn key(outdated: bool, mode: ConfiguredMode, priority: u16, node_id: u32) -> Key {
-    (!outdated, mode == ConfiguredMode::Primary, priority, Reverse(node_id))
+    (
+        !outdated,
+        mode == ConfiguredMode::Primary,
+        priority,
+        Reverse(node_id),
+    )
 }
 
 /// The peer is out of the running for good (this agent instance): it is
@@ -222,10 +250,15 @@ impl Fsm {
     pub fn handle(&mut self, event: Event) -> Result<Vec<Action>, FsmError> {
         if let Event::PeerHeard { link, view, .. } = &event {
             if *link >= self.cfg.links.len() {
-                return Err(FsmError::UnknownLink { link: *link, count: self.cfg.links.len() });
+                return Err(FsmError::UnknownLink {
+                    link: *link,
+                    count: self.cfg.links.len(),
+                });
             }
             if view.advert.node_id == self.cfg.node_id {
-                return Err(FsmError::PeerHasOwnNodeId { node_id: self.cfg.node_id });
+                return Err(FsmError::PeerHasOwnNodeId {
+                    node_id: self.cfg.node_id,
+                });
             }
         }
         let time = event.time();
@@ -247,12 +280,17 @@ impl Fsm {
             Event::Tick { .. } => {}
             Event::PeerHeard { at, link, view } => self.heard(at, link, view),
             Event::LocalCheck { ok, what, .. } => self.local_check(ok, what),
-            Event::SyncState { lag_zero, outdated, .. } => self.sync_state(lag_zero, outdated),
+            Event::SyncState {
+                lag_zero, outdated, ..
+            } => self.sync_state(lag_zero, outdated),
             Event::VipProbe { at, answered } => self.vip_probe(at, answered),
             Event::OperatorSwitch { to, .. } => self.operator(to, &mut out),
             Event::LeaseLapsed { now } => {
                 if matches!(self.state, State::Primary { .. }) {
-                    self.go(Step::to(State::Starting { since: now }, Reason::LeaseLapsed), &mut out);
+                    self.go(
+                        Step::to(State::Starting { since: now }, Reason::LeaseLapsed),
+                        &mut out,
+                    );
                 }
             }
             Event::Shutdown { .. } => {
@@ -336,13 +374,20 @@ impl Fsm {
         match self.state {
             State::Starting { since } => consider(since.saturating_add(self.startup_wait)),
             State::Promoting { since, .. } | State::HandingOver { since, .. } => {
-                consider(since.saturating_add(self.handover_timeout).saturating_add(1));
+                consider(
+                    since
+                        .saturating_add(self.handover_timeout)
+                        .saturating_add(1),
+                );
             }
             _ => {}
         }
         if matches!(
             self.state,
-            State::Secondary { .. } | State::Promoting { .. } | State::HandingOver { .. } | State::Primary { .. }
+            State::Secondary { .. }
+                | State::Promoting { .. }
+                | State::HandingOver { .. }
+                | State::Primary { .. }
         ) {
             let mut sign = self.peer.last_heard;
             if self.cfg.remote_services_as_heartbeat && !self.is_active() {
@@ -414,7 +459,9 @@ impl Fsm {
         self.started_at = now;
         // A previous agent may have left the pinned gate open: close it
         // before anything else, whatever the role will be.
-        out.push(Action::Deactivate { reason: Reason::Starting });
+        out.push(Action::Deactivate {
+            reason: Reason::Starting,
+        });
         let step = if self.cfg.mode == ConfiguredMode::Off {
             Step::to(State::Off, Reason::ConfiguredOff)
         } else {
@@ -430,7 +477,13 @@ impl Fsm {
         if let Some(old) = self.peer.view
             && old.epoch != view.epoch
         {
-            tracing::info!(node = self.cfg.node_id, peer = view.advert.node_id, old_epoch = old.epoch, epoch = view.epoch, "peer agent restarted");
+            tracing::info!(
+                node = self.cfg.node_id,
+                peer = view.advert.node_id,
+                old_epoch = old.epoch,
+                epoch = view.epoch,
+                "peer agent restarted"
+            );
             self.peer.was_active = false;
         }
         let a = view.advert;
@@ -456,7 +509,10 @@ impl Fsm {
     fn sync_state(&mut self, lag_zero: bool, outdated: bool) {
         if outdated != self.outdated {
             if outdated {
-                tracing::warn!(node = self.cfg.node_id, "replica outdated: this node will not promote itself unless promote_outdated is set");
+                tracing::warn!(
+                    node = self.cfg.node_id,
+                    "replica outdated: this node will not promote itself unless promote_outdated is set"
+                );
             } else {
                 tracing::info!(node = self.cfg.node_id, "replica current again");
             }
@@ -482,16 +538,31 @@ impl Fsm {
         let refuse = |why: &str| tracing::warn!(node, to = %to, why, "operator switch refused");
         match (to, self.state.clone()) {
             (_, State::Init | State::Off | State::Stopped) => refuse("node is not in service"),
-            (SwitchTarget::Primary, State::Primary { .. }) => tracing::info!(node, "operator switch: already primary"),
+            (SwitchTarget::Primary, State::Primary { .. }) => {
+                tracing::info!(node, "operator switch: already primary")
+            }
             (SwitchTarget::Primary, State::Failed { .. }) => refuse("a local check fails"),
-            (SwitchTarget::Primary, _) if self.eligible().is_err() => refuse("replica outdated or local check failing"),
+            (SwitchTarget::Primary, _) if self.eligible().is_err() => {
+                refuse("replica outdated or local check failing")
+            }
             (SwitchTarget::Primary, State::HeldOff { grant }) => {
                 self.want_primary = Some(reason.clone());
-                self.go(Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }, out);
+                self.go(
+                    Step {
+                        to: State::Secondary { grant },
+                        reason,
+                        hand_back: true,
+                        detection_ns: None,
+                    },
+                    out,
+                );
             }
             (SwitchTarget::Primary, State::HandingOver { grant, .. }) => {
                 self.want_primary = Some(reason.clone());
-                self.go(Step::to(State::Secondary { grant: Some(grant) }, reason), out);
+                self.go(
+                    Step::to(State::Secondary { grant: Some(grant) }, reason),
+                    out,
+                );
             }
             (SwitchTarget::Primary, _) => {
                 tracing::info!(node, "operator switch to primary requested");
@@ -499,14 +570,31 @@ impl Fsm {
             }
             (SwitchTarget::Secondary, State::Primary { term }) => {
                 self.want_primary = None;
-                self.go(Step::to(State::HandingOver { since: self.now, grant: term }, reason), out);
+                self.go(
+                    Step::to(
+                        State::HandingOver {
+                            since: self.now,
+                            grant: term,
+                        },
+                        reason,
+                    ),
+                    out,
+                );
             }
             (SwitchTarget::Secondary, State::Promoting { .. }) => {
                 self.want_primary = None;
                 self.go(Step::to(State::Secondary { grant: None }, reason), out);
             }
             (SwitchTarget::Secondary, State::HeldOff { grant }) => {
-                self.go(Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }, out);
+                self.go(
+                    Step {
+                        to: State::Secondary { grant },
+                        reason,
+                        hand_back: true,
+                        detection_ns: None,
+                    },
+                    out,
+                );
             }
             (SwitchTarget::Secondary, _) => {
                 self.want_primary = None;
@@ -518,12 +606,18 @@ impl Fsm {
     // ----- knowledge ----------------------------------------------------
 
     fn peer_alive(&self) -> bool {
-        self.peer.last_heard.is_some_and(|t| self.now.saturating_sub(t) <= self.threshold)
+        self.peer
+            .last_heard
+            .is_some_and(|t| self.now.saturating_sub(t) <= self.threshold)
     }
 
     /// The peer's newest advert, if the peer is alive.
     fn live_view(&self) -> Option<Advert> {
-        if self.peer_alive() { self.peer.view.map(|v| v.advert) } else { None }
+        if self.peer_alive() {
+            self.peer.view.map(|v| v.advert)
+        } else {
+            None
+        }
     }
 
     fn peer_active(&self) -> bool {
@@ -531,7 +625,12 @@ impl Fsm {
     }
 
     fn own_key(&self) -> Key {
-        key(self.outdated, self.cfg.mode, self.cfg.priority, self.cfg.node_id)
+        key(
+            self.outdated,
+            self.cfg.mode,
+            self.cfg.priority,
+            self.cfg.node_id,
+        )
     }
 
     fn peer_key(a: &Advert) -> Key {
@@ -585,7 +684,10 @@ impl Fsm {
     fn blocked(&self) -> Option<Blocked> {
         let waited = matches!(self.state, State::Starting { since } if self.now.saturating_sub(since) >= self.startup_wait);
         let passive = waited
-            || matches!(self.state, State::Secondary { .. } | State::Promoting { .. } | State::HandingOver { .. });
+            || matches!(
+                self.state,
+                State::Secondary { .. } | State::Promoting { .. } | State::HandingOver { .. }
+            );
         if !passive {
             return None;
         }
@@ -596,10 +698,16 @@ impl Fsm {
                     return self.eligible().err();
                 }
                 match self.state {
-                    State::Promoting { term, planned: true, .. } if a.handover && a.term == term && !self.lag_zero => {
+                    State::Promoting {
+                        term,
+                        planned: true,
+                        ..
+                    } if a.handover && a.term == term && !self.lag_zero => {
                         Some(Blocked::WaitingSync)
                     }
-                    State::Promoting { term, .. } if a.handover && a.term == term => self.eligible().err(),
+                    State::Promoting { term, .. } if a.handover && a.term == term => {
+                        self.eligible().err()
+                    }
                     _ => None,
                 }
             }
@@ -614,7 +722,10 @@ impl Fsm {
         if !self.failing.is_empty() && self.state.in_service() {
             let what = self.failing.iter().next().cloned().unwrap_or_default();
             self.want_primary = None;
-            return Some(Step::to(State::Failed { grant: None }, Reason::LocalFailure { what }));
+            return Some(Step::to(
+                State::Failed { grant: None },
+                Reason::LocalFailure { what },
+            ));
         }
         let now = self.now;
         let policy = self.cfg.on_failure;
@@ -626,7 +737,9 @@ impl Fsm {
             }
             State::Failed { .. } => {
                 self.grant_any_claim();
-                self.failing.is_empty().then(|| self.rejoin(Reason::Recovered { policy }))
+                self.failing
+                    .is_empty()
+                    .then(|| self.rejoin(Reason::Recovered { policy }))
             }
             State::Starting { since } => {
                 let heard = self.peer.last_heard.is_some_and(|t| t >= since);
@@ -640,7 +753,9 @@ impl Fsm {
                     }
                     Some(a) if heard => Some(self.passive(a)),
                     _ if now.saturating_sub(since) >= self.startup_wait => {
-                        let reason = Reason::StartupAlone { waited_ns: now.saturating_sub(since) };
+                        let reason = Reason::StartupAlone {
+                            waited_ns: now.saturating_sub(since),
+                        };
                         if self.cfg.mode == ConfiguredMode::Primary && self.eligible().is_ok() {
                             if self.vip_objection().is_some() {
                                 return None; // someone answers for the VIP, or we cannot tell yet
@@ -659,8 +774,15 @@ impl Fsm {
                 None => self.lost(),
                 Some(a) => Some(self.passive(a)).filter(|s| s.to != self.state),
             },
-            State::Promoting { term, since, planned, reason } => {
-                let Some(a) = self.live_view() else { return self.lost() };
+            State::Promoting {
+                term,
+                since,
+                planned,
+                reason,
+            } => {
+                let Some(a) = self.live_view() else {
+                    return self.lost();
+                };
                 let timed_out = now.saturating_sub(since) > self.handover_timeout;
                 if a.active {
                     if planned && a.term < term && !timed_out {
@@ -669,21 +791,45 @@ impl Fsm {
                     if timed_out {
                         self.want_primary = None;
                     }
-                    let why = if timed_out { Reason::HandoverTimeout } else { Reason::PeerActive };
-                    return Some(Step::to(State::Secondary { grant: Some(a.term) }, why));
+                    let why = if timed_out {
+                        Reason::HandoverTimeout
+                    } else {
+                        Reason::PeerActive
+                    };
+                    return Some(Step::to(
+                        State::Secondary {
+                            grant: Some(a.term),
+                        },
+                        why,
+                    ));
                 }
                 if let Some(why) = terminal(&a) {
-                    return self.eligible().is_ok().then(|| self.activate(Some(term), why, self.detection()));
+                    return self
+                        .eligible()
+                        .is_ok()
+                        .then(|| self.activate(Some(term), why, self.detection()));
                 }
-                if a.handover && a.term == term && self.eligible().is_ok() && (!planned || self.lag_zero) {
+                if a.handover
+                    && a.term == term
+                    && self.eligible().is_ok()
+                    && (!planned || self.lag_zero)
+                {
                     return Some(self.activate(Some(term), reason, self.detection()));
                 }
                 if a.claim && (Self::peer_key(&a) > self.own_key() || self.eligible().is_err()) {
-                    return Some(Step::to(State::Secondary { grant: Some(a.term) }, Reason::PeerClaim { term: a.term }));
+                    return Some(Step::to(
+                        State::Secondary {
+                            grant: Some(a.term),
+                        },
+                        Reason::PeerClaim { term: a.term },
+                    ));
                 }
                 if timed_out {
                     self.want_primary = None;
-                    return Some(Step::to(State::Secondary { grant: None }, Reason::HandoverTimeout));
+                    return Some(Step::to(
+                        State::Secondary { grant: None },
+                        Reason::HandoverTimeout,
+                    ));
                 }
                 None
             }
@@ -691,7 +837,10 @@ impl Fsm {
                 let a = self.live_view()?;
                 if a.active {
                     if (a.term, Self::peer_key(&a)) > (term, self.own_key()) {
-                        let mut step = self.rejoin(Reason::DualActive { own_term: term, peer_term: a.term });
+                        let mut step = self.rejoin(Reason::DualActive {
+                            own_term: term,
+                            peer_term: a.term,
+                        });
                         step.detection_ns = self.detection();
                         return Some(step);
                     }
@@ -699,7 +848,10 @@ impl Fsm {
                 }
                 if a.claim && a.term > term {
                     return Some(Step {
-                        to: State::HandingOver { since: now, grant: a.term },
+                        to: State::HandingOver {
+                            since: now,
+                            grant: a.term,
+                        },
                         reason: Reason::PeerRequest { term: a.term },
                         hand_back: false,
                         detection_ns: self.detection(),
@@ -708,16 +860,29 @@ impl Fsm {
                 None
             }
             State::HandingOver { since, grant } => {
-                let Some(a) = self.live_view() else { return self.lost() };
+                let Some(a) = self.live_view() else {
+                    return self.lost();
+                };
                 if a.active {
-                    return Some(Step::to(State::Secondary { grant: Some(a.term) }, Reason::PeerActive));
+                    return Some(Step::to(
+                        State::Secondary {
+                            grant: Some(a.term),
+                        },
+                        Reason::PeerActive,
+                    ));
                 }
                 if let Some(why) = terminal(&a) {
-                    return self.eligible().is_ok().then(|| self.activate(None, why, self.detection()));
+                    return self
+                        .eligible()
+                        .is_ok()
+                        .then(|| self.activate(None, why, self.detection()));
                 }
                 if a.claim {
                     if a.term != grant {
-                        self.state = State::HandingOver { since, grant: a.term };
+                        self.state = State::HandingOver {
+                            since,
+                            grant: a.term,
+                        };
                     }
                     return None;
                 }
@@ -749,31 +914,64 @@ impl Fsm {
             return self.secondary(Some(a.term), Reason::PeerActive);
         }
         if let Some(why) = terminal(&a) {
-            return if eligible { self.activate(None, why, self.detection()) } else { self.secondary(None, why) };
+            return if eligible {
+                self.activate(None, why, self.detection())
+            } else {
+                self.secondary(None, why)
+            };
         }
         if let Some(why) = out_of_service(&a) {
-            return if eligible { self.claim(false, why) } else { self.secondary(None, why) };
+            return if eligible {
+                self.claim(false, why)
+            } else {
+                self.secondary(None, why)
+            };
         }
         let won = eligible && self.own_key() > Self::peer_key(&a);
         if a.claim {
             return if won {
-                self.claim(false, Reason::TieBreak { won: true, peer: a.node_id })
+                self.claim(
+                    false,
+                    Reason::TieBreak {
+                        won: true,
+                        peer: a.node_id,
+                    },
+                )
             } else {
                 self.secondary(Some(a.term), Reason::PeerClaim { term: a.term })
             };
         }
         if eligible && a.handover {
             // The peer gives the role up (a planned switch if it held it).
-            let why = if self.peer.was_active { Reason::PeerHandover } else { Reason::TieBreak { won: true, peer: a.node_id } };
+            let why = if self.peer.was_active {
+                Reason::PeerHandover
+            } else {
+                Reason::TieBreak {
+                    won: true,
+                    peer: a.node_id,
+                }
+            };
             return self.claim(self.peer.was_active, why);
         }
         if eligible && let Some(why) = self.want_primary.clone() {
             return self.claim(false, why);
         }
         if won {
-            return self.claim(false, Reason::TieBreak { won: true, peer: a.node_id });
+            return self.claim(
+                false,
+                Reason::TieBreak {
+                    won: true,
+                    peer: a.node_id,
+                },
+            );
         }
-        self.secondary(None, Reason::TieBreak { won: false, peer: a.node_id })
+        self.secondary(
+            None,
+            Reason::TieBreak {
+                won: false,
+                peer: a.node_id,
+            },
+        )
     }
 
     /// Secondary with the given grant. When already secondary, a changed grant
@@ -817,17 +1015,35 @@ impl Fsm {
             .links
             .iter()
             .zip(&self.peer.links)
-            .map(|(name, heard)| LinkSilence { link: name.clone(), silent_ns: heard.map(|t| self.now.saturating_sub(t)) })
+            .map(|(name, heard)| LinkSilence {
+                link: name.clone(),
+                silent_ns: heard.map(|t| self.now.saturating_sub(t)),
+            })
             .collect();
         Some(self.activate(None, Reason::PeerLost { silent_ns, links }, Some(silent_ns)))
     }
 
     fn claim(&self, planned: bool, reason: Reason) -> Step {
-        Step::to(State::Promoting { term: self.term + 1, since: self.now, planned, reason: reason.clone() }, reason)
+        Step::to(
+            State::Promoting {
+                term: self.term + 1,
+                since: self.now,
+                planned,
+                reason: reason.clone(),
+            },
+            reason,
+        )
     }
 
     fn activate(&self, term: Option<u64>, reason: Reason, detection_ns: Option<Nanos>) -> Step {
-        Step { to: State::Primary { term: term.unwrap_or(self.term + 1) }, reason, hand_back: false, detection_ns }
+        Step {
+            to: State::Primary {
+                term: term.unwrap_or(self.term + 1),
+            },
+            reason,
+            hand_back: false,
+            detection_ns,
+        }
     }
 
     /// The on-failure policy, for a node that recovers, comes back to an
@@ -844,7 +1060,12 @@ impl Fsm {
                 if policy == OnFailure::RestoreRole && self.cfg.mode == ConfiguredMode::Primary {
                     self.want_primary = Some(Reason::RestoreRole);
                 }
-                Step { to: State::Secondary { grant }, reason, hand_back: true, detection_ns: None }
+                Step {
+                    to: State::Secondary { grant },
+                    reason,
+                    hand_back: true,
+                    detection_ns: None,
+                }
             }
         }
     }
@@ -856,13 +1077,17 @@ impl Fsm {
         let to = step.to.name();
         let (was_active, is_active) = (from == StateName::Primary, to == StateName::Primary);
         match &step.to {
-            State::Primary { term } | State::Promoting { term, .. } | State::HandingOver { grant: term, .. } => {
+            State::Primary { term }
+            | State::Promoting { term, .. }
+            | State::HandingOver { grant: term, .. } => {
                 self.term = self.term.max(*term);
             }
             _ => {}
         }
         if was_active && !is_active {
-            out.push(Action::Deactivate { reason: step.reason.clone() });
+            out.push(Action::Deactivate {
+                reason: step.reason.clone(),
+            });
             self.promoted_outdated = false;
         }
         if !was_active && is_active {
@@ -871,11 +1096,18 @@ impl Fsm {
                 self.promoted_outdated = true;
                 tracing::warn!(node = self.cfg.node_id, reason = %step.reason, "PROMOTING WITH AN OUTDATED REPLICA (promote_outdated is set): mail the peer held may be missing");
             }
-            out.push(Action::Activate { reason: step.reason.clone(), at: self.now });
+            out.push(Action::Activate {
+                reason: step.reason.clone(),
+                at: self.now,
+            });
         }
         let (eff_from, eff_to) = (from.effective(), to.effective());
         if eff_from != eff_to {
-            out.push(Action::RunHook { from: eff_from, to: eff_to, reason: step.reason.clone() });
+            out.push(Action::RunHook {
+                from: eff_from,
+                to: eff_to,
+                reason: step.reason.clone(),
+            });
         }
         if step.hand_back {
             // What we hand back is lag until the sync layer reports again, so
@@ -885,9 +1117,19 @@ impl Fsm {
         }
         self.state = step.to;
         self.transitions += 1;
-        let split_brain = matches!(step.reason, Reason::PeerLost { .. }) && is_active && !self.cfg.remote_services_as_heartbeat;
+        let split_brain = matches!(step.reason, Reason::PeerLost { .. })
+            && is_active
+            && !self.cfg.remote_services_as_heartbeat;
         let detection = step.detection_ns.map(|d| human(d).to_string());
-        if split_brain || matches!(step.reason, Reason::DualActive { .. } | Reason::LeaseLapsed | Reason::HandoverTimeout | Reason::LocalFailure { .. }) {
+        if split_brain
+            || matches!(
+                step.reason,
+                Reason::DualActive { .. }
+                    | Reason::LeaseLapsed
+                    | Reason::HandoverTimeout
+                    | Reason::LocalFailure { .. }
+            )
+        {
             tracing::warn!(node = self.cfg.node_id, %from, %to, effective = %eff_to, term = self.term, reason = %step.reason, detection = ?detection, split_brain_risk = split_brain, "role transition");
         } else {
             tracing::info!(node = self.cfg.node_id, %from, %to, effective = %eff_to, term = self.term, reason = %step.reason, detection = ?detection, "role transition");
@@ -921,7 +1163,11 @@ impl Fsm {
         if risk != self.risk_reported {
             self.risk_reported = risk;
             if risk {
-                tracing::warn!(node = self.cfg.node_id, peer_alive = self.peer_alive(), "SPLIT-BRAIN RISK: active while the peer is silent on every heartbeat link (remote services as heartbeat off) or active too");
+                tracing::warn!(
+                    node = self.cfg.node_id,
+                    peer_alive = self.peer_alive(),
+                    "SPLIT-BRAIN RISK: active while the peer is silent on every heartbeat link (remote services as heartbeat off) or active too"
+                );
             } else {
                 tracing::info!(node = self.cfg.node_id, "split-brain risk cleared");
             }
@@ -930,7 +1176,9 @@ impl Fsm {
         if blocked != self.blocked_reported {
             self.blocked_reported = blocked;
             match blocked {
-                Some(b) => tracing::warn!(node = self.cfg.node_id, blocked = %b, "takeover held back"),
+                Some(b) => {
+                    tracing::warn!(node = self.cfg.node_id, blocked = %b, "takeover held back")
+                }
                 None => tracing::info!(node = self.cfg.node_id, "takeover no longer held back"),
             }
         }

@@ -25,6 +25,6 @@ pub use machine::Fsm;
 pub use reason::{LinkSilence, Reason};
 pub use status::{Blocked, FsmStatus, LinkStatus, PeerStatus, StateName, Transition};
 pub use types::{
-    Action, Advert, ConfiguredMode, EffectiveMode, Event, HB_FLAG_CLAIM, LinkId, Nanos, OnFailure, PeerView,
-    SwitchTarget,
+    Action, Advert, ConfiguredMode, EffectiveMode, Event, HB_FLAG_CLAIM, LinkId, Nanos, OnFailure,
+    PeerView, SwitchTarget,
 };

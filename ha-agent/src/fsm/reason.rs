@@ -114,7 +114,11 @@ impl fmt::Display for Reason {
             Self::Starting => f.write_str("agent starting"),
             Self::ConfiguredOff => f.write_str("configured off"),
             Self::StartupAlone { waited_ns } => {
-                write!(f, "peer not heard during start-up wait of {}", human(*waited_ns))
+                write!(
+                    f,
+                    "peer not heard during start-up wait of {}",
+                    human(*waited_ns)
+                )
             }
             Self::TieBreak { won: true, peer } => write!(f, "tie-break won against node {peer}"),
             Self::TieBreak { won: false, peer } => write!(f, "tie-break lost to node {peer}"),
@@ -146,8 +150,14 @@ impl fmt::Display for Reason {
             Self::RestoreRole => f.write_str("restoring the configured role"),
             Self::Operator { to } => write!(f, "operator switch to {to}"),
             Self::HandoverTimeout => f.write_str("planned switch timed out"),
-            Self::DualActive { own_term, peer_term } => {
-                write!(f, "both nodes active (own term {own_term}, peer term {peer_term})")
+            Self::DualActive {
+                own_term,
+                peer_term,
+            } => {
+                write!(
+                    f,
+                    "both nodes active (own term {own_term}, peer term {peer_term})"
+                )
             }
             Self::LeaseLapsed => f.write_str("gate lease lapsed (agent stalled)"),
             Self::Shutdown => f.write_str("shutting down"),

@@ -18,7 +18,10 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Action, ConfiguredMode, Event, Fsm, FsmConfig, Nanos, OnFailure, PeerView, StateName, SwitchTarget};
+use super::{
+    Action, ConfiguredMode, Event, Fsm, FsmConfig, Nanos, OnFailure, PeerView, StateName,
+    SwitchTarget,
+};
 
 pub(crate) const US: Nanos = 1_000;
 pub(crate) const MS: Nanos = 1_000_000;
@@ -85,12 +88,27 @@ enum Ev {
     Send(usize),
     Tick(usize),
     Probe(usize),
-    ProbeResult { node: usize, epoch: u64, answered: bool },
+    ProbeResult {
+        node: usize,
+        epoch: u64,
+        answered: bool,
+    },
     /// `echo`: the newest epoch the sender had received from the receiver.
-    Deliver { to: usize, link: usize, view: PeerView, echo: u64 },
-    HangEnd { node: usize, epoch: u64 },
+    Deliver {
+        to: usize,
+        link: usize,
+        view: PeerView,
+        echo: u64,
+    },
+    HangEnd {
+        node: usize,
+        epoch: u64,
+    },
     /// The sync layer finished a hand-back and reports the replica state.
-    HandBackDone { node: usize, epoch: u64 },
+    HandBackDone {
+        node: usize,
+        epoch: u64,
+    },
     Fault(Fault),
 }
 
@@ -266,15 +284,31 @@ impl Sim {
                     let there = now + rtt / 2;
                     let answered = self.service && self.nodes[1 - i].gate_open(there);
                     let epoch = self.nodes[i].epoch;
-                    self.at(now + rtt, Ev::ProbeResult { node: i, epoch, answered });
+                    self.at(
+                        now + rtt,
+                        Ev::ProbeResult {
+                            node: i,
+                            epoch,
+                            answered,
+                        },
+                    );
                 }
             }
-            Ev::ProbeResult { node, epoch, answered } => {
+            Ev::ProbeResult {
+                node,
+                epoch,
+                answered,
+            } => {
                 if self.nodes[node].epoch == epoch {
                     self.feed(node, Event::VipProbe { at: now, answered });
                 }
             }
-            Ev::Deliver { to, link, view, echo } => {
+            Ev::Deliver {
+                to,
+                link,
+                view,
+                echo,
+            } => {
                 // The heartbeat layer's anti-replay rule: a peer epoch this
                 // agent instance has not accepted yet counts only once its
                 // frames echo our own epoch, i.e. once the peer has heard
@@ -290,14 +324,29 @@ impl Sim {
                     }
                     n.accepted_epoch = Some(view.epoch);
                 }
-                self.feed(to, Event::PeerHeard { at: now, link, view });
+                self.feed(
+                    to,
+                    Event::PeerHeard {
+                        at: now,
+                        link,
+                        view,
+                    },
+                );
             }
             Ev::HangEnd { node, epoch } => {
                 let n = &mut self.nodes[node];
                 if n.epoch == epoch && n.hung {
                     n.hung = false;
-                    let times: Vec<String> = n.backlog.iter().map(|e| format!("{:.3}", e.time() as f64 / 1e6)).collect();
-                    self.trace.push(format!("{:>9.3}ms node {node}: resumes, backlog [{}]", self.now as f64 / 1e6, times.join(" ")));
+                    let times: Vec<String> = n
+                        .backlog
+                        .iter()
+                        .map(|e| format!("{:.3}", e.time() as f64 / 1e6))
+                        .collect();
+                    self.trace.push(format!(
+                        "{:>9.3}ms node {node}: resumes, backlog [{}]",
+                        self.now as f64 / 1e6,
+                        times.join(" ")
+                    ));
                     let n = &mut self.nodes[node];
                     // The control loop first drains what queued up while it
                     // was stopped, then ticks; the sender is late and sends.
@@ -311,7 +360,14 @@ impl Sim {
             Ev::HandBackDone { node, epoch } => {
                 if self.nodes[node].epoch == epoch {
                     let outdated = self.nodes[node].outdated;
-                    self.feed(node, Event::SyncState { now, lag_zero: true, outdated });
+                    self.feed(
+                        node,
+                        Event::SyncState {
+                            now,
+                            lag_zero: true,
+                            outdated,
+                        },
+                    );
                 }
             }
             Ev::Fault(f) => self.fault(f),
@@ -320,7 +376,8 @@ impl Sim {
 
     fn fault(&mut self, f: Fault) {
         let now = self.now;
-        self.trace.push(format!("{:>9.3}ms fault {f:?}", now as f64 / 1e6));
+        self.trace
+            .push(format!("{:>9.3}ms fault {f:?}", now as f64 / 1e6));
         match f {
             Fault::Link(l, up) => {
                 self.links[l] = up;
@@ -355,10 +412,24 @@ impl Sim {
                     self.nodes[i].fsm = None;
                 }
             }
-            Fault::Check(i, ok) => self.feed(i, Event::LocalCheck { now, ok, what: "disk".into() }),
+            Fault::Check(i, ok) => self.feed(
+                i,
+                Event::LocalCheck {
+                    now,
+                    ok,
+                    what: "disk".into(),
+                },
+            ),
             Fault::Sync(i, lag_zero, outdated) => {
                 self.nodes[i].outdated = outdated;
-                self.feed(i, Event::SyncState { now, lag_zero, outdated });
+                self.feed(
+                    i,
+                    Event::SyncState {
+                        now,
+                        lag_zero,
+                        outdated,
+                    },
+                );
             }
             Fault::Switch(i, to) => self.feed(i, Event::OperatorSwitch { now, to }),
         }
@@ -392,13 +463,26 @@ impl Sim {
 
     fn send(&mut self, i: usize) {
         let now = self.now;
-        let Some(fsm) = self.nodes[i].fsm.as_ref() else { return };
-        let view = PeerView { epoch: self.nodes[i].epoch, advert: fsm.advert() };
+        let Some(fsm) = self.nodes[i].fsm.as_ref() else {
+            return;
+        };
+        let view = PeerView {
+            epoch: self.nodes[i].epoch,
+            advert: fsm.advert(),
+        };
         let echo = self.nodes[i].heard_epoch;
         for link in 0..2 {
             if self.links[link] {
                 let d = self.delay();
-                self.at(now + d, Ev::Deliver { to: 1 - i, link, view, echo });
+                self.at(
+                    now + d,
+                    Ev::Deliver {
+                        to: 1 - i,
+                        link,
+                        view,
+                        echo,
+                    },
+                );
             }
         }
         // Renew right after the send, unless the lease has lapsed.
@@ -407,7 +491,10 @@ impl Sim {
             if now < n.deadline {
                 n.deadline = now + self.p.lease;
             } else {
-                self.trace.push(format!("{:>9.3}ms node {i}: lease lapsed", now as f64 / 1e6));
+                self.trace.push(format!(
+                    "{:>9.3}ms node {i}: lease lapsed",
+                    now as f64 / 1e6
+                ));
                 self.feed(i, Event::LeaseLapsed { now });
             }
         }
@@ -425,9 +512,20 @@ impl Sim {
         let after = fsm.status().transitions;
         self.transitions += after - before;
         if after > before {
-            let new: Vec<String> = fsm.history().skip(fsm.history().count().saturating_sub(usize::try_from(after - before).unwrap_or(0)))
-                .map(|t| format!("{}->{} ({}) term {}", t.from, t.to, t.reason, t.term)).collect();
-            self.trace.push(format!("{:>9.3}ms node {i}: {}", self.now as f64 / 1e6, new.join("; ")));
+            let new: Vec<String> = fsm
+                .history()
+                .skip(
+                    fsm.history()
+                        .count()
+                        .saturating_sub(usize::try_from(after - before).unwrap_or(0)),
+                )
+                .map(|t| format!("{}->{} ({}) term {}", t.from, t.to, t.reason, t.term))
+                .collect();
+            self.trace.push(format!(
+                "{:>9.3}ms node {i}: {}",
+                self.now as f64 / 1e6,
+                new.join("; ")
+            ));
         }
         for a in actions {
             match a {
@@ -462,7 +560,9 @@ impl Sim {
         let other = &self.nodes[1 - i];
         let joined_by = if self.hb_up_since.is_some_and(|s| s + hb_window <= t) {
             Some("heartbeat link")
-        } else if self.svc_up_since.is_some_and(|s| s + svc_window <= t) && other.opened_at + svc_window <= t {
+        } else if self.svc_up_since.is_some_and(|s| s + svc_window <= t)
+            && other.opened_at + svc_window <= t
+        {
             // The other node was serving the whole window and the service
             // network carried the VIP answers: this is the takeover that
             // remote services as heartbeat exists to prevent.
@@ -470,12 +570,18 @@ impl Sim {
         } else {
             None
         };
-        self.trace.push(format!("{:>9.3}ms OVERLAP joined by {joined_by:?}", t as f64 / 1e6));
+        self.trace.push(format!(
+            "{:>9.3}ms OVERLAP joined by {joined_by:?}",
+            t as f64 / 1e6
+        ));
         self.overlaps.push(Overlap { at: t, joined_by });
     }
 
     pub(crate) fn violations(&self) -> Vec<&Overlap> {
-        self.overlaps.iter().filter(|o| o.joined_by.is_some()).collect()
+        self.overlaps
+            .iter()
+            .filter(|o| o.joined_by.is_some())
+            .collect()
     }
 
     /// Ends every fault at `t`: links and service up, crashed or stopped
@@ -497,7 +603,13 @@ impl Sim {
         for i in 0..2 {
             if self.state(i) == Some(StateName::HeldOff) {
                 let now = self.now;
-                self.feed(i, Event::OperatorSwitch { now, to: SwitchTarget::Secondary });
+                self.feed(
+                    i,
+                    Event::OperatorSwitch {
+                        now,
+                        to: SwitchTarget::Secondary,
+                    },
+                );
             }
         }
     }
@@ -516,12 +628,24 @@ impl Sim {
 
 fn arb_node() -> impl Strategy<Value = NodeSpec> {
     (
-        prop_oneof![Just(ConfiguredMode::Primary), Just(ConfiguredMode::Secondary)],
-        prop_oneof![Just(OnFailure::Off), Just(OnFailure::RestoreRole), Just(OnFailure::BecomeSecondary)],
+        prop_oneof![
+            Just(ConfiguredMode::Primary),
+            Just(ConfiguredMode::Secondary)
+        ],
+        prop_oneof![
+            Just(OnFailure::Off),
+            Just(OnFailure::RestoreRole),
+            Just(OnFailure::BecomeSecondary)
+        ],
         0u16..3,
         any::<bool>(),
     )
-        .prop_map(|(mode, on_failure, priority, promote_outdated)| NodeSpec { mode, on_failure, priority, promote_outdated })
+        .prop_map(|(mode, on_failure, priority, promote_outdated)| NodeSpec {
+            mode,
+            on_failure,
+            priority,
+            promote_outdated,
+        })
 }
 
 fn arb_fault() -> impl Strategy<Value = Fault> {
@@ -543,25 +667,27 @@ fn arb_fault() -> impl Strategy<Value = Fault> {
 /// Random timing that keeps the lease rule: interval + lease + margin <
 /// threshold, margin = max(1 ms, interval), one-way delay below the margin.
 fn arb_params() -> impl Strategy<Value = Params> {
-    (any::<bool>(), 1u64..=3, 1u64..=3, 1u64..=2_000).prop_map(|(rsah, interval_ms, lease_x, extra_us)| {
-        let interval = interval_ms * MS;
-        // The lease must outlive the gap between two renewals.
-        let lease = lease_x * interval + interval / 2;
-        let margin = interval.max(MS);
-        let threshold = interval + lease + margin + extra_us * US;
-        Params {
-            interval,
-            lease,
-            threshold,
-            tick: interval / 2,
-            delay: (20 * US, 200 * US),
-            probe_every: interval,
-            probe_rtt: (50 * US, 400 * US),
-            startup_wait: 2 * threshold,
-            handover_timeout: 5 * threshold,
-            rsah,
-        }
-    })
+    (any::<bool>(), 1u64..=3, 1u64..=3, 1u64..=2_000).prop_map(
+        |(rsah, interval_ms, lease_x, extra_us)| {
+            let interval = interval_ms * MS;
+            // The lease must outlive the gap between two renewals.
+            let lease = lease_x * interval + interval / 2;
+            let margin = interval.max(MS);
+            let threshold = interval + lease + margin + extra_us * US;
+            Params {
+                interval,
+                lease,
+                threshold,
+                tick: interval / 2,
+                delay: (20 * US, 200 * US),
+                probe_every: interval,
+                probe_rtt: (50 * US, 400 * US),
+                startup_wait: 2 * threshold,
+                handover_timeout: 5 * threshold,
+                rsah,
+            }
+        },
+    )
 }
 
 /// A random scenario: settings, seed, and faults with the gap before each.
@@ -582,7 +708,10 @@ fn convergence_bound(p: &Params) -> Nanos {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 proptest! {
@@ -620,8 +749,20 @@ proptest! {
 // ----- deterministic pair tests ------------------------------------------
 
 fn pair(rsah: bool) -> Sim {
-    let spec = |mode| NodeSpec { mode, on_failure: OnFailure::BecomeSecondary, priority: 1, promote_outdated: false };
-    Sim::new(Params::fast(rsah), [spec(ConfiguredMode::Primary), spec(ConfiguredMode::Secondary)], 7)
+    let spec = |mode| NodeSpec {
+        mode,
+        on_failure: OnFailure::BecomeSecondary,
+        priority: 1,
+        promote_outdated: false,
+    };
+    Sim::new(
+        Params::fast(rsah),
+        [
+            spec(ConfiguredMode::Primary),
+            spec(ConfiguredMode::Secondary),
+        ],
+        7,
+    )
 }
 
 #[test]
@@ -639,13 +780,22 @@ fn kill_of_primary_fails_over_after_its_lease_closed_its_gate() {
     sim.run_until(30 * MS);
     sim.fault_at(31 * MS, Fault::Crash(0));
     sim.run_until(31 * MS + 3 * MS + 1);
-    assert!(!sim.gate_open(0), "the crashed node's lease closes its gate");
+    assert!(
+        !sim.gate_open(0),
+        "the crashed node's lease closes its gate"
+    );
     sim.run_until(45 * MS);
     assert_eq!(sim.state(1), Some(StateName::Primary));
     assert!(sim.overlaps.is_empty());
-    let t = sim.fsm(1).and_then(|f| f.status().last_transition).expect("a transition");
+    let t = sim
+        .fsm(1)
+        .and_then(|f| f.status().last_transition)
+        .expect("a transition");
     let detection = t.detection_ns.expect("detection time");
-    assert!(detection > 6 * MS && detection < 8 * MS, "detection {detection}");
+    assert!(
+        detection > 6 * MS && detection < 8 * MS,
+        "detection {detection}"
+    );
 }
 
 #[test]
@@ -658,7 +808,11 @@ fn hang_of_primary_fails_over_and_the_old_primary_steps_down_on_resume() {
     assert_eq!(sim.state(1), Some(StateName::Primary));
     sim.run_until(80 * MS);
     assert!(sim.converged());
-    assert_eq!(sim.state(1), Some(StateName::Primary), "the new primary keeps the role (become-secondary)");
+    assert_eq!(
+        sim.state(1),
+        Some(StateName::Primary),
+        "the new primary keeps the role (become-secondary)"
+    );
     assert!(sim.overlaps.is_empty(), "{:?}", sim.overlaps);
 }
 
@@ -670,7 +824,11 @@ fn cut_links_with_remote_services_no_takeover_without_split_brain() {
     sim.fault_at(31 * MS, Fault::Link(1, false));
     sim.run_until(80 * MS);
     assert_eq!(sim.state(0), Some(StateName::Primary));
-    assert_eq!(sim.state(1), Some(StateName::Secondary), "the VIP still answers");
+    assert_eq!(
+        sim.state(1),
+        Some(StateName::Secondary),
+        "the VIP still answers"
+    );
     assert!(sim.overlaps.is_empty());
     // Now the primary's agent hangs: its gate closes, the VIP goes silent,
     // the secondary takes over.
@@ -687,9 +845,15 @@ fn cut_links_without_remote_services_is_the_documented_split_brain() {
     sim.fault_at(31 * MS, Fault::Link(0, false));
     sim.fault_at(31 * MS, Fault::Link(1, false));
     sim.run_until(50 * MS);
-    assert!(sim.gate_open(0) && sim.gate_open(1), "both serve: split brain");
+    assert!(
+        sim.gate_open(0) && sim.gate_open(1),
+        "both serve: split brain"
+    );
     for i in 0..2 {
-        assert!(sim.fsm(i).is_some_and(|f| f.status().split_brain_risk), "node {i} reports the risk");
+        assert!(
+            sim.fsm(i).is_some_and(|f| f.status().split_brain_risk),
+            "node {i} reports the risk"
+        );
     }
     assert_eq!(sim.overlaps.len(), 1);
     assert!(sim.violations().is_empty(), "no path joined them");

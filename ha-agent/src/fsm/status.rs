@@ -41,7 +41,9 @@ impl StateName {
     pub fn effective(self) -> EffectiveMode {
         match self {
             Self::Primary => EffectiveMode::Primary,
-            Self::Starting | Self::Secondary | Self::Promoting | Self::HandingOver => EffectiveMode::Secondary,
+            Self::Starting | Self::Secondary | Self::Promoting | Self::HandingOver => {
+                EffectiveMode::Secondary
+            }
             Self::Failed => EffectiveMode::Failed,
             Self::Init | Self::HeldOff | Self::Off | Self::Stopped => EffectiveMode::Off,
         }

@@ -68,7 +68,12 @@ fn secondary() -> Fsm {
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Primary, 1);
     v.advert.active = true;
     f.handle(heard(MS, v)).expect("heard");
-    f.handle(Event::SyncState { now: MS, lag_zero: true, outdated: false }).expect("sync");
+    f.handle(Event::SyncState {
+        now: MS,
+        lag_zero: true,
+        outdated: false,
+    })
+    .expect("sync");
     assert_eq!(f.status().state, StateName::Secondary);
     f
 }
@@ -84,7 +89,10 @@ fn config_is_validated() {
     assert_eq!(Fsm::new(c).err(), Some(FsmError::NoLinks));
     let mut c = cfg(ConfiguredMode::Primary);
     c.startup_wait = Duration::from_millis(5);
-    assert!(matches!(Fsm::new(c).err(), Some(FsmError::StartupWaitBelowThreshold { .. })));
+    assert!(matches!(
+        Fsm::new(c).err(),
+        Some(FsmError::StartupWaitBelowThreshold { .. })
+    ));
     let mut c = cfg(ConfiguredMode::Primary);
     c.lost_threshold = Duration::ZERO;
     assert_eq!(Fsm::new(c).err(), Some(FsmError::ZeroThreshold));
@@ -94,21 +102,45 @@ fn config_is_validated() {
 fn start_closes_the_gate_first_and_runs_the_secondary_hook() {
     let mut f = Fsm::new(cfg(ConfiguredMode::Primary)).expect("valid");
     let actions = f.handle(Event::Start { now: 0 }).expect("start");
-    assert!(matches!(actions[0], Action::Deactivate { reason: Reason::Starting }));
-    assert!(matches!(actions[1], Action::RunHook { from: EffectiveMode::Off, to: EffectiveMode::Secondary, .. }));
+    assert!(matches!(
+        actions[0],
+        Action::Deactivate {
+            reason: Reason::Starting
+        }
+    ));
+    assert!(matches!(
+        actions[1],
+        Action::RunHook {
+            from: EffectiveMode::Off,
+            to: EffectiveMode::Secondary,
+            ..
+        }
+    ));
     assert_eq!(f.effective(), EffectiveMode::Secondary);
-    assert!(f.handle(Event::Start { now: 1 }).expect("second start").is_empty(), "a second start changes nothing");
+    assert!(
+        f.handle(Event::Start { now: 1 })
+            .expect("second start")
+            .is_empty(),
+        "a second start changes nothing"
+    );
 }
 
 #[test]
 fn bad_events_are_refused_and_change_nothing() {
     let mut f = started(ConfiguredMode::Primary);
     let before = f.status();
-    let e = f.handle(Event::PeerHeard { at: MS, link: 7, view: peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 0) });
+    let e = f.handle(Event::PeerHeard {
+        at: MS,
+        link: 7,
+        view: peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 0),
+    });
     assert_eq!(e, Err(FsmError::UnknownLink { link: 7, count: 2 }));
     let mut own = peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 0);
     own.advert.node_id = 1;
-    assert_eq!(f.handle(heard(MS, own)), Err(FsmError::PeerHasOwnNodeId { node_id: 1 }));
+    assert_eq!(
+        f.handle(heard(MS, own)),
+        Err(FsmError::PeerHasOwnNodeId { node_id: 1 })
+    );
     assert_eq!(f.status(), before);
 }
 
@@ -116,10 +148,14 @@ fn bad_events_are_refused_and_change_nothing() {
 fn startup_alone_takes_the_configured_role_after_the_wait() {
     let mut f = started(ConfiguredMode::Primary);
     for t in [3, 6, 9] {
-        assert!(!has_activate(&f.handle(Event::Tick { now: t * MS }).expect("tick")));
+        assert!(!has_activate(
+            &f.handle(Event::Tick { now: t * MS }).expect("tick")
+        ));
     }
     let actions = f.handle(Event::Tick { now: 12 * MS }).expect("tick");
-    assert!(matches!(&actions[0], Action::Activate { reason: Reason::StartupAlone { .. }, at } if *at == 12 * MS));
+    assert!(
+        matches!(&actions[0], Action::Activate { reason: Reason::StartupAlone { .. }, at } if *at == 12 * MS)
+    );
     assert_eq!(f.status().term, 1);
 }
 
@@ -133,7 +169,9 @@ fn a_stall_while_starting_restarts_the_wait() {
     for t in (15..24).step_by(3) {
         f.handle(Event::Tick { now: t * MS }).expect("tick");
     }
-    assert!(has_activate(&f.handle(Event::Tick { now: 24 * MS }).expect("tick")));
+    assert!(has_activate(
+        &f.handle(Event::Tick { now: 24 * MS }).expect("tick")
+    ));
 }
 
 #[test]
@@ -176,21 +214,31 @@ fn tie_break_orders_by_role_then_priority_then_lower_node_id() {
         v.advert.priority = peer_prio;
         v.advert.node_id = peer_id;
         f.handle(heard(MS, v)).expect("heard");
-        assert_eq!(f.advert().claim, we_win, "peer {peer_mode} prio {peer_prio} id {peer_id}");
+        assert_eq!(
+            f.advert().claim,
+            we_win,
+            "peer {peer_mode} prio {peer_prio} id {peer_id}"
+        );
     }
 }
 
 #[test]
 fn peer_lost_beyond_threshold_fails_over_with_detection_time() {
     let mut f = secondary();
-    assert!(!has_activate(&f.handle(Event::Tick { now: 7 * MS }).expect("tick")), "exactly the threshold is not loss");
+    assert!(
+        !has_activate(&f.handle(Event::Tick { now: 7 * MS }).expect("tick")),
+        "exactly the threshold is not loss"
+    );
     let actions = f.handle(Event::Tick { now: 7 * MS + 1 }).expect("tick");
     assert!(has_activate(&actions));
     assert!(actions.contains(&Action::SetPeerActive { active: false }));
     let t = f.status().last_transition.expect("transition");
     assert_eq!(t.detection_ns, Some(6 * MS + 1));
     assert!(matches!(t.reason, Reason::PeerLost { .. }));
-    assert!(f.status().split_brain_risk, "links cut without remote services: reported");
+    assert!(
+        f.status().split_brain_risk,
+        "links cut without remote services: reported"
+    );
 }
 
 #[test]
@@ -198,11 +246,20 @@ fn liveness_is_the_newest_frame_on_any_link() {
     let mut f = secondary();
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Primary, 1);
     v.advert.active = true;
-    f.handle(Event::PeerHeard { at: 5 * MS, link: 1, view: v }).expect("heard");
+    f.handle(Event::PeerHeard {
+        at: 5 * MS,
+        link: 1,
+        view: v,
+    })
+    .expect("heard");
     f.handle(Event::Tick { now: 10 * MS }).expect("tick");
     let s = f.status();
     assert_eq!(s.state, StateName::Secondary);
-    assert!(!s.peer.links[0].up && s.peer.links[1].up, "link health per link: {:?}", s.peer.links);
+    assert!(
+        !s.peer.links[0].up && s.peer.links[1].up,
+        "link health per link: {:?}",
+        s.peer.links
+    );
 }
 
 #[test]
@@ -211,14 +268,23 @@ fn peer_leaving_is_taken_over_at_once() {
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Off, 1);
     v.advert.leaving = true;
     let actions = f.handle(heard(2 * MS, v)).expect("heard");
-    assert!(matches!(&actions[0], Action::Activate { reason: Reason::PeerLeaving, .. }));
+    assert!(matches!(
+        &actions[0],
+        Action::Activate {
+            reason: Reason::PeerLeaving,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn failed_peer_is_taken_over_through_its_grant() {
     let mut f = secondary();
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Failed, 1);
-    assert!(!has_activate(&f.handle(heard(2 * MS, v)).expect("heard")), "a failed peer may recover: claim first");
+    assert!(
+        !has_activate(&f.handle(heard(2 * MS, v)).expect("heard")),
+        "a failed peer may recover: claim first"
+    );
     assert!(f.advert().claim);
     v.advert.handover = true;
     v.advert.term = 2;
@@ -228,8 +294,19 @@ fn failed_peer_is_taken_over_through_its_grant() {
 #[test]
 fn local_failure_deactivates_and_grants_any_claim() {
     let mut f = primary();
-    let actions = f.handle(Event::LocalCheck { now: 3 * MS, ok: false, what: "interface port1".into() }).expect("check");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::LocalFailure { .. } }));
+    let actions = f
+        .handle(Event::LocalCheck {
+            now: 3 * MS,
+            ok: false,
+            what: "interface port1".into(),
+        })
+        .expect("check");
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::LocalFailure { .. }
+        }
+    ));
     assert_eq!(f.effective(), EffectiveMode::Failed);
     let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 7);
     v.advert.claim = true;
@@ -243,20 +320,40 @@ fn recovery_follows_the_policy() {
     for (policy, state, hand_back, wants) in [
         (OnFailure::Off, StateName::HeldOff, false, false),
         (OnFailure::RestoreRole, StateName::Secondary, true, true),
-        (OnFailure::BecomeSecondary, StateName::Secondary, true, false),
+        (
+            OnFailure::BecomeSecondary,
+            StateName::Secondary,
+            true,
+            false,
+        ),
     ] {
         let mut c = cfg(ConfiguredMode::Primary);
         c.on_failure = policy;
         let mut f = Fsm::new(c).expect("valid");
         f.handle(Event::Start { now: 0 }).expect("start");
-        f.handle(Event::LocalCheck { now: MS, ok: false, what: "disk".into() }).expect("fail");
+        f.handle(Event::LocalCheck {
+            now: MS,
+            ok: false,
+            what: "disk".into(),
+        })
+        .expect("fail");
         let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Primary, 1);
         v.advert.active = true;
         f.handle(heard(2 * MS, v)).expect("heard");
-        let actions = f.handle(Event::LocalCheck { now: 3 * MS, ok: true, what: "disk".into() }).expect("ok");
+        let actions = f
+            .handle(Event::LocalCheck {
+                now: 3 * MS,
+                ok: true,
+                what: "disk".into(),
+            })
+            .expect("ok");
         let s = f.status();
         assert_eq!(s.state, state, "{policy}");
-        assert_eq!(actions.contains(&Action::HandBackData), hand_back, "{policy}");
+        assert_eq!(
+            actions.contains(&Action::HandBackData),
+            hand_back,
+            "{policy}"
+        );
         assert_eq!(s.wants_primary, wants, "{policy}");
     }
 }
@@ -264,11 +361,31 @@ fn recovery_follows_the_policy() {
 #[test]
 fn two_failing_checks_need_both_to_recover() {
     let mut f = primary();
-    f.handle(Event::LocalCheck { now: 3 * MS, ok: false, what: "disk".into() }).expect("fail");
-    f.handle(Event::LocalCheck { now: 3 * MS, ok: false, what: "interface port1".into() }).expect("fail");
-    f.handle(Event::LocalCheck { now: 4 * MS, ok: true, what: "disk".into() }).expect("ok");
+    f.handle(Event::LocalCheck {
+        now: 3 * MS,
+        ok: false,
+        what: "disk".into(),
+    })
+    .expect("fail");
+    f.handle(Event::LocalCheck {
+        now: 3 * MS,
+        ok: false,
+        what: "interface port1".into(),
+    })
+    .expect("fail");
+    f.handle(Event::LocalCheck {
+        now: 4 * MS,
+        ok: true,
+        what: "disk".into(),
+    })
+    .expect("ok");
     assert_eq!(f.effective(), EffectiveMode::Failed);
-    f.handle(Event::LocalCheck { now: 4 * MS, ok: true, what: "interface port1".into() }).expect("ok");
+    f.handle(Event::LocalCheck {
+        now: 4 * MS,
+        ok: true,
+        what: "interface port1".into(),
+    })
+    .expect("ok");
     assert_eq!(f.effective(), EffectiveMode::Secondary);
 }
 
@@ -278,8 +395,20 @@ fn operator_switch_to_secondary_closes_the_gate_first() {
     let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 1);
     v.advert.handover = true;
     f.handle(heard(4 * MS, v)).expect("heard");
-    let actions = f.handle(Event::OperatorSwitch { now: 5 * MS, to: SwitchTarget::Secondary }).expect("switch");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::Operator { to: SwitchTarget::Secondary } }));
+    let actions = f
+        .handle(Event::OperatorSwitch {
+            now: 5 * MS,
+            to: SwitchTarget::Secondary,
+        })
+        .expect("switch");
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::Operator {
+                to: SwitchTarget::Secondary
+            }
+        }
+    ));
     let adv = f.advert();
     assert!(!adv.active && adv.handover);
     assert_eq!(f.status().state, StateName::HandingOver);
@@ -288,8 +417,17 @@ fn operator_switch_to_secondary_closes_the_gate_first() {
 #[test]
 fn operator_switch_to_primary_is_refused_while_outdated() {
     let mut f = secondary();
-    f.handle(Event::SyncState { now: 2 * MS, lag_zero: false, outdated: true }).expect("sync");
-    f.handle(Event::OperatorSwitch { now: 3 * MS, to: SwitchTarget::Primary }).expect("switch");
+    f.handle(Event::SyncState {
+        now: 2 * MS,
+        lag_zero: false,
+        outdated: true,
+    })
+    .expect("sync");
+    f.handle(Event::OperatorSwitch {
+        now: 3 * MS,
+        to: SwitchTarget::Primary,
+    })
+    .expect("switch");
     assert!(!f.status().wants_primary);
     assert!(f.advert().outdated);
 }
@@ -297,14 +435,30 @@ fn operator_switch_to_primary_is_refused_while_outdated() {
 #[test]
 fn planned_promotion_waits_for_sync_lag_zero() {
     let mut f = secondary();
-    f.handle(Event::OperatorSwitch { now: 2 * MS, to: SwitchTarget::Primary }).expect("switch");
+    f.handle(Event::OperatorSwitch {
+        now: 2 * MS,
+        to: SwitchTarget::Primary,
+    })
+    .expect("switch");
     assert!(f.advert().claim, "request sent");
-    f.handle(Event::SyncState { now: 2 * MS, lag_zero: false, outdated: false }).expect("sync");
+    f.handle(Event::SyncState {
+        now: 2 * MS,
+        lag_zero: false,
+        outdated: false,
+    })
+    .expect("sync");
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Secondary, 2);
     v.advert.handover = true;
     assert!(!has_activate(&f.handle(heard(3 * MS, v)).expect("heard")));
     assert_eq!(f.status().blocked, Some(Blocked::WaitingSync));
-    assert!(has_activate(&f.handle(Event::SyncState { now: 4 * MS, lag_zero: true, outdated: false }).expect("sync")));
+    assert!(has_activate(
+        &f.handle(Event::SyncState {
+            now: 4 * MS,
+            lag_zero: true,
+            outdated: false
+        })
+        .expect("sync")
+    ));
 }
 
 #[test]
@@ -316,7 +470,12 @@ fn primary_hands_over_to_a_newer_claim_only() {
     assert!(f.is_active(), "a claim for our own term is stale");
     v.advert.term = 2;
     let actions = f.handle(heard(4 * MS, v)).expect("newer claim");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::PeerRequest { term: 2 } }));
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::PeerRequest { term: 2 }
+        }
+    ));
     assert!(f.advert().handover && f.advert().term == 2);
 }
 
@@ -329,13 +488,26 @@ fn remote_services_block_takeover_while_the_vip_answers() {
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Primary, 1);
     v.advert.active = true;
     f.handle(heard(MS, v)).expect("heard");
-    f.handle(Event::VipProbe { at: 6 * MS, answered: true }).expect("probe");
+    f.handle(Event::VipProbe {
+        at: 6 * MS,
+        answered: true,
+    })
+    .expect("probe");
     f.handle(Event::Tick { now: 10 * MS }).expect("tick");
     assert_eq!(f.status().blocked, Some(Blocked::VipAnswers));
     assert!(!f.status().split_brain_risk);
-    f.handle(Event::VipProbe { at: 12 * MS, answered: false }).expect("probe");
-    assert!(!f.is_active(), "answered 6 ms ago: still within the threshold");
-    assert!(has_activate(&f.handle(Event::Tick { now: 12 * MS + 1 }).expect("tick")));
+    f.handle(Event::VipProbe {
+        at: 12 * MS,
+        answered: false,
+    })
+    .expect("probe");
+    assert!(
+        !f.is_active(),
+        "answered 6 ms ago: still within the threshold"
+    );
+    assert!(has_activate(
+        &f.handle(Event::Tick { now: 12 * MS + 1 }).expect("tick")
+    ));
 }
 
 #[test]
@@ -348,7 +520,12 @@ fn outdated_secondary_does_not_promote_unless_allowed() {
         let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Primary, 1);
         v.advert.active = true;
         f.handle(heard(MS, v)).expect("heard");
-        f.handle(Event::SyncState { now: MS, lag_zero: false, outdated: true }).expect("sync");
+        f.handle(Event::SyncState {
+            now: MS,
+            lag_zero: false,
+            outdated: true,
+        })
+        .expect("sync");
         f.handle(Event::Tick { now: 10 * MS }).expect("tick");
         let s = f.status();
         assert_eq!(s.active, allowed);
@@ -361,17 +538,31 @@ fn outdated_secondary_does_not_promote_unless_allowed() {
 fn shutdown_deactivates_and_advertises_leaving() {
     let mut f = primary();
     let actions = f.handle(Event::Shutdown { now: 5 * MS }).expect("shutdown");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::Shutdown }));
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::Shutdown
+        }
+    ));
     let adv = f.advert();
     assert!(adv.leaving && !adv.active && adv.effective == EffectiveMode::Off);
-    assert!(f.handle(Event::Tick { now: 50 * MS }).expect("tick").is_empty());
+    assert!(
+        f.handle(Event::Tick { now: 50 * MS })
+            .expect("tick")
+            .is_empty()
+    );
 }
 
 #[test]
 fn lease_lapse_steps_down_and_reacquires() {
     let mut f = primary();
     let actions = f.handle(Event::LeaseLapsed { now: 3 * MS }).expect("lapse");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::LeaseLapsed }));
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::LeaseLapsed
+        }
+    ));
     assert_eq!(f.status().state, StateName::Starting);
 }
 
@@ -382,7 +573,11 @@ fn activation_carries_the_time_of_its_evidence() {
     let mut v = peer(ConfiguredMode::Primary, EffectiveMode::Off, 1);
     v.advert.leaving = true;
     let actions = f.handle(heard(3 * MS, v)).expect("heard");
-    assert!(actions.iter().any(|a| matches!(a, Action::Activate { at, .. } if *at == 3 * MS)));
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Activate { at, .. } if *at == 3 * MS))
+    );
 }
 
 #[test]
@@ -391,11 +586,22 @@ fn dual_active_newer_term_stays() {
     let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Primary, 1);
     v.advert.active = true;
     f.handle(heard(3 * MS, v)).expect("same term");
-    assert!(f.is_active(), "equal terms: configured primary is preferred");
+    assert!(
+        f.is_active(),
+        "equal terms: configured primary is preferred"
+    );
     assert!(f.status().split_brain_risk);
     v.advert.term = 5;
     let actions = f.handle(heard(4 * MS, v)).expect("newer term");
-    assert!(matches!(&actions[0], Action::Deactivate { reason: Reason::DualActive { own_term: 1, peer_term: 5 } }));
+    assert!(matches!(
+        &actions[0],
+        Action::Deactivate {
+            reason: Reason::DualActive {
+                own_term: 1,
+                peer_term: 5
+            }
+        }
+    ));
 }
 
 #[test]
@@ -419,13 +625,26 @@ fn next_deadline_points_at_the_loss_time_and_start_up_end() {
 
 #[test]
 fn wire_codes_and_flags_round_trip() {
-    for m in [ConfiguredMode::Primary, ConfiguredMode::Secondary, ConfiguredMode::Off] {
+    for m in [
+        ConfiguredMode::Primary,
+        ConfiguredMode::Secondary,
+        ConfiguredMode::Off,
+    ] {
         assert_eq!(ConfiguredMode::from_wire_code(m.wire_code()), Some(m));
     }
-    for m in [EffectiveMode::Primary, EffectiveMode::Secondary, EffectiveMode::Failed, EffectiveMode::Off] {
+    for m in [
+        EffectiveMode::Primary,
+        EffectiveMode::Secondary,
+        EffectiveMode::Failed,
+        EffectiveMode::Off,
+    ] {
         assert_eq!(EffectiveMode::from_wire_code(m.wire_code()), Some(m));
     }
-    assert_eq!(EffectiveMode::from_wire_code(3), None, "config-only modes are not ours");
+    assert_eq!(
+        EffectiveMode::from_wire_code(3),
+        None,
+        "config-only modes are not ours"
+    );
     let mut a = peer(ConfiguredMode::Primary, EffectiveMode::Primary, 1).advert;
     for bits in 0..32u16 {
         a.set_wire_flags(bits);
@@ -438,12 +657,27 @@ fn reasons_display_for_operators() {
     let r = Reason::PeerLost {
         silent_ns: 6_100_000,
         links: vec![
-            LinkSilence { link: "hb0".into(), silent_ns: Some(8_000_000) },
-            LinkSilence { link: "hb1".into(), silent_ns: None },
+            LinkSilence {
+                link: "hb0".into(),
+                silent_ns: Some(8_000_000),
+            },
+            LinkSilence {
+                link: "hb1".into(),
+                silent_ns: None,
+            },
         ],
     };
-    assert_eq!(r.to_string(), "peer lost: no sign of life for 6ms 100us (hb0 silent 8ms, hb1 never heard)");
-    assert_eq!(Reason::Operator { to: SwitchTarget::Secondary }.to_string(), "operator switch to secondary");
+    assert_eq!(
+        r.to_string(),
+        "peer lost: no sign of life for 6ms 100us (hb0 silent 8ms, hb1 never heard)"
+    );
+    assert_eq!(
+        Reason::Operator {
+            to: SwitchTarget::Secondary
+        }
+        .to_string(),
+        "operator switch to secondary"
+    );
 }
 
 #[test]
@@ -460,8 +694,18 @@ fn history_is_bounded() {
     let mut f = primary();
     for i in 0..40u64 {
         let now = (10 + 2 * i) * MS;
-        f.handle(Event::LocalCheck { now, ok: false, what: "disk".into() }).expect("fail");
-        f.handle(Event::LocalCheck { now: now + MS, ok: true, what: "disk".into() }).expect("ok");
+        f.handle(Event::LocalCheck {
+            now,
+            ok: false,
+            what: "disk".into(),
+        })
+        .expect("fail");
+        f.handle(Event::LocalCheck {
+            now: now + MS,
+            ok: true,
+            what: "disk".into(),
+        })
+        .expect("ok");
     }
     assert_eq!(f.history().count(), 32);
     assert!(f.status().transitions > 32);

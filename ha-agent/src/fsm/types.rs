@@ -166,7 +166,9 @@ impl Advert {
     /// The `HB_FLAG_*` bits of this advert.
     #[must_use]
     pub fn wire_flags(&self) -> u16 {
-        use ha_common::frame::{HB_FLAG_ACTIVE, HB_FLAG_HANDOVER, HB_FLAG_LEAVING, HB_FLAG_OUTDATED};
+        use ha_common::frame::{
+            HB_FLAG_ACTIVE, HB_FLAG_HANDOVER, HB_FLAG_LEAVING, HB_FLAG_OUTDATED,
+        };
         let mut bits = 0;
         for (set, bit) in [
             (self.active, HB_FLAG_ACTIVE),
@@ -184,7 +186,9 @@ impl Advert {
 
     /// Sets the flags from `HB_FLAG_*` bits (unknown bits are ignored).
     pub fn set_wire_flags(&mut self, bits: u16) {
-        use ha_common::frame::{HB_FLAG_ACTIVE, HB_FLAG_HANDOVER, HB_FLAG_LEAVING, HB_FLAG_OUTDATED};
+        use ha_common::frame::{
+            HB_FLAG_ACTIVE, HB_FLAG_HANDOVER, HB_FLAG_LEAVING, HB_FLAG_OUTDATED,
+        };
         self.active = bits & HB_FLAG_ACTIVE != 0;
         self.leaving = bits & HB_FLAG_LEAVING != 0;
         self.handover = bits & HB_FLAG_HANDOVER != 0;
@@ -205,7 +209,11 @@ impl Advert {
         .into_iter()
         .filter_map(|(set, name)| set.then_some(name))
         .collect();
-        if names.is_empty() { "-".to_owned() } else { names.join("+") }
+        if names.is_empty() {
+            "-".to_owned()
+        } else {
+            names.join("+")
+        }
     }
 }
 

@@ -134,6 +134,9 @@ mod tests {
 
     #[test]
     fn debug_hides_key() {
-        assert_eq!(format!("{:?}", HbKey::derive(b"secret", 1).unwrap()), "HbKey(..)");
+        assert_eq!(
+            format!("{:?}", HbKey::derive(b"secret", 1).unwrap()),
+            "HbKey(..)"
+        );
     }
 }

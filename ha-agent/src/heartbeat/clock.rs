@@ -1,8 +1,8 @@
 //! CLOCK_MONOTONIC, the clock `bpf_ktime_get_ns` reads: every time in this
 //! module is on it, so kernel and agent times compare directly.
 
-use nix::time::{ClockId, ClockNanosleepFlags, clock_gettime, clock_nanosleep};
 use nix::sys::time::TimeSpec;
+use nix::time::{ClockId, ClockNanosleepFlags, clock_gettime, clock_nanosleep};
 
 /// Nanoseconds on CLOCK_MONOTONIC.
 #[must_use]
@@ -26,11 +26,21 @@ fn timespec_ns(t: &TimeSpec) -> u64 {
 /// Sleeps until the absolute CLOCK_MONOTONIC time `deadline_ns`
 /// (TIMER_ABSTIME: no drift from the time spent computing the deadline).
 pub fn sleep_until(deadline_ns: u64) {
-    #[expect(clippy::cast_possible_wrap, reason = "monotonic seconds fit i64 for 292 years")]
-    let ts = TimeSpec::new((deadline_ns / 1_000_000_000) as i64, (deadline_ns % 1_000_000_000) as i64);
+    #[expect(
+        clippy::cast_possible_wrap,
+        reason = "monotonic seconds fit i64 for 292 years"
+    )]
+    let ts = TimeSpec::new(
+        (deadline_ns / 1_000_000_000) as i64,
+        (deadline_ns % 1_000_000_000) as i64,
+    );
     // Bounded: each EINTR moves us closer to an absolute deadline.
     for _ in 0..1000 {
-        match clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts) {
+        match clock_nanosleep(
+            ClockId::CLOCK_MONOTONIC,
+            ClockNanosleepFlags::TIMER_ABSTIME,
+            &ts,
+        ) {
             Err(nix::errno::Errno::EINTR) => {}
             _ => return,
         }

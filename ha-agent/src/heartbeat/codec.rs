@@ -104,7 +104,9 @@ pub enum DecodeError {
         found: u32,
     },
     /// The peer speaks another protocol version.
-    #[error("heartbeat protocol version mismatch: peer sends version {theirs}, this agent speaks version {ours}")]
+    #[error(
+        "heartbeat protocol version mismatch: peer sends version {theirs}, this agent speaks version {ours}"
+    )]
     VersionMismatch {
         /// Ours, [`HB_PROTOCOL_VERSION`].
         ours: u8,
@@ -222,16 +224,23 @@ pub fn decode(buf: &[u8], cluster_id: u32, key: &HbKey) -> Result<Heartbeat, Dec
     }
     let version = buf[off!(version)];
     if version != HB_PROTOCOL_VERSION {
-        return Err(DecodeError::VersionMismatch { ours: HB_PROTOCOL_VERSION, theirs: version });
+        return Err(DecodeError::VersionMismatch {
+            ours: HB_PROTOCOL_VERSION,
+            theirs: version,
+        });
     }
     if buf.len() != HB_FRAME_LEN {
         return Err(DecodeError::Length { len: buf.len() });
     }
     let theirs = get_u32(buf, off!(cluster_id));
     if theirs != cluster_id {
-        return Err(DecodeError::WrongCluster { ours: cluster_id, theirs });
+        return Err(DecodeError::WrongCluster {
+            ours: cluster_id,
+            theirs,
+        });
     }
-    key.verify(&buf[..HB_AUTH_LEN], &buf[off!(tag)..]).map_err(|_| DecodeError::BadTag)?;
+    key.verify(&buf[..HB_AUTH_LEN], &buf[off!(tag)..])
+        .map_err(|_| DecodeError::BadTag)?;
     // Authenticated from here on: a bad value is the peer's bug, not an attack.
     let kind = buf[off!(kind)];
     if kind != HB_KIND_HEARTBEAT {
@@ -319,10 +328,19 @@ pub(crate) mod tests {
         let b = sample().encode(&key());
         assert_eq!(&b[offsets::MAGIC..offsets::MAGIC + 4], b"HAHB");
         assert_eq!(b[offsets::VERSION], HB_PROTOCOL_VERSION);
-        assert_eq!(&b[offsets::CLUSTER_ID..offsets::CLUSTER_ID + 4], &7u32.to_be_bytes());
-        assert_eq!(&b[offsets::EPOCH..offsets::EPOCH + 8], &sample().epoch.to_be_bytes());
+        assert_eq!(
+            &b[offsets::CLUSTER_ID..offsets::CLUSTER_ID + 4],
+            &7u32.to_be_bytes()
+        );
+        assert_eq!(
+            &b[offsets::EPOCH..offsets::EPOCH + 8],
+            &sample().epoch.to_be_bytes()
+        );
         assert_eq!(&b[offsets::SEQ..offsets::SEQ + 8], &42u64.to_be_bytes());
-        assert_eq!(&b[offsets::TOKEN..offsets::TOKEN + 8], &key().token(sample().epoch, 42));
+        assert_eq!(
+            &b[offsets::TOKEN..offsets::TOKEN + 8],
+            &key().token(sample().epoch, 42)
+        );
     }
 
     #[test]
@@ -339,19 +357,31 @@ pub(crate) mod tests {
     #[test]
     fn short_and_long() {
         let b = sample().encode(&key());
-        assert_eq!(decode(&b[..3], 7, &key()), Err(DecodeError::Length { len: 3 }));
+        assert_eq!(
+            decode(&b[..3], 7, &key()),
+            Err(DecodeError::Length { len: 3 })
+        );
         let n = HB_FRAME_LEN;
-        assert_eq!(decode(&b[..n - 1], 7, &key()), Err(DecodeError::Length { len: n - 1 }));
+        assert_eq!(
+            decode(&b[..n - 1], 7, &key()),
+            Err(DecodeError::Length { len: n - 1 })
+        );
         let mut long = b.to_vec();
         long.push(0);
-        assert_eq!(decode(&long, 7, &key()), Err(DecodeError::Length { len: n + 1 }));
+        assert_eq!(
+            decode(&long, 7, &key()),
+            Err(DecodeError::Length { len: n + 1 })
+        );
     }
 
     #[test]
     fn bad_magic() {
         let mut b = sample().encode(&key());
         b[0] = b'X';
-        assert!(matches!(decode(&b, 7, &key()), Err(DecodeError::BadMagic { .. })));
+        assert!(matches!(
+            decode(&b, 7, &key()),
+            Err(DecodeError::BadMagic { .. })
+        ));
     }
 
     #[test]
@@ -362,15 +392,27 @@ pub(crate) mod tests {
         let mut v = b.to_vec();
         v.extend_from_slice(&[0; 16]);
         let err = decode(&v, 7, &key()).unwrap_err();
-        assert_eq!(err, DecodeError::VersionMismatch { ours: HB_PROTOCOL_VERSION, theirs: 9 });
+        assert_eq!(
+            err,
+            DecodeError::VersionMismatch {
+                ours: HB_PROTOCOL_VERSION,
+                theirs: 9
+            }
+        );
         let msg = err.to_string();
-        assert!(msg.contains("version 9") && msg.contains(&format!("version {HB_PROTOCOL_VERSION}")), "{msg}");
+        assert!(
+            msg.contains("version 9") && msg.contains(&format!("version {HB_PROTOCOL_VERSION}")),
+            "{msg}"
+        );
     }
 
     #[test]
     fn wrong_cluster() {
         let b = sample().encode(&key());
-        assert_eq!(decode(&b, 8, &key()), Err(DecodeError::WrongCluster { ours: 8, theirs: 7 }));
+        assert_eq!(
+            decode(&b, 8, &key()),
+            Err(DecodeError::WrongCluster { ours: 8, theirs: 7 })
+        );
     }
 
     #[test]
@@ -409,13 +451,19 @@ pub(crate) mod tests {
         resign(&mut b);
         assert_eq!(
             decode(&b, 7, &key()),
-            Err(DecodeError::UnknownMode { field: "effective_mode", code: 200 })
+            Err(DecodeError::UnknownMode {
+                field: "effective_mode",
+                code: 200
+            })
         );
 
         let mut b = sample().encode(&key());
         put_u32(&mut b, off!(lease_us), 0);
         resign(&mut b);
-        assert_eq!(decode(&b, 7, &key()), Err(DecodeError::ZeroTiming { field: "lease" }));
+        assert_eq!(
+            decode(&b, 7, &key()),
+            Err(DecodeError::ZeroTiming { field: "lease" })
+        );
 
         let mut b = sample().encode(&key());
         b[off!(token)] ^= 1;

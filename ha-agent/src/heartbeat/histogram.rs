@@ -34,7 +34,12 @@ impl Histogram {
     pub fn pow2(first_ns: u64, count: usize) -> Self {
         let bounds_ns: Vec<u64> = (0..count).map(|i| first_ns << i).collect();
         let counts = (0..=count).map(|_| AtomicU64::new(0)).collect();
-        Self { bounds_ns, counts, sum_ns: AtomicU64::new(0), max_ns: AtomicU64::new(0) }
+        Self {
+            bounds_ns,
+            counts,
+            sum_ns: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
     }
 
     /// Receive intervals: 64 µs .. ~1 s (15 buckets + overflow).
@@ -68,7 +73,11 @@ impl Histogram {
     pub fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             bounds_ns: self.bounds_ns.clone(),
-            counts: self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
             sum_ns: self.sum_ns.load(Ordering::Relaxed),
             max_ns: self.max_ns.load(Ordering::Relaxed),
         }
@@ -90,7 +99,12 @@ impl HistogramSnapshot {
         if total == 0 {
             return None;
         }
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss, reason = "rank of a count")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "rank of a count"
+        )]
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
         for (i, c) in self.counts.iter().enumerate() {

@@ -77,20 +77,44 @@ impl LinkSocket {
     /// full send buffer on one link can never hold the sender thread.
     pub fn open(spec: &LinkSpec) -> Result<Self, LinkError> {
         let link = spec.id;
-        let socket = UdpSocket::bind(spec.local).map_err(|source| LinkError::Bind { link, addr: spec.local, source })?;
+        let socket = UdpSocket::bind(spec.local).map_err(|source| LinkError::Bind {
+            link,
+            addr: spec.local,
+            source,
+        })?;
         if let Some(interface) = &spec.interface {
-            setsockopt(&socket, sockopt::BindToDevice, &OsString::from(interface))
-                .map_err(|source| LinkError::BindToDevice { link, interface: interface.clone(), source })?;
+            setsockopt(&socket, sockopt::BindToDevice, &OsString::from(interface)).map_err(
+                |source| LinkError::BindToDevice {
+                    link,
+                    interface: interface.clone(),
+                    source,
+                },
+            )?;
         }
-        let opt = |option: &'static str| move |e: nix::Error| LinkError::Option { link, option, source: e.into() };
+        let opt = |option: &'static str| {
+            move |e: nix::Error| LinkError::Option {
+                link,
+                option,
+                source: e.into(),
+            }
+        };
         if spec.local.is_ipv4() {
             setsockopt(&socket, sockopt::IpTos, &TOS_CS6).map_err(opt("IP_TOS"))?;
         }
-        setsockopt(&socket, sockopt::Priority, &SO_PRIORITY_INTERACTIVE).map_err(opt("SO_PRIORITY"))?;
+        setsockopt(&socket, sockopt::Priority, &SO_PRIORITY_INTERACTIVE)
+            .map_err(opt("SO_PRIORITY"))?;
         socket
             .set_nonblocking(true)
-            .map_err(|source| LinkError::Option { link, option: "O_NONBLOCK", source })?;
-        Ok(Self { id: link, socket, peer: spec.peer })
+            .map_err(|source| LinkError::Option {
+                link,
+                option: "O_NONBLOCK",
+                source,
+            })?;
+        Ok(Self {
+            id: link,
+            socket,
+            peer: spec.peer,
+        })
     }
 
     /// The bound local address (with the port picked when 0 was asked).
@@ -100,7 +124,11 @@ impl LinkSocket {
 
     /// A second handle on the same socket (for the receiver).
     pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { id: self.id, socket: self.socket.try_clone()?, peer: self.peer })
+        Ok(Self {
+            id: self.id,
+            socket: self.socket.try_clone()?,
+            peer: self.peer,
+        })
     }
 }
 

@@ -139,7 +139,9 @@ pub enum Refusal {
         epoch: u64,
     },
     /// A new peer epoch that echoes a former epoch of ours.
-    #[error("peer epoch {epoch:#018x} echoes our epoch {echo_epoch:#018x}, not the current {ours:#018x}")]
+    #[error(
+        "peer epoch {epoch:#018x} echoes our epoch {echo_epoch:#018x}, not the current {ours:#018x}"
+    )]
     EchoesOldEpoch {
         /// The frame's epoch.
         epoch: u64,
@@ -149,7 +151,9 @@ pub enum Refusal {
         ours: u64,
     },
     /// A new peer epoch echoing a sequence of ours that is too old.
-    #[error("peer epoch {epoch:#018x} echoes our seq {echo_seq}, we are at {ours} (at most {max_lag} behind allowed)")]
+    #[error(
+        "peer epoch {epoch:#018x} echoes our seq {echo_seq}, we are at {ours} (at most {max_lag} behind allowed)"
+    )]
     StaleEcho {
         /// The frame's epoch.
         epoch: u64,
@@ -247,7 +251,13 @@ impl PeerState {
     /// A fresh state: no peer epoch known.
     #[must_use]
     pub fn new(me: LocalIdentity) -> Self {
-        Self { me, current: None, learned: None, retired: VecDeque::new(), announced: None }
+        Self {
+            me,
+            current: None,
+            learned: None,
+            retired: VecDeque::new(),
+            announced: None,
+        }
     }
 
     /// The accepted peer epoch, if any.
@@ -269,7 +279,12 @@ impl PeerState {
 
     /// Applies the rules to a verified frame that arrived on `link`.
     /// `our_seq` is the newest sequence we have sent.
-    pub fn on_frame(&mut self, link: u32, hb: &Heartbeat, our_seq: u64) -> Result<Accepted, Refusal> {
+    pub fn on_frame(
+        &mut self,
+        link: u32,
+        hb: &Heartbeat,
+        our_seq: u64,
+    ) -> Result<Accepted, Refusal> {
         if hb.epoch == self.me.epoch || hb.node_id == self.me.node_id {
             return Err(Refusal::Reflected);
         }
@@ -281,16 +296,30 @@ impl PeerState {
         if let Some(cur) = self.current.as_mut().filter(|c| c.epoch == hb.epoch) {
             let link_newest = cur.per_link.get(&link).copied().unwrap_or(0);
             if hb.seq <= link_newest {
-                return Err(Refusal::Replayed { seq: hb.seq, newest: link_newest });
+                return Err(Refusal::Replayed {
+                    seq: hb.seq,
+                    newest: link_newest,
+                });
             }
             if hb.seq.saturating_add(DUP_WINDOW) <= cur.newest {
-                return Err(Refusal::LateCopy { seq: hb.seq, newest: cur.newest });
+                return Err(Refusal::LateCopy {
+                    seq: hb.seq,
+                    newest: cur.newest,
+                });
             }
             let fresh = hb.seq > cur.newest;
-            let gap = if link_newest == 0 { 0 } else { hb.seq - link_newest - 1 };
+            let gap = if link_newest == 0 {
+                0
+            } else {
+                hb.seq - link_newest - 1
+            };
             cur.per_link.insert(link, hb.seq);
             cur.newest = cur.newest.max(hb.seq);
-            return Ok(Accepted { fresh, new_epoch: false, gap });
+            return Ok(Accepted {
+                fresh,
+                new_epoch: false,
+                gap,
+            });
         }
 
         if self.retired.contains(&hb.epoch) {
@@ -301,12 +330,21 @@ impl PeerState {
             return Err(if hb.echo_epoch == 0 {
                 Refusal::Unconfirmed { epoch: hb.epoch }
             } else {
-                Refusal::EchoesOldEpoch { epoch: hb.epoch, echo_epoch: hb.echo_epoch, ours: self.me.epoch }
+                Refusal::EchoesOldEpoch {
+                    epoch: hb.epoch,
+                    echo_epoch: hb.echo_epoch,
+                    ours: self.me.epoch,
+                }
             });
         }
         let max_lag = self.me.max_echo_lag();
         if hb.echo_seq > our_seq || our_seq - hb.echo_seq > max_lag {
-            return Err(Refusal::StaleEcho { epoch: hb.epoch, echo_seq: hb.echo_seq, ours: our_seq, max_lag });
+            return Err(Refusal::StaleEcho {
+                epoch: hb.epoch,
+                echo_seq: hb.echo_seq,
+                ours: our_seq,
+                max_lag,
+            });
         }
         if let Some(old) = self.current.take() {
             if self.retired.len() == RETIRED_EPOCHS {
@@ -315,8 +353,16 @@ impl PeerState {
             self.retired.push_back(old.epoch);
         }
         self.learned = None;
-        self.current = Some(EpochState { epoch: hb.epoch, newest: hb.seq, per_link: BTreeMap::from([(link, hb.seq)]) });
-        Ok(Accepted { fresh: true, new_epoch: true, gap: 0 })
+        self.current = Some(EpochState {
+            epoch: hb.epoch,
+            newest: hb.seq,
+            per_link: BTreeMap::from([(link, hb.seq)]),
+        });
+        Ok(Accepted {
+            fresh: true,
+            new_epoch: true,
+            gap: 0,
+        })
     }
 
     /// The peer frames whose kernel tokens the XDP program should expect
@@ -366,10 +412,17 @@ pub enum RxSource {
 /// number may have claimed the slot first, with an earlier time), and not
 /// older than `max_age`.
 #[must_use]
-pub fn choose_rx_time(kernel_ns: Option<u64>, user_ns: u64, prev_rx_ns: Option<u64>, max_age: Duration) -> (u64, RxSource) {
+pub fn choose_rx_time(
+    kernel_ns: Option<u64>,
+    user_ns: u64,
+    prev_rx_ns: Option<u64>,
+    max_age: Duration,
+) -> (u64, RxSource) {
     let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
     match kernel_ns {
-        Some(k) if k <= user_ns && prev_rx_ns.is_none_or(|p| k >= p) && user_ns - k <= max_age => (k, RxSource::Kernel),
+        Some(k) if k <= user_ns && prev_rx_ns.is_none_or(|p| k >= p) && user_ns - k <= max_age => {
+            (k, RxSource::Kernel)
+        }
         _ => (user_ns, RxSource::Userspace),
     }
 }
@@ -473,12 +526,23 @@ mod tests {
     const PEER2: u64 = 0xB002;
 
     fn me() -> LocalIdentity {
-        LocalIdentity { epoch: US, node_id: 1, timing: sample().timing }
+        LocalIdentity {
+            epoch: US,
+            node_id: 1,
+            timing: sample().timing,
+        }
     }
 
     /// A peer frame of `epoch`/`seq` echoing `echo`.
     fn hb(epoch: u64, seq: u64, echo: (u64, u64)) -> Heartbeat {
-        Heartbeat { node_id: 2, epoch, seq, echo_epoch: echo.0, echo_seq: echo.1, ..sample() }
+        Heartbeat {
+            node_id: 2,
+            epoch,
+            seq,
+            echo_epoch: echo.0,
+            echo_seq: echo.1,
+            ..sample()
+        }
     }
 
     /// A state that has accepted PEER1 up to `seq` on link 0; we are at seq 100.
@@ -500,7 +564,14 @@ mod tests {
         assert_eq!(p.echo(), (PEER1, 1));
         // Now it echoes us: accepted.
         let a = p.on_frame(0, &hb(PEER1, 2, (US, 1)), 2).unwrap();
-        assert_eq!(a, Accepted { fresh: true, new_epoch: true, gap: 0 });
+        assert_eq!(
+            a,
+            Accepted {
+                fresh: true,
+                new_epoch: true,
+                gap: 0
+            }
+        );
         assert_eq!(p.peer_epoch(), Some(PEER1));
         assert_eq!(p.echo(), (PEER1, 2));
     }
@@ -533,7 +604,14 @@ mod tests {
         let mut p = established(5);
         assert_eq!(p.on_frame(0, &hb(PEER1, 6, (US, 100)), 100).unwrap().gap, 0);
         let a = p.on_frame(0, &hb(PEER1, 9, (US, 100)), 100).unwrap();
-        assert_eq!(a, Accepted { fresh: true, new_epoch: false, gap: 2 });
+        assert_eq!(
+            a,
+            Accepted {
+                fresh: true,
+                new_epoch: false,
+                gap: 2
+            }
+        );
         assert_eq!(p.echo(), (PEER1, 9));
     }
 
@@ -562,7 +640,12 @@ mod tests {
         let copy = p.on_frame(1, &hb(PEER1, 6, (US, 100)), 100).unwrap();
         assert!(!copy.fresh);
         // ...but not twice on that link either.
-        assert_eq!(p.on_frame(1, &hb(PEER1, 6, (US, 100)), 100).unwrap_err().kind(), RefusalKind::Replayed);
+        assert_eq!(
+            p.on_frame(1, &hb(PEER1, 6, (US, 100)), 100)
+                .unwrap_err()
+                .kind(),
+            RefusalKind::Replayed
+        );
         // The second link may also be the first to see a frame.
         assert!(p.on_frame(1, &hb(PEER1, 7, (US, 100)), 100).unwrap().fresh);
     }
@@ -570,7 +653,8 @@ mod tests {
     #[test]
     fn recording_from_another_link_held_back_is_refused() {
         let mut p = established(5);
-        p.on_frame(0, &hb(PEER1, 5 + DUP_WINDOW, (US, 100)), 100).unwrap();
+        p.on_frame(0, &hb(PEER1, 5 + DUP_WINDOW, (US, 100)), 100)
+            .unwrap();
         // Link 1 never saw seq 5..: a held-back copy of seq 5 is too old.
         let r = p.on_frame(1, &hb(PEER1, 5, (US, 100)), 100).unwrap_err();
         assert!(matches!(r, Refusal::LateCopy { .. }));
@@ -583,7 +667,10 @@ mod tests {
         // Recorded while we ran with epoch US: it echoes US.
         let recorded = hb(PEER1, 500, (US, 499));
         // We restart: new epoch, empty state.
-        let mut p = PeerState::new(LocalIdentity { epoch: 0xCCCC, ..me() });
+        let mut p = PeerState::new(LocalIdentity {
+            epoch: 0xCCCC,
+            ..me()
+        });
         let r = p.on_frame(0, &recorded, 3).unwrap_err();
         assert!(matches!(r, Refusal::EchoesOldEpoch { .. }));
         assert_eq!(r.kind(), RefusalKind::StaleEpoch);
@@ -598,7 +685,14 @@ mod tests {
     fn new_peer_epoch_echoing_us_replaces_the_old() {
         let mut p = established(5);
         let a = p.on_frame(0, &hb(PEER2, 1, (US, 100)), 100).unwrap();
-        assert_eq!(a, Accepted { fresh: true, new_epoch: true, gap: 0 });
+        assert_eq!(
+            a,
+            Accepted {
+                fresh: true,
+                new_epoch: true,
+                gap: 0
+            }
+        );
         assert_eq!(p.peer_epoch(), Some(PEER2));
         // The replaced epoch is dead for good, even with a higher seq.
         let r = p.on_frame(0, &hb(PEER1, 6, (US, 100)), 100).unwrap_err();
@@ -608,7 +702,12 @@ mod tests {
     #[test]
     fn new_peer_epoch_not_echoing_us_keeps_the_current_one() {
         let mut p = established(5);
-        assert_eq!(p.on_frame(0, &hb(PEER2, 1, (0, 0)), 100).unwrap_err().kind(), RefusalKind::Unconfirmed);
+        assert_eq!(
+            p.on_frame(0, &hb(PEER2, 1, (0, 0)), 100)
+                .unwrap_err()
+                .kind(),
+            RefusalKind::Unconfirmed
+        );
         assert_eq!(p.peer_epoch(), Some(PEER1));
         // We keep echoing the accepted epoch.
         assert_eq!(p.echo(), (PEER1, 5));
@@ -629,16 +728,27 @@ mod tests {
         // Within the lag it is accepted.
         let lag = me().max_echo_lag();
         assert_eq!(lag, 8); // 6 ms / 1 ms + 2
-        assert!(p.on_frame(0, &hb(PEER2, 9, (US, 10_000 - lag)), 10_000).is_ok());
+        assert!(
+            p.on_frame(0, &hb(PEER2, 9, (US, 10_000 - lag)), 10_000)
+                .is_ok()
+        );
     }
 
     #[test]
     fn reflected_own_frames_refused() {
         let mut p = PeerState::new(me());
-        let own = Heartbeat { node_id: 1, epoch: US, seq: 3, ..sample() };
+        let own = Heartbeat {
+            node_id: 1,
+            epoch: US,
+            seq: 3,
+            ..sample()
+        };
         assert_eq!(p.on_frame(0, &own, 3), Err(Refusal::Reflected));
         let same_node = hb(PEER1, 3, (US, 3));
-        let same_node = Heartbeat { node_id: 1, ..same_node };
+        let same_node = Heartbeat {
+            node_id: 1,
+            ..same_node
+        };
         assert_eq!(p.on_frame(0, &same_node, 3), Err(Refusal::Reflected));
         assert_eq!(p.echo(), (0, 0), "a reflection teaches nothing");
     }
@@ -648,8 +758,12 @@ mod tests {
         let mut p = PeerState::new(me());
         let mut f = hb(PEER1, 1, (US, 1));
         f.timing.lease = Duration::from_millis(10);
-        assert!(p.on_frame(0, &f, 1).is_ok(), "an authentic peer with other timing is alive");
-        let r = Refusal::Timing(super::super::timing::check_pair(&me().timing, &f.timing).unwrap_err());
+        assert!(
+            p.on_frame(0, &f, 1).is_ok(),
+            "an authentic peer with other timing is alive"
+        );
+        let r =
+            Refusal::Timing(super::super::timing::check_pair(&me().timing, &f.timing).unwrap_err());
         assert_eq!(r.kind(), RefusalKind::TimingMismatch);
         assert!(r.to_string().contains("lost threshold 6ms"), "{r}");
     }
@@ -659,9 +773,18 @@ mod tests {
         let k = |e: DecodeError| Refusal::from(e).kind();
         assert_eq!(k(DecodeError::BadTag), RefusalKind::Forged);
         assert_eq!(k(DecodeError::Length { len: 1 }), RefusalKind::Malformed);
-        assert_eq!(k(DecodeError::BadMagic { found: 0 }), RefusalKind::Malformed);
-        assert_eq!(k(DecodeError::VersionMismatch { ours: 1, theirs: 2 }), RefusalKind::VersionMismatch);
-        assert_eq!(k(DecodeError::WrongCluster { ours: 1, theirs: 2 }), RefusalKind::WrongCluster);
+        assert_eq!(
+            k(DecodeError::BadMagic { found: 0 }),
+            RefusalKind::Malformed
+        );
+        assert_eq!(
+            k(DecodeError::VersionMismatch { ours: 1, theirs: 2 }),
+            RefusalKind::VersionMismatch
+        );
+        assert_eq!(
+            k(DecodeError::WrongCluster { ours: 1, theirs: 2 }),
+            RefusalKind::WrongCluster
+        );
         for (i, kind) in RefusalKind::ALL.iter().enumerate() {
             assert_eq!(kind.index(), i);
         }
@@ -670,14 +793,29 @@ mod tests {
     #[test]
     fn kernel_time_used_only_when_plausible() {
         let age = Duration::from_millis(6);
-        assert_eq!(choose_rx_time(Some(900), 1000, Some(500), age), (900, RxSource::Kernel));
-        assert_eq!(choose_rx_time(None, 1000, Some(500), age), (1000, RxSource::Userspace));
+        assert_eq!(
+            choose_rx_time(Some(900), 1000, Some(500), age),
+            (900, RxSource::Kernel)
+        );
+        assert_eq!(
+            choose_rx_time(None, 1000, Some(500), age),
+            (1000, RxSource::Userspace)
+        );
         // After we read it: impossible.
-        assert_eq!(choose_rx_time(Some(1001), 1000, None, age), (1000, RxSource::Userspace));
+        assert_eq!(
+            choose_rx_time(Some(1001), 1000, None, age),
+            (1000, RxSource::Userspace)
+        );
         // Before the previous frame: a forgery claimed the slot first.
-        assert_eq!(choose_rx_time(Some(400), 1000, Some(500), age), (1000, RxSource::Userspace));
+        assert_eq!(
+            choose_rx_time(Some(400), 1000, Some(500), age),
+            (1000, RxSource::Userspace)
+        );
         // Older than the threshold.
-        assert_eq!(choose_rx_time(Some(1), 10_000_000, None, age).1, RxSource::Userspace);
+        assert_eq!(
+            choose_rx_time(Some(1), 10_000_000, None, age).1,
+            RxSource::Userspace
+        );
     }
 
     #[test]

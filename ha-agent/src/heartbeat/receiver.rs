@@ -18,7 +18,10 @@ use super::auth::HbKey;
 use super::clock::now_ns;
 use super::codec::{Heartbeat, decode};
 use super::link::LinkSocket;
-use super::peer::{LinkHealth, LinkHealthSnapshot, LocalIdentity, PeerState, Refusal, RefusalKind, RxSource, choose_rx_time};
+use super::peer::{
+    LinkHealth, LinkHealthSnapshot, LocalIdentity, PeerState, Refusal, RefusalKind, RxSource,
+    choose_rx_time,
+};
 use super::ratelimit::RefusalLogLimiter;
 use super::shared::HbShared;
 
@@ -100,8 +103,18 @@ impl RxContext {
     /// The context of one agent run.
     #[must_use]
     pub fn new(key: HbKey, shared: Arc<HbShared>, kernel: Arc<dyn KernelTimes>) -> Self {
-        let me = LocalIdentity { epoch: shared.epoch, node_id: shared.node_id, timing: shared.timing };
-        Self { key, shared, peer: Mutex::new(PeerState::new(me)), kernel, expect_errors: AtomicU64::new(0) }
+        let me = LocalIdentity {
+            epoch: shared.epoch,
+            node_id: shared.node_id,
+            timing: shared.timing,
+        };
+        Self {
+            key,
+            shared,
+            peer: Mutex::new(PeerState::new(me)),
+            kernel,
+            expect_errors: AtomicU64::new(0),
+        }
     }
 
     /// Token announcements the data plane refused (a map write failed).
@@ -113,7 +126,10 @@ impl RxContext {
     /// The accepted peer epoch, if any.
     #[must_use]
     pub fn peer_epoch(&self) -> Option<u64> {
-        self.peer.lock().unwrap_or_else(PoisonError::into_inner).peer_epoch()
+        self.peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .peer_epoch()
     }
 }
 
@@ -130,7 +146,13 @@ impl LinkReceiver {
     /// Receiver for `link`, accepting frames from `peer_ip` only.
     #[must_use]
     pub fn new(link: u32, peer_ip: IpAddr, ctx: Arc<RxContext>) -> Self {
-        Self { link, peer_ip, ctx, health: Arc::default(), limiter: RefusalLogLimiter::default() }
+        Self {
+            link,
+            peer_ip,
+            ctx,
+            health: Arc::default(),
+            limiter: RefusalLogLimiter::default(),
+        }
     }
 
     /// This link's counters.
@@ -146,23 +168,50 @@ impl LinkReceiver {
                 // Incompatible timing: alive all the same, but said loudly
                 // (counted under timing_mismatch, logged at most once a second).
                 if let Err(e) = super::timing::check_pair(&self.ctx.shared.timing, &hb.timing) {
-                    self.health.lock().unwrap_or_else(PoisonError::into_inner).on_refused(RefusalKind::TimingMismatch);
-                    if self.limiter.allow(RefusalKind::TimingMismatch, user_ns).is_some() {
+                    self.health
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .on_refused(RefusalKind::TimingMismatch);
+                    if self
+                        .limiter
+                        .allow(RefusalKind::TimingMismatch, user_ns)
+                        .is_some()
+                    {
                         tracing::warn!(link = self.link, error = %e, "peer timing incompatible with ours: accepted as alive, fix the configuration");
                     }
                 }
                 let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
                 let kernel = self.ctx.kernel.rx_time(self.link, hb.epoch, hb.seq);
-                let (rx_ns, rx_source) = choose_rx_time(kernel, user_ns, health.last_rx_ns(), self.ctx.shared.timing.threshold);
+                let (rx_ns, rx_source) = choose_rx_time(
+                    kernel,
+                    user_ns,
+                    health.last_rx_ns(),
+                    self.ctx.shared.timing.threshold,
+                );
                 health.on_accepted(rx_ns, acc.gap, rx_source);
                 if acc.new_epoch {
-                    tracing::info!(link = self.link, peer_epoch = format_args!("{:#018x}", hb.epoch), seq = hb.seq, "peer epoch accepted");
+                    tracing::info!(
+                        link = self.link,
+                        peer_epoch = format_args!("{:#018x}", hb.epoch),
+                        seq = hb.seq,
+                        "peer epoch accepted"
+                    );
                 }
-                HeartbeatEvent::Accepted { link: self.link, heartbeat: hb, rx_ns, rx_source, fresh: acc.fresh, new_epoch: acc.new_epoch }
+                HeartbeatEvent::Accepted {
+                    link: self.link,
+                    heartbeat: hb,
+                    rx_ns,
+                    rx_source,
+                    fresh: acc.fresh,
+                    new_epoch: acc.new_epoch,
+                }
             }
             Err(refusal) => {
                 let kind = refusal.kind();
-                self.health.lock().unwrap_or_else(PoisonError::into_inner).on_refused(kind);
+                self.health
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .on_refused(kind);
                 if let Some(suppressed) = self.limiter.allow(kind, user_ns) {
                     let kind_s = kind.as_str();
                     if kind == RefusalKind::Unconfirmed {
@@ -171,12 +220,20 @@ impl LinkReceiver {
                         tracing::warn!(link = self.link, %from, kind = kind_s, suppressed, reason = %refusal, "heartbeat refused");
                     }
                 }
-                HeartbeatEvent::Refused { link: self.link, kind, from }
+                HeartbeatEvent::Refused {
+                    link: self.link,
+                    kind,
+                    from,
+                }
             }
         }
     }
 
-    fn check(&self, from: SocketAddr, bytes: &[u8]) -> Result<(Heartbeat, super::peer::Accepted), Refusal> {
+    fn check(
+        &self,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Result<(Heartbeat, super::peer::Accepted), Refusal> {
         if from.ip().to_canonical() != self.peer_ip.to_canonical() {
             return Err(Refusal::WrongSource { from: from.ip() });
         }
@@ -187,7 +244,11 @@ impl LinkReceiver {
         self.ctx.shared.set_echo(peer.echo());
         if let Some((epoch, seqs)) = peer.to_announce() {
             for seq in seqs {
-                if let Err(e) = self.ctx.kernel.expect(epoch, seq, self.ctx.key.token(epoch, seq)) {
+                if let Err(e) = self
+                    .ctx
+                    .kernel
+                    .expect(epoch, seq, self.ctx.key.token(epoch, seq))
+                {
                     self.ctx.expect_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, seq, "cannot announce heartbeat token to the data plane");
                 }
@@ -214,7 +275,10 @@ impl ReceiverHandle {
     /// A copy of the link's counters.
     #[must_use]
     pub fn health(&self) -> LinkHealthSnapshot {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner).snapshot()
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .snapshot()
     }
 }
 
@@ -227,7 +291,11 @@ impl Drop for ReceiverHandle {
 /// Starts the receiver of `link` (a handle on the link's socket) inside the
 /// current tokio runtime. Accepted frames wait for room in `events`;
 /// refusals are dropped when it is full, so that a flood cannot stall us.
-pub fn spawn(link: LinkSocket, ctx: Arc<RxContext>, events: mpsc::Sender<HeartbeatEvent>) -> io::Result<ReceiverHandle> {
+pub fn spawn(
+    link: LinkSocket,
+    ctx: Arc<RxContext>,
+    events: mpsc::Sender<HeartbeatEvent>,
+) -> io::Result<ReceiverHandle> {
     let socket = tokio::net::UdpSocket::from_std(link.socket)?;
     let mut rx = LinkReceiver::new(link.id, link.peer.ip(), ctx);
     let health = rx.health();
@@ -247,7 +315,10 @@ pub fn spawn(link: LinkSocket, ctx: Arc<RxContext>, events: mpsc::Sender<Heartbe
                 let ev = rx.handle(from, &buf[..len], now_ns());
                 let closed = match ev {
                     HeartbeatEvent::Accepted { .. } => events.send(ev).await.is_err(),
-                    HeartbeatEvent::Refused { .. } => matches!(events.try_send(ev), Err(mpsc::error::TrySendError::Closed(_))),
+                    HeartbeatEvent::Refused { .. } => matches!(
+                        events.try_send(ev),
+                        Err(mpsc::error::TrySendError::Closed(_))
+                    ),
                 };
                 if closed {
                     tracing::debug!("event channel closed; receiver ends");
@@ -257,7 +328,11 @@ pub fn spawn(link: LinkSocket, ctx: Arc<RxContext>, events: mpsc::Sender<Heartbe
         }
         .instrument(span),
     );
-    Ok(ReceiverHandle { link: link.id, health, task })
+    Ok(ReceiverHandle {
+        link: link.id,
+        health,
+        task,
+    })
 }
 
 #[cfg(test)]
@@ -273,7 +348,10 @@ mod tests {
     struct Table(Vec<(u32, u64, u64, u64)>, Mutex<Vec<(u64, u64, [u8; 8])>>);
     impl KernelTimes for Table {
         fn rx_time(&self, link: u32, epoch: u64, seq: u64) -> Option<u64> {
-            self.0.iter().find(|r| (r.0, r.1, r.2) == (link, epoch, seq)).map(|r| r.3)
+            self.0
+                .iter()
+                .find(|r| (r.0, r.1, r.2) == (link, epoch, seq))
+                .map(|r| r.3)
         }
         fn expect(&self, epoch: u64, seq: u64, token: [u8; 8]) -> Result<(), DataPlaneError> {
             self.1.lock().unwrap().push((epoch, seq, token));
@@ -282,11 +360,22 @@ mod tests {
     }
 
     fn timing() -> Timing {
-        Timing { interval: Duration::from_millis(1), threshold: Duration::from_millis(6), lease: Duration::from_millis(3) }
+        Timing {
+            interval: Duration::from_millis(1),
+            threshold: Duration::from_millis(6),
+            lease: Duration::from_millis(3),
+        }
     }
 
     fn node(node_id: u32) -> Arc<HbShared> {
-        let s = NodeSnapshot { flags: 0, configured_mode: Mode::Secondary, effective_mode: Mode::Secondary, priority: 0, term: 0, sync_seq: 0 };
+        let s = NodeSnapshot {
+            flags: 0,
+            configured_mode: Mode::Secondary,
+            effective_mode: Mode::Secondary,
+            priority: 0,
+            term: 0,
+            sync_seq: 0,
+        };
         Arc::new(HbShared::new(7, node_id, timing(), s))
     }
 
@@ -308,7 +397,13 @@ mod tests {
 
         // 1: the peer has not heard us; we learn and echo its epoch.
         let f1 = them.frame(1, 0, &snap, (0, 0)).encode(&key());
-        assert!(matches!(rx.handle(from, &f1, 1_000), HeartbeatEvent::Refused { kind: RefusalKind::Unconfirmed, .. }));
+        assert!(matches!(
+            rx.handle(from, &f1, 1_000),
+            HeartbeatEvent::Refused {
+                kind: RefusalKind::Unconfirmed,
+                ..
+            }
+        ));
         assert_eq!(us.try_echo(), Some((them.epoch, 1)));
         // ...and tell the kernel the tokens of its next HB_RING_SLOTS frames.
         let announced = kernel.1.lock().unwrap().clone();
@@ -318,17 +413,36 @@ mod tests {
         // 2: echoes us; kernel record used.
         let f2 = them.frame(2, 0, &snap, (us.epoch, 1)).encode(&key());
         match rx.handle(from, &f2, 6_000) {
-            HeartbeatEvent::Accepted { rx_ns, rx_source, fresh, new_epoch, heartbeat, .. } => {
-                assert_eq!((rx_ns, rx_source, fresh, new_epoch, heartbeat.seq), (5_000, RxSource::Kernel, true, true, 2));
+            HeartbeatEvent::Accepted {
+                rx_ns,
+                rx_source,
+                fresh,
+                new_epoch,
+                heartbeat,
+                ..
+            } => {
+                assert_eq!(
+                    (rx_ns, rx_source, fresh, new_epoch, heartbeat.seq),
+                    (5_000, RxSource::Kernel, true, true, 2)
+                );
             }
             e @ HeartbeatEvent::Refused { .. } => panic!("{e:?}"),
         }
         // 3: no record: userspace time, counted.
         let f3 = them.frame(3, 0, &snap, (us.epoch, 1)).encode(&key());
-        assert!(matches!(rx.handle(from, &f3, 7_000), HeartbeatEvent::Accepted { rx_ns: 7_000, rx_source: RxSource::Userspace, .. }));
+        assert!(matches!(
+            rx.handle(from, &f3, 7_000),
+            HeartbeatEvent::Accepted {
+                rx_ns: 7_000,
+                rx_source: RxSource::Userspace,
+                ..
+            }
+        ));
 
         // Replay, forgery, wrong source, garbage: refused and counted.
-        let forged = them.frame(4, 0, &snap, (us.epoch, 1)).encode(&HbKey::derive(b"guess", 7).unwrap());
+        let forged = them
+            .frame(4, 0, &snap, (us.epoch, 1))
+            .encode(&HbKey::derive(b"guess", 7).unwrap());
         let stranger: SocketAddr = "10.200.0.9:20000".parse().unwrap();
         let cases: [(SocketAddr, &[u8], RefusalKind); 4] = [
             (from, &f2, RefusalKind::Replayed),
@@ -337,16 +451,31 @@ mod tests {
             (from, b"hello", RefusalKind::Malformed),
         ];
         for (src, bytes, want) in cases {
-            assert!(matches!(rx.handle(src, bytes, 8_000), HeartbeatEvent::Refused { kind, .. } if kind == want), "{want:?}");
+            assert!(
+                matches!(rx.handle(src, bytes, 8_000), HeartbeatEvent::Refused { kind, .. } if kind == want),
+                "{want:?}"
+            );
         }
         let h = rx.health().lock().unwrap().snapshot();
-        assert_eq!((h.accepted, h.kernel_fallbacks, h.last_rx_ns), (2, 1, Some(7_000)));
-        for k in [RefusalKind::Unconfirmed, RefusalKind::Replayed, RefusalKind::Forged, RefusalKind::WrongSource, RefusalKind::Malformed] {
+        assert_eq!(
+            (h.accepted, h.kernel_fallbacks, h.last_rx_ns),
+            (2, 1, Some(7_000))
+        );
+        for k in [
+            RefusalKind::Unconfirmed,
+            RefusalKind::Replayed,
+            RefusalKind::Forged,
+            RefusalKind::WrongSource,
+            RefusalKind::Malformed,
+        ] {
             assert_eq!(h.refused(k), 1, "{k:?}");
         }
         assert_eq!(ctx.peer_epoch(), Some(them.epoch));
         // Two genuine frames moved the window by two; refusals by nothing.
-        assert_eq!(kernel.1.lock().unwrap().len(), ha_common::HB_RING_SLOTS as usize + 2);
+        assert_eq!(
+            kernel.1.lock().unwrap().len(),
+            ha_common::HB_RING_SLOTS as usize + 2
+        );
         assert_eq!(ctx.expect_errors(), 0);
         // Refusals changed nothing: echo still points at the newest genuine frame.
         assert_eq!(us.try_echo(), Some((them.epoch, 3)));

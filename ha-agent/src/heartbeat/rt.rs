@@ -5,11 +5,17 @@ use std::io;
 
 /// Puts the calling thread in SCHED_FIFO at `priority` (1..=99).
 pub fn set_fifo(priority: i32) -> io::Result<()> {
-    let param = libc::sched_param { sched_priority: priority };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
     // SAFETY: plain syscall wrapper; `param` is a valid, initialised struct
     // that outlives the call; pid 0 means the calling thread.
     let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Locks current and future pages of the process in memory, so that a page
@@ -17,14 +23,22 @@ pub fn set_fifo(priority: i32) -> io::Result<()> {
 pub fn lock_memory() -> io::Result<()> {
     // SAFETY: plain syscall wrapper with constant flags; no pointers.
     let rc = unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// The calling thread's scheduling policy (`libc::SCHED_*`).
 pub fn current_policy() -> io::Result<i32> {
     // SAFETY: plain syscall wrapper; pid 0 means the calling thread.
     let rc = unsafe { libc::sched_getscheduler(0) };
-    if rc >= 0 { Ok(rc) } else { Err(io::Error::last_os_error()) }
+    if rc >= 0 {
+        Ok(rc)
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +60,8 @@ mod tests {
 
     #[test]
     fn out_of_range_priority_is_an_error() {
-        std::thread::spawn(|| assert!(set_fifo(1000).is_err())).join().unwrap();
+        std::thread::spawn(|| assert!(set_fifo(1000).is_err()))
+            .join()
+            .unwrap();
     }
 }

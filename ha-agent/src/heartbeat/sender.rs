@@ -84,7 +84,10 @@ impl SenderStats {
     /// Frames sent on link `id`.
     #[must_use]
     pub fn sent(&self, id: u32) -> u64 {
-        self.links.iter().find(|(l, _)| *l == id).map_or(0, |(_, s)| s.sent.load(Ordering::Relaxed))
+        self.links
+            .iter()
+            .find(|(l, _)| *l == id)
+            .map_or(0, |(_, s)| s.sent.load(Ordering::Relaxed))
     }
 }
 
@@ -114,8 +117,19 @@ fn dur_ns(d: Duration) -> u64 {
 }
 
 impl ProgressWatch {
-    pub(crate) fn new(value: u64, now_ns: u64, lease: Duration, mute_after: Option<Duration>) -> Self {
-        Self { value, changed_ns: now_ns, lease_ns: dur_ns(lease), mute_ns: mute_after.map(dur_ns), gate: Gate::Renew }
+    pub(crate) fn new(
+        value: u64,
+        now_ns: u64,
+        lease: Duration,
+        mute_after: Option<Duration>,
+    ) -> Self {
+        Self {
+            value,
+            changed_ns: now_ns,
+            lease_ns: dur_ns(lease),
+            mute_ns: mute_after.map(dur_ns),
+            gate: Gate::Renew,
+        }
     }
 
     /// The gate now, and the previous one if it just changed (to log once).
@@ -157,14 +171,23 @@ pub struct Sender {
 impl Sender {
     /// Starts the thread. `renew(now_ns)` is called right after each send
     /// while the control loop (see [`HbShared::bump_progress`]) progresses.
-    pub fn spawn<F>(shared: Arc<HbShared>, key: HbKey, links: Vec<LinkSocket>, options: SenderOptions, renew: F) -> io::Result<Self>
+    pub fn spawn<F>(
+        shared: Arc<HbShared>,
+        key: HbKey,
+        links: Vec<LinkSocket>,
+        options: SenderOptions,
+        renew: F,
+    ) -> io::Result<Self>
     where
         F: FnMut(u64) + Send + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SenderStats {
             jitter: Histogram::send_jitter(),
-            links: links.iter().map(|l| (l.id, LinkSendStats::default())).collect(),
+            links: links
+                .iter()
+                .map(|l| (l.id, LinkSendStats::default()))
+                .collect(),
             renewals: AtomicU64::new(0),
             overruns: AtomicU64::new(0),
             snapshot_busy: AtomicU64::new(0),
@@ -173,9 +196,22 @@ impl Sender {
             realtime: AtomicBool::new(false),
             memory_locked: AtomicBool::new(false),
         });
-        let worker = Worker { shared, key, links, options, stop: stop.clone(), stats: stats.clone() };
-        let thread = std::thread::Builder::new().name("ha-hb-send".into()).spawn(move || worker.run(renew))?;
-        Ok(Self { stop, stats, thread: Some(thread) })
+        let worker = Worker {
+            shared,
+            key,
+            links,
+            options,
+            stop: stop.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ha-hb-send".into())
+            .spawn(move || worker.run(renew))?;
+        Ok(Self {
+            stop,
+            stats,
+            thread: Some(thread),
+        })
     }
 
     /// Counters and the jitter histogram.
@@ -217,7 +253,9 @@ impl Worker {
         if self.options.lock_memory {
             match rt::lock_memory() {
                 Ok(()) => self.stats.memory_locked.store(true, Ordering::Relaxed),
-                Err(e) => tracing::warn!(error = %e, "mlockall refused; heartbeats may wait on page faults"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "mlockall refused; heartbeats may wait on page faults")
+                }
             }
         }
         if let Some(prio) = self.options.realtime_priority {
@@ -226,7 +264,9 @@ impl Worker {
                     self.stats.realtime.store(true, Ordering::Relaxed);
                     tracing::info!(priority = prio, "heartbeat sender runs SCHED_FIFO");
                 }
-                Err(e) => tracing::warn!(error = %e, priority = prio, "SCHED_FIFO refused; heartbeat sender stays SCHED_OTHER"),
+                Err(e) => {
+                    tracing::warn!(error = %e, priority = prio, "SCHED_FIFO refused; heartbeat sender stays SCHED_OTHER")
+                }
             }
         }
     }
@@ -272,16 +312,27 @@ impl Worker {
         let mut seq = 0u64;
         let mut last_err_log = vec![0u64; self.links.len()];
         let mut deadline = now_ns();
-        let mut watch = ProgressWatch::new(self.shared.progress(), deadline, self.shared.timing.lease, self.options.mute_after);
+        let mut watch = ProgressWatch::new(
+            self.shared.progress(),
+            deadline,
+            self.shared.timing.lease,
+            self.options.mute_after,
+        );
         while self.wait_until(deadline) {
             let woke = now_ns();
             self.stats.jitter.record(woke - deadline);
             let (gate, changed) = watch.observe(self.shared.progress(), woke);
             if let Some(prev) = changed {
                 match gate {
-                    Gate::Hold => tracing::warn!(lease = ?self.shared.timing.lease, "control loop stalled: lease no longer renewed"),
-                    Gate::Mute => tracing::error!(after = ?self.options.mute_after, "control loop stalled: heartbeats stopped so that the peer takes over"),
-                    Gate::Renew => tracing::info!(from = ?prev, "control loop progressing again: lease renewed"),
+                    Gate::Hold => {
+                        tracing::warn!(lease = ?self.shared.timing.lease, "control loop stalled: lease no longer renewed")
+                    }
+                    Gate::Mute => {
+                        tracing::error!(after = ?self.options.mute_after, "control loop stalled: heartbeats stopped so that the peer takes over")
+                    }
+                    Gate::Renew => {
+                        tracing::info!(from = ?prev, "control loop progressing again: lease renewed")
+                    }
                 }
             }
             if gate == Gate::Mute {
@@ -297,7 +348,10 @@ impl Worker {
                     echo = e;
                 }
                 seq += 1;
-                let frame = self.shared.frame(seq, woke, &snapshot, echo).encode(&self.key);
+                let frame = self
+                    .shared
+                    .frame(seq, woke, &snapshot, echo)
+                    .encode(&self.key);
                 self.send_all(&frame, &mut last_err_log);
                 self.shared.set_last_seq(seq);
                 if gate == Gate::Renew {
@@ -322,7 +376,10 @@ impl Worker {
         snapshot.flags |= HB_FLAG_LEAVING;
         seq += 1;
         let now = now_ns();
-        let frame = self.shared.frame(seq, now, &snapshot, echo).encode(&self.key);
+        let frame = self
+            .shared
+            .frame(seq, now, &snapshot, echo)
+            .encode(&self.key);
         self.send_all(&frame, &mut last_err_log);
         self.shared.set_last_seq(seq);
         tracing::info!(seq, "heartbeat sender stopped; leaving frame sent");
@@ -337,7 +394,12 @@ mod tests {
 
     #[test]
     fn renews_while_progressing_then_holds_then_mutes() {
-        let mut w = ProgressWatch::new(0, 0, Duration::from_millis(3), Some(Duration::from_millis(10)));
+        let mut w = ProgressWatch::new(
+            0,
+            0,
+            Duration::from_millis(3),
+            Some(Duration::from_millis(10)),
+        );
         assert_eq!(w.observe(0, MS), (Gate::Renew, None));
         assert_eq!(w.observe(1, 2 * MS), (Gate::Renew, None));
         // No progress: 3 ms is still within the lease, 3 ms + 1 ns is not.

@@ -67,13 +67,19 @@ impl HbShared {
 
     /// Replaces what the next frames carry (control loop).
     pub fn set_snapshot(&self, s: NodeSnapshot) {
-        *self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
     }
 
     /// The current snapshot.
     #[must_use]
     pub fn snapshot(&self) -> NodeSnapshot {
-        *self.snapshot.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .snapshot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The snapshot if it is free right now (sender thread).
@@ -83,7 +89,10 @@ impl HbShared {
 
     /// Sets what we echo (receivers).
     pub fn set_echo(&self, echo: (u64, u64)) {
-        *self.echo.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = echo;
+        *self
+            .echo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = echo;
     }
 
     /// The echo if it is free right now (sender thread).
@@ -165,10 +174,16 @@ mod tests {
     #[test]
     fn frame_carries_snapshot_and_echo() {
         let sh = shared();
-        sh.set_snapshot(NodeSnapshot { term: 4, ..sh.snapshot() });
+        sh.set_snapshot(NodeSnapshot {
+            term: 4,
+            ..sh.snapshot()
+        });
         sh.set_echo((9, 10));
         let f = sh.frame(3, 100, &sh.try_snapshot().unwrap(), sh.try_echo().unwrap());
-        assert_eq!((f.seq, f.term, f.echo_epoch, f.echo_seq, f.epoch), (3, 4, 9, 10, sh.epoch));
+        assert_eq!(
+            (f.seq, f.term, f.echo_epoch, f.echo_seq, f.epoch),
+            (3, 4, 9, 10, sh.epoch)
+        );
     }
 
     #[test]

@@ -46,7 +46,9 @@ pub enum TimingError {
         value: Duration,
     },
     /// The lease would lapse between two renewals.
-    #[error("lease {lease:?} must be longer than the heartbeat interval {interval:?}, or the gate closes between two renewals")]
+    #[error(
+        "lease {lease:?} must be longer than the heartbeat interval {interval:?}, or the gate closes between two renewals"
+    )]
     LeaseNotAboveInterval {
         /// Our lease.
         lease: Duration,
@@ -159,7 +161,11 @@ mod tests {
     }
 
     fn t(interval: u64, threshold: u64, lease: u64) -> Timing {
-        Timing { interval: ms(interval), threshold: ms(threshold), lease: ms(lease) }
+        Timing {
+            interval: ms(interval),
+            threshold: ms(threshold),
+            lease: ms(lease),
+        }
     }
 
     #[test]
@@ -178,16 +184,26 @@ mod tests {
     #[test]
     fn boundary_is_refused() {
         // 1 + 4 + 1 = 6, not < 6
-        assert!(matches!(t(1, 6, 4).validate(), Err(TimingError::OursTooSlow { .. })));
+        assert!(matches!(
+            t(1, 6, 4).validate(),
+            Err(TimingError::OursTooSlow { .. })
+        ));
     }
 
     #[test]
     fn margin_is_at_least_one_millisecond() {
-        let sub = Timing { interval: Duration::from_micros(200), threshold: ms(3), lease: ms(1) };
+        let sub = Timing {
+            interval: Duration::from_micros(200),
+            threshold: ms(3),
+            lease: ms(1),
+        };
         assert_eq!(sub.margin(), ms(1));
         // 0.2 + 1 + 1 = 2.2 < 3
         assert_eq!(sub.validate(), Ok(()));
-        let tight = Timing { lease: Duration::from_micros(1900), ..sub };
+        let tight = Timing {
+            lease: Duration::from_micros(1900),
+            ..sub
+        };
         // 0.2 + 1.9 + 1 = 3.1
         assert!(tight.validate().is_err());
     }
@@ -203,14 +219,32 @@ mod tests {
 
         let err = check_pair(&slow_peer, &ours).unwrap_err();
         assert!(matches!(err, TimingError::OursTooSlow { .. }));
-        assert!(err.to_string().contains("peer's lost threshold 20ms"), "{err}");
+        assert!(
+            err.to_string().contains("peer's lost threshold 20ms"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_single_values() {
-        assert_eq!(t(0, 6, 3).validate(), Err(TimingError::Zero { field: "interval" }));
-        assert!(matches!(t(2, 100, 2).validate(), Err(TimingError::LeaseNotAboveInterval { .. })));
-        let long = Timing { threshold: Duration::from_secs(5000), ..t(1, 6, 3) };
-        assert!(matches!(long.validate(), Err(TimingError::TooLong { field: "threshold", .. })));
+        assert_eq!(
+            t(0, 6, 3).validate(),
+            Err(TimingError::Zero { field: "interval" })
+        );
+        assert!(matches!(
+            t(2, 100, 2).validate(),
+            Err(TimingError::LeaseNotAboveInterval { .. })
+        ));
+        let long = Timing {
+            threshold: Duration::from_secs(5000),
+            ..t(1, 6, 3)
+        };
+        assert!(matches!(
+            long.validate(),
+            Err(TimingError::TooLong {
+                field: "threshold",
+                ..
+            })
+        ));
     }
 }

@@ -32,7 +32,12 @@ impl Role {
 }
 
 /// Proof that `role` knows `key`, over the peer's challenge and its own nonce.
-pub fn proof(key: &[u8], role: Role, peer_nonce: &[u8; NONCE_LEN], own_nonce: &[u8; NONCE_LEN]) -> [u8; 32] {
+pub fn proof(
+    key: &[u8],
+    role: Role,
+    peer_nonce: &[u8; NONCE_LEN],
+    own_nonce: &[u8; NONCE_LEN],
+) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(role.label());
     mac.update(peer_nonce);
@@ -70,9 +75,18 @@ mod tests {
         let p = proof(b"secret", Role::Client, &a, &b);
         assert!(verify(b"secret", Role::Client, &a, &b, &p));
         assert!(!verify(b"wrong", Role::Client, &a, &b, &p));
-        assert!(!verify(b"secret", Role::Server, &a, &b, &p), "reflection must fail");
-        assert!(!verify(b"secret", Role::Client, &b, &a, &p), "swapped nonces must fail");
-        assert!(!verify(b"secret", Role::Client, &[3; 32], &b, &p), "other challenge must fail");
+        assert!(
+            !verify(b"secret", Role::Server, &a, &b, &p),
+            "reflection must fail"
+        );
+        assert!(
+            !verify(b"secret", Role::Client, &b, &a, &p),
+            "swapped nonces must fail"
+        );
+        assert!(
+            !verify(b"secret", Role::Client, &[3; 32], &b, &p),
+            "other challenge must fail"
+        );
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub enum FsError {
     NotFound { path: String },
     /// The path failed the syntactic checks.
     #[error("{path}: {source}")]
-    Path { path: String, source: path::PathError },
+    Path {
+        path: String,
+        source: path::PathError,
+    },
     /// Another I/O error.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
@@ -47,16 +50,26 @@ pub enum FsError {
 impl FsError {
     fn from_errno(path: &str, e: Errno) -> Self {
         match e {
-            Errno::NOSPC | Errno::DQUOT => Self::NoSpace { path: path.to_owned() },
-            Errno::NOENT => Self::NotFound { path: path.to_owned() },
-            e => Self::Io { path: path.to_owned(), source: e.into() },
+            Errno::NOSPC | Errno::DQUOT => Self::NoSpace {
+                path: path.to_owned(),
+            },
+            Errno::NOENT => Self::NotFound {
+                path: path.to_owned(),
+            },
+            e => Self::Io {
+                path: path.to_owned(),
+                source: e.into(),
+            },
         }
     }
 
     pub fn from_io(path: &str, e: io::Error) -> Self {
         match e.raw_os_error() {
             Some(n) => Self::from_errno(path, Errno::from_raw_os_error(n)),
-            None => Self::Io { path: path.to_owned(), source: e },
+            None => Self::Io {
+                path: path.to_owned(),
+                source: e,
+            },
         }
     }
 
@@ -101,16 +114,24 @@ impl Tree {
     /// Opens (and creates when missing) a root directory.
     pub fn open(path: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(path)?;
-        let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let root = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(Self { root })
     }
 
     /// Opens the directory holding `rel`'s last component; with `create`,
     /// creates missing directories (mode 0755, fixed later by their Mkdir).
     fn parent(&self, rel: &str, create: bool) -> Result<(OwnedFd, String, String), FsError> {
-        let comps = path::components(rel).map_err(|source| FsError::Path { path: rel.to_owned(), source })?;
+        let comps = path::components(rel).map_err(|source| FsError::Path {
+            path: rel.to_owned(),
+            source,
+        })?;
         let (last, dirs) = comps.split_last().expect("components are never empty");
-        let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+        let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())
+            .map_err(|e| FsError::from_errno(rel, e))?;
         for c in dirs {
             cur = match rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()) {
                 Ok(fd) => fd,
@@ -119,7 +140,8 @@ impl Tree {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(FsError::from_errno(rel, e)),
                     }
-                    rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, c, e))?
+                    rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty())
+                        .map_err(|e| unsafe_or(rel, c, e))?
                 }
                 Err(e) => return Err(unsafe_or(rel, c, e)),
             };
@@ -138,7 +160,14 @@ impl Tree {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|e| FsError::from_errno(rel, e))?;
-        Ok(TempFile { dir, dir_path, tmp, dest: None, name, file: File::from(fd) })
+        Ok(TempFile {
+            dir,
+            dir_path,
+            tmp,
+            dest: None,
+            name,
+            file: File::from(fd),
+        })
     }
 
     /// A rename `from` → `to` whose source is still a pending temporary
@@ -147,7 +176,12 @@ impl Tree {
     /// two). A committed `from` that the pending content would have
     /// replaced is removed now, as the rename would have. Returns the
     /// destination directory to fsync with the batch.
-    pub fn retarget(&self, t: &mut TempFile, from: &str, to: &str) -> Result<(String, OwnedFd), FsError> {
+    pub fn retarget(
+        &self,
+        t: &mut TempFile,
+        from: &str,
+        to: &str,
+    ) -> Result<(String, OwnedFd), FsError> {
         let (td, tdp, tname) = self.parent(to, true)?;
         match rustix::fs::unlinkat(&t.dir, t.name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
@@ -161,7 +195,13 @@ impl Tree {
 
     /// Applies attributes to an open file or directory. Ownership is set
     /// first (chown clears set-id bits), then mode, then mtime (files only).
-    pub fn apply_attrs(fd: impl AsFd, rel: &str, a: &Attrs, is_dir: bool, ids: &mut Ids) -> Result<(), FsError> {
+    pub fn apply_attrs(
+        fd: impl AsFd,
+        rel: &str,
+        a: &Attrs,
+        is_dir: bool,
+        ids: &mut Ids,
+    ) -> Result<(), FsError> {
         let fd = fd.as_fd();
         let uid = ids.uid(&a.owner).map(rustix::fs::Uid::from_raw);
         let gid = ids.gid(&a.group).map(rustix::fs::Gid::from_raw);
@@ -172,10 +212,17 @@ impl Tree {
                 Err(e) => return Err(FsError::from_errno(rel, e)),
             }
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777)).map_err(|e| FsError::from_errno(rel, e))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777))
+            .map_err(|e| FsError::from_errno(rel, e))?;
         if !is_dir {
-            let t = Timespec { tv_sec: a.mtime_ns.div_euclid(1_000_000_000), tv_nsec: a.mtime_ns.rem_euclid(1_000_000_000) as _ };
-            let ts = Timestamps { last_access: t, last_modification: t };
+            let t = Timespec {
+                tv_sec: a.mtime_ns.div_euclid(1_000_000_000),
+                tv_nsec: a.mtime_ns.rem_euclid(1_000_000_000) as _,
+            };
+            let ts = Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
             rustix::fs::futimens(fd, &ts).map_err(|e| FsError::from_errno(rel, e))?;
         }
         Ok(())
@@ -184,7 +231,8 @@ impl Tree {
     /// Moves a durable temporary file to its final name.
     pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
         let dest = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
-        rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str()).map_err(|e| FsError::from_errno(rel_for_errors, e))
+        rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str())
+            .map_err(|e| FsError::from_errno(rel_for_errors, e))
     }
 
     /// Removes a temporary file (abandoned transfer).
@@ -195,12 +243,17 @@ impl Tree {
     /// Renames `from` to `to`; returns the two parent directories to fsync.
     pub fn rename(&self, from: &str, to: &str) -> Result<[(String, OwnedFd); 2], FsError> {
         let (fd, fdp, fname) = self.parent(from, false)?;
-        let st = rustix::fs::statat(&fd, fname.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| FsError::from_errno(from, e))?;
+        let st = rustix::fs::statat(&fd, fname.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| FsError::from_errno(from, e))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Symlink {
-            return Err(FsError::Unsafe { path: from.to_owned(), component: fname });
+            return Err(FsError::Unsafe {
+                path: from.to_owned(),
+                component: fname,
+            });
         }
         let (td, tdp, tname) = self.parent(to, true)?;
-        rustix::fs::renameat(&fd, fname.as_str(), &td, tname.as_str()).map_err(|e| FsError::from_errno(from, e))?;
+        rustix::fs::renameat(&fd, fname.as_str(), &td, tname.as_str())
+            .map_err(|e| FsError::from_errno(from, e))?;
         Ok([(fdp, fd), (tdp, td)])
     }
 
@@ -208,7 +261,8 @@ impl Tree {
     pub fn delete(&self, rel: &str) -> Result<(String, OwnedFd), FsError> {
         let (dir, dp, name) = match self.parent(rel, false) {
             Err(FsError::NotFound { .. }) => {
-                let fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+                let fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())
+                    .map_err(|e| FsError::from_errno(rel, e))?;
                 return Ok((String::new(), fd));
             }
             r => r?,
@@ -217,7 +271,8 @@ impl Tree {
             Err(Errno::NOENT) => {}
             Err(e) => return Err(FsError::from_errno(rel, e)),
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
-                let sub = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+                let sub = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty())
+                    .map_err(|e| unsafe_or(rel, &name, e))?;
                 remove_contents(&sub, rel, 0)?;
                 match rustix::fs::unlinkat(&dir, name.as_str(), AtFlags::REMOVEDIR) {
                     Ok(()) | Err(Errno::NOENT) => {}
@@ -239,7 +294,8 @@ impl Tree {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(FsError::from_errno(rel, e)),
         }
-        let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+        let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty())
+            .map_err(|e| unsafe_or(rel, &name, e))?;
         Self::apply_attrs(&fd, rel, a, true, ids)?;
         Ok((dp, dir))
     }
@@ -247,17 +303,33 @@ impl Tree {
     /// Sets attributes of an existing file or directory (never through a symlink).
     pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(), FsError> {
         let (dir, _, name) = self.parent(rel, false)?;
-        let fd = rustix::fs::openat(&dir, name.as_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| unsafe_or(rel, &name, e))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| unsafe_or(rel, &name, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| FsError::from_errno(rel, e))?;
-        Self::apply_attrs(&fd, rel, a, FileType::from_raw_mode(st.st_mode) == FileType::Directory, ids)
+        Self::apply_attrs(
+            &fd,
+            rel,
+            a,
+            FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+            ids,
+        )
     }
 
     /// Opens a regular file for reading (hashing), never through a symlink.
     pub fn open_read(&self, rel: &str) -> Result<File, FsError> {
         let (dir, _, name) = self.parent(rel, false)?;
-        let fd = rustix::fs::openat(&dir, name.as_str(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| unsafe_or(rel, &name, e))?;
+        let fd = rustix::fs::openat(
+            &dir,
+            name.as_str(),
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| unsafe_or(rel, &name, e))?;
         Ok(File::from(fd))
     }
 
@@ -271,7 +343,10 @@ impl Tree {
 
 fn unsafe_or(rel: &str, comp: &str, e: Errno) -> FsError {
     match e {
-        Errno::LOOP | Errno::NOTDIR | Errno::MLINK => FsError::Unsafe { path: rel.to_owned(), component: comp.to_owned() },
+        Errno::LOOP | Errno::NOTDIR | Errno::MLINK => FsError::Unsafe {
+            path: rel.to_owned(),
+            component: comp.to_owned(),
+        },
         e => FsError::from_errno(rel, e),
     }
 }
@@ -292,7 +367,10 @@ fn entries(dir: &OwnedFd) -> io::Result<Vec<(String, FileType)>> {
 
 fn remove_contents(dir: &OwnedFd, rel: &str, depth: usize) -> Result<(), FsError> {
     if depth > MAX_DEPTH {
-        return Err(FsError::Io { path: rel.to_owned(), source: io::Error::other("tree too deep") });
+        return Err(FsError::Io {
+            path: rel.to_owned(),
+            source: io::Error::other("tree too deep"),
+        });
     }
     for (name, ft) in entries(dir).map_err(|e| FsError::from_io(rel, e))? {
         let ft = if ft == FileType::Unknown {
@@ -303,11 +381,14 @@ fn remove_contents(dir: &OwnedFd, rel: &str, depth: usize) -> Result<(), FsError
             ft
         };
         if ft == FileType::Directory {
-            let sub = rustix::fs::openat(dir, name.as_str(), dir_flags(), Mode::empty()).map_err(|e| unsafe_or(rel, &name, e))?;
+            let sub = rustix::fs::openat(dir, name.as_str(), dir_flags(), Mode::empty())
+                .map_err(|e| unsafe_or(rel, &name, e))?;
             remove_contents(&sub, rel, depth + 1)?;
-            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::REMOVEDIR).map_err(|e| FsError::from_errno(rel, e))?;
+            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::REMOVEDIR)
+                .map_err(|e| FsError::from_errno(rel, e))?;
         } else {
-            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty()).map_err(|e| FsError::from_errno(rel, e))?;
+            rustix::fs::unlinkat(dir, name.as_str(), AtFlags::empty())
+                .map_err(|e| FsError::from_errno(rel, e))?;
         }
     }
     Ok(())
@@ -338,7 +419,12 @@ mod tests {
     use std::os::unix::fs::{MetadataExt, symlink};
 
     fn attrs(mode: u32) -> Attrs {
-        Attrs { mode, mtime_ns: 1_600_000_000_000_000_123, owner: "root".into(), group: "root".into() }
+        Attrs {
+            mode,
+            mtime_ns: 1_600_000_000_000_000_123,
+            owner: "root".into(),
+            group: "root".into(),
+        }
     }
 
     #[test]
@@ -349,7 +435,10 @@ mod tests {
         let mut f = tree.begin_file("a/b/c", 1).unwrap();
         f.file.write_all(b"data").unwrap();
         Tree::apply_attrs(&f.file, "a/b/c", &attrs(0o640), false, &mut ids).unwrap();
-        assert!(!t.path().join("a/b/c").exists(), "not visible before commit");
+        assert!(
+            !t.path().join("a/b/c").exists(),
+            "not visible before commit"
+        );
         Tree::commit_file(&f, "a/b/c").unwrap();
         let md = fs::metadata(t.path().join("a/b/c")).unwrap();
         assert_eq!((md.mode() & 0o7777, md.mtime_nsec()), (0o640, 123));
@@ -371,11 +460,21 @@ mod tests {
         f.file.write_all(b"new").unwrap();
         let (dp, _) = tree.retarget(&mut f, "tmp/m", "new/m").unwrap();
         assert_eq!(dp, "new");
-        assert!(!t.path().join("tmp/m").exists(), "the rename moved the source away");
-        assert!(!t.path().join("new/m").exists(), "not visible before commit");
+        assert!(
+            !t.path().join("tmp/m").exists(),
+            "the rename moved the source away"
+        );
+        assert!(
+            !t.path().join("new/m").exists(),
+            "not visible before commit"
+        );
         Tree::commit_file(&f, "new/m").unwrap();
         assert_eq!(fs::read(t.path().join("new/m")).unwrap(), b"new");
-        assert_eq!(fs::read_dir(t.path().join("tmp")).unwrap().count(), 0, "no temporary left");
+        assert_eq!(
+            fs::read_dir(t.path().join("tmp")).unwrap().count(),
+            0,
+            "no temporary left"
+        );
     }
 
     #[test]
@@ -387,14 +486,38 @@ mod tests {
         let mut ids = Ids::default();
         symlink(outside.path(), t.path().join("evil")).unwrap();
         symlink(outside.path().join("victim"), t.path().join("file-link")).unwrap();
-        assert!(matches!(tree.begin_file("evil/x", 1), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.mkdir("evil/d", &attrs(0o700), &mut ids), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.set_attr("file-link", &attrs(0o777), &mut ids), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.rename("evil/victim", "stolen"), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.rename("file-link", "x"), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.open_read("evil/victim"), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.open_read("file-link"), Err(FsError::Unsafe { .. })));
-        assert!(matches!(tree.delete("evil/victim"), Err(FsError::Unsafe { .. })));
+        assert!(matches!(
+            tree.begin_file("evil/x", 1),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.mkdir("evil/d", &attrs(0o700), &mut ids),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.set_attr("file-link", &attrs(0o777), &mut ids),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.rename("evil/victim", "stolen"),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.rename("file-link", "x"),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.open_read("evil/victim"),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.open_read("file-link"),
+            Err(FsError::Unsafe { .. })
+        ));
+        assert!(matches!(
+            tree.delete("evil/victim"),
+            Err(FsError::Unsafe { .. })
+        ));
         // Deleting the link removes the link, not its target.
         tree.delete("evil").unwrap();
         assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");

@@ -56,10 +56,12 @@ impl Ids {
         if let Some(n) = numeric(name) {
             return Some(n);
         }
-        *self
-            .gids
-            .entry(name.to_owned())
-            .or_insert_with(|| Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw()))
+        *self.gids.entry(name.to_owned()).or_insert_with(|| {
+            Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid.as_raw())
+        })
     }
 }
 

@@ -62,11 +62,22 @@ pub fn scan(root: &Path, kind: RootKind, ids: &mut Ids) -> io::Result<Manifest> 
 }
 
 /// Scans the subtree at `rel` (a directory) into `m`, `rel` excluded.
-pub fn scan_dir(root: &Path, rel: &str, kind: RootKind, ids: &mut Ids, m: &mut Manifest, depth: usize) -> io::Result<()> {
+pub fn scan_dir(
+    root: &Path,
+    rel: &str,
+    kind: RootKind,
+    ids: &mut Ids,
+    m: &mut Manifest,
+    depth: usize,
+) -> io::Result<()> {
     if depth > MAX_DEPTH {
         return Ok(());
     }
-    let dir = if rel.is_empty() { root.to_path_buf() } else { root.join(rel) };
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound && depth > 0 => return Ok(()),
@@ -74,7 +85,9 @@ pub fn scan_dir(root: &Path, rel: &str, kind: RootKind, ids: &mut Ids, m: &mut M
     };
     for de in rd {
         let de = de?;
-        let Ok(name) = de.file_name().into_string() else { continue };
+        let Ok(name) = de.file_name().into_string() else {
+            continue;
+        };
         if is_temp_name(&name) {
             continue;
         }
@@ -126,7 +139,17 @@ pub fn to_wire(root: u8, path: &str, e: &Entry) -> WireEntry {
 
 /// Entry of a wire entry (root and path are the caller's).
 pub fn from_wire(w: WireEntry) -> (u8, String, Entry) {
-    (w.root, w.path, Entry { is_dir: w.is_dir, size: w.size, ctime_ns: w.ctime_ns, attrs: w.attrs, hash: w.hash })
+    (
+        w.root,
+        w.path,
+        Entry {
+            is_dir: w.is_dir,
+            size: w.size,
+            ctime_ns: w.ctime_ns,
+            attrs: w.attrs,
+            hash: w.hash,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -160,7 +183,10 @@ mod tests {
         fs::write(t.path().join("deferred/A/ABC"), b"q").unwrap();
         fs::write(t.path().join("pid/master.pid"), b"1").unwrap();
         let m = scan(t.path(), RootKind::PostfixSpool, &mut Ids::default()).unwrap();
-        assert_eq!(m.keys().collect::<Vec<_>>(), vec!["deferred", "deferred/A", "deferred/A/ABC"]);
+        assert_eq!(
+            m.keys().collect::<Vec<_>>(),
+            vec!["deferred", "deferred/A", "deferred/A/ABC"]
+        );
     }
 
     #[test]

@@ -86,8 +86,22 @@ impl SyncConfig {
             crate::config::Mta::Postfix => RootKind::PostfixSpool,
         };
         let roots: Vec<SyncRoot> = (cfg.backup.mail_data.iter().enumerate())
-            .map(|(i, p)| SyncRoot { name: format!("mail_data.{i}"), path: p.clone(), kind: RootKind::MailDir })
-            .chain(cfg.backup.mta_spool.iter().enumerate().map(|(i, p)| SyncRoot { name: format!("mta_spool.{i}"), path: p.clone(), kind }))
+            .map(|(i, p)| SyncRoot {
+                name: format!("mail_data.{i}"),
+                path: p.clone(),
+                kind: RootKind::MailDir,
+            })
+            .chain(
+                cfg.backup
+                    .mta_spool
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| SyncRoot {
+                        name: format!("mta_spool.{i}"),
+                        path: p.clone(),
+                        kind,
+                    }),
+            )
             .collect();
         let link = cfg.heartbeat.first()?;
         if roots.is_empty() {

@@ -100,12 +100,17 @@ pub fn parent(path: &str) -> &str {
 
 /// Joins a relative directory (possibly `""`) and a name.
 pub fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 /// Whether `path` is `dir` or lies below it.
 pub fn is_within(path: &str, dir: &str) -> bool {
-    path == dir || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
+    path == dir
+        || (path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/')
 }
 
 #[cfg(test)]
@@ -114,8 +119,14 @@ mod tests {
 
     #[test]
     fn accepts_plain_relative_paths() {
-        assert_eq!(components("cur/1.2.host:2,S").unwrap(), vec!["cur", "1.2.host:2,S"]);
-        assert_eq!(components(".Sent/new/x").unwrap(), vec![".Sent", "new", "x"]);
+        assert_eq!(
+            components("cur/1.2.host:2,S").unwrap(),
+            vec!["cur", "1.2.host:2,S"]
+        );
+        assert_eq!(
+            components(".Sent/new/x").unwrap(),
+            vec![".Sent", "new", "x"]
+        );
         assert_eq!(components("..hidden").unwrap(), vec!["..hidden"]);
     }
 
@@ -130,7 +141,10 @@ mod tests {
         assert_eq!(validate("a//b"), Err(PathError::EmptyComponent));
         assert_eq!(validate("a/"), Err(PathError::EmptyComponent));
         assert_eq!(validate(&"a".repeat(MAX_PATH + 1)), Err(PathError::TooLong));
-        assert_eq!(validate(&"a".repeat(MAX_COMPONENT + 1)), Err(PathError::ComponentTooLong));
+        assert_eq!(
+            validate(&"a".repeat(MAX_COMPONENT + 1)),
+            Err(PathError::ComponentTooLong)
+        );
         assert_eq!(validate("new/.ha-sync-tmp.x"), Err(PathError::Reserved));
     }
 

@@ -85,7 +85,10 @@ fn same_content(l: &Entry, r: &Entry, racy_after_ns: i64, hashes_final: bool) ->
 fn attrs_differ(l: &Entry, r: &Entry) -> bool {
     let a = &l.attrs;
     let b = &r.attrs;
-    a.mode != b.mode || a.owner != b.owner || a.group != b.group || (!l.is_dir && a.mtime_ns != b.mtime_ns)
+    a.mode != b.mode
+        || a.owner != b.owner
+        || a.group != b.group
+        || (!l.is_dir && a.mtime_ns != b.mtime_ns)
 }
 
 /// Plans the operations that make `remote` equal to `local`.
@@ -95,7 +98,12 @@ fn attrs_differ(l: &Entry, r: &Entry) -> bool {
 /// another name with the same size, mtime and hash: Maildir flag changes,
 /// `tmp/`→`new/`, Postfix queue moves that happened while disconnected),
 /// file writes, attribute fixes, and deletions (children first).
-pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes_final: bool) -> Plan {
+pub fn reconcile(
+    local: &Manifest,
+    remote: &Manifest,
+    racy_after_ns: i64,
+    hashes_final: bool,
+) -> Plan {
     let mut plan = Plan::default();
     let mut type_changes = Vec::new();
     let mut mkdirs = Vec::new();
@@ -128,13 +136,21 @@ pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes
             }
             Some(_) => {
                 // Type changed: remove the remote one (children first), then create.
-                let mut under: Vec<&String> = remote.range(p.clone()..).map(|(k, _)| k).take_while(|k| is_within(k, p)).collect();
+                let mut under: Vec<&String> = remote
+                    .range(p.clone()..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| is_within(k, p))
+                    .collect();
                 under.reverse();
                 for k in under {
                     kept.insert(k);
                     type_changes.push(Op::Delete(k.clone()));
                 }
-                if l.is_dir { mkdirs.push(Op::Mkdir(p.clone())) } else { writes.push(Op::Write(p.clone())) }
+                if l.is_dir {
+                    mkdirs.push(Op::Mkdir(p.clone()))
+                } else {
+                    writes.push(Op::Write(p.clone()))
+                }
             }
             None if l.is_dir => mkdirs.push(Op::Mkdir(p.clone())),
             None => new_files.push(p),
@@ -145,7 +161,10 @@ pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes
     let mut by_key: HashMap<(u64, i64), Vec<&String>> = HashMap::new();
     for (p, r) in remote {
         if !r.is_dir && !local.contains_key(p) {
-            by_key.entry((r.size, r.attrs.mtime_ns)).or_default().push(p);
+            by_key
+                .entry((r.size, r.attrs.mtime_ns))
+                .or_default()
+                .push(p);
         }
     }
     for p in new_files {
@@ -171,7 +190,10 @@ pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes
             if let Some(i) = decided {
                 let from = cands.remove(i);
                 kept.insert(from);
-                renames.push(Op::Rename { from: from.clone(), to: p.clone() });
+                renames.push(Op::Rename {
+                    from: from.clone(),
+                    to: p.clone(),
+                });
                 if attrs_differ(l, &remote[from]) {
                     attrs.push(Op::Attr(p.clone()));
                 }
@@ -183,13 +205,20 @@ pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes
         }
     }
 
-    let mut deletes: Vec<Op> = remote.keys().filter(|k| !kept.contains(k.as_str())).map(|k| Op::Delete(k.clone())).collect();
+    let mut deletes: Vec<Op> = remote
+        .keys()
+        .filter(|k| !kept.contains(k.as_str()))
+        .map(|k| Op::Delete(k.clone()))
+        .collect();
     deletes.reverse();
 
     if plan.needs_hashes() {
         // Renames found so far may change once the hashes are in: plan them
         // in the final pass only, together with everything else.
-        return Plan { ops: Vec::new(), ..plan };
+        return Plan {
+            ops: Vec::new(),
+            ..plan
+        };
     }
     plan.ops = [type_changes, mkdirs, renames, writes, attrs, deletes].concat();
     plan
@@ -201,7 +230,13 @@ pub fn reconcile(local: &Manifest, remote: &Manifest, racy_after_ns: i64, hashes
 /// under another path with the same content (queue files renamed by
 /// `postsuper -s`, messages moved by the user). Missing parent directories
 /// are created. Nothing is ever deleted or renamed on the peer.
-pub fn failback(local: &Manifest, remote: &Manifest, since_ns: i64, racy_after_ns: i64, hashes_final: bool) -> Plan {
+pub fn failback(
+    local: &Manifest,
+    remote: &Manifest,
+    since_ns: i64,
+    racy_after_ns: i64,
+    hashes_final: bool,
+) -> Plan {
     let mut plan = Plan::default();
     let mut writes = Vec::new();
     let mut mkdirs: BTreeSet<String> = BTreeSet::new();
@@ -266,7 +301,11 @@ pub fn failback(local: &Manifest, remote: &Manifest, since_ns: i64, racy_after_n
         }
     }
     if plan.needs_hashes() {
-        return Plan { ops: Vec::new(), conflicts: Vec::new(), ..plan };
+        return Plan {
+            ops: Vec::new(),
+            conflicts: Vec::new(),
+            ..plan
+        };
     }
     plan.ops = mkdirs.into_iter().map(Op::Mkdir).chain(writes).collect();
     plan
@@ -285,7 +324,12 @@ mod tests {
             is_dir: false,
             size,
             ctime_ns: mtime,
-            attrs: Attrs { mode: 0o600, mtime_ns: mtime, owner: "u".into(), group: "g".into() },
+            attrs: Attrs {
+                mode: 0o600,
+                mtime_ns: mtime,
+                owner: "u".into(),
+                group: "g".into(),
+            },
             hash: Some([hash; 32]),
         }
     }
@@ -293,14 +337,30 @@ mod tests {
         Entry { hash: None, ..e }
     }
     fn dir() -> Entry {
-        Entry { is_dir: true, size: 0, ctime_ns: 0, attrs: Attrs { mode: 0o700, ..Default::default() }, hash: None }
+        Entry {
+            is_dir: true,
+            size: 0,
+            ctime_ns: 0,
+            attrs: Attrs {
+                mode: 0o700,
+                ..Default::default()
+            },
+            hash: None,
+        }
     }
     fn m(items: &[(&str, Entry)]) -> Manifest {
-        items.iter().map(|(p, e)| ((*p).to_owned(), e.clone())).collect()
+        items
+            .iter()
+            .map(|(p, e)| ((*p).to_owned(), e.clone()))
+            .collect()
     }
     /// Runs both passes, filling hashes from the entries' test hashes.
     fn full(local: &Manifest, remote: &Manifest) -> Vec<Op> {
-        let strip = |x: &Manifest| x.iter().map(|(k, v)| (k.clone(), nohash(v.clone()))).collect::<Manifest>();
+        let strip = |x: &Manifest| {
+            x.iter()
+                .map(|(k, v)| (k.clone(), nohash(v.clone())))
+                .collect::<Manifest>()
+        };
         let (mut l, mut r) = (strip(local), strip(remote));
         let p = reconcile(&l, &r, RACY, false);
         if !p.needs_hashes() {
@@ -325,8 +385,20 @@ mod tests {
 
     #[test]
     fn new_changed_and_removed_files() {
-        let l = m(&[("cur", dir()), ("cur/a", file(5, OLD, 1)), ("cur/b", file(6, OLD, 2)), ("new", dir()), ("new/c", file(7, OLD, 3))]);
-        let r = m(&[("cur", dir()), ("cur/a", file(4, OLD, 9)), ("cur/z", file(1, OLD, 8)), ("old", dir()), ("old/y", file(2, OLD, 7))]);
+        let l = m(&[
+            ("cur", dir()),
+            ("cur/a", file(5, OLD, 1)),
+            ("cur/b", file(6, OLD, 2)),
+            ("new", dir()),
+            ("new/c", file(7, OLD, 3)),
+        ]);
+        let r = m(&[
+            ("cur", dir()),
+            ("cur/a", file(4, OLD, 9)),
+            ("cur/z", file(1, OLD, 8)),
+            ("old", dir()),
+            ("old/y", file(2, OLD, 7)),
+        ]);
         assert_eq!(
             full(&l, &r),
             vec![
@@ -348,7 +420,11 @@ mod tests {
         assert_eq!(full(&l, &r), vec![], "size+mtime decide for old files");
         let l = m(&[("a", file(5, RACY + 1, 1))]);
         let r = m(&[("a", file(5, RACY + 1, 2))]);
-        assert_eq!(full(&l, &r), vec![Op::Write("a".into())], "racy mtime: hash decides");
+        assert_eq!(
+            full(&l, &r),
+            vec![Op::Write("a".into())],
+            "racy mtime: hash decides"
+        );
     }
 
     #[test]
@@ -364,19 +440,39 @@ mod tests {
     fn mode_change_only() {
         let mut f = file(5, OLD, 1);
         f.attrs.mode = 0o700;
-        assert_eq!(full(&m(&[("a", f)]), &m(&[("a", file(5, OLD, 1))])), vec![Op::Attr("a".into())]);
+        assert_eq!(
+            full(&m(&[("a", f)]), &m(&[("a", file(5, OLD, 1))])),
+            vec![Op::Attr("a".into())]
+        );
     }
 
     #[test]
     fn renames_are_detected_by_content() {
         // Maildir: tmp/x moved to new/x while disconnected; flag change in cur.
-        let l = m(&[("new", dir()), ("new/x", file(9, OLD, 1)), ("cur", dir()), ("cur/m:2,S", file(3, OLD, 2))]);
-        let r = m(&[("new", dir()), ("tmp", dir()), ("tmp/x", file(9, OLD, 1)), ("cur", dir()), ("cur/m:2,", file(3, OLD, 2))]);
+        let l = m(&[
+            ("new", dir()),
+            ("new/x", file(9, OLD, 1)),
+            ("cur", dir()),
+            ("cur/m:2,S", file(3, OLD, 2)),
+        ]);
+        let r = m(&[
+            ("new", dir()),
+            ("tmp", dir()),
+            ("tmp/x", file(9, OLD, 1)),
+            ("cur", dir()),
+            ("cur/m:2,", file(3, OLD, 2)),
+        ]);
         assert_eq!(
             full(&l, &r),
             vec![
-                Op::Rename { from: "cur/m:2,".into(), to: "cur/m:2,S".into() },
-                Op::Rename { from: "tmp/x".into(), to: "new/x".into() },
+                Op::Rename {
+                    from: "cur/m:2,".into(),
+                    to: "cur/m:2,S".into()
+                },
+                Op::Rename {
+                    from: "tmp/x".into(),
+                    to: "new/x".into()
+                },
                 Op::Delete("tmp".into()),
             ]
         );
@@ -386,16 +482,28 @@ mod tests {
     fn same_size_and_mtime_but_other_content_is_not_a_rename() {
         let l = m(&[("b", file(9, OLD, 1))]);
         let r = m(&[("a", file(9, OLD, 2))]);
-        assert_eq!(full(&l, &r), vec![Op::Write("b".into()), Op::Delete("a".into())]);
+        assert_eq!(
+            full(&l, &r),
+            vec![Op::Write("b".into()), Op::Delete("a".into())]
+        );
     }
 
     #[test]
     fn type_change_deletes_subtree_first() {
         let l = m(&[("x", file(1, OLD, 1))]);
-        let r = m(&[("x", dir()), ("x/a", file(1, OLD, 2)), ("x/b", file(1, OLD, 3))]);
+        let r = m(&[
+            ("x", dir()),
+            ("x/a", file(1, OLD, 2)),
+            ("x/b", file(1, OLD, 3)),
+        ]);
         assert_eq!(
             full(&l, &r),
-            vec![Op::Delete("x/b".into()), Op::Delete("x/a".into()), Op::Delete("x".into()), Op::Write("x".into())]
+            vec![
+                Op::Delete("x/b".into()),
+                Op::Delete("x/a".into()),
+                Op::Delete("x".into()),
+                Op::Write("x".into())
+            ]
         );
     }
 
@@ -405,11 +513,18 @@ mod tests {
         let r = m(&[("a", nohash(file(5, RACY + 5, 1)))]);
         let p = reconcile(&l, &r, RACY, false);
         assert!(p.needs_hashes() && p.ops.is_empty());
-        assert_eq!(reconcile(&l, &r, RACY, true).ops, vec![Op::Write("a".into())]);
+        assert_eq!(
+            reconcile(&l, &r, RACY, true).ops,
+            vec![Op::Write("a".into())]
+        );
     }
 
     fn failback_full(local: &Manifest, remote: &Manifest, since: i64) -> Plan {
-        let strip = |x: &Manifest| x.iter().map(|(k, v)| (k.clone(), nohash(v.clone()))).collect::<Manifest>();
+        let strip = |x: &Manifest| {
+            x.iter()
+                .map(|(k, v)| (k.clone(), nohash(v.clone())))
+                .collect::<Manifest>()
+        };
         let (mut l, mut r) = (strip(local), strip(remote));
         let p = failback(&l, &r, since, RACY, false);
         if !p.needs_hashes() {
@@ -430,12 +545,12 @@ mod tests {
         let local = m(&[
             ("deferred", dir()),
             ("deferred/A", dir()),
-            ("deferred/A/OLD1", file(10, 100, 1)),      // before the last ack: peer had it
-            ("deferred/A/NEW1", file(11, 600, 2)),      // written during the partition
-            ("deferred/A/RENAMED", file(12, 600, 3)),   // peer holds it renamed by postsuper -s
-            ("deferred/A/SAME", file(13, 600, 4)),      // peer holds it under the same name
+            ("deferred/A/OLD1", file(10, 100, 1)), // before the last ack: peer had it
+            ("deferred/A/NEW1", file(11, 600, 2)), // written during the partition
+            ("deferred/A/RENAMED", file(12, 600, 3)), // peer holds it renamed by postsuper -s
+            ("deferred/A/SAME", file(13, 600, 4)), // peer holds it under the same name
             ("incoming", dir()),
-            ("incoming/X/NEW2", file(14, 700, 5)),      // parent missing on peer
+            ("incoming/X/NEW2", file(14, 700, 5)), // parent missing on peer
         ]);
         let remote = m(&[
             ("deferred", dir()),
@@ -449,7 +564,11 @@ mod tests {
         let p = failback_full(&local, &remote, since);
         assert_eq!(
             p.ops,
-            vec![Op::Mkdir("incoming/X".into()), Op::Write("deferred/A/NEW1".into()), Op::Write("incoming/X/NEW2".into())]
+            vec![
+                Op::Mkdir("incoming/X".into()),
+                Op::Write("deferred/A/NEW1".into()),
+                Op::Write("incoming/X/NEW2".into())
+            ]
         );
         assert!(p.conflicts.is_empty());
     }

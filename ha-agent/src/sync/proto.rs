@@ -192,21 +192,49 @@ impl ErrorCode {
 pub enum Frame {
     Hello(Hello),
     Challenge(Hello),
-    Response { mac: [u8; NONCE_LEN] },
+    Response {
+        mac: [u8; NONCE_LEN],
+    },
     /// Empty list: the whole manifest; otherwise content hashes of these paths.
-    ManifestRequest { hash_of: Vec<(u8, String)> },
+    ManifestRequest {
+        hash_of: Vec<(u8, String)>,
+    },
     ManifestEntries(Vec<WireEntry>),
     ManifestEnd,
     /// `size` raw bytes follow the frame.
-    FileData { root: u8, path: String, size: u64, attrs: Attrs },
-    Rename { root: u8, from: String, to: String },
-    Delete { root: u8, path: String },
-    Mkdir { root: u8, path: String, attrs: Attrs },
-    SetAttr { root: u8, path: String, attrs: Attrs },
+    FileData {
+        root: u8,
+        path: String,
+        size: u64,
+        attrs: Attrs,
+    },
+    Rename {
+        root: u8,
+        from: String,
+        to: String,
+    },
+    Delete {
+        root: u8,
+        path: String,
+    },
+    Mkdir {
+        root: u8,
+        path: String,
+        attrs: Attrs,
+    },
+    SetAttr {
+        root: u8,
+        path: String,
+        attrs: Attrs,
+    },
     /// The receiver is in sync with the sender's manifest once `seq` is durable.
     InSync,
     Ack,
-    Error { code: ErrorCode, path: String, message: String },
+    Error {
+        code: ErrorCode,
+        path: String,
+        message: String,
+    },
 }
 
 impl Frame {
@@ -295,13 +323,19 @@ pub fn decode_header(b: &[u8; HEADER_LEN]) -> Result<Header, DecodeError> {
     }
     let version = b.get_u8();
     if version != VERSION {
-        return Err(DecodeError::Version { ours: VERSION, theirs: version });
+        return Err(DecodeError::Version {
+            ours: VERSION,
+            theirs: version,
+        });
     }
     let kind_raw = b.get_u8();
     let kind = Kind::from_u8(kind_raw).ok_or(DecodeError::UnknownKind(kind_raw))?;
     let len = b.get_u32();
     if len as usize > MAX_PAYLOAD {
-        return Err(DecodeError::Oversize { len: len as usize, max: MAX_PAYLOAD });
+        return Err(DecodeError::Oversize {
+            len: len as usize,
+            max: MAX_PAYLOAD,
+        });
     }
     let seq = b.get_u64();
     Ok(Header { kind, len, seq })
@@ -358,7 +392,12 @@ pub fn encode(frame: &Frame, seq: u64, out: &mut BytesMut) {
             }
         }
         Frame::ManifestEnd | Frame::InSync | Frame::Ack => {}
-        Frame::FileData { root, path, size, attrs } => {
+        Frame::FileData {
+            root,
+            path,
+            size,
+            attrs,
+        } => {
             out.put_u8(*root);
             put_str(out, path);
             out.put_u64(*size);
@@ -378,7 +417,11 @@ pub fn encode(frame: &Frame, seq: u64, out: &mut BytesMut) {
             put_str(out, path);
             put_attrs(out, attrs);
         }
-        Frame::Error { code, path, message } => {
+        Frame::Error {
+            code,
+            path,
+            message,
+        } => {
             out.put_u16(*code as u16);
             put_str(out, path);
             put_str(out, message);
@@ -411,7 +454,11 @@ struct Rd<'a> {
 
 impl Rd<'_> {
     fn need(&self, n: usize) -> Result<(), DecodeError> {
-        if self.b.remaining() < n { Err(DecodeError::Truncated(self.kind)) } else { Ok(()) }
+        if self.b.remaining() < n {
+            Err(DecodeError::Truncated(self.kind))
+        } else {
+            Ok(())
+        }
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
@@ -442,7 +489,9 @@ impl Rd<'_> {
     fn string(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
         self.need(n)?;
-        let s = std::str::from_utf8(&self.b[..n]).map_err(|_| DecodeError::Utf8)?.to_owned();
+        let s = std::str::from_utf8(&self.b[..n])
+            .map_err(|_| DecodeError::Utf8)?
+            .to_owned();
         self.b.advance(n);
         Ok(s)
     }
@@ -453,13 +502,21 @@ impl Rd<'_> {
         Ok(s)
     }
     fn attrs(&mut self) -> Result<Attrs, DecodeError> {
-        Ok(Attrs { mode: self.u32()?, mtime_ns: self.i64()?, owner: self.string()?, group: self.string()? })
+        Ok(Attrs {
+            mode: self.u32()?,
+            mtime_ns: self.i64()?,
+            owner: self.string()?,
+            group: self.string()?,
+        })
     }
     fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
-            v => Err(DecodeError::BadValue { field, value: v.into() }),
+            v => Err(DecodeError::BadValue {
+                field,
+                value: v.into(),
+            }),
         }
     }
 }
@@ -467,17 +524,28 @@ impl Rd<'_> {
 /// Decodes a payload whose header was already decoded. Every path is
 /// checked with [`path::validate`].
 pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> {
-    let mut r = Rd { b: payload, kind: h.kind };
+    let mut r = Rd {
+        b: payload,
+        kind: h.kind,
+    };
     let f = match h.kind {
         Kind::Hello | Kind::Challenge => {
             let version = r.u8()?;
             if version != VERSION {
-                return Err(DecodeError::Version { ours: VERSION, theirs: version });
+                return Err(DecodeError::Version {
+                    ours: VERSION,
+                    theirs: version,
+                });
             }
             let purpose = match r.u8()? {
                 1 => Purpose::Replicate,
                 2 => Purpose::Failback,
-                v => return Err(DecodeError::BadValue { field: "purpose", value: v.into() }),
+                v => {
+                    return Err(DecodeError::BadValue {
+                        field: "purpose",
+                        value: v.into(),
+                    });
+                }
             };
             let node = r.string()?;
             let nonce = r.bytes::<NONCE_LEN>()?;
@@ -486,17 +554,32 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
                 return Err(DecodeError::TooMany(n));
             }
             let roots = (0..n).map(|_| r.string()).collect::<Result<_, _>>()?;
-            let hello = Hello { version, purpose, node, nonce, roots, acked_seq: r.u64()? };
-            if h.kind == Kind::Hello { Frame::Hello(hello) } else { Frame::Challenge(hello) }
+            let hello = Hello {
+                version,
+                purpose,
+                node,
+                nonce,
+                roots,
+                acked_seq: r.u64()?,
+            };
+            if h.kind == Kind::Hello {
+                Frame::Hello(hello)
+            } else {
+                Frame::Challenge(hello)
+            }
         }
-        Kind::Response => Frame::Response { mac: r.bytes::<NONCE_LEN>()? },
+        Kind::Response => Frame::Response {
+            mac: r.bytes::<NONCE_LEN>()?,
+        },
         Kind::ManifestRequest => {
             let n = r.u32()? as usize;
             // Each element takes at least 3 bytes: bounds the allocation.
             if n > payload.len() / 3 {
                 return Err(DecodeError::TooMany(n));
             }
-            let hash_of = (0..n).map(|_| Ok((r.u8()?, r.path()?))).collect::<Result<_, DecodeError>>()?;
+            let hash_of = (0..n)
+                .map(|_| Ok((r.u8()?, r.path()?)))
+                .collect::<Result<_, DecodeError>>()?;
             Frame::ManifestRequest { hash_of }
         }
         Kind::ManifestEntries => {
@@ -512,8 +595,20 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
                 let size = r.u64()?;
                 let ctime_ns = r.i64()?;
                 let attrs = r.attrs()?;
-                let hash = if r.bool("has_hash")? { Some(r.bytes::<32>()?) } else { None };
-                entries.push(WireEntry { root, path, is_dir, size, ctime_ns, attrs, hash });
+                let hash = if r.bool("has_hash")? {
+                    Some(r.bytes::<32>()?)
+                } else {
+                    None
+                };
+                entries.push(WireEntry {
+                    root,
+                    path,
+                    is_dir,
+                    size,
+                    ctime_ns,
+                    attrs,
+                    hash,
+                });
             }
             Frame::ManifestEntries(entries)
         }
@@ -525,19 +620,46 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
             if size > MAX_BODY {
                 return Err(DecodeError::OversizeBody(size));
             }
-            Frame::FileData { root, path, size, attrs: r.attrs()? }
+            Frame::FileData {
+                root,
+                path,
+                size,
+                attrs: r.attrs()?,
+            }
         }
-        Kind::Rename => Frame::Rename { root: r.u8()?, from: r.path()?, to: r.path()? },
-        Kind::Delete => Frame::Delete { root: r.u8()?, path: r.path()? },
-        Kind::Mkdir => Frame::Mkdir { root: r.u8()?, path: r.path()?, attrs: r.attrs()? },
-        Kind::SetAttr => Frame::SetAttr { root: r.u8()?, path: r.path()?, attrs: r.attrs()? },
+        Kind::Rename => Frame::Rename {
+            root: r.u8()?,
+            from: r.path()?,
+            to: r.path()?,
+        },
+        Kind::Delete => Frame::Delete {
+            root: r.u8()?,
+            path: r.path()?,
+        },
+        Kind::Mkdir => Frame::Mkdir {
+            root: r.u8()?,
+            path: r.path()?,
+            attrs: r.attrs()?,
+        },
+        Kind::SetAttr => Frame::SetAttr {
+            root: r.u8()?,
+            path: r.path()?,
+            attrs: r.attrs()?,
+        },
         Kind::InSync => Frame::InSync,
         Kind::Ack => Frame::Ack,
         Kind::Error => {
             let raw = r.u16()?;
-            let code = ErrorCode::from_u16(raw).ok_or(DecodeError::BadValue { field: "error code", value: raw.into() })?;
+            let code = ErrorCode::from_u16(raw).ok_or(DecodeError::BadValue {
+                field: "error code",
+                value: raw.into(),
+            })?;
             // The path of an error is informative only: not validated as a path.
-            Frame::Error { code, path: r.string()?, message: r.string()? }
+            Frame::Error {
+                code,
+                path: r.string()?,
+                message: r.string()?,
+            }
         }
     };
     if r.b.has_remaining() {
@@ -573,7 +695,12 @@ mod tests {
     use super::*;
 
     fn attrs() -> Attrs {
-        Attrs { mode: 0o100600, mtime_ns: 1_700_000_000_123_456_789, owner: "postfix".into(), group: "postdrop".into() }
+        Attrs {
+            mode: 0o100600,
+            mtime_ns: 1_700_000_000_123_456_789,
+            owner: "postfix".into(),
+            group: "postdrop".into(),
+        }
     }
 
     fn all_frames() -> Vec<Frame> {
@@ -587,23 +714,71 @@ mod tests {
         };
         vec![
             Frame::Hello(hello.clone()),
-            Frame::Challenge(Hello { purpose: Purpose::Failback, roots: vec![], ..hello }),
-            Frame::Response { mac: [9; NONCE_LEN] },
+            Frame::Challenge(Hello {
+                purpose: Purpose::Failback,
+                roots: vec![],
+                ..hello
+            }),
+            Frame::Response {
+                mac: [9; NONCE_LEN],
+            },
             Frame::ManifestRequest { hash_of: vec![] },
-            Frame::ManifestRequest { hash_of: vec![(1, "a/b".into())] },
+            Frame::ManifestRequest {
+                hash_of: vec![(1, "a/b".into())],
+            },
             Frame::ManifestEntries(vec![
-                WireEntry { root: 0, path: "cur".into(), is_dir: true, size: 0, ctime_ns: 5, attrs: attrs(), hash: None },
-                WireEntry { root: 1, path: "cur/x".into(), is_dir: false, size: 9, ctime_ns: -1, attrs: attrs(), hash: Some([3; 32]) },
+                WireEntry {
+                    root: 0,
+                    path: "cur".into(),
+                    is_dir: true,
+                    size: 0,
+                    ctime_ns: 5,
+                    attrs: attrs(),
+                    hash: None,
+                },
+                WireEntry {
+                    root: 1,
+                    path: "cur/x".into(),
+                    is_dir: false,
+                    size: 9,
+                    ctime_ns: -1,
+                    attrs: attrs(),
+                    hash: Some([3; 32]),
+                },
             ]),
             Frame::ManifestEnd,
-            Frame::FileData { root: 0, path: "new/1".into(), size: 1234, attrs: attrs() },
-            Frame::Rename { root: 0, from: "tmp/1".into(), to: "new/1".into() },
-            Frame::Delete { root: 1, path: "deferred/A/ABC".into() },
-            Frame::Mkdir { root: 0, path: ".Sent".into(), attrs: attrs() },
-            Frame::SetAttr { root: 0, path: "cur/1".into(), attrs: attrs() },
+            Frame::FileData {
+                root: 0,
+                path: "new/1".into(),
+                size: 1234,
+                attrs: attrs(),
+            },
+            Frame::Rename {
+                root: 0,
+                from: "tmp/1".into(),
+                to: "new/1".into(),
+            },
+            Frame::Delete {
+                root: 1,
+                path: "deferred/A/ABC".into(),
+            },
+            Frame::Mkdir {
+                root: 0,
+                path: ".Sent".into(),
+                attrs: attrs(),
+            },
+            Frame::SetAttr {
+                root: 0,
+                path: "cur/1".into(),
+                attrs: attrs(),
+            },
             Frame::InSync,
             Frame::Ack,
-            Frame::Error { code: ErrorCode::NoSpace, path: "x".into(), message: "disk full".into() },
+            Frame::Error {
+                code: ErrorCode::NoSpace,
+                path: "x".into(),
+                message: "disk full".into(),
+            },
         ]
     }
 
@@ -635,11 +810,23 @@ mod tests {
         assert!(matches!(decode_header(&h), Err(DecodeError::BadMagic(_))));
         let mut h = header(1, 0);
         h[2] = 9;
-        assert_eq!(decode_header(&h), Err(DecodeError::Version { ours: VERSION, theirs: 9 }));
-        assert_eq!(decode_header(&header(99, 0)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode_header(&h),
+            Err(DecodeError::Version {
+                ours: VERSION,
+                theirs: 9
+            })
+        );
+        assert_eq!(
+            decode_header(&header(99, 0)),
+            Err(DecodeError::UnknownKind(99))
+        );
         assert_eq!(
             decode_header(&header(7, MAX_PAYLOAD as u32 + 1)),
-            Err(DecodeError::Oversize { len: MAX_PAYLOAD + 1, max: MAX_PAYLOAD })
+            Err(DecodeError::Oversize {
+                len: MAX_PAYLOAD + 1,
+                max: MAX_PAYLOAD
+            })
         );
         assert!(decode_header(&header(7, MAX_PAYLOAD as u32)).is_ok());
     }
@@ -657,14 +844,20 @@ mod tests {
             let (h, p) = payload_of(&f);
             for cut in 0..p.len() {
                 let err = decode_payload(&h, &p[..cut]).unwrap_err();
-                assert!(matches!(err, DecodeError::Truncated(_) | DecodeError::TooMany(_)), "{f:?} cut {cut}: {err}");
+                assert!(
+                    matches!(err, DecodeError::Truncated(_) | DecodeError::TooMany(_)),
+                    "{f:?} cut {cut}: {err}"
+                );
             }
         }
     }
 
     #[test]
     fn trailing_bytes_are_an_error() {
-        let (h, mut p) = payload_of(&Frame::Delete { root: 0, path: "x".into() });
+        let (h, mut p) = payload_of(&Frame::Delete {
+            root: 0,
+            path: "x".into(),
+        });
         p.push(0);
         assert_eq!(decode_payload(&h, &p), Err(DecodeError::Trailing(1)));
     }
@@ -674,7 +867,14 @@ mod tests {
         p.put_u8(0);
         p.put_u16(path.len() as u16);
         p.put_slice(path);
-        (Header { kind, len: p.len() as u32, seq: 1 }, p.to_vec())
+        (
+            Header {
+                kind,
+                len: p.len() as u32,
+                seq: 1,
+            },
+            p.to_vec(),
+        )
     }
 
     #[test]
@@ -693,36 +893,79 @@ mod tests {
 
     #[test]
     fn bad_enum_values_and_sizes() {
-        let (h, mut p) = payload_of(&Frame::Error { code: ErrorCode::Io, path: String::new(), message: String::new() });
+        let (h, mut p) = payload_of(&Frame::Error {
+            code: ErrorCode::Io,
+            path: String::new(),
+            message: String::new(),
+        });
         p[1] = 200;
-        assert!(matches!(decode_payload(&h, &p), Err(DecodeError::BadValue { .. })));
+        assert!(matches!(
+            decode_payload(&h, &p),
+            Err(DecodeError::BadValue { .. })
+        ));
 
-        let (h, mut p) = payload_of(&Frame::FileData { root: 0, path: "x".into(), size: 1, attrs: Attrs::default() });
+        let (h, mut p) = payload_of(&Frame::FileData {
+            root: 0,
+            path: "x".into(),
+            size: 1,
+            attrs: Attrs::default(),
+        });
         // size field follows root (1) + path (2 + 1)
         p[4..12].copy_from_slice(&(MAX_BODY + 1).to_be_bytes());
-        assert_eq!(decode_payload(&h, &p), Err(DecodeError::OversizeBody(MAX_BODY + 1)));
+        assert_eq!(
+            decode_payload(&h, &p),
+            Err(DecodeError::OversizeBody(MAX_BODY + 1))
+        );
 
-        let hello = Hello { version: VERSION, purpose: Purpose::Replicate, node: String::new(), nonce: [0; 32], roots: vec![], acked_seq: 0 };
+        let hello = Hello {
+            version: VERSION,
+            purpose: Purpose::Replicate,
+            node: String::new(),
+            nonce: [0; 32],
+            roots: vec![],
+            acked_seq: 0,
+        };
         let (h, mut p) = payload_of(&Frame::Hello(hello.clone()));
         p[0] = 2;
-        assert_eq!(decode_payload(&h, &p), Err(DecodeError::Version { ours: VERSION, theirs: 2 }));
+        assert_eq!(
+            decode_payload(&h, &p),
+            Err(DecodeError::Version {
+                ours: VERSION,
+                theirs: 2
+            })
+        );
         let (h, mut p) = payload_of(&Frame::Hello(hello.clone()));
         p[1] = 7;
-        assert!(matches!(decode_payload(&h, &p), Err(DecodeError::BadValue { field: "purpose", .. })));
+        assert!(matches!(
+            decode_payload(&h, &p),
+            Err(DecodeError::BadValue {
+                field: "purpose",
+                ..
+            })
+        ));
         let (h, mut p) = payload_of(&Frame::Hello(hello));
         p[2 + 2 + 32] = (MAX_ROOTS + 1) as u8;
-        assert_eq!(decode_payload(&h, &p), Err(DecodeError::TooMany(MAX_ROOTS + 1)));
+        assert_eq!(
+            decode_payload(&h, &p),
+            Err(DecodeError::TooMany(MAX_ROOTS + 1))
+        );
 
         let (h, mut p) = payload_of(&Frame::ManifestRequest { hash_of: vec![] });
         p[..4].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(decode_payload(&h, &p), Err(DecodeError::TooMany(_))));
+        assert!(matches!(
+            decode_payload(&h, &p),
+            Err(DecodeError::TooMany(_))
+        ));
     }
 
     #[test]
     fn read_frame_reports_oversize_before_reading_payload() {
         let h = header(Kind::FileData as u8, u32::MAX);
         let err = read_frame(&mut &h[..]).unwrap_err();
-        assert!(matches!(err, ReadError::Decode(DecodeError::Oversize { .. })));
+        assert!(matches!(
+            err,
+            ReadError::Decode(DecodeError::Oversize { .. })
+        ));
     }
 
     #[test]
@@ -734,11 +977,20 @@ mod tests {
             is_dir: false,
             size: 1,
             ctime_ns: 0,
-            attrs: Attrs { mode: 0, mtime_ns: 0, owner: "o".repeat(64), group: "g".repeat(64) },
+            attrs: Attrs {
+                mode: 0,
+                mtime_ns: 0,
+                owner: "o".repeat(64),
+                group: "g".repeat(64),
+            },
             hash: Some([0; 32]),
         };
         let mut b = BytesMut::new();
-        encode(&Frame::ManifestEntries(vec![e; MAX_ENTRIES_PER_FRAME]), 0, &mut b);
+        encode(
+            &Frame::ManifestEntries(vec![e; MAX_ENTRIES_PER_FRAME]),
+            0,
+            &mut b,
+        );
         assert!(b.len() - HEADER_LEN <= MAX_PAYLOAD);
     }
 }

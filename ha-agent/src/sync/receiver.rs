@@ -83,10 +83,23 @@ impl Receiver {
             s.outdated = true;
             s.acked_seq = st.acked_seq;
         });
-        let ctx = Arc::new(Ctx { cfg, shared: shared.clone(), trees, state, active: Mutex::new(None), apply: Mutex::new(()) });
+        let ctx = Arc::new(Ctx {
+            cfg,
+            shared: shared.clone(),
+            trees,
+            state,
+            active: Mutex::new(None),
+            apply: Mutex::new(()),
+        });
         info!(listen = %local, "sync receiver listening");
-        let t = thread::Builder::new().name("sync-accept".into()).spawn(move || accept_loop(&ctx, &listener))?;
-        Ok(SyncHandle { shared, threads: vec![t], local_addr: Some(local) })
+        let t = thread::Builder::new()
+            .name("sync-accept".into())
+            .spawn(move || accept_loop(&ctx, &listener))?;
+        Ok(SyncHandle {
+            shared,
+            threads: vec![t],
+            local_addr: Some(local),
+        })
     }
 }
 
@@ -95,7 +108,10 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
     let _ = listener.set_nonblocking(true);
     while !ctx.shared.stopping() {
         let mut fds = [PollFd::new(listener, PollFlags::IN)];
-        let timeout = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        let timeout = rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: 100_000_000,
+        };
         if rustix::event::poll(&mut fds, Some(&timeout)).unwrap_or(0) == 0 {
             sessions.retain(|h| !h.is_finished());
             continue;
@@ -103,10 +119,12 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
         match listener.accept() {
             Ok((stream, peer)) => {
                 let ctx = ctx.clone();
-                let h = thread::Builder::new().name("sync-recv".into()).spawn(move || {
-                    let _ = stream.set_nonblocking(false);
-                    session(&ctx, stream, peer.to_string());
-                });
+                let h = thread::Builder::new()
+                    .name("sync-recv".into())
+                    .spawn(move || {
+                        let _ = stream.set_nonblocking(false);
+                        session(&ctx, stream, peer.to_string());
+                    });
                 if let Ok(h) = h {
                     sessions.push(h);
                 }
@@ -172,20 +190,35 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
                 _ => "handshake_io",
             };
             warn!(error = %e, "sync handshake failed");
-            ctx.shared.with_status(|s| s.count_error(kind, e.to_string()));
+            ctx.shared
+                .with_status(|s| s.count_error(kind, e.to_string()));
             return;
         }
     };
     let replicate = hello.purpose == Purpose::Replicate;
-    if replicate && ctx.shared.refuse_replicas.load(std::sync::atomic::Ordering::Relaxed) {
+    if replicate
+        && ctx
+            .shared
+            .refuse_replicas
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
         warn!(node = %hello.node, "replica session refused: this node is active (only failback hand-ins are accepted)");
-        ctx.shared.with_status(|s| s.count_error("refused_replica", format!("replica session from {} refused while active", hello.node)));
+        ctx.shared.with_status(|s| {
+            s.count_error(
+                "refused_replica",
+                format!("replica session from {} refused while active", hello.node),
+            )
+        });
         return;
     }
     // Take over from an older session (a sender that reconnected after a
     // failure we have not noticed yet).
     if let Ok(clone) = w.try_clone()
-        && let Some(old) = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).replace(clone)
+        && let Some(old) = ctx
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(clone)
     {
         let _ = old.shutdown(std::net::Shutdown::Both);
     }
@@ -198,10 +231,23 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
             s.outdated = true;
         });
     }
-    let mut sess = Session { ctx, roots: Vec::new(), batch: Batch::default(), ids: Ids::default(), last_state: Instant::now(), insync_seq: None, replicate };
+    let mut sess = Session {
+        ctx,
+        roots: Vec::new(),
+        batch: Batch::default(),
+        ids: Ids::default(),
+        last_state: Instant::now(),
+        insync_seq: None,
+        replicate,
+    };
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
-        let i = ctx.cfg.roots.iter().position(|r| &r.name == name).expect("root checked in handshake");
+        let i = ctx
+            .cfg
+            .roots
+            .iter()
+            .position(|r| &r.name == name)
+            .expect("root checked in handshake");
         sess.roots.push(i);
     }
     let end = sess.run(&mut r, &mut w);
@@ -216,13 +262,34 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
                 s.count_error("no_space", msg.clone());
                 s.paused = Some(msg.clone());
             });
-            let _ = send(&mut w, &Frame::Error { code: ErrorCode::NoSpace, path: m.clone(), message: msg }, 0);
+            let _ = send(
+                &mut w,
+                &Frame::Error {
+                    code: ErrorCode::NoSpace,
+                    path: m.clone(),
+                    message: msg,
+                },
+                0,
+            );
         }
         e => {
             warn!(error = %e, "sync session aborted");
-            let kind = if let SessionEnd::Decode(d) = e { d.label() } else { "protocol" };
-            ctx.shared.with_status(|s| s.count_error(kind, e.to_string()));
-            let _ = send(&mut w, &Frame::Error { code: ErrorCode::Protocol, path: String::new(), message: e.to_string() }, 0);
+            let kind = if let SessionEnd::Decode(d) = e {
+                d.label()
+            } else {
+                "protocol"
+            };
+            ctx.shared
+                .with_status(|s| s.count_error(kind, e.to_string()));
+            let _ = send(
+                &mut w,
+                &Frame::Error {
+                    code: ErrorCode::Protocol,
+                    path: String::new(),
+                    message: e.to_string(),
+                },
+                0,
+            );
         }
     }
     let _ = w.shutdown(std::net::Shutdown::Both);
@@ -235,13 +302,30 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     }
 }
 
-fn handshake(ctx: &Ctx, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<Hello, SessionEnd> {
+fn handshake(
+    ctx: &Ctx,
+    r: &mut BufReader<TcpStream>,
+    w: &mut TcpStream,
+) -> Result<Hello, SessionEnd> {
     r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let hello = match proto::read_frame(r) {
         Ok((_, Frame::Hello(h))) => h,
-        Ok((_, f)) => return Err(SessionEnd::Refused(format!("expected hello, got {:?}", f.kind()))),
+        Ok((_, f)) => {
+            return Err(SessionEnd::Refused(format!(
+                "expected hello, got {:?}",
+                f.kind()
+            )));
+        }
         Err(ReadError::Decode(e @ DecodeError::Version { .. })) => {
-            let _ = send(w, &Frame::Error { code: ErrorCode::Version, path: String::new(), message: e.to_string() }, 0);
+            let _ = send(
+                w,
+                &Frame::Error {
+                    code: ErrorCode::Version,
+                    path: String::new(),
+                    message: e.to_string(),
+                },
+                0,
+            );
             return Err(e.into());
         }
         Err(e) => return Err(e.into()),
@@ -259,16 +343,44 @@ fn handshake(ctx: &Ctx, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Resu
     send(w, &Frame::Challenge(challenge), 0)?;
     let mac = match proto::read_frame(r)? {
         (_, Frame::Response { mac }) => mac,
-        (_, f) => return Err(SessionEnd::Refused(format!("expected response, got {:?}", f.kind()))),
+        (_, f) => {
+            return Err(SessionEnd::Refused(format!(
+                "expected response, got {:?}",
+                f.kind()
+            )));
+        }
     };
     if !auth::verify(&ctx.cfg.key, Role::Client, &nonce, &hello.nonce, &mac) {
-        let _ = send(w, &Frame::Error { code: ErrorCode::Auth, path: String::new(), message: "authentication failed".into() }, 0);
-        return Err(SessionEnd::Refused(format!("bad proof from node {:?} (wrong password?)", hello.node)));
+        let _ = send(
+            w,
+            &Frame::Error {
+                code: ErrorCode::Auth,
+                path: String::new(),
+                message: "authentication failed".into(),
+            },
+            0,
+        );
+        return Err(SessionEnd::Refused(format!(
+            "bad proof from node {:?} (wrong password?)",
+            hello.node
+        )));
     }
-    let unknown: Vec<&String> = hello.roots.iter().filter(|n| !ctx.cfg.roots.iter().any(|r| &r.name == *n)).collect();
+    let unknown: Vec<&String> = hello
+        .roots
+        .iter()
+        .filter(|n| !ctx.cfg.roots.iter().any(|r| &r.name == *n))
+        .collect();
     if !unknown.is_empty() {
         let msg = format!("roots not configured here: {unknown:?}");
-        let _ = send(w, &Frame::Error { code: ErrorCode::Roots, path: String::new(), message: msg.clone() }, 0);
+        let _ = send(
+            w,
+            &Frame::Error {
+                code: ErrorCode::Roots,
+                path: String::new(),
+                message: msg.clone(),
+            },
+            0,
+        );
         return Err(SessionEnd::Refused(msg));
     }
     let mac = auth::proof(&ctx.cfg.key, Role::Server, &hello.nonce, &nonce);
@@ -310,10 +422,12 @@ struct Session<'a> {
 impl<'a> Session<'a> {
     fn tree(&self, wire_root: u8) -> Result<(usize, &'a Tree), SessionEnd> {
         let ctx: &'a Ctx = self.ctx;
-        let i = *self
-            .roots
-            .get(wire_root as usize)
-            .ok_or_else(|| SessionEnd::Decode(DecodeError::BadValue { field: "root", value: wire_root.into() }))?;
+        let i = *self.roots.get(wire_root as usize).ok_or_else(|| {
+            SessionEnd::Decode(DecodeError::BadValue {
+                field: "root",
+                value: wire_root.into(),
+            })
+        })?;
         Ok((i, &ctx.trees[i]))
     }
 
@@ -322,10 +436,12 @@ impl<'a> Session<'a> {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
             }
-            if !self.batch.is_empty() && input_idle(r)
-                && let Err(e) = self.commit(w) {
-                    return e;
-                }
+            if !self.batch.is_empty()
+                && input_idle(r)
+                && let Err(e) = self.commit(w)
+            {
+                return e;
+            }
             let (seq, frame) = match proto::read_frame(r) {
                 Ok(x) => x,
                 Err(e) => return e.into(),
@@ -334,16 +450,28 @@ impl<'a> Session<'a> {
                 return e;
             }
             if (self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES)
-                && let Err(e) = self.commit(w) {
-                    return e;
-                }
+                && let Err(e) = self.commit(w)
+            {
+                return e;
+            }
         }
     }
 
-    fn handle(&mut self, seq: u64, frame: Frame, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> Result<(), SessionEnd> {
+    fn handle(
+        &mut self,
+        seq: u64,
+        frame: Frame,
+        r: &mut BufReader<TcpStream>,
+        w: &mut TcpStream,
+    ) -> Result<(), SessionEnd> {
         let is_op = matches!(
             frame,
-            Frame::FileData { .. } | Frame::Rename { .. } | Frame::Delete { .. } | Frame::Mkdir { .. } | Frame::SetAttr { .. } | Frame::InSync
+            Frame::FileData { .. }
+                | Frame::Rename { .. }
+                | Frame::Delete { .. }
+                | Frame::Mkdir { .. }
+                | Frame::SetAttr { .. }
+                | Frame::InSync
         );
         // A rename of a file still pending in the batch renames the pending
         // file: one commit per Maildir delivery instead of two.
@@ -365,21 +493,27 @@ impl<'a> Session<'a> {
                 self.send_manifest(&hash_of, w)?;
                 return Ok(());
             }
-            Frame::FileData { root, path, size, attrs } => {
+            Frame::FileData {
+                root,
+                path,
+                size,
+                attrs,
+            } => {
                 let (ri, _) = self.tree(root)?;
                 self.receive_file(ri, seq, &path, size, &attrs, r)?
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
-                t.rename(&from, &to).map(|dirs| {
-                    for (p, fd) in dirs {
-                        self.batch.dirs.insert((ri, p), fd);
-                    }
-                })
-                .map_err(|e| match e {
-                    FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
-                    e => e,
-                })
+                t.rename(&from, &to)
+                    .map(|dirs| {
+                        for (p, fd) in dirs {
+                            self.batch.dirs.insert((ri, p), fd);
+                        }
+                    })
+                    .map_err(|e| match e {
+                        FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
+                        e => e,
+                    })
             }
             Frame::Delete { root, path } => {
                 let (ri, t) = self.tree(root)?;
@@ -401,7 +535,12 @@ impl<'a> Session<'a> {
                 self.insync_seq = Some(seq);
                 Ok(())
             }
-            f => return Err(SessionEnd::Refused(format!("unexpected {:?} frame during sync", f.kind()))),
+            f => {
+                return Err(SessionEnd::Refused(format!(
+                    "unexpected {:?} frame during sync",
+                    f.kind()
+                )));
+            }
         };
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
@@ -412,7 +551,10 @@ impl<'a> Session<'a> {
     /// Index of the latest pending file at `path` of wire root `root`.
     fn pending_file(&self, root: u8, path: &str) -> Option<usize> {
         let ri = *self.roots.get(root as usize)?;
-        self.batch.files.iter().rposition(|(_, r, rel, _)| *r == ri && rel == path)
+        self.batch
+            .files
+            .iter()
+            .rposition(|(_, r, rel, _)| *r == ri && rel == path)
     }
 
     /// Renames pending file `i` to `to`. Earlier pending versions of the
@@ -445,7 +587,12 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn op_result(&mut self, seq: u64, result: Result<(), FsError>, w: &mut TcpStream) -> Result<(), SessionEnd> {
+    fn op_result(
+        &mut self,
+        seq: u64,
+        result: Result<(), FsError>,
+        w: &mut TcpStream,
+    ) -> Result<(), SessionEnd> {
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
@@ -459,11 +606,25 @@ impl<'a> Session<'a> {
                     _ => ErrorCode::Io,
                 };
                 let path = match &e {
-                    FsError::Unsafe { path, .. } | FsError::NotFound { path } | FsError::Path { path, .. } | FsError::Io { path, .. } | FsError::NoSpace { path } => path.clone(),
+                    FsError::Unsafe { path, .. }
+                    | FsError::NotFound { path }
+                    | FsError::Path { path, .. }
+                    | FsError::Io { path, .. }
+                    | FsError::NoSpace { path } => path.clone(),
                 };
                 warn!(seq, error = %e, kind = e.label(), "sync operation refused");
-                self.ctx.shared.with_status(|s| s.count_error(e.label(), e.to_string()));
-                send(w, &Frame::Error { code, path, message: e.to_string() }, seq)?;
+                self.ctx
+                    .shared
+                    .with_status(|s| s.count_error(e.label(), e.to_string()));
+                send(
+                    w,
+                    &Frame::Error {
+                        code,
+                        path,
+                        message: e.to_string(),
+                    },
+                    seq,
+                )?;
                 Ok(())
             }
         }
@@ -471,7 +632,15 @@ impl<'a> Session<'a> {
 
     /// Receives a body into a temporary file. Refused paths have their body
     /// read and dropped so the stream stays in step.
-    fn receive_file(&mut self, ri: usize, seq: u64, rel: &str, size: u64, attrs: &proto::Attrs, r: &mut BufReader<TcpStream>) -> Result<Result<(), FsError>, SessionEnd> {
+    fn receive_file(
+        &mut self,
+        ri: usize,
+        seq: u64,
+        rel: &str,
+        size: u64,
+        attrs: &proto::Attrs,
+        r: &mut BufReader<TcpStream>,
+    ) -> Result<Result<(), FsError>, SessionEnd> {
         let tree = &self.ctx.trees[ri];
         let mut t = match tree.begin_file(rel, seq) {
             Ok(t) => t,
@@ -534,8 +703,18 @@ impl<'a> Session<'a> {
             if let Err(e) = Tree::commit_file(t, rel) {
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
-                self.ctx.shared.with_status(|s| s.count_error(e.label(), e.to_string()));
-                send(w, &Frame::Error { code: ErrorCode::Io, path: rel.clone(), message: e.to_string() }, *seq)?;
+                self.ctx
+                    .shared
+                    .with_status(|s| s.count_error(e.label(), e.to_string()));
+                send(
+                    w,
+                    &Frame::Error {
+                        code: ErrorCode::Io,
+                        path: rel.clone(),
+                        message: e.to_string(),
+                    },
+                    *seq,
+                )?;
             }
         }
         for fd in b.dirs.values() {
@@ -572,16 +751,27 @@ impl<'a> Session<'a> {
         }
         self.last_state = Instant::now();
         let acked = self.ctx.shared.with_status(|s| s.acked_seq);
-        if let Err(e) = self.ctx.state.store(&SyncState { acked_seq: acked, synced_until_ns: 0 }) {
+        if let Err(e) = self.ctx.state.store(&SyncState {
+            acked_seq: acked,
+            synced_until_ns: 0,
+        }) {
             warn!(error = %e, "cannot persist sync state");
         }
     }
 
-    fn send_manifest(&mut self, hash_of: &[(u8, String)], w: &mut TcpStream) -> Result<(), SessionEnd> {
+    fn send_manifest(
+        &mut self,
+        hash_of: &[(u8, String)],
+        w: &mut TcpStream,
+    ) -> Result<(), SessionEnd> {
         let mut out = BytesMut::new();
         let mut chunk: Vec<WireEntry> = Vec::new();
         let mut chunk_bytes = 0usize;
-        let flush = |chunk: &mut Vec<WireEntry>, chunk_bytes: &mut usize, out: &mut BytesMut, w: &mut TcpStream| -> io::Result<()> {
+        let flush = |chunk: &mut Vec<WireEntry>,
+                     chunk_bytes: &mut usize,
+                     out: &mut BytesMut,
+                     w: &mut TcpStream|
+         -> io::Result<()> {
             if !chunk.is_empty() {
                 proto::encode(&Frame::ManifestEntries(std::mem::take(chunk)), 0, out);
                 *chunk_bytes = 0;
@@ -592,9 +782,16 @@ impl<'a> Session<'a> {
             }
             Ok(())
         };
-        let push = |e: WireEntry, chunk: &mut Vec<WireEntry>, chunk_bytes: &mut usize, out: &mut BytesMut, w: &mut TcpStream| -> io::Result<()> {
+        let push = |e: WireEntry,
+                    chunk: &mut Vec<WireEntry>,
+                    chunk_bytes: &mut usize,
+                    out: &mut BytesMut,
+                    w: &mut TcpStream|
+         -> io::Result<()> {
             let sz = 64 + e.path.len() + e.attrs.owner.len() + e.attrs.group.len();
-            if chunk.len() >= proto::MAX_ENTRIES_PER_FRAME * 40 || *chunk_bytes + sz > proto::MAX_PAYLOAD - 1024 {
+            if chunk.len() >= proto::MAX_ENTRIES_PER_FRAME * 40
+                || *chunk_bytes + sz > proto::MAX_PAYLOAD - 1024
+            {
                 flush(chunk, chunk_bytes, out, w)?;
             }
             *chunk_bytes += sz;
@@ -606,7 +803,13 @@ impl<'a> Session<'a> {
                 let root = &self.ctx.cfg.roots[ri];
                 let m: Manifest = manifest::scan(&root.path, root.kind, &mut self.ids)?;
                 for (p, e) in &m {
-                    push(manifest::to_wire(wire as u8, p, e), &mut chunk, &mut chunk_bytes, &mut out, w)?;
+                    push(
+                        manifest::to_wire(wire as u8, p, e),
+                        &mut chunk,
+                        &mut chunk_bytes,
+                        &mut out,
+                        w,
+                    )?;
                 }
             }
         } else {
@@ -621,7 +824,13 @@ impl<'a> Session<'a> {
                 }
                 let mut e = manifest::entry_of(&md, &mut self.ids);
                 e.hash = hash_reader(f).ok();
-                push(manifest::to_wire(*root, p, &e), &mut chunk, &mut chunk_bytes, &mut out, w)?;
+                push(
+                    manifest::to_wire(*root, p, &e),
+                    &mut chunk,
+                    &mut chunk_bytes,
+                    &mut out,
+                    w,
+                )?;
             }
         }
         flush(&mut chunk, &mut chunk_bytes, &mut out, w)?;
@@ -641,7 +850,9 @@ const FSYNC_THREADS: usize = 16;
 /// fsync of its own. Returns the first failure.
 fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
     if files.len() <= 2 {
-        return files.iter().find_map(|(_, _, rel, t)| t.file.sync_all().err().map(|e| FsError::from_io(rel, e)));
+        return files
+            .iter()
+            .find_map(|(_, _, rel, t)| t.file.sync_all().err().map(|e| FsError::from_io(rel, e)));
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed: Mutex<Option<FsError>> = Mutex::new(None);
@@ -650,9 +861,14 @@ fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some((_, _, rel, t)) = files.get(i) else { break };
+                    let Some((_, _, rel, t)) = files.get(i) else {
+                        break;
+                    };
                     if let Err(e) = t.file.sync_all() {
-                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(FsError::from_io(rel, e));
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(FsError::from_io(rel, e));
                     }
                 }
             });
@@ -674,6 +890,9 @@ fn input_idle(r: &BufReader<TcpStream>) -> bool {
         return false;
     }
     let mut fds = [PollFd::new(r.get_ref(), PollFlags::IN)];
-    let zero = rustix::fs::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::fs::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(1) == 0
 }

@@ -54,7 +54,10 @@ const STATE_EVERY: Duration = Duration::from_millis(200);
 pub enum SyncError {
     /// Could not reach the peer.
     #[error("connect to {addr}: {source}")]
-    Connect { addr: std::net::SocketAddr, source: io::Error },
+    Connect {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
     /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] io::Error),
@@ -127,7 +130,9 @@ struct Ctx {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 fn wall_of(at: Instant) -> i64 {
@@ -162,18 +167,26 @@ impl Sender {
             ids: Mutex::new(Ids::default()),
         });
         let sh = shared.clone();
-        let tw = thread::Builder::new().name("sync-watch".into()).spawn(move || {
-            while !sh.stopping() {
-                if let Err(e) = w.poll(&queue, Duration::from_millis(100)) {
-                    warn!(error = %e, "inotify read failed: rescanning");
-                    queue.push(Event::Rescan { at: Instant::now() });
-                    thread::sleep(Duration::from_millis(100));
+        let tw = thread::Builder::new()
+            .name("sync-watch".into())
+            .spawn(move || {
+                while !sh.stopping() {
+                    if let Err(e) = w.poll(&queue, Duration::from_millis(100)) {
+                        warn!(error = %e, "inotify read failed: rescanning");
+                        queue.push(Event::Rescan { at: Instant::now() });
+                        thread::sleep(Duration::from_millis(100));
+                    }
                 }
-            }
-        })?;
+            })?;
         let c = ctx.clone();
-        let ts = thread::Builder::new().name("sync-send".into()).spawn(move || run(&c))?;
-        Ok(SyncHandle { shared, threads: vec![tw, ts], local_addr: None })
+        let ts = thread::Builder::new()
+            .name("sync-send".into())
+            .spawn(move || run(&c))?;
+        Ok(SyncHandle {
+            shared,
+            threads: vec![tw, ts],
+            local_addr: None,
+        })
     }
 }
 
@@ -186,20 +199,27 @@ fn run(ctx: &Arc<Ctx>) {
             s.connected = false;
             s.in_sync = false;
         });
-        ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).insync_seq = None;
+        ctx.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insync_seq = None;
         persist(ctx, true);
         match res {
             Ok(()) => continue,
             Err(e) => {
                 let kind = e.label();
                 match &e {
-                    SyncError::Peer { code: ErrorCode::NoSpace, .. } => {
+                    SyncError::Peer {
+                        code: ErrorCode::NoSpace,
+                        ..
+                    } => {
                         error!(error = %e, "sync paused: peer disk full, retrying");
                     }
                     SyncError::Connect { .. } => debug!(error = %e, "sync peer unreachable"),
                     _ => warn!(error = %e, kind, "sync session failed"),
                 }
-                ctx.shared.with_status(|s| s.count_error(kind, e.to_string()));
+                ctx.shared
+                    .with_status(|s| s.count_error(kind, e.to_string()));
             }
         }
         // Retry after a pause, keeping status fresh meanwhile.
@@ -236,42 +256,83 @@ impl Conn {
 
 fn connect(ctx: &Ctx, purpose: Purpose) -> Result<(Conn, BufReader<TcpStream>, Hello), SyncError> {
     let addr = ctx.cfg.peer;
-    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|source| SyncError::Connect { addr, source })?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|source| SyncError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     let _ = rustix::net::sockopt::set_socket_keepalive(&s, true);
     let _ = rustix::net::sockopt::set_tcp_user_timeout(&s, USER_TIMEOUT_MS);
     let mut r = BufReader::with_capacity(256 * 1024, s.try_clone()?);
-    let mut c = Conn { w: s, out: BytesMut::new() };
+    let mut c = Conn {
+        w: s,
+        out: BytesMut::new(),
+    };
     r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let nonce = auth::nonce();
-    let acked = ctx.persisted.lock().unwrap_or_else(|p| p.into_inner()).acked_seq;
-    let hello = Hello { version: proto::VERSION, purpose, node: ctx.cfg.node.clone(), nonce, roots: ctx.cfg.root_names(), acked_seq: acked };
+    let acked = ctx
+        .persisted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .acked_seq;
+    let hello = Hello {
+        version: proto::VERSION,
+        purpose,
+        node: ctx.cfg.node.clone(),
+        nonce,
+        roots: ctx.cfg.root_names(),
+        acked_seq: acked,
+    };
     c.frame(&Frame::Hello(hello), 0)?;
     c.flush()?;
     let peer = match proto::read_frame(&mut r)? {
         (_, Frame::Challenge(h)) => h,
         (_, Frame::Error { code, message, .. }) => return Err(SyncError::Peer { code, message }),
-        (_, f) => return Err(SyncError::Handshake(format!("expected challenge, got {:?}", f.kind()))),
+        (_, f) => {
+            return Err(SyncError::Handshake(format!(
+                "expected challenge, got {:?}",
+                f.kind()
+            )));
+        }
     };
     let mac = auth::proof(&ctx.cfg.key, Role::Client, &peer.nonce, &nonce);
     c.frame(&Frame::Response { mac }, 0)?;
     c.flush()?;
     match proto::read_frame(&mut r)? {
-        (_, Frame::Response { mac }) if auth::verify(&ctx.cfg.key, Role::Server, &nonce, &peer.nonce, &mac) => {}
-        (_, Frame::Response { .. }) => return Err(SyncError::Handshake(format!("peer {:?} failed to prove the password", peer.node))),
+        (_, Frame::Response { mac })
+            if auth::verify(&ctx.cfg.key, Role::Server, &nonce, &peer.nonce, &mac) => {}
+        (_, Frame::Response { .. }) => {
+            return Err(SyncError::Handshake(format!(
+                "peer {:?} failed to prove the password",
+                peer.node
+            )));
+        }
         (_, Frame::Error { code, message, .. }) => return Err(SyncError::Peer { code, message }),
-        (_, f) => return Err(SyncError::Handshake(format!("expected response, got {:?}", f.kind()))),
+        (_, f) => {
+            return Err(SyncError::Handshake(format!(
+                "expected response, got {:?}",
+                f.kind()
+            )));
+        }
     }
     r.get_ref().set_read_timeout(None)?;
     // Sequences stay above anything either side has seen acknowledged.
-    ctx.next_seq.fetch_max(peer.acked_seq.max(acked) + 1, Ordering::Relaxed);
+    ctx.next_seq
+        .fetch_max(peer.acked_seq.max(acked) + 1, Ordering::Relaxed);
     Ok((c, r, peer))
 }
 
 /// Asks for the full manifest (`hash_of` empty) or for hashes.
-fn fetch_manifest(ctx: &Ctx, c: &mut Conn, r: &mut BufReader<TcpStream>, hash_of: Vec<(u8, String)>) -> Result<Vec<Manifest>, SyncError> {
+fn fetch_manifest(
+    ctx: &Ctx,
+    c: &mut Conn,
+    r: &mut BufReader<TcpStream>,
+    hash_of: Vec<(u8, String)>,
+) -> Result<Vec<Manifest>, SyncError> {
     // Hash requests are split so each frame stays under the payload limit.
-    let chunks: Vec<Vec<(u8, String)>> = if hash_of.is_empty() { vec![Vec::new()] } else { hash_of.chunks(12).map(<[_]>::to_vec).collect() };
+    let chunks: Vec<Vec<(u8, String)>> = if hash_of.is_empty() {
+        vec![Vec::new()]
+    } else {
+        hash_of.chunks(12).map(<[_]>::to_vec).collect()
+    };
     let mut out = vec![Manifest::new(); ctx.cfg.roots.len()];
     for ch in chunks {
         c.frame(&Frame::ManifestRequest { hash_of: ch }, 0)?;
@@ -287,8 +348,15 @@ fn fetch_manifest(ctx: &Ctx, c: &mut Conn, r: &mut BufReader<TcpStream>, hash_of
                     }
                 }
                 (_, Frame::ManifestEnd) => break,
-                (_, Frame::Error { code, message, .. }) => return Err(SyncError::Peer { code, message }),
-                (_, f) => return Err(SyncError::Handshake(format!("expected manifest, got {:?}", f.kind()))),
+                (_, Frame::Error { code, message, .. }) => {
+                    return Err(SyncError::Peer { code, message });
+                }
+                (_, f) => {
+                    return Err(SyncError::Handshake(format!(
+                        "expected manifest, got {:?}",
+                        f.kind()
+                    )));
+                }
             }
         }
     }
@@ -304,7 +372,11 @@ fn plan_all(
     remote: &mut [Manifest],
     f: impl Fn(&Manifest, &Manifest, bool) -> Plan,
 ) -> Result<Vec<Plan>, SyncError> {
-    let first: Vec<Plan> = local.iter().zip(remote.iter()).map(|(l, rm)| f(l, rm, false)).collect();
+    let first: Vec<Plan> = local
+        .iter()
+        .zip(remote.iter())
+        .map(|(l, rm)| f(l, rm, false))
+        .collect();
     if !first.iter().any(Plan::needs_hashes) {
         return Ok(first);
     }
@@ -316,7 +388,11 @@ fn plan_all(
                 e.hash = manifest::hash_file(&root.path.join(path)).ok();
             }
         }
-        ask.extend(p.need_remote_hash.iter().map(|path| (i as u8, path.clone())));
+        ask.extend(
+            p.need_remote_hash
+                .iter()
+                .map(|path| (i as u8, path.clone())),
+        );
     }
     let hashed = fetch_manifest(ctx, c, r, ask)?;
     for (i, m) in hashed.into_iter().enumerate() {
@@ -326,12 +402,20 @@ fn plan_all(
             }
         }
     }
-    Ok(local.iter().zip(remote.iter()).map(|(l, rm)| f(l, rm, true)).collect())
+    Ok(local
+        .iter()
+        .zip(remote.iter())
+        .map(|(l, rm)| f(l, rm, true))
+        .collect())
 }
 
 fn scan_local(ctx: &Ctx) -> io::Result<Vec<Manifest>> {
     let mut ids = Ids::default();
-    ctx.cfg.roots.iter().map(|r| manifest::scan(&r.path, r.kind, &mut ids)).collect()
+    ctx.cfg
+        .roots
+        .iter()
+        .map(|r| manifest::scan(&r.path, r.kind, &mut ids))
+        .collect()
 }
 
 fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
@@ -350,23 +434,42 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
     }
     let mut remote = fetch_manifest(ctx, &mut c, &mut r, Vec::new())?;
     let mut local = scan_local(ctx)?;
-    let plans = plan_all(ctx, &mut c, &mut r, &mut local, &mut remote, |l, rm, fin| plan::reconcile(l, rm, start_ns - RACY_NS, fin))?;
+    let plans = plan_all(
+        ctx,
+        &mut c,
+        &mut r,
+        &mut local,
+        &mut remote,
+        |l, rm, fin| plan::reconcile(l, rm, start_ns - RACY_NS, fin),
+    )?;
     let n_ops: usize = plans.iter().map(|p| p.ops.len()).sum();
-    info!(ops = n_ops, scan_ms = started.elapsed().as_millis() as u64, "sync reconcile planned");
+    info!(
+        ops = n_ops,
+        scan_ms = started.elapsed().as_millis() as u64,
+        "sync reconcile planned"
+    );
 
     let dead = Arc::new(AtomicBool::new(false));
     let reader = {
         let (ctx, dead) = (ctx.clone(), dead.clone());
-        thread::Builder::new().name("sync-acks".into()).spawn(move || {
-            if let Err(e) = read_acks(&ctx, &mut r) {
-                debug!(error = %e, "sync ack reader ended");
-                ctx.shared.with_status(|s| s.last_error = Some(e.to_string()));
-                if let SyncError::Peer { code: ErrorCode::NoSpace, message } = &e {
-                    ctx.shared.with_status(|s| s.paused = Some(format!("peer disk full: {message}")));
+        thread::Builder::new()
+            .name("sync-acks".into())
+            .spawn(move || {
+                if let Err(e) = read_acks(&ctx, &mut r) {
+                    debug!(error = %e, "sync ack reader ended");
+                    ctx.shared
+                        .with_status(|s| s.last_error = Some(e.to_string()));
+                    if let SyncError::Peer {
+                        code: ErrorCode::NoSpace,
+                        message,
+                    } = &e
+                    {
+                        ctx.shared
+                            .with_status(|s| s.paused = Some(format!("peer disk full: {message}")));
+                    }
                 }
-            }
-            dead.store(true, Ordering::Relaxed);
-        })?
+                dead.store(true, Ordering::Relaxed);
+            })?
     };
     let result = (|| -> Result<(), SyncError> {
         for (i, p) in plans.into_iter().enumerate() {
@@ -378,7 +481,10 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
             }
         }
         let seq = ctx.next_seq.fetch_add(1, Ordering::Relaxed);
-        ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).insync_seq = Some(seq);
+        ctx.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insync_seq = Some(seq);
         c.frame(&Frame::InSync, seq)?;
         c.flush()?;
         let mut vanished: HashSet<(u8, String)> = HashSet::new();
@@ -399,12 +505,18 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                     // tmp/ → new/ faster than we read it): send it whole
                     // under its new name instead of a rename the peer
                     // cannot apply.
-                    Event::Op { root, op: Op::Rename { from, to }, at } if vanished.remove(&(root, from.clone())) => {
+                    Event::Op {
+                        root,
+                        op: Op::Rename { from, to },
+                        at,
+                    } if vanished.remove(&(root, from.clone())) => {
                         send_op(ctx, &mut c, root, Op::Write(to), at)?;
                     }
                     Event::Op { root, op, at } => {
                         let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
-                        if !send_op(ctx, &mut c, root, op, at)? && let Some(p) = path {
+                        if !send_op(ctx, &mut c, root, op, at)?
+                            && let Some(p) = path
+                        {
                             if vanished.len() > 10_000 {
                                 vanished.clear();
                             }
@@ -422,7 +534,10 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
     if result.is_ok() {
         let err = ctx.shared.with_status(|s| s.paused.clone());
         if let Some(m) = err {
-            return Err(SyncError::Peer { code: ErrorCode::NoSpace, message: m });
+            return Err(SyncError::Peer {
+                code: ErrorCode::NoSpace,
+                message: m,
+            });
         }
     }
     result
@@ -437,9 +552,20 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
     let (frame, body): (Frame, Option<(File, u64)>) = match &op {
         Op::Write(p) | Op::Mkdir(p) | Op::Attr(p) => {
             let full = base.join(p);
-            let f = match File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(&full) {
+            let f = match File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&full)
+            {
                 Ok(f) => f,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => return Ok(false),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+                    ) =>
+                {
+                    return Ok(false);
+                }
                 Err(e) => return Err(SyncError::Io(e)),
             };
             let md = f.metadata()?;
@@ -447,22 +573,74 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
             drop(ids);
             let path = p.clone();
             if md.is_dir() {
-                let f = if matches!(op, Op::Attr(_)) { Frame::SetAttr { root, path, attrs: e.attrs } } else { Frame::Mkdir { root, path, attrs: e.attrs } };
+                let f = if matches!(op, Op::Attr(_)) {
+                    Frame::SetAttr {
+                        root,
+                        path,
+                        attrs: e.attrs,
+                    }
+                } else {
+                    Frame::Mkdir {
+                        root,
+                        path,
+                        attrs: e.attrs,
+                    }
+                };
                 (f, None)
             } else if !md.is_file() {
                 return Ok(false);
             } else if matches!(op, Op::Attr(_)) {
-                (Frame::SetAttr { root, path, attrs: e.attrs }, None)
+                (
+                    Frame::SetAttr {
+                        root,
+                        path,
+                        attrs: e.attrs,
+                    },
+                    None,
+                )
             } else {
-                (Frame::FileData { root, path, size: e.size, attrs: e.attrs }, Some((f, e.size)))
+                (
+                    Frame::FileData {
+                        root,
+                        path,
+                        size: e.size,
+                        attrs: e.attrs,
+                    },
+                    Some((f, e.size)),
+                )
             }
         }
-        Op::Rename { from, to } => (Frame::Rename { root, from: from.clone(), to: to.clone() }, None),
-        Op::Delete(p) => (Frame::Delete { root, path: p.clone() }, None),
+        Op::Rename { from, to } => (
+            Frame::Rename {
+                root,
+                from: from.clone(),
+                to: to.clone(),
+            },
+            None,
+        ),
+        Op::Delete(p) => (
+            Frame::Delete {
+                root,
+                path: p.clone(),
+            },
+            None,
+        ),
     };
     ctx.next_seq.store(seq + 1, Ordering::Relaxed);
     let bytes = body.as_ref().map_or(0, |b| b.1);
-    ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).sent.insert(seq, Sent { at, bytes, root, op: op.clone() });
+    ctx.journal
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sent
+        .insert(
+            seq,
+            Sent {
+                at,
+                bytes,
+                root,
+                op: op.clone(),
+            },
+        );
     c.frame(&frame, seq)?;
     if let Some((f, size)) = body {
         c.flush()?;
@@ -486,25 +664,48 @@ fn read_acks(ctx: &Ctx, r: &mut BufReader<TcpStream>) -> Result<(), SyncError> {
         let (seq, f) = proto::read_frame(r)?;
         match f {
             Frame::Ack => on_ack(ctx, seq),
-            Frame::Error { code, path, message } => {
+            Frame::Error {
+                code,
+                path,
+                message,
+            } => {
                 warn!(seq, ?code, %path, %message, "peer refused a sync operation");
-                ctx.shared.with_status(|s| s.count_error(code.label(), message.clone()));
+                ctx.shared
+                    .with_status(|s| s.count_error(code.label(), message.clone()));
                 match code {
                     ErrorCode::NoSpace => return Err(SyncError::Peer { code, message }),
                     ErrorCode::MissingSource => {
                         // The peer lacks a rename's source: send the target whole.
-                        let root = ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).sent.get(&seq).map(|s| s.root);
+                        let root = ctx
+                            .journal
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .sent
+                            .get(&seq)
+                            .map(|s| s.root);
                         if let Some(root) = root {
-                            ctx.queue.push(Event::Op { root, op: Op::Write(path), at: Instant::now() });
+                            ctx.queue.push(Event::Op {
+                                root,
+                                op: Op::Write(path),
+                                at: Instant::now(),
+                            });
                         }
                     }
-                    ErrorCode::Protocol | ErrorCode::Version | ErrorCode::Auth | ErrorCode::Roots => {
+                    ErrorCode::Protocol
+                    | ErrorCode::Version
+                    | ErrorCode::Auth
+                    | ErrorCode::Roots => {
                         return Err(SyncError::Peer { code, message });
                     }
                     _ => {}
                 }
             }
-            f => return Err(SyncError::Handshake(format!("unexpected {:?} from receiver", f.kind()))),
+            f => {
+                return Err(SyncError::Handshake(format!(
+                    "unexpected {:?} from receiver",
+                    f.kind()
+                )));
+            }
         }
     }
 }
@@ -513,12 +714,20 @@ fn on_ack(ctx: &Ctx, seq: u64) {
     let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
     let rest = j.sent.split_off(&(seq + 1));
     let done = std::mem::replace(&mut j.sent, rest);
-    let files = done.values().filter(|s| matches!(s.op, Op::Write(_))).count() as u64;
+    let files = done
+        .values()
+        .filter(|s| matches!(s.op, Op::Write(_)))
+        .count() as u64;
     let bytes: u64 = done.values().map(|s| s.bytes).sum();
     let reached = j.insync_seq.is_some_and(|s| s <= seq);
     if reached {
         // Everything older than the oldest change still pending is on the peer.
-        let oldest = j.sent.values().map(|s| s.at).chain(ctx.queue.backlog().1).min();
+        let oldest = j
+            .sent
+            .values()
+            .map(|s| s.at)
+            .chain(ctx.queue.backlog().1)
+            .min();
         let mut until = oldest.map_or(now_ns(), wall_of).min(now_ns()) - WATERMARK_MARGIN_NS;
         until = until.max(j.reconcile_start_ns - WATERMARK_MARGIN_NS);
         let mut p = ctx.persisted.lock().unwrap_or_else(|p| p.into_inner());
@@ -529,13 +738,24 @@ fn on_ack(ctx: &Ctx, seq: u64) {
         let mut subs = ctx.shared.acks.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = subs.as_ref() {
             let acked = Instant::now();
-            let gone = done.values().any(|s| tx.send(AckedOp { root: s.root, path: s.op.path().to_owned(), seen: s.at, acked }).is_err());
+            let gone = done.values().any(|s| {
+                tx.send(AckedOp {
+                    root: s.root,
+                    path: s.op.path().to_owned(),
+                    seen: s.at,
+                    acked,
+                })
+                .is_err()
+            });
             if gone {
                 *subs = None;
             }
         }
     }
-    ctx.persisted.lock().unwrap_or_else(|p| p.into_inner()).acked_seq = seq;
+    ctx.persisted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .acked_seq = seq;
     ctx.shared.with_status(|s| {
         s.acked_seq = seq;
         s.last_sync = Some(SystemTime::now());
@@ -577,9 +797,17 @@ fn refresh(ctx: &Ctx) {
     let alarm = lag > ctx.cfg.max_lag;
     if alarm != j.alarm {
         if alarm {
-            warn!(lag_ms = lag.as_millis() as u64, max_lag_ms = ctx.cfg.max_lag.as_millis() as u64, backlog = ops, "sync lag above max_lag");
+            warn!(
+                lag_ms = lag.as_millis() as u64,
+                max_lag_ms = ctx.cfg.max_lag.as_millis() as u64,
+                backlog = ops,
+                "sync lag above max_lag"
+            );
         } else {
-            info!(lag_ms = lag.as_millis() as u64, "sync lag back under max_lag");
+            info!(
+                lag_ms = lag.as_millis() as u64,
+                "sync lag back under max_lag"
+            );
         }
         j.alarm = alarm;
     }
@@ -632,8 +860,18 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
     let mut remote = fetch_manifest(&ctx, &mut c, &mut r, Vec::new())?;
     let mut local = scan_local(&ctx)?;
     let racy = now_ns() - RACY_NS;
-    let plans = plan_all(&ctx, &mut c, &mut r, &mut local, &mut remote, |l, rm, fin| plan::failback(l, rm, since, racy, fin))?;
-    let mut report = FailbackReport { since_ns: since, ..Default::default() };
+    let plans = plan_all(
+        &ctx,
+        &mut c,
+        &mut r,
+        &mut local,
+        &mut remote,
+        |l, rm, fin| plan::failback(l, rm, since, racy, fin),
+    )?;
+    let mut report = FailbackReport {
+        since_ns: since,
+        ..Default::default()
+    };
     let now = Instant::now();
     for (i, p) in plans.into_iter().enumerate() {
         for path in &p.conflicts {
@@ -647,20 +885,35 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
     c.flush()?;
     let last = ctx.next_seq.load(Ordering::Relaxed) - 1;
     let sent = std::mem::take(&mut ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).sent);
-    report.files = sent.values().filter(|s| matches!(s.op, Op::Write(_))).count() as u64;
+    report.files = sent
+        .values()
+        .filter(|s| matches!(s.op, Op::Write(_)))
+        .count() as u64;
     report.bytes = sent.values().map(|s| s.bytes).sum();
     if !sent.is_empty() {
         loop {
             match proto::read_frame(&mut r)? {
                 (seq, Frame::Ack) if seq >= last => break,
                 (_, Frame::Ack) => {}
-                (seq, Frame::Error { code, path, message }) => {
+                (
+                    seq,
+                    Frame::Error {
+                        code,
+                        path,
+                        message,
+                    },
+                ) => {
                     warn!(seq, ?code, %path, %message, "peer refused a failback operation");
                     if code == ErrorCode::NoSpace {
                         return Err(SyncError::Peer { code, message });
                     }
                 }
-                (_, f) => return Err(SyncError::Handshake(format!("unexpected {:?} during failback", f.kind()))),
+                (_, f) => {
+                    return Err(SyncError::Handshake(format!(
+                        "unexpected {:?} during failback",
+                        f.kind()
+                    )));
+                }
             }
         }
     }

@@ -42,10 +42,29 @@ mod tests {
 
     #[test]
     fn postfix_keeps_queues_and_logs_only() {
-        for p in ["incoming/A1", "active/3/3F2", "deferred/B/BC12", "hold/x", "corrupt/y", "bounce/B/BC12", "defer/B/BC12", "trace/x", "flush/x", "deferred"] {
+        for p in [
+            "incoming/A1",
+            "active/3/3F2",
+            "deferred/B/BC12",
+            "hold/x",
+            "corrupt/y",
+            "bounce/B/BC12",
+            "defer/B/BC12",
+            "trace/x",
+            "flush/x",
+            "deferred",
+        ] {
             assert!(is_synced(RootKind::PostfixSpool, p), "{p}");
         }
-        for p in ["public/pickup", "private/smtp", "pid/master.pid", "saved/x", "etc/hosts", "lib/x", "deferredX/y"] {
+        for p in [
+            "public/pickup",
+            "private/smtp",
+            "pid/master.pid",
+            "saved/x",
+            "etc/hosts",
+            "lib/x",
+            "deferredX/y",
+        ] {
             assert!(!is_synced(RootKind::PostfixSpool, p), "{p}");
         }
     }

@@ -27,7 +27,10 @@ pub enum StateError {
     Io { path: PathBuf, source: io::Error },
     /// The file exists but does not parse.
     #[error("state file {path} is corrupt: {source}")]
-    Corrupt { path: PathBuf, source: serde_json::Error },
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// A state file in a state directory.
@@ -38,7 +41,9 @@ pub struct StateFile {
 
 impl StateFile {
     pub fn new(dir: &Path, name: &str) -> Self {
-        Self { path: dir.join(name) }
+        Self {
+            path: dir.join(name),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -48,20 +53,30 @@ impl StateFile {
     /// Loads the state; a missing file is the zero state.
     pub fn load(&self) -> Result<SyncState, StateError> {
         match fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|source| StateError::Corrupt { path: self.path.clone(), source }),
+            Ok(b) => serde_json::from_slice(&b).map_err(|source| StateError::Corrupt {
+                path: self.path.clone(),
+                source,
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SyncState::default()),
-            Err(source) => Err(StateError::Io { path: self.path.clone(), source }),
+            Err(source) => Err(StateError::Io {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
     /// Writes atomically: temporary file, fsync, rename, fsync of the directory.
     pub fn store(&self, s: &SyncState) -> Result<(), StateError> {
-        let io = |source| StateError::Io { path: self.path.clone(), source };
+        let io = |source| StateError::Io {
+            path: self.path.clone(),
+            source,
+        };
         let dir = self.path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(io)?;
         let tmp = self.path.with_extension("tmp");
         let mut f = fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&serde_json::to_vec(s).expect("state serializes")).map_err(io)?;
+        f.write_all(&serde_json::to_vec(s).expect("state serializes"))
+            .map_err(io)?;
         f.sync_all().map_err(io)?;
         fs::rename(&tmp, &self.path).map_err(io)?;
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
@@ -78,7 +93,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let f = StateFile::new(&t.path().join("sub"), "sender.json");
         assert_eq!(f.load().unwrap(), SyncState::default());
-        let s = SyncState { acked_seq: 77, synced_until_ns: 123 };
+        let s = SyncState {
+            acked_seq: 77,
+            synced_until_ns: 123,
+        };
         f.store(&s).unwrap();
         assert_eq!(f.load().unwrap(), s);
         fs::write(f.path(), b"{not json").unwrap();

@@ -18,11 +18,11 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 use tracing::{debug, warn};
 
+use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::path::{is_temp_name, is_within, join};
 use super::plan::Op;
 use super::spool::{RootKind, is_synced};
-use super::ids::Ids;
 
 /// Something the sender must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +67,10 @@ impl Queue {
     /// Takes everything queued, waiting up to `wait` for the first event.
     pub fn drain(&self, wait: Duration) -> Vec<Event> {
         let q = self.q.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut q, _) = self.cv.wait_timeout_while(q, wait, |q| q.is_empty()).unwrap_or_else(|p| p.into_inner());
+        let (mut q, _) = self
+            .cv
+            .wait_timeout_while(q, wait, |q| q.is_empty())
+            .unwrap_or_else(|p| p.into_inner());
         q.drain(..).collect()
     }
 
@@ -149,7 +152,13 @@ impl Watcher {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
         let mut w = Self {
             fd,
-            roots: roots.iter().map(|(p, k)| WatchedRoot { path: p.clone(), kind: *k }).collect(),
+            roots: roots
+                .iter()
+                .map(|(p, k)| WatchedRoot {
+                    path: p.clone(),
+                    kind: *k,
+                })
+                .collect(),
             wds: HashMap::new(),
             pending: None,
             ids: Ids::default(),
@@ -167,7 +176,11 @@ impl Watcher {
 
     fn add_watch(&mut self, root: u8, rel: &str) -> std::io::Result<()> {
         let r = &self.roots[root as usize];
-        let p = if rel.is_empty() { r.path.clone() } else { r.path.join(rel) };
+        let p = if rel.is_empty() {
+            r.path.clone()
+        } else {
+            r.path.join(rel)
+        };
         match inotify::add_watch(&self.fd, &p, mask()) {
             Ok(wd) => {
                 self.wds.insert(wd, (root, rel.to_owned()));
@@ -184,7 +197,10 @@ impl Watcher {
     /// appeared after the initial reconcile).
     fn watch_tree(&mut self, root: u8, rel: &str, emit: Option<&Queue>) -> std::io::Result<()> {
         self.add_watch(root, rel)?;
-        let (path, kind) = (self.roots[root as usize].path.clone(), self.roots[root as usize].kind);
+        let (path, kind) = (
+            self.roots[root as usize].path.clone(),
+            self.roots[root as usize].kind,
+        );
         let mut m = Manifest::new();
         manifest::scan_dir(&path, rel, kind, &mut self.ids, &mut m, 0)?;
         let now = Instant::now();
@@ -193,7 +209,11 @@ impl Watcher {
                 self.add_watch(root, p)?;
             }
             if let Some(q) = emit {
-                let op = if e.is_dir { Op::Mkdir(p.clone()) } else { Op::Write(p.clone()) };
+                let op = if e.is_dir {
+                    Op::Mkdir(p.clone())
+                } else {
+                    Op::Write(p.clone())
+                };
                 q.push(Event::Op { root, op, at: now });
             }
         }
@@ -203,9 +223,16 @@ impl Watcher {
     /// Reads and translates events for up to `wait`. Returns after one
     /// batch of events or the timeout.
     pub fn poll(&mut self, q: &Queue, wait: Duration) -> std::io::Result<()> {
-        let wait = if self.pending.is_some() { Duration::from_millis(2) } else { wait };
+        let wait = if self.pending.is_some() {
+            Duration::from_millis(2)
+        } else {
+            wait
+        };
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        let ts = rustix::fs::Timespec { tv_sec: wait.as_secs() as _, tv_nsec: wait.subsec_nanos() as _ };
+        let ts = rustix::fs::Timespec {
+            tv_sec: wait.as_secs() as _,
+            tv_nsec: wait.subsec_nanos() as _,
+        };
         let n = match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(n) => n,
             Err(rustix::io::Errno::INTR) => 0,
@@ -224,7 +251,12 @@ impl Watcher {
             let mut reader = inotify::Reader::new(&self.fd, &mut buf);
             loop {
                 match reader.next() {
-                    Ok(ev) => raw.push((ev.wd(), ev.events(), ev.cookie(), ev.file_name().map(CStr::to_owned))),
+                    Ok(ev) => raw.push((
+                        ev.wd(),
+                        ev.events(),
+                        ev.cookie(),
+                        ev.file_name().map(CStr::to_owned),
+                    )),
                     Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => break,
                     Err(e) => return Err(e.into()),
                 }
@@ -240,7 +272,15 @@ impl Watcher {
         Ok(())
     }
 
-    fn handle(&mut self, q: &Queue, wd: i32, flags: ReadFlags, cookie: u32, name: Option<&CStr>, at: Instant) -> std::io::Result<()> {
+    fn handle(
+        &mut self,
+        q: &Queue,
+        wd: i32,
+        flags: ReadFlags,
+        cookie: u32,
+        name: Option<&CStr>,
+        at: Instant,
+    ) -> std::io::Result<()> {
         if flags.contains(ReadFlags::QUEUE_OVERFLOW) {
             warn!("inotify queue overflow: rescanning");
             q.push(Event::Rescan { at });
@@ -250,7 +290,9 @@ impl Watcher {
             self.wds.remove(&wd);
             return Ok(());
         }
-        let Some((root, dir)) = self.wds.get(&wd).cloned() else { return Ok(()) };
+        let Some((root, dir)) = self.wds.get(&wd).cloned() else {
+            return Ok(());
+        };
         let Some(name) = name else { return Ok(()) };
         let Ok(name) = name.to_str() else {
             warn!(?name, "skipping a file name that is not UTF-8");
@@ -263,13 +305,21 @@ impl Watcher {
         let kind = self.roots[root as usize].kind;
         let is_dir = flags.contains(ReadFlags::ISDIR);
         // A pending move-from not followed by its move-to left the trees.
-        if let Some(p) = self.pending.take_if(|p| !(flags.contains(ReadFlags::MOVED_TO) && p.cookie == cookie)) {
+        if let Some(p) = self
+            .pending
+            .take_if(|p| !(flags.contains(ReadFlags::MOVED_TO) && p.cookie == cookie))
+        {
             self.moved_out(q, p);
         }
         let op = |op| Event::Op { root, op, at };
         if flags.contains(ReadFlags::MOVED_FROM) {
             if is_synced(kind, &rel) {
-                self.pending = Some(PendingMove { cookie, root, path: rel, is_dir });
+                self.pending = Some(PendingMove {
+                    cookie,
+                    root,
+                    path: rel,
+                    is_dir,
+                });
             }
             return Ok(());
         }
@@ -281,7 +331,10 @@ impl Watcher {
                     if f.is_dir {
                         self.rename_watches(root, &f.path, &rel);
                     }
-                    q.push(op(Op::Rename { from: f.path, to: rel }));
+                    q.push(op(Op::Rename {
+                        from: f.path,
+                        to: rel,
+                    }));
                 }
                 Some(f) => {
                     self.moved_out(q, f);
@@ -319,12 +372,27 @@ impl Watcher {
         Ok(())
     }
 
-    fn moved_in(&mut self, q: &Queue, root: u8, rel: &str, is_dir: bool, at: Instant) -> std::io::Result<()> {
+    fn moved_in(
+        &mut self,
+        q: &Queue,
+        root: u8,
+        rel: &str,
+        is_dir: bool,
+        at: Instant,
+    ) -> std::io::Result<()> {
         if is_dir {
-            q.push(Event::Op { root, op: Op::Mkdir(rel.to_owned()), at });
+            q.push(Event::Op {
+                root,
+                op: Op::Mkdir(rel.to_owned()),
+                at,
+            });
             self.watch_tree(root, rel, Some(q))
         } else {
-            q.push(Event::Op { root, op: Op::Write(rel.to_owned()), at });
+            q.push(Event::Op {
+                root,
+                op: Op::Write(rel.to_owned()),
+                at,
+            });
             Ok(())
         }
     }
@@ -332,13 +400,22 @@ impl Watcher {
     fn moved_out(&mut self, q: &Queue, p: PendingMove) {
         debug!(path = %p.path, "moved out of the synced tree");
         if p.is_dir {
-            let gone: Vec<i32> = self.wds.iter().filter(|(_, (r, d))| *r == p.root && is_within(d, &p.path)).map(|(wd, _)| *wd).collect();
+            let gone: Vec<i32> = self
+                .wds
+                .iter()
+                .filter(|(_, (r, d))| *r == p.root && is_within(d, &p.path))
+                .map(|(wd, _)| *wd)
+                .collect();
             for wd in gone {
                 let _ = inotify::remove_watch(&self.fd, wd);
                 self.wds.remove(&wd);
             }
         }
-        q.push(Event::Op { root: p.root, op: Op::Delete(p.path), at: Instant::now() });
+        q.push(Event::Op {
+            root: p.root,
+            op: Op::Delete(p.path),
+            at: Instant::now(),
+        });
     }
 
     fn rename_watches(&mut self, root: u8, from: &str, to: &str) {
@@ -386,8 +463,21 @@ mod tests {
         fs::write(r.join(".Sent/cur/s1"), b"x").unwrap();
         pump(&mut w, &q);
         let got = ops(&q);
-        assert!(got.starts_with(&[Op::Write("tmp/m1".into()), Op::Rename { from: "tmp/m1".into(), to: "new/m1".into() }, Op::Mkdir(".Sent".into())]), "{got:?}");
-        assert!(got.contains(&Op::Write(".Sent/cur/s1".into())), "file in new subdir seen: {got:?}");
+        assert!(
+            got.starts_with(&[
+                Op::Write("tmp/m1".into()),
+                Op::Rename {
+                    from: "tmp/m1".into(),
+                    to: "new/m1".into()
+                },
+                Op::Mkdir(".Sent".into())
+            ]),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&Op::Write(".Sent/cur/s1".into())),
+            "file in new subdir seen: {got:?}"
+        );
         // The new subdirectory is watched: later changes are seen.
         fs::rename(r.join(".Sent"), r.join(".Archive")).unwrap();
         fs::write(r.join(".Archive/cur/s2"), b"y").unwrap();
@@ -395,7 +485,14 @@ mod tests {
         pump(&mut w, &q);
         assert_eq!(
             ops(&q),
-            vec![Op::Rename { from: ".Sent".into(), to: ".Archive".into() }, Op::Write(".Archive/cur/s2".into()), Op::Delete("new/m1".into())]
+            vec![
+                Op::Rename {
+                    from: ".Sent".into(),
+                    to: ".Archive".into()
+                },
+                Op::Write(".Archive/cur/s2".into()),
+                Op::Delete("new/m1".into())
+            ]
         );
     }
 
@@ -419,7 +516,10 @@ mod tests {
             ops(&q),
             vec![
                 Op::Write("active/Q1".into()),
-                Op::Rename { from: "active/Q1".into(), to: "deferred/A/Q1".into() },
+                Op::Rename {
+                    from: "active/Q1".into(),
+                    to: "deferred/A/Q1".into()
+                },
                 Op::Delete("deferred/A/Q1".into()),
             ]
         );
@@ -431,11 +531,21 @@ mod tests {
         let e = |op| Event::Op { root: 0, op, at };
         let got = coalesce(vec![
             e(Op::Write("tmp/a".into())),
-            e(Op::Rename { from: "tmp/a".into(), to: "new/a".into() }),
+            e(Op::Rename {
+                from: "tmp/a".into(),
+                to: "new/a".into(),
+            }),
             e(Op::Write("tmp/b".into())),
             e(Op::Delete("tmp/b".into())),
         ]);
-        assert_eq!(got, vec![e(Op::Write("new/a".into())), e(Op::Write("tmp/b".into())), e(Op::Delete("tmp/b".into()))]);
+        assert_eq!(
+            got,
+            vec![
+                e(Op::Write("new/a".into())),
+                e(Op::Write("tmp/b".into())),
+                e(Op::Delete("tmp/b".into()))
+            ]
+        );
     }
 
     #[test]
@@ -443,7 +553,11 @@ mod tests {
         let q = Queue::default();
         let at = Instant::now();
         for i in 0..MAX_QUEUE + 1 {
-            q.push(Event::Op { root: 0, op: Op::Write(i.to_string()), at });
+            q.push(Event::Op {
+                root: 0,
+                op: Op::Write(i.to_string()),
+                at,
+            });
         }
         let d = q.drain(Duration::ZERO);
         assert_eq!(d.len(), 1);
