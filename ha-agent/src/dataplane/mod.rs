@@ -74,14 +74,25 @@ impl DataPlane {
         validate_instance(&opts.instance)?;
         bpffs::ensure_mounted(&opts.pin_root)?;
         let pin_dir = opts.pin_dir();
+        let fresh = !pin_dir.exists();
         std::fs::create_dir_all(pin_dir.join("links")).map_err(|source| {
             DataPlaneError::PinDir {
                 path: pin_dir.clone(),
                 source,
             }
         })?;
+        let loaded = Self::load(&pin_dir);
+        // A first load that fails leaves no pinned maps behind; a reload
+        // that fails keeps the previous agent's state (its gate may be live).
+        if loaded.is_err() && fresh {
+            let _ = std::fs::remove_dir_all(&pin_dir);
+        }
+        loaded
+    }
+
+    fn load(pin_dir: &Path) -> Result<Self, DataPlaneError> {
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
+            .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
         testrun::load_all(&mut ebpf)?;
@@ -91,7 +102,7 @@ impl DataPlane {
         tracing::info!(pin_dir = %pin_dir.display(), "data plane loaded");
         Ok(Self {
             ebpf,
-            pin_dir,
+            pin_dir: pin_dir.to_owned(),
             gate,
             times,
             counters,
