@@ -109,6 +109,7 @@ impl Run {
                 handover_timeout: Duration::from_millis(30),
                 remote_services_as_heartbeat: false,
                 promote_outdated: false,
+                grant_window: Duration::from_millis(6),
             },
             peer: PeerView {
                 epoch: 1,

@@ -36,6 +36,17 @@ use crate::{
     monitor::{Health, MonitorEvent, Monitors},
 };
 
+/// What woke the control loop.
+enum Wake {
+    Heartbeat(HeartbeatEvent),
+    Local(MonitorEvent),
+    Remote(MonitorEvent),
+    Probe(monitors::VipProbe),
+    Command(Command),
+    HandBack(HandBackDone),
+    Timer,
+}
+
 /// Everything the control loop owns.
 pub(super) struct Agent {
     pub cfg: Config,
@@ -314,6 +325,8 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     let watchdog = notify::watchdog_period();
     let mut last_feed = Instant::now();
     let tick = timing.interval;
+    let stall_ns = u64::try_from(timing.threshold.as_nanos() / 2).unwrap_or(u64::MAX);
+    let mut last_iteration = now_ns();
     loop {
         let now = now_ns();
         let wake_at = agent
@@ -323,26 +336,51 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
                 d.min(now + tick.as_nanos() as u64)
             });
         let sleep = Duration::from_nanos(wake_at.saturating_sub(now));
-        tokio::select! {
+        let wake = tokio::select! {
             biased;
             _ = sigterm.recv() => { info!("SIGTERM: demoting and leaving"); break; }
             _ = sigint.recv() => { info!("SIGINT: demoting and leaving"); break; }
-            Some(ev) = hb_rx.recv() => agent.on_heartbeat(ev).await,
-            Some(ev) = mon_rx.recv() => agent.on_local_monitor(ev).await,
-            Some(ev) = remote_rx.recv() => agent.on_remote_monitor(&ev),
-            Some(p) = probe_rx.recv() => {
-                let actions = agent.fsm.handle(Event::VipProbe { at: p.at, answered: p.answered });
+            Some(ev) = hb_rx.recv() => Wake::Heartbeat(ev),
+            Some(ev) = mon_rx.recv() => Wake::Local(ev),
+            Some(ev) = remote_rx.recv() => Wake::Remote(ev),
+            Some(p) = probe_rx.recv() => Wake::Probe(p),
+            Some(cmd) = ctl_rx.recv() => Wake::Command(cmd),
+            Some(done) = sync_rx.recv() => Wake::HandBack(done),
+            () = tokio::time::sleep(sleep) => Wake::Timer,
+        };
+        // This loop never sleeps longer than an interval (< threshold / 2):
+        // a longer gap means it was not running (stopped, starved). It did
+        // not watch the peer meanwhile; the state machine hears that first.
+        let woke = now_ns();
+        if woke.saturating_sub(last_iteration) > stall_ns {
+            warn!(
+                gap_ms = (woke - last_iteration) / 1_000_000,
+                "control loop stalled"
+            );
+            let r = agent.fsm.handle(Event::Resumed { now: woke });
+            agent.apply_result(r).await;
+        }
+        match wake {
+            Wake::Heartbeat(ev) => agent.on_heartbeat(ev).await,
+            Wake::Local(ev) => agent.on_local_monitor(ev).await,
+            Wake::Remote(ev) => agent.on_remote_monitor(&ev),
+            Wake::Probe(p) => {
+                let actions = agent.fsm.handle(Event::VipProbe {
+                    at: p.at,
+                    answered: p.answered,
+                });
                 agent.apply_result(actions).await;
             }
-            Some(cmd) = ctl_rx.recv() => agent.on_command(cmd).await,
-            Some(done) = sync_rx.recv() => agent.on_hand_back_done(done).await,
-            () = tokio::time::sleep(sleep) => {}
+            Wake::Command(cmd) => agent.on_command(cmd).await,
+            Wake::HandBack(done) => agent.on_hand_back_done(done).await,
+            Wake::Timer => {}
         }
         // Every heartbeat already received goes in before time is judged.
         while let Ok(ev) = hb_rx.try_recv() {
             agent.on_heartbeat(ev).await;
         }
         agent.tick().await;
+        last_iteration = now_ns();
         if let Some(p) = watchdog {
             if last_feed.elapsed() >= p {
                 notify::feed();

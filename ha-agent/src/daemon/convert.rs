@@ -51,6 +51,13 @@ pub fn fsm_config(cfg: &Config) -> FsmConfig {
         handover_timeout: handover_timeout(cfg),
         remote_services_as_heartbeat: cfg.cluster.remote_services_as_heartbeat,
         promote_outdated: cfg.cluster.promote_outdated,
+        grant_window: {
+            let t = cfg.cluster.timing();
+            let margin = t.interval.max(Duration::from_millis(1));
+            t.lost_threshold
+                .saturating_sub(t.lease)
+                .saturating_sub(margin)
+        },
     }
 }
 

@@ -29,6 +29,13 @@ pub struct FsmConfig {
     pub remote_services_as_heartbeat: bool,
     /// Promote even when this node's replica is known to be behind.
     pub promote_outdated: bool,
+    /// A grant of the peer's claim (the handover flag) is advertised only
+    /// while the peer was heard within this window. A grant the peer acts
+    /// on opens its gate for a lease from when it arrived; if this node
+    /// could still be granting when it declares the peer lost, both gates
+    /// could be open. Safe: below `lost_threshold - lease - one-way delay`
+    /// (the daemon uses `lost_threshold - lease - margin`).
+    pub grant_window: Duration,
 }
 
 /// Errors of the state machine: a configuration it cannot work with, or an

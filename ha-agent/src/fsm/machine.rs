@@ -173,6 +173,10 @@ pub struct Fsm {
     state: State,
     now: Nanos,
     started_at: Nanos,
+    /// When this node last resumed after a stall (a gap in its events of
+    /// more than half the threshold): it was not watching before, so the
+    /// peer's silence during the stall proves nothing.
+    watching_since: Nanos,
     /// Highest term seen or used.
     term: u64,
     peer: Peer,
@@ -209,6 +213,7 @@ impl Fsm {
             state: State::Init,
             now: 0,
             started_at: 0,
+            watching_since: 0,
             term: 0,
             peer: Peer {
                 links: vec![None; cfg.links.len()],
@@ -285,6 +290,22 @@ impl Fsm {
             } => self.sync_state(lag_zero, outdated),
             Event::VipProbe { at, answered } => self.vip_probe(at, answered),
             Event::OperatorSwitch { to, .. } => self.operator(to, &mut out),
+            Event::Resumed { now } => {
+                // Silence during the stall was not watched; a claim in
+                // flight is abandoned (the peer may call us lost any moment,
+                // so a grant in the backlog must not open the gate).
+                self.watching_since = now;
+                tracing::warn!(
+                    node = self.cfg.node_id,
+                    "agent resumed after a stall: watching the peer afresh"
+                );
+                if matches!(self.state, State::Promoting { .. }) {
+                    self.go(
+                        Step::to(State::Secondary { grant: None }, Reason::HandoverTimeout),
+                        &mut out,
+                    );
+                }
+            }
             Event::LeaseLapsed { now } => {
                 if matches!(self.state, State::Primary { .. }) {
                     self.go(
@@ -327,6 +348,14 @@ impl Fsm {
             | State::HeldOff { grant: Some(grant) } => (false, false, true, grant),
             _ => (false, false, false, self.term),
         };
+        // Grant only a peer heard recently enough that its lease, opened by
+        // this grant, ends before this node could call it lost.
+        let window = u64::try_from(self.cfg.grant_window.as_nanos()).unwrap_or(u64::MAX);
+        let handover = handover
+            && self
+                .peer
+                .last_heard
+                .is_some_and(|t| self.now.saturating_sub(t) <= window);
         Advert {
             node_id: self.cfg.node_id,
             priority: self.cfg.priority,
@@ -392,6 +421,9 @@ impl Fsm {
             let mut sign = self.peer.last_heard;
             if self.cfg.remote_services_as_heartbeat && !self.is_active() {
                 sign = sign.max(self.peer.vip_answered);
+            }
+            if self.watching_since > 0 {
+                sign = Some(sign.map_or(self.watching_since, |t| t.max(self.watching_since)));
             }
             if let Some(t) = sign {
                 let lost_at = t.saturating_add(self.threshold).saturating_add(1);
@@ -1008,6 +1040,11 @@ impl Fsm {
         let mut sign = self.peer.last_heard.unwrap_or(self.started_at);
         if self.cfg.remote_services_as_heartbeat {
             sign = sign.max(self.peer.vip_answered.unwrap_or(0));
+        }
+        // A node that just resumed from a stall watches a full threshold
+        // before it calls the peer lost.
+        if self.now.saturating_sub(self.watching_since) <= self.threshold {
+            return None;
         }
         let silent_ns = self.now.saturating_sub(sign);
         let links = self

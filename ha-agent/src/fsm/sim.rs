@@ -179,6 +179,12 @@ impl Sim {
                 handover_timeout: Duration::from_nanos(p.handover_timeout),
                 remote_services_as_heartbeat: p.rsah,
                 promote_outdated: s.promote_outdated,
+                grant_window: Duration::from_nanos(
+                    p.threshold
+                        .saturating_sub(p.lease)
+                        .saturating_sub(p.delay.1)
+                        .saturating_sub(1),
+                ),
             },
             fsm: None,
             epoch: 0,
@@ -347,9 +353,11 @@ impl Sim {
                         self.now as f64 / 1e6,
                         times.join(" ")
                     ));
+                    // The control loop notices its stall, then drains what
+                    // queued up while it was stopped, then ticks; the sender
+                    // is late and sends.
+                    self.feed(node, Event::Resumed { now });
                     let n = &mut self.nodes[node];
-                    // The control loop first drains what queued up while it
-                    // was stopped, then ticks; the sender is late and sends.
                     for e in std::mem::take(&mut n.backlog) {
                         self.feed(node, e);
                     }

@@ -19,6 +19,7 @@ fn cfg(mode: ConfiguredMode) -> FsmConfig {
         handover_timeout: Duration::from_millis(30),
         remote_services_as_heartbeat: false,
         promote_outdated: false,
+        grant_window: Duration::from_millis(6),
     }
 }
 

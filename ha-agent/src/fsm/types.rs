@@ -289,6 +289,16 @@ pub enum Event {
         /// Current time.
         now: Nanos,
     },
+    /// The agent was not running for a while (its control loop stalled:
+    /// a gap of more than half the threshold) and runs again. It did not
+    /// watch the peer meanwhile, so the peer's silence during the stall
+    /// proves nothing: the peer is called lost only after a full threshold
+    /// of watching, and a claim in flight is abandoned. Fed before the
+    /// events that queued up during the stall.
+    Resumed {
+        /// Current time.
+        now: Nanos,
+    },
     /// SIGTERM: close the gate and tell the peer to take over at once.
     Shutdown {
         /// Current time.
@@ -307,6 +317,7 @@ impl Event {
             | Self::SyncState { now, .. }
             | Self::OperatorSwitch { now, .. }
             | Self::LeaseLapsed { now }
+            | Self::Resumed { now }
             | Self::Shutdown { now } => *now,
             Self::PeerHeard { at, .. } | Self::VipProbe { at, .. } => *at,
         }
