@@ -11,6 +11,7 @@ pub mod packets;
 pub mod plane;
 pub mod privileges;
 pub mod prober;
+pub mod rawsock;
 pub mod servers;
 pub mod tap;
 pub mod topology;

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{Netns, packets as pk};
+use crate::{Netns, packets as pk, rawsock::packet_socket};
 
 /// CLOCK_MONOTONIC in nanoseconds (the agents' clock, shared by all namespaces).
 #[must_use]
@@ -70,47 +70,6 @@ fn icmp_echo(id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
     m
 }
 
-fn packet_socket(ifindex: u32, proto: u16) -> OwnedFd {
-    // SAFETY: plain socket(2) call; the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be())) };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fd is a fresh, valid descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: sockaddr_ll zero-initialised and filled; size passed matches.
-    unsafe {
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        let r = libc::bind(
-            fd.as_raw_fd(),
-            (&raw const sll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert!(
-            r == 0,
-            "bind AF_PACKET: {}",
-            std::io::Error::last_os_error()
-        );
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 20_000,
-        };
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        );
-    }
-    fd
-}
-
 impl Prober {
     /// Starts probing `vip` from `ns` (interface `ifname`, address `client`,
     /// MAC `client_mac`) every `period`; `targets` are the MACs to probe
@@ -131,8 +90,8 @@ impl Prober {
         let sent = Arc::new(Mutex::new(Vec::new()));
         // Sockets are made inside the namespace, then used from any thread.
         let (rx_fd, tx_fd, icmp_fd) = ns.run(|| {
-            let rx = packet_socket(ifindex, 0x0800);
-            let tx = packet_socket(ifindex, 0x0800);
+            let rx = packet_socket(ifindex, 0x0800, Duration::from_millis(20));
+            let tx = packet_socket(ifindex, 0x0800, Duration::from_millis(20));
             // SAFETY: plain socket(2) call; the fd is owned right away.
             let icmp = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP) };
             assert!(

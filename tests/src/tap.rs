@@ -5,15 +5,16 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use ha_common::HB_FRAME_LEN;
 
-use crate::Netns;
-
-const ETH_P_ALL: u16 = 0x0003;
+use crate::{
+    Netns,
+    rawsock::{ETH_P_ALL, packet_socket},
+};
 
 /// An AF_PACKET socket bound to one interface of a namespace.
 #[derive(Debug)]
@@ -31,54 +32,7 @@ impl Tap {
         let fd = ns.run(|| {
             let ifindex = nix::net::if_::if_nametoindex(ifname)
                 .unwrap_or_else(|e| panic!("{ifname} in {}: {e}", ns.name()));
-            // SAFETY: plain socket(2); the descriptor is owned at once.
-            let raw = unsafe {
-                libc::socket(
-                    libc::AF_PACKET,
-                    libc::SOCK_RAW,
-                    i32::from(ETH_P_ALL.to_be()),
-                )
-            };
-            assert!(
-                raw >= 0,
-                "AF_PACKET socket: {}",
-                std::io::Error::last_os_error()
-            );
-            // SAFETY: `raw` is a fresh valid descriptor nobody else owns.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: a zeroed sockaddr_ll is valid; we pass its exact size.
-            let r = unsafe {
-                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-                sll.sll_family = libc::AF_PACKET as u16;
-                sll.sll_protocol = ETH_P_ALL.to_be();
-                sll.sll_ifindex = ifindex as i32;
-                libc::bind(
-                    fd.as_raw_fd(),
-                    (&raw const sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            assert!(
-                r == 0,
-                "bind AF_PACKET to {ifname}: {}",
-                std::io::Error::last_os_error()
-            );
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 10_000,
-            };
-            // SAFETY: the option value is a timeval of the size given.
-            let r = unsafe {
-                libc::setsockopt(
-                    fd.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_RCVTIMEO,
-                    (&raw const tv).cast(),
-                    std::mem::size_of::<libc::timeval>() as u32,
-                )
-            };
-            assert!(r == 0, "SO_RCVTIMEO: {}", std::io::Error::last_os_error());
-            fd
+            packet_socket(ifindex, ETH_P_ALL, Duration::from_millis(10))
         });
         Self { fd }
     }
