@@ -449,9 +449,20 @@ impl Agent {
         self.metrics_refreshed = Instant::now();
         let f = self.fsm.status();
         self.metrics.set_effective_role(feed::role(f.effective));
+        // Per-link health comes from the receivers: the state machine hears
+        // only the first copy of each frame, so its per-link view lags for
+        // the link whose copy arrives second.
+        let now = now_ns();
+        let threshold =
+            u64::try_from(self.cfg.cluster.lost_threshold.as_nanos()).unwrap_or(u64::MAX);
         for (i, l) in self.cfg.heartbeat.iter().enumerate() {
-            self.metrics
-                .set_link_up(&l.interface, f.peer.links.get(i).is_some_and(|s| s.up));
+            let up = self
+                .receivers
+                .iter()
+                .find(|r| r.link() == i as u32)
+                .and_then(|r| r.health().last_rx_ns)
+                .is_some_and(|t| now.saturating_sub(t) <= threshold);
+            self.metrics.set_link_up(&l.interface, up);
         }
         if let Ok(c) = self.dp.counters().all() {
             if let Err(e) = self.metrics.set_dataplane_counters(&c) {
