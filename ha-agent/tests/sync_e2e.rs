@@ -96,7 +96,7 @@ fn snapshot(root: &Path) -> Snap {
         let Ok(rd) = fs::read_dir(&dir) else { return };
         for e in rd.flatten() {
             let name = e.file_name().into_string().unwrap();
-            if name.starts_with(".ha-sync-tmp.") {
+            if ha_agent::sync::path::is_temp_name(&name) {
                 continue;
             }
             let p = if rel.is_empty() {
@@ -134,7 +134,7 @@ fn temps(root: &Path) -> usize {
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(".ha-sync-tmp.") {
+            if ha_agent::sync::path::is_temp_name(&e.file_name().to_string_lossy()) {
                 n += 1;
             } else if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());

@@ -103,7 +103,7 @@ fn files(root: &Path) -> (BTreeMap<String, Vec<u8>>, usize) {
         };
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().into_string().unwrap();
-            if name.starts_with(".ha-sync-tmp.") {
+            if ha_agent::sync::path::is_temp_name(&name) {
                 *temps += 1;
                 continue;
             }
