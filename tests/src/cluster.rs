@@ -735,6 +735,25 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
+impl Cluster {
+    /// After a failure: prints the tail of both agents' logs and keeps the
+    /// whole logs (the temporary directory goes with the cluster).
+    pub fn report_failure(&self) {
+        eprintln!("---- log of node A ----\n{}", tail(&self.log(Node::A)));
+        eprintln!("---- log of node B ----\n{}", tail(&self.log(Node::B)));
+        let keep = std::env::temp_dir().join(format!("ha-e2e-failed-{}", self.instances[0]));
+        if std::fs::create_dir_all(&keep).is_ok() {
+            for n in [Node::A, Node::B] {
+                let _ = std::fs::copy(
+                    self.log_path(n),
+                    keep.join(format!("{}.log", Self::name(n))),
+                );
+            }
+            eprintln!("full logs kept in {}", keep.display());
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for i in 0..2 {
@@ -748,19 +767,7 @@ impl Drop for Cluster {
             }
         }
         if std::thread::panicking() {
-            eprintln!("---- log of node A ----\n{}", tail(&self.log(Node::A)));
-            eprintln!("---- log of node B ----\n{}", tail(&self.log(Node::B)));
-            // The temporary directory goes; keep the whole logs for a post-mortem.
-            let keep = std::env::temp_dir().join(format!("ha-e2e-failed-{}", self.instances[0]));
-            if std::fs::create_dir_all(&keep).is_ok() {
-                for n in [Node::A, Node::B] {
-                    let _ = std::fs::copy(
-                        self.log_path(n),
-                        keep.join(format!("{}.log", Self::name(n))),
-                    );
-                }
-                eprintln!("full logs kept in {}", keep.display());
-            }
+            self.report_failure();
         }
         for inst in &self.instances {
             let _ = ha_agent::dataplane::remove_pins(&ha_agent::dataplane::Options::new(inst));

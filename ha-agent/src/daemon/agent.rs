@@ -36,6 +36,10 @@ use crate::{
     monitor::{Health, MonitorEvent, Monitors},
 };
 
+/// Longest wait for netlink address changes where the agent must wait: at
+/// start (stale VIPs go before anything else) and at shutdown.
+const STARTUP_RTNL_WAIT: Duration = Duration::from_secs(5);
+
 /// What woke the control loop.
 enum Wake {
     Heartbeat(HeartbeatEvent),
@@ -54,6 +58,8 @@ pub(super) struct Agent {
     pub dp: DataPlane,
     pub gate: GateControl,
     pub vips: VipSet,
+    /// The I/O runtime (netlink, monitors, hooks): never waited on here.
+    pub io: tokio::runtime::Handle,
     pub shared: Arc<HbShared>,
     pub sender: heartbeat::Sender,
     pub receivers: Vec<ReceiverHandle>,
@@ -96,7 +102,11 @@ fn xdp_mode(m: XdpMode) -> XdpAttachMode {
     }
 }
 
-pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<()> {
+pub(super) async fn run(
+    cfg: Config,
+    config_path: std::path::PathBuf,
+    io: tokio::runtime::Handle,
+) -> Result<()> {
     let _lock = lock::take(&cfg.runtime.state_dir, &cfg.runtime.instance)?;
     let ct = cfg.cluster.timing();
     let timing = heartbeat::Timing {
@@ -120,7 +130,7 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
         DataPlane::open(&Options::new(&cfg.runtime.instance)).context("loading the data plane")?;
     let gate = dp.gate();
     gate.set_active(false, 0).context("closing the gate")?;
-    let mut vips = VipSet::open(&cfg).await?;
+    let vips = VipSet::open(&cfg, &io).await?;
     gate.set_vips(&vips.addresses())
         .context("loading the VIP set into the gate")?;
     gate.set_fence_ports(&cfg.cluster.fence_ports)
@@ -145,7 +155,10 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
             .with_context(|| format!("service interface {iface}: attaching the gate"))?;
     }
     // Not active yet: a restarted agent must not keep addresses it held.
-    vips.release().await?;
+    vips.release();
+    if !vips.settled(STARTUP_RTNL_WAIT).await {
+        anyhow::bail!("removing VIPs left by an earlier agent took longer than {STARTUP_RTNL_WAIT:?}");
+    }
 
     // Heartbeat.
     let key = HbKey::derive(cfg.cluster.password.expose(), cfg.cluster.id)
@@ -209,20 +222,25 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     // Monitors.
     let (mon_tx, mut mon_rx) = mpsc::channel::<MonitorEvent>(64);
     let (remote_tx, mut remote_rx) = mpsc::channel::<MonitorEvent>(64);
-    let (nl_conn, nl_handle, _) =
-        rtnetlink::new_connection().context("netlink socket for monitors")?;
-    tokio::spawn(nl_conn);
-    let local_specs = monitors::local_specs(&cfg);
-    let local_monitors = if local_specs.is_empty() {
-        None
-    } else {
-        Some(Monitors::spawn(local_specs, &nl_handle, &mon_tx)?)
-    };
-    let remote_specs = monitors::remote_specs(&cfg);
-    let remote_monitors = if remote_specs.is_empty() {
-        None
-    } else {
-        Some(Monitors::spawn(remote_specs, &nl_handle, &remote_tx)?)
+    // Monitors live on the I/O runtime: a link check waits for RTNL.
+    let (local_monitors, remote_monitors) = {
+        let _io = io.enter();
+        let (nl_conn, nl_handle, _) =
+            rtnetlink::new_connection().context("netlink socket for monitors")?;
+        tokio::spawn(nl_conn);
+        let local_specs = monitors::local_specs(&cfg);
+        let local = if local_specs.is_empty() {
+            None
+        } else {
+            Some(Monitors::spawn(local_specs, &nl_handle, &mon_tx)?)
+        };
+        let remote_specs = monitors::remote_specs(&cfg);
+        let remote = if remote_specs.is_empty() {
+            None
+        } else {
+            Some(Monitors::spawn(remote_specs, &nl_handle, &remote_tx)?)
+        };
+        (local, remote)
     };
     let last_heard = Arc::new(AtomicU64::new(0));
     let active_flag = Arc::new(AtomicBool::new(false));
@@ -268,11 +286,13 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
     }
     let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(listen) = cfg.metrics.listen {
-        let server = crate::metrics::MetricsServer::bind(listen)
+        let server = io
+            .spawn(crate::metrics::MetricsServer::bind(listen))
             .await
+            .context("metrics endpoint")?
             .context("metrics endpoint")?;
         let m = metrics.clone();
-        tokio::spawn(async move {
+        io.spawn(async move {
             server
                 .run(m, async {
                     let _ = metrics_stop_rx.await;
@@ -293,6 +313,7 @@ pub(super) async fn run(cfg: Config, config_path: std::path::PathBuf) -> Result<
         dp,
         gate,
         vips,
+        io,
         shared,
         sender,
         receivers,
@@ -717,33 +738,30 @@ impl Agent {
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {
-                    if let Err(e) = self.vips.hold().await {
-                        error!(error = %format!("{e:#}"), "adding VIPs failed");
-                    }
                     // The lease runs from the evidence, not from now: a
                     // decision taken on a stale backlog opens nothing.
                     let deadline = at + self.lease_ns;
                     if let Err(e) = self.gate.set_active(true, deadline) {
                         error!(error = %e, "opening the gate failed");
                     }
-                    self.vips.announce();
+                    // Addresses and announcements follow on the I/O
+                    // runtime (they wait for RTNL; this loop must not).
+                    self.vips.hold();
                     if let Some(s) = self.sync.as_mut() {
                         s.set_active(true);
                     }
-                    info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs held and announced");
+                    info!(%reason, vips = ?self.vips.addresses(), "active: gate open, VIPs being added and announced");
                 }
                 Action::Deactivate { reason } => {
                     // Gate first: from this write on nothing is served.
                     if let Err(e) = self.gate.set_active(false, 0) {
                         error!(error = %e, "closing the gate failed");
                     }
-                    if let Err(e) = self.vips.release().await {
-                        error!(error = %format!("{e:#}"), "removing VIPs failed");
-                    }
+                    self.vips.release();
                     if let Some(s) = self.sync.as_mut() {
                         s.set_active(false);
                     }
-                    info!(%reason, "passive: gate closed, VIPs released");
+                    info!(%reason, "passive: gate closed, VIPs being released");
                 }
                 Action::SetPeerActive { active } => {
                     if let Err(e) = self.gate.set_forward(self.cfg.cluster.forward, active) {
@@ -751,7 +769,7 @@ impl Agent {
                     }
                 }
                 Action::RunHook { from, to, reason } => {
-                    hooks::spawn(&self.cfg.hooks, from, to, reason.to_string())
+                    hooks::spawn(&self.io, &self.cfg.hooks, from, to, reason.to_string())
                 }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {
@@ -781,7 +799,10 @@ impl Agent {
         let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
         self.apply_result(actions).await;
         let _ = self.gate.set_active(false, 0);
-        let _ = self.vips.release().await;
+        self.vips.release();
+        if !self.vips.settled(STARTUP_RTNL_WAIT).await {
+            warn!("VIPs not confirmed removed within {STARTUP_RTNL_WAIT:?}; the gate is closed");
+        }
         self.publish();
         self.sender.stop();
         self.receivers.clear();

@@ -20,11 +20,17 @@ fn command_for(hooks: &Hooks, to: EffectiveMode) -> Option<&str> {
 }
 
 /// Starts the hook for `from -> to` in the background.
-pub fn spawn(hooks: &Hooks, from: EffectiveMode, to: EffectiveMode, reason: String) {
+pub fn spawn(
+    io: &tokio::runtime::Handle,
+    hooks: &Hooks,
+    from: EffectiveMode,
+    to: EffectiveMode,
+    reason: String,
+) {
     let Some(cmd) = command_for(hooks, to).map(str::to_owned) else {
         return;
     };
-    tokio::spawn(async move {
+    io.spawn(async move {
         let started = std::time::Instant::now();
         let child = tokio::process::Command::new("/bin/sh")
             .arg("-c")

@@ -22,6 +22,9 @@ use anyhow::{Context as _, Result, bail};
 /// SCHED_FIFO priority of the control loop and receivers (sender: 40).
 const CONTROL_PRIORITY: i32 = 20;
 
+/// Worker threads of the I/O runtime (netlink, monitors, metrics, hooks).
+const IO_THREADS: usize = 2;
+
 /// `ha-agent run --config FILE`.
 ///
 /// # Errors
@@ -60,10 +63,24 @@ pub fn run(path: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    // Whatever may wait on the kernel's RTNL lock (VIP addresses, link
+    // monitors) or on the network (metrics, hooks) runs here, at normal
+    // priority, so that the realtime threads above never block on it.
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(IO_THREADS)
+        .thread_name("ha-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let io_handle = io.handle().clone();
     // The control loop runs on a (realtime) worker thread, not on this one.
     let path = path.to_owned();
-    rt.block_on(async move { tokio::spawn(agent::run(cfg, path)).await })
-        .context("the control loop panicked")?
+    let result = rt
+        .block_on(async move { tokio::spawn(agent::run(cfg, path, io_handle)).await })
+        .context("the control loop panicked")?;
+    // Hooks and announcements still running are not waited for.
+    io.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 fn init_logging() {

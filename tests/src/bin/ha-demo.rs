@@ -203,10 +203,15 @@ fn main() -> Result<()> {
 
     s.step("restart A's agent: on_failure = become-secondary, so it rejoins as secondary")?;
     c.start(Node::A);
-    wait("A secondary", Duration::from_secs(10), || {
+    if let Err(e) = wait("A secondary", Duration::from_secs(10), || {
         c.status(Node::A)
             .is_some_and(|x| x.effective_mode == "secondary")
-    })?;
+    }) {
+        show(&c, Node::A);
+        show(&c, Node::B);
+        c.report_failure();
+        return Err(e);
+    }
     std::thread::sleep(Duration::from_millis(200));
     let b_still = probe
         .replies()
