@@ -207,3 +207,56 @@ fn policy_become_secondary_after_service_link_failure_rejoins_as_secondary() {
     }
     policy_become_secondary(Fault::ServiceLink);
 }
+
+/// The failure CI caught: a returning node's agent start holds the kernel's
+/// RTNL lock (XDP link updates, 5–15 ms each), and the active node's
+/// control loop, blocked behind it in a link check, let its own lease lapse
+/// and handed the role back. With the demo's fast profile (1 ms / 10 ms),
+/// A is killed and restarted three times: B must keep the role throughout,
+/// its control loop must never stall, and A must rejoin as secondary each
+/// time.
+#[test]
+fn restarts_of_the_returning_node_never_disturb_the_active_one() {
+    if !require_root() {
+        return;
+    }
+    let fast = ClusterOpts {
+        interval: "1ms",
+        threshold: "10ms",
+        ..opts("become-secondary")
+    };
+    let mut c = Cluster::running(&fast, SETTLE);
+    c.signal(Node::A, Signal::SIGKILL);
+    let b = c.wait_mode(Node::B, "primary", FAILOVER);
+    let took_over = b.last_transition.clone().expect("B's takeover");
+    let gates = c.gate_watch();
+    let t0 = now_ns();
+    for round in 1..=3 {
+        c.start(Node::A);
+        let a = c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
+            s.state == "secondary" && s.peer.alive
+        });
+        assert!(
+            reason(&a).contains("become-secondary"),
+            "round {round}: A names its policy: {}",
+            reason(&a)
+        );
+        c.holds(Node::B, "B keeps serving", QUIET, |s| {
+            s.effective_mode == "primary"
+                && s.gate.open
+                && s.last_transition.as_ref().map(|t| &t.at) == Some(&took_over.at)
+        });
+        c.signal(Node::A, Signal::SIGKILL);
+    }
+    assert_eq!(
+        c.log(Node::B).matches("control loop stalled").count(),
+        0,
+        "B's control loop stalled while A restarted; {}",
+        c.stalls()
+    );
+    let b_open = gates.open_intervals(Node::B, t0);
+    assert!(
+        gates.last_open(Node::A, t0).is_none(),
+        "A's gate opened while B served; B open {b_open:?}"
+    );
+}
