@@ -100,7 +100,7 @@ pub struct LinkInfo {
     pub accepted: u64,
     /// Sequence gaps (lost frames).
     pub gaps: u64,
-    /// Frames timed in userspace because the kernel record was missing.
+    /// Frames timed without the XDP record (socket arrival stamp instead).
     pub kernel_fallbacks: u64,
     /// Refused frames by kind (forged, replayed, ...).
     pub refused: BTreeMap<String, u64>,

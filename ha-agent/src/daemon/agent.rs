@@ -157,7 +157,9 @@ pub(super) async fn run(
     // Not active yet: a restarted agent must not keep addresses it held.
     vips.release();
     if !vips.settled(STARTUP_RTNL_WAIT).await {
-        anyhow::bail!("removing VIPs left by an earlier agent took longer than {STARTUP_RTNL_WAIT:?}");
+        anyhow::bail!(
+            "removing VIPs left by an earlier agent took longer than {STARTUP_RTNL_WAIT:?}"
+        );
     }
 
     // Heartbeat.

@@ -232,7 +232,9 @@ fn announce(ifaces: &[Iface]) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for i in ifaces {
         match Announcer::new(i.link.link(), &i.vips) {
-            Ok(a) => tasks.push(tokio::spawn(async move { a.run(Schedule::default()).await })),
+            Ok(a) => tasks.push(tokio::spawn(
+                async move { a.run(Schedule::default()).await },
+            )),
             Err(e) => {
                 tracing::error!(ifname = %i.link.link().name, error = %e, "cannot announce VIPs");
             }

@@ -17,6 +17,22 @@ pub fn thread_cpu_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID).map_or(0, |t| timespec_ns(&t))
 }
 
+/// Converts a CLOCK_REALTIME time of the past (a socket receive timestamp:
+/// `SO_TIMESTAMPNS` has no monotonic variant) to CLOCK_MONOTONIC, given
+/// both clocks read together now. Clamped to `mono_now`: a clock step
+/// between arrival and now cannot make a frame look newer than its read.
+#[must_use]
+pub fn realtime_to_mono(real_ns: u64, real_now: u64, mono_now: u64) -> u64 {
+    mono_now.saturating_sub(real_now.saturating_sub(real_ns))
+}
+
+/// A socket receive timestamp (CLOCK_REALTIME) on CLOCK_MONOTONIC.
+#[must_use]
+pub fn socket_time_to_mono(ts: &TimeSpec) -> u64 {
+    let real_now = clock_gettime(ClockId::CLOCK_REALTIME).map_or(0, |t| timespec_ns(&t));
+    realtime_to_mono(timespec_ns(ts), real_now, now_ns())
+}
+
 fn timespec_ns(t: &TimeSpec) -> u64 {
     let s = u64::try_from(t.tv_sec()).unwrap_or(0);
     let n = u64::try_from(t.tv_nsec()).unwrap_or(0);
@@ -61,5 +77,22 @@ mod tests {
         // A past deadline returns at once.
         sleep_until(start);
         assert!(now_ns() - end < 50_000_000);
+    }
+
+    #[test]
+    fn realtime_maps_onto_monotonic_by_age() {
+        // Arrived 3 ms before "now" on the realtime clock: 3 ms before now on
+        // the monotonic one, whatever the two clocks' origins.
+        assert_eq!(
+            realtime_to_mono(97_000_000, 100_000_000, 5_000_000),
+            2_000_000
+        );
+        // A realtime step backwards (arrival "in the future"): clamped to now.
+        assert_eq!(
+            realtime_to_mono(101_000_000, 100_000_000, 5_000_000),
+            5_000_000
+        );
+        // Older than the monotonic origin: 0, not a wrap.
+        assert_eq!(realtime_to_mono(1, 100_000_000, 5_000_000), 0);
     }
 }

@@ -13,6 +13,45 @@ const TOS_CS6: libc::c_int = 0xC0;
 /// `TC_PRIO_INTERACTIVE`: the first band of the default qdisc.
 const SO_PRIORITY_INTERACTIVE: libc::c_int = 6;
 
+/// Reads one datagram from the non-blocking socket `fd`, with its kernel
+/// arrival time on CLOCK_MONOTONIC when the socket stamps arrivals
+/// (`SO_TIMESTAMPNS`, set by [`LinkSocket::open`]).
+///
+/// # Errors
+/// `WouldBlock` when nothing is queued; other socket errors as they come.
+pub fn recv_timed(
+    fd: std::os::fd::RawFd,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<u64>)> {
+    use nix::sys::socket::{
+        ControlMessageOwned, MsgFlags, SockaddrLike as _, SockaddrStorage, recvmsg,
+    };
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+    let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)?;
+    let arrived = msg.cmsgs().ok().and_then(|mut it| {
+        it.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(super::clock::socket_time_to_mono(&ts)),
+            _ => None,
+        })
+    });
+    let from = msg
+        .address
+        .and_then(|a| match a.family() {
+            Some(nix::sys::socket::AddressFamily::Inet) => a
+                .as_sockaddr_in()
+                .map(|s| SocketAddr::from(std::net::SocketAddrV4::from(*s))),
+            Some(nix::sys::socket::AddressFamily::Inet6) => a
+                .as_sockaddr_in6()
+                .map(|s| SocketAddr::from(std::net::SocketAddrV6::from(*s))),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source")
+        })?;
+    Ok((msg.bytes, from, arrived))
+}
+
 /// One heartbeat link as configured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkSpec {
@@ -103,6 +142,10 @@ impl LinkSocket {
         }
         setsockopt(&socket, sockopt::Priority, &SO_PRIORITY_INTERACTIVE)
             .map_err(opt("SO_PRIORITY"))?;
+        // The kernel's arrival time of each datagram: the fallback when the
+        // XDP record of a frame is missing, so that a frame that sat in the
+        // socket while the agent stalled does not look fresh.
+        setsockopt(&socket, sockopt::ReceiveTimestampns, &true).map_err(opt("SO_TIMESTAMPNS"))?;
         socket
             .set_nonblocking(true)
             .map_err(|source| LinkError::Option {
@@ -151,6 +194,34 @@ mod tests {
         assert_ne!(l.local_addr().unwrap().port(), 0);
         let mut buf = [0u8; 8];
         let e = l.socket.recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn a_datagram_that_waited_keeps_its_arrival_time() {
+        use std::os::fd::AsRawFd as _;
+        let a = LinkSocket::open(&spec("127.0.0.1:0", None)).unwrap();
+        let b = LinkSocket::open(&spec("127.0.0.1:0", None)).unwrap();
+        b.socket.send_to(b"hello", a.local_addr().unwrap()).unwrap();
+        let sent = super::super::clock::now_ns();
+        // The agent "stalls" with the datagram queued.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let (len, from, arrived) = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap();
+        let read = super::super::clock::now_ns();
+        assert_eq!(&buf[..len], b"hello");
+        assert_eq!(from, b.local_addr().unwrap());
+        let arrived = arrived.expect("SO_TIMESTAMPNS gives an arrival time");
+        assert!(
+            read - arrived >= 45_000_000,
+            "arrival {arrived} must be ~50 ms before the read {read}"
+        );
+        // Within 5 ms of the send (clock conversion and scheduling slack).
+        assert!(
+            arrived.abs_diff(sent) < 5_000_000,
+            "arrival {arrived}, sent {sent}"
+        );
+        let e = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
     }
 

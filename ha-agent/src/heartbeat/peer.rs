@@ -401,8 +401,11 @@ impl PeerState {
 pub enum RxSource {
     /// The XDP program's record of this very (epoch, seq).
     Kernel,
-    /// The agent's own clock when it read the frame (record missing or not
-    /// plausible).
+    /// The socket's arrival timestamp (`SO_TIMESTAMPNS`): the XDP record is
+    /// missing or not plausible.
+    Socket,
+    /// The agent's own clock when it read the frame (no record, no socket
+    /// timestamp).
     Userspace,
 }
 
@@ -412,17 +415,25 @@ pub enum RxSource {
 /// number may have claimed the slot first, with an earlier time), and not
 /// older than `max_age`.
 #[must_use]
+///
+/// Without a usable record, the socket's arrival time (`socket_ns`, never
+/// later than the read) stands in, however old: a frame that waited in the
+/// socket while this agent stalled must look as old as it is.
 pub fn choose_rx_time(
     kernel_ns: Option<u64>,
+    socket_ns: Option<u64>,
     user_ns: u64,
     prev_rx_ns: Option<u64>,
     max_age: Duration,
 ) -> (u64, RxSource) {
     let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-    match kernel_ns {
-        Some(k) if k <= user_ns && prev_rx_ns.is_none_or(|p| k >= p) && user_ns - k <= max_age => {
+    match (kernel_ns, socket_ns) {
+        (Some(k), _)
+            if k <= user_ns && prev_rx_ns.is_none_or(|p| k >= p) && user_ns - k <= max_age =>
+        {
             (k, RxSource::Kernel)
         }
+        (_, Some(s)) => (s.min(user_ns), RxSource::Socket),
         _ => (user_ns, RxSource::Userspace),
     }
 }
@@ -448,7 +459,8 @@ pub struct LinkHealthSnapshot {
     pub gaps: u64,
     /// Receive time of the newest accepted frame (CLOCK_MONOTONIC ns).
     pub last_rx_ns: Option<u64>,
-    /// Accepted frames timed by the agent's clock instead of the kernel's.
+    /// Accepted frames without a usable XDP record (timed by the socket's
+    /// arrival stamp, or by the agent's clock when that is missing too).
     pub kernel_fallbacks: u64,
     /// Refusals per kind, in [`RefusalKind::ALL`] order.
     pub refused: [u64; RefusalKind::ALL.len()],
@@ -492,7 +504,7 @@ impl LinkHealth {
         self.last_rx_ns = Some(self.last_rx_ns.map_or(rx_ns, |p| p.max(rx_ns)));
         self.accepted += 1;
         self.gaps += gap;
-        if source == RxSource::Userspace {
+        if source != RxSource::Kernel {
             self.kernel_fallbacks += 1;
         }
     }
@@ -794,27 +806,57 @@ mod tests {
     fn kernel_time_used_only_when_plausible() {
         let age = Duration::from_millis(6);
         assert_eq!(
-            choose_rx_time(Some(900), 1000, Some(500), age),
+            choose_rx_time(Some(900), None, 1000, Some(500), age),
             (900, RxSource::Kernel)
         );
         assert_eq!(
-            choose_rx_time(None, 1000, Some(500), age),
+            choose_rx_time(None, None, 1000, Some(500), age),
             (1000, RxSource::Userspace)
         );
         // After we read it: impossible.
         assert_eq!(
-            choose_rx_time(Some(1001), 1000, None, age),
+            choose_rx_time(Some(1001), None, 1000, None, age),
             (1000, RxSource::Userspace)
         );
         // Before the previous frame: a forgery claimed the slot first.
         assert_eq!(
-            choose_rx_time(Some(400), 1000, Some(500), age),
+            choose_rx_time(Some(400), None, 1000, Some(500), age),
             (1000, RxSource::Userspace)
         );
         // Older than the threshold.
         assert_eq!(
-            choose_rx_time(Some(1), 10_000_000, None, age).1,
+            choose_rx_time(Some(1), None, 10_000_000, None, age).1,
             RxSource::Userspace
+        );
+    }
+
+    #[test]
+    fn socket_time_stands_in_for_a_missing_record_however_old() {
+        let age = Duration::from_millis(6);
+        // The record wins when plausible.
+        assert_eq!(
+            choose_rx_time(Some(900), Some(950), 1000, None, age),
+            (900, RxSource::Kernel)
+        );
+        // No record: the socket's arrival time, not the read time.
+        assert_eq!(
+            choose_rx_time(None, Some(950), 1000, None, age),
+            (950, RxSource::Socket)
+        );
+        // A frame that sat in the socket through a 50 ms stall stays 50 ms old.
+        assert_eq!(
+            choose_rx_time(None, Some(1_000), 50_001_000, None, age),
+            (1_000, RxSource::Socket)
+        );
+        // An implausible record falls back to the socket time.
+        assert_eq!(
+            choose_rx_time(Some(400), Some(990), 1000, Some(500), age),
+            (990, RxSource::Socket)
+        );
+        // Never later than the read.
+        assert_eq!(
+            choose_rx_time(None, Some(1200), 1000, None, age),
+            (1000, RxSource::Socket)
         );
     }
 

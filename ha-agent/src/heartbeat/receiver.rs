@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -161,8 +162,15 @@ impl LinkReceiver {
         self.health.clone()
     }
 
-    /// Handles one datagram read at `user_ns`.
-    pub fn handle(&mut self, from: SocketAddr, bytes: &[u8], user_ns: u64) -> HeartbeatEvent {
+    /// Handles one datagram that arrived at `socket_ns` (the socket's
+    /// timestamp, if any) and was read at `user_ns`.
+    pub fn handle(
+        &mut self,
+        from: SocketAddr,
+        bytes: &[u8],
+        socket_ns: Option<u64>,
+        user_ns: u64,
+    ) -> HeartbeatEvent {
         match self.check(from, bytes) {
             Ok((hb, acc)) => {
                 // Incompatible timing: alive all the same, but said loudly
@@ -184,6 +192,7 @@ impl LinkReceiver {
                 let kernel = self.ctx.kernel.rx_time(self.link, hb.epoch, hb.seq);
                 let (rx_ns, rx_source) = choose_rx_time(
                     kernel,
+                    socket_ns,
                     user_ns,
                     health.last_rx_ns(),
                     self.ctx.shared.timing.threshold,
@@ -304,7 +313,13 @@ pub fn spawn(
         async move {
             let mut buf = [0u8; 2048];
             loop {
-                let (len, from) = match socket.recv_from(&mut buf).await {
+                let fd = socket.as_raw_fd();
+                let read = socket
+                    .async_io(tokio::io::Interest::READABLE, || {
+                        super::link::recv_timed(fd, &mut buf)
+                    })
+                    .await;
+                let (len, from, arrived) = match read {
                     Ok(r) => r,
                     Err(e) => {
                         // ICMP errors of earlier sends surface here; keep going.
@@ -312,7 +327,7 @@ pub fn spawn(
                         continue;
                     }
                 };
-                let ev = rx.handle(from, &buf[..len], now_ns());
+                let ev = rx.handle(from, &buf[..len], arrived, now_ns());
                 let closed = match ev {
                     HeartbeatEvent::Accepted { .. } => events.send(ev).await.is_err(),
                     HeartbeatEvent::Refused { .. } => matches!(
@@ -398,7 +413,7 @@ mod tests {
         // 1: the peer has not heard us; we learn and echo its epoch.
         let f1 = them.frame(1, 0, &snap, (0, 0)).encode(&key());
         assert!(matches!(
-            rx.handle(from, &f1, 1_000),
+            rx.handle(from, &f1, None, 1_000),
             HeartbeatEvent::Refused {
                 kind: RefusalKind::Unconfirmed,
                 ..
@@ -412,7 +427,7 @@ mod tests {
 
         // 2: echoes us; kernel record used.
         let f2 = them.frame(2, 0, &snap, (us.epoch, 1)).encode(&key());
-        match rx.handle(from, &f2, 6_000) {
+        match rx.handle(from, &f2, None, 6_000) {
             HeartbeatEvent::Accepted {
                 rx_ns,
                 rx_source,
@@ -431,7 +446,7 @@ mod tests {
         // 3: no record: userspace time, counted.
         let f3 = them.frame(3, 0, &snap, (us.epoch, 1)).encode(&key());
         assert!(matches!(
-            rx.handle(from, &f3, 7_000),
+            rx.handle(from, &f3, None, 7_000),
             HeartbeatEvent::Accepted {
                 rx_ns: 7_000,
                 rx_source: RxSource::Userspace,
@@ -452,7 +467,7 @@ mod tests {
         ];
         for (src, bytes, want) in cases {
             assert!(
-                matches!(rx.handle(src, bytes, 8_000), HeartbeatEvent::Refused { kind, .. } if kind == want),
+                matches!(rx.handle(src, bytes, None, 8_000), HeartbeatEvent::Refused { kind, .. } if kind == want),
                 "{want:?}"
             );
         }
