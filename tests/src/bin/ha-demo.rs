@@ -226,6 +226,9 @@ fn main() -> Result<()> {
     show(&c, Node::A);
     show(&c, Node::B);
 
+    // A control loop that was not scheduled for half a threshold says so in
+    // its log; a healthy run has none.
+    println!("  {}", c.stalls());
     s.step("clean up (namespaces, agents, pins)")?;
     drop(probe);
     drop(c);
