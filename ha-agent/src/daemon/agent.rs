@@ -40,6 +40,9 @@ use crate::{
 /// start (stale VIPs go before anything else) and at shutdown.
 const STARTUP_RTNL_WAIT: Duration = Duration::from_secs(5);
 
+/// Longest wait for the sender's first frame before the state machine starts.
+const FIRST_SEND_WAIT: Duration = Duration::from_secs(1);
+
 /// What woke the control loop.
 enum Wake {
     Heartbeat(HeartbeatEvent),
@@ -306,6 +309,20 @@ pub(super) async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
+    // The start-up wait counts from our first heartbeat on the wire: a peer
+    // that is already active can only echo our new epoch, and so be heard,
+    // after that frame, and the sender thread can take a while to start
+    // (mlockall faults the whole process in; ~10 ms for a debug build here).
+    // Counting from before it let a restarted node claim the role while its
+    // active peer's frames were still refused as echoing the old epoch.
+    let first_send_by = Instant::now() + FIRST_SEND_WAIT;
+    while sender.stats().first_send_ns.load(Ordering::Acquire) == 0 {
+        if Instant::now() >= first_send_by {
+            warn!(wait = ?FIRST_SEND_WAIT, "no heartbeat sent yet; starting the state machine anyway");
+            break;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
     let actions = fsm.handle(Event::Start { now: start_ns })?;

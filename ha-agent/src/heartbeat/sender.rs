@@ -78,6 +78,8 @@ pub struct SenderStats {
     pub realtime: AtomicBool,
     /// `mlockall` succeeded.
     pub memory_locked: AtomicBool,
+    /// When the first frame went out (CLOCK_MONOTONIC ns; 0 = not yet).
+    pub first_send_ns: AtomicU64,
 }
 
 impl SenderStats {
@@ -195,6 +197,7 @@ impl Sender {
             cpu_ns: AtomicU64::new(0),
             realtime: AtomicBool::new(false),
             memory_locked: AtomicBool::new(false),
+            first_send_ns: AtomicU64::new(0),
         });
         let worker = Worker {
             shared,
@@ -354,6 +357,11 @@ impl Worker {
                     .encode(&self.key);
                 self.send_all(&frame, &mut last_err_log);
                 self.shared.set_last_seq(seq);
+                if seq == 1 {
+                    self.stats
+                        .first_send_ns
+                        .store(now_ns().max(1), Ordering::Release);
+                }
                 if gate == Gate::Renew {
                     renew(now_ns());
                     self.stats.renewals.fetch_add(1, Ordering::Relaxed);
