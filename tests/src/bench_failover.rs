@@ -217,11 +217,10 @@ impl Keepalived {
     /// that nothing gets to release the VIP cleanly (a crash).
     fn kill_a(&mut self) {
         for p in &self.pids[0..2] {
-            if let Ok(s) = std::fs::read_to_string(p) {
-                if let Ok(pid) = s.trim().parse::<i32>() {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                }
+            if let Ok(s) = std::fs::read_to_string(p)
+                && let Ok(pid) = s.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
@@ -230,11 +229,10 @@ impl Keepalived {
 impl Drop for Keepalived {
     fn drop(&mut self) {
         for p in &self.pids {
-            if let Ok(s) = std::fs::read_to_string(p) {
-                if let Ok(pid) = s.trim().parse::<i32>() {
-                    let _ =
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                }
+            if let Ok(s) = std::fs::read_to_string(p)
+                && let Ok(pid) = s.trim().parse::<i32>()
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
         self.procs.clear();

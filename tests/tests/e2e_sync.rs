@@ -25,6 +25,9 @@ use nix::sys::signal::Signal;
 const MAX_LAG: &str = "200ms";
 const MAX_LAG_NS: u64 = 200_000_000;
 
+/// Messages delivered on the primary: name -> (rename completed at, body).
+type Delivered = BTreeMap<String, (u64, Vec<u8>)>;
+
 fn deliver(dir: &Path, name: &str, body: &[u8]) {
     std::fs::create_dir_all(dir.join("tmp")).unwrap();
     std::fs::create_dir_all(dir.join("new")).unwrap();
@@ -86,7 +89,7 @@ fn kill_9_while_a_writer_runs_loses_nothing_older_than_max_lag() {
 
     // A writer delivers Maildir-style on A, recording when each rename completed.
     let stop = Arc::new(AtomicBool::new(false));
-    let done: Arc<Mutex<BTreeMap<String, (u64, Vec<u8>)>>> = Arc::default();
+    let done: Arc<Mutex<Delivered>> = Arc::default();
     let writer = {
         let (stop, done, dir) = (stop.clone(), done.clone(), c.mail_dir(Node::A));
         std::thread::spawn(move || {

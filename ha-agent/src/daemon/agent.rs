@@ -421,11 +421,11 @@ pub(super) async fn run(
         }
         agent.tick().await;
         last_iteration = now_ns();
-        if let Some(p) = watchdog {
-            if last_feed.elapsed() >= p {
-                notify::feed();
-                last_feed = Instant::now();
-            }
+        if let Some(p) = watchdog
+            && last_feed.elapsed() >= p
+        {
+            notify::feed();
+            last_feed = Instant::now();
         }
     }
     notify::stopping();
@@ -447,17 +447,16 @@ impl Agent {
         self.poll_sync().await;
         // An open gate whose lease ran out means this agent stalled: step
         // down and re-acquire the role through the protocol.
-        if self.fsm.is_active() {
-            if let Ok(g) = self.gate.snapshot() {
-                if !g.active || g.lease_deadline_ns <= now {
-                    warn!(
-                        lease_deadline_ns = g.lease_deadline_ns,
-                        now, "gate lease lapsed while active"
-                    );
-                    let actions = self.fsm.handle(Event::LeaseLapsed { now });
-                    self.apply_result(actions).await;
-                }
-            }
+        if self.fsm.is_active()
+            && let Ok(g) = self.gate.snapshot()
+            && (!g.active || g.lease_deadline_ns <= now)
+        {
+            warn!(
+                lease_deadline_ns = g.lease_deadline_ns,
+                now, "gate lease lapsed while active"
+            );
+            let actions = self.fsm.handle(Event::LeaseLapsed { now });
+            self.apply_result(actions).await;
         }
         self.publish();
     }
@@ -504,10 +503,10 @@ impl Agent {
                 .is_some_and(|t| now.saturating_sub(t) <= threshold);
             self.metrics.set_link_up(&l.interface, up);
         }
-        if let Ok(c) = self.dp.counters().all() {
-            if let Err(e) = self.metrics.set_dataplane_counters(&c) {
-                tracing::debug!(error = %e, "data plane counters without metrics");
-            }
+        if let Ok(c) = self.dp.counters().all()
+            && let Err(e) = self.metrics.set_dataplane_counters(&c)
+        {
+            tracing::debug!(error = %e, "data plane counters without metrics");
         }
         if let Some(s) = &self.sync {
             s.metrics(&self.metrics, self.fsm.is_active());
@@ -601,18 +600,18 @@ impl Agent {
         let Some(view) = self.last_view else { return };
         let last = self.last_heard.load(Ordering::Relaxed);
         for link in 0..self.cfg.heartbeat.len() {
-            if let Some((seq, at)) = self.times.newest(link as u32, view.epoch) {
-                if at > last {
-                    tracing::debug!(
-                        link,
-                        seq,
-                        behind_us = (at - last) / 1000,
-                        "liveness from the kernel ring ahead of the receiver"
-                    );
-                    self.last_heard.fetch_max(at, Ordering::Relaxed);
-                    let actions = self.fsm.handle(Event::PeerHeard { at, link, view });
-                    self.apply_result(actions).await;
-                }
+            if let Some((seq, at)) = self.times.newest(link as u32, view.epoch)
+                && at > last
+            {
+                tracing::debug!(
+                    link,
+                    seq,
+                    behind_us = (at - last) / 1000,
+                    "liveness from the kernel ring ahead of the receiver"
+                );
+                self.last_heard.fetch_max(at, Ordering::Relaxed);
+                let actions = self.fsm.handle(Event::PeerHeard { at, link, view });
+                self.apply_result(actions).await;
             }
         }
     }

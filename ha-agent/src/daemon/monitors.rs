@@ -55,9 +55,7 @@ pub fn local_specs(cfg: &Config) -> Vec<MonitorSpec> {
                     },
                     MinFree::Percent(p) => DiskLimits {
                         min_free_bytes: nix::sys::statvfs::statvfs(path.as_path())
-                            .map(|s| {
-                                s.blocks() as u64 * s.fragment_size() as u64 / 100 * u64::from(p)
-                            })
+                            .map(|s| s.blocks() * s.fragment_size() / 100 * u64::from(p))
                             .unwrap_or(0),
                         min_free_inodes: 0,
                     },

@@ -47,5 +47,5 @@ pub fn ensure_mounted(pin_root: &Path) -> Result<(), DataPlaneError> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
 }
