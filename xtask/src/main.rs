@@ -36,7 +36,7 @@ enum Command {
     /// Run every test (unit, in-kernel, network namespaces, end to end).
     Test {
         /// Extra arguments passed to `cargo test` after `--` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Live demo on this machine: two nodes in network namespaces, a failover, cleanup.
@@ -46,7 +46,7 @@ enum Command {
         /// Which benchmark.
         which: String,
         /// Extra arguments for the benchmark.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Install the agent, an example config and the systemd unit.
@@ -80,5 +80,35 @@ fn main() -> Result<()> {
         // Checks the toolchain itself, only when it has to build.
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_after_the_benchmark_name_reach_the_benchmark() {
+        // The README's command line: `--runs` belongs to the benchmark, not to xtask.
+        let cli = Cli::try_parse_from([
+            "xtask",
+            "bench",
+            "failover",
+            "--runs",
+            "20",
+            "--interval",
+            "1ms",
+        ])
+        .unwrap();
+        let Command::Bench { which, args } = cli.command else {
+            panic!("bench expected")
+        };
+        assert_eq!(which, "failover");
+        assert_eq!(args, ["--runs", "20", "--interval", "1ms"]);
+        let cli = Cli::try_parse_from(["xtask", "test", "--exact", "some_test"]).unwrap();
+        let Command::Test { args } = cli.command else {
+            panic!("test expected")
+        };
+        assert_eq!(args, ["--exact", "some_test"]);
     }
 }
