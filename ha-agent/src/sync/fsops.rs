@@ -92,6 +92,10 @@ pub struct Tree {
 
 /// A file being received: its temporary name in `dir` and its final name
 /// in `dest` (the same directory unless [`Tree::retarget`] moved it).
+///
+/// Dropped before [`Tree::commit_file`] succeeded, it removes its temporary
+/// name: a transfer cut by any error (a reset connection, a read timeout)
+/// leaves nothing behind, not only one that saw a clean end of stream.
 #[derive(Debug)]
 pub struct TempFile {
     /// Directory holding the temporary file.
@@ -104,6 +108,16 @@ pub struct TempFile {
     /// Final name in the final directory.
     pub name: String,
     pub file: File,
+    /// Renamed into place (or removed): nothing left to clean up.
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.settled.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = rustix::fs::unlinkat(&self.dir, self.tmp.as_str(), AtFlags::empty());
+        }
+    }
 }
 
 fn dir_flags() -> OFlags {
@@ -167,6 +181,7 @@ impl Tree {
             dest: None,
             name,
             file: File::from(fd),
+            settled: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -232,12 +247,15 @@ impl Tree {
     pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
         let dest = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
         rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str())
-            .map_err(|e| FsError::from_errno(rel_for_errors, e))
+            .map_err(|e| FsError::from_errno(rel_for_errors, e))?;
+        t.settled.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Removes a temporary file (abandoned transfer).
     pub fn discard(t: &TempFile) {
         let _ = rustix::fs::unlinkat(&t.dir, t.tmp.as_str(), AtFlags::empty());
+        t.settled.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renames `from` to `to`; returns the two parent directories to fsync.
@@ -525,11 +543,30 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_transfer_leaves_no_temporary_a_committed_one_stays() {
+        use std::io::Write as _;
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        // Cut off by an error mid-body: dropped without commit or discard.
+        let mut cut = tree.begin_file("d/cut", 1).unwrap();
+        cut.file.write_all(b"half").unwrap();
+        drop(cut);
+        assert_eq!(fs::read_dir(t.path().join("d")).unwrap().count(), 0);
+        let mut ok = tree.begin_file("d/ok", 2).unwrap();
+        ok.file.write_all(b"whole").unwrap();
+        Tree::commit_file(&ok, "d/ok").unwrap();
+        drop(ok);
+        assert_eq!(fs::read(t.path().join("d/ok")).unwrap(), b"whole");
+        assert_eq!(fs::read_dir(t.path().join("d")).unwrap().count(), 1);
+    }
+
+    #[test]
     fn clean_temps_removes_only_temps() {
         let t = tempfile::tempdir().unwrap();
         let tree = Tree::open(t.path()).unwrap();
         let f = tree.begin_file("d/x", 9).unwrap();
-        drop(f);
+        // An interrupted run: the process died, no destructor ran.
+        std::mem::forget(f);
         fs::write(t.path().join("d/keep"), b"k").unwrap();
         assert_eq!(tree.clean_temps().unwrap(), 1);
         assert_eq!(fs::read_dir(t.path().join("d")).unwrap().count(), 1);
