@@ -140,17 +140,22 @@ fn policy_restore_role(fault: Fault) {
     assert_never_both(&c, &gates, t0);
 }
 
-/// `become-secondary`: A rejoins as secondary and B keeps the role.
-fn policy_become_secondary(fault: Fault) {
-    let (c, gates, t0) = fail_and_recover("become-secondary", fault);
+/// Waits until A is a secondary hearing B, by its become-secondary policy.
+fn wait_rejoined_as_secondary(c: &Cluster, when: &str) {
     let a = c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
         s.state == "secondary" && s.peer.alive
     });
     assert!(
         reason(&a).contains("become-secondary"),
-        "A names its policy: {}",
+        "{when}: A names its policy: {}",
         reason(&a)
     );
+}
+
+/// `become-secondary`: A rejoins as secondary and B keeps the role.
+fn policy_become_secondary(fault: Fault) {
+    let (c, gates, t0) = fail_and_recover("become-secondary", fault);
+    wait_rejoined_as_secondary(&c, "after the fault");
     c.holds(Node::A, "A stays secondary", QUIET, |s| {
         s.effective_mode == "secondary" && !s.gate.open
     });
@@ -233,14 +238,7 @@ fn restarts_of_the_returning_node_never_disturb_the_active_one() {
     let t0 = now_ns();
     for round in 1..=3 {
         c.start(Node::A);
-        let a = c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
-            s.state == "secondary" && s.peer.alive
-        });
-        assert!(
-            reason(&a).contains("become-secondary"),
-            "round {round}: A names its policy: {}",
-            reason(&a)
-        );
+        wait_rejoined_as_secondary(&c, &format!("round {round}"));
         c.holds(Node::B, "B keeps serving", QUIET, |s| {
             s.effective_mode == "primary"
                 && s.gate.open
