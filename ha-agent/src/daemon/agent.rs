@@ -38,7 +38,7 @@ use crate::{
 
 /// Longest wait for netlink address changes where the agent must wait: at
 /// start (stale VIPs go before anything else) and at shutdown.
-const STARTUP_RTNL_WAIT: Duration = Duration::from_secs(5);
+const RTNL_WAIT: Duration = Duration::from_secs(5);
 
 /// Longest wait for the sender's first frame before the state machine starts.
 const FIRST_SEND_WAIT: Duration = Duration::from_secs(1);
@@ -159,10 +159,8 @@ pub(super) async fn run(
     }
     // Not active yet: a restarted agent must not keep addresses it held.
     vips.release();
-    if !vips.settled(STARTUP_RTNL_WAIT).await {
-        anyhow::bail!(
-            "removing VIPs left by an earlier agent took longer than {STARTUP_RTNL_WAIT:?}"
-        );
+    if !vips.settled(RTNL_WAIT).await {
+        anyhow::bail!("removing VIPs left by an earlier agent took longer than {RTNL_WAIT:?}");
     }
 
     // Heartbeat.
@@ -818,8 +816,8 @@ impl Agent {
         self.apply_result(actions).await;
         let _ = self.gate.set_active(false, 0);
         self.vips.release();
-        if !self.vips.settled(STARTUP_RTNL_WAIT).await {
-            warn!("VIPs not confirmed removed within {STARTUP_RTNL_WAIT:?}; the gate is closed");
+        if !self.vips.settled(RTNL_WAIT).await {
+            warn!("VIPs not confirmed removed within {RTNL_WAIT:?}; the gate is closed");
         }
         self.publish();
         self.sender.stop();

@@ -26,11 +26,12 @@ pub fn realtime_to_mono(real_ns: u64, real_now: u64, mono_now: u64) -> u64 {
     mono_now.saturating_sub(real_now.saturating_sub(real_ns))
 }
 
-/// A socket receive timestamp (CLOCK_REALTIME) on CLOCK_MONOTONIC.
+/// A socket receive timestamp (CLOCK_REALTIME) on CLOCK_MONOTONIC, given
+/// the monotonic time `mono_now` just read.
 #[must_use]
-pub fn socket_time_to_mono(ts: &TimeSpec) -> u64 {
+pub fn socket_time_to_mono(ts: &TimeSpec, mono_now: u64) -> u64 {
     let real_now = clock_gettime(ClockId::CLOCK_REALTIME).map_or(0, |t| timespec_ns(&t));
-    realtime_to_mono(timespec_ns(ts), real_now, now_ns())
+    realtime_to_mono(timespec_ns(ts), real_now, mono_now)
 }
 
 fn timespec_ns(t: &TimeSpec) -> u64 {

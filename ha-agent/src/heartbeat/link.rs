@@ -13,25 +13,38 @@ const TOS_CS6: libc::c_int = 0xC0;
 /// `TC_PRIO_INTERACTIVE`: the first band of the default qdisc.
 const SO_PRIORITY_INTERACTIVE: libc::c_int = 6;
 
+/// One datagram read by [`recv_timed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Datagram {
+    /// Bytes read into the buffer.
+    pub len: usize,
+    /// Sender.
+    pub from: SocketAddr,
+    /// Kernel arrival time (CLOCK_MONOTONIC ns), when the socket stamps arrivals.
+    pub arrived_ns: Option<u64>,
+    /// When it was read (CLOCK_MONOTONIC ns).
+    pub read_ns: u64,
+}
+
 /// Reads one datagram from the non-blocking socket `fd`, with its kernel
-/// arrival time on CLOCK_MONOTONIC when the socket stamps arrivals
-/// (`SO_TIMESTAMPNS`, set by [`LinkSocket::open`]).
+/// arrival time when the socket stamps arrivals (`SO_TIMESTAMPNS`, set by
+/// [`LinkSocket::open`]).
 ///
 /// # Errors
 /// `WouldBlock` when nothing is queued; other socket errors as they come.
-pub fn recv_timed(
-    fd: std::os::fd::RawFd,
-    buf: &mut [u8],
-) -> io::Result<(usize, SocketAddr, Option<u64>)> {
+pub fn recv_timed(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<Datagram> {
     use nix::sys::socket::{
         ControlMessageOwned, MsgFlags, SockaddrLike as _, SockaddrStorage, recvmsg,
     };
     let mut iov = [io::IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
     let msg = recvmsg::<SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)?;
+    let read_ns = super::clock::now_ns();
     let arrived = msg.cmsgs().ok().and_then(|mut it| {
         it.find_map(|c| match c {
-            ControlMessageOwned::ScmTimestampns(ts) => Some(super::clock::socket_time_to_mono(&ts)),
+            ControlMessageOwned::ScmTimestampns(ts) => {
+                Some(super::clock::socket_time_to_mono(&ts, read_ns))
+            }
             _ => None,
         })
     });
@@ -49,7 +62,12 @@ pub fn recv_timed(
         .ok_or_else(|| {
             io::Error::new(io::ErrorKind::InvalidData, "datagram without an IP source")
         })?;
-    Ok((msg.bytes, from, arrived))
+    Ok(Datagram {
+        len: msg.bytes,
+        from,
+        arrived_ns: arrived,
+        read_ns,
+    })
 }
 
 /// One heartbeat link as configured.
@@ -212,8 +230,8 @@ mod tests {
             b.socket.send_to(b"hello", a.local_addr().unwrap()).unwrap();
             // The agent "stalls" with the datagram queued.
             std::thread::sleep(std::time::Duration::from_millis(50));
-            let (len, from, arrived) = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap();
-            let read = super::super::clock::now_ns();
+            let d = recv_timed(a.socket.as_raw_fd(), &mut buf).unwrap();
+            let (len, from, arrived, read) = (d.len, d.from, d.arrived_ns, d.read_ns);
             assert_eq!(&buf[..len], b"hello");
             assert_eq!(from, b.local_addr().unwrap());
             let arrived = arrived.expect("SO_TIMESTAMPNS gives an arrival time");

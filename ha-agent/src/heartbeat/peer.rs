@@ -414,11 +414,11 @@ pub enum RxSource {
 /// previous accepted frame (a forged frame that guessed a future sequence
 /// number may have claimed the slot first, with an earlier time), and not
 /// older than `max_age`.
-#[must_use]
 ///
 /// Without a usable record, the socket's arrival time (`socket_ns`, never
 /// later than the read) stands in, however old: a frame that waited in the
 /// socket while this agent stalled must look as old as it is.
+#[must_use]
 pub fn choose_rx_time(
     kernel_ns: Option<u64>,
     socket_ns: Option<u64>,

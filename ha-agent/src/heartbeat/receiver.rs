@@ -16,7 +16,6 @@ use tracing::Instrument;
 use crate::dataplane::{DataPlaneError, HeartbeatTimes};
 
 use super::auth::HbKey;
-use super::clock::now_ns;
 use super::codec::{Heartbeat, decode};
 use super::link::LinkSocket;
 use super::peer::{
@@ -319,7 +318,7 @@ pub fn spawn(
                         super::link::recv_timed(fd, &mut buf)
                     })
                     .await;
-                let (len, from, arrived) = match read {
+                let d = match read {
                     Ok(r) => r,
                     Err(e) => {
                         // ICMP errors of earlier sends surface here; keep going.
@@ -327,7 +326,7 @@ pub fn spawn(
                         continue;
                     }
                 };
-                let ev = rx.handle(from, &buf[..len], arrived, now_ns());
+                let ev = rx.handle(d.from, &buf[..d.len], d.arrived_ns, d.read_ns);
                 let closed = match ev {
                     HeartbeatEvent::Accepted { .. } => events.send(ev).await.is_err(),
                     HeartbeatEvent::Refused { .. } => matches!(
