@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
+    answer,
     configsync::ConfigSync,
     convert,
     datasync::{self, DataSync, HandBackDone},
@@ -698,46 +699,24 @@ impl Agent {
                     SwitchTo::Secondary => SwitchTarget::Secondary,
                 };
                 info!(%to, "operator switch requested");
+                let refused = self.fsm.switch_refusal(to);
                 let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
-                let message = match &r {
-                    Ok(_) => {
-                        format!("switch to {to} requested; `ha-agent status` shows its progress")
-                    }
-                    Err(e) => format!("switch refused: {e}"),
+                let resp = match &r {
+                    Ok(_) => answer::switch(to, refused),
+                    Err(e) => answer::switch(to, Some(&e.to_string())),
                 };
-                let ok = r.is_ok();
                 self.apply_result(r).await;
-                Response {
-                    ok,
-                    message,
-                    status: None,
-                }
+                resp
             }
-            Request::Sync { what } => match (&self.sync, what) {
-                (Some(s), SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: true,
-                    message: s.resync().to_owned(),
-                    status: None,
-                },
-                (None, SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: false,
-                    message: "data sync is not configured ([backup] lists no directory)".into(),
-                    status: None,
-                },
-                (_, SyncWhat::Config) => match &self.config_sync {
-                    Some(c) => Response {
-                        ok: true,
-                        message: c.push_now().to_owned(),
-                        status: None,
-                    },
-                    None => Response {
-                        ok: false,
-                        message: "config sync is not configured ([config_sync] paths is empty)"
-                            .into(),
-                        status: None,
-                    },
-                },
-            },
+            Request::Sync { what } => {
+                let data = matches!(what, SyncWhat::All | SyncWhat::Data)
+                    .then(|| self.sync.as_ref().map(DataSync::resync))
+                    .flatten();
+                let config = matches!(what, SyncWhat::All | SyncWhat::Config)
+                    .then(|| self.config_sync.as_ref().map(ConfigSync::push_now))
+                    .flatten();
+                answer::sync(what, data, config)
+            }
         };
         let _ = cmd.reply.send(resp);
     }

@@ -136,17 +136,18 @@ impl DataSync {
         }
     }
 
-    /// Forces a full reconcile now (`ha-agent sync data`).
-    pub fn resync(&self) -> &'static str {
+    /// Forces a full reconcile now (`ha-agent sync data`): `Ok` when one
+    /// started, `Err` saying why nothing was done.
+    pub fn resync(&self) -> Result<&'static str, &'static str> {
         match (&self.sender, &self.receiver) {
             (Some(s), _) => {
                 s.resync();
-                "full reconcile of mail data and spool started (this node sends)"
+                Ok("full reconcile of mail data and spool started (this node sends)")
             }
-            (None, Some(_)) => {
-                "this node is passive: it receives; run `ha-agent sync data` on the primary"
-            }
-            _ => "data sync is not running",
+            (None, Some(_)) => Err(
+                "this node is passive: it receives mail data; run `ha-agent sync data` on the primary",
+            ),
+            _ => Err("data sync is not running"),
         }
     }
 

@@ -4,6 +4,7 @@
 //! carried out here, in order.
 
 mod agent;
+mod answer;
 mod configsync;
 mod convert;
 mod datasync;
