@@ -1,8 +1,9 @@
 //! What the control socket and the CLI tell an operator is what the agent
 //! did: `sync` reports what started or that nothing was done, a refused
-//! switch is reported as refused with its reason and a failing exit status.
+//! switch is reported as refused with its reason and a failing exit status,
+//! and a user who is not root is told that root is needed.
 
-use std::{process::Command, time::Duration};
+use std::{os::unix::process::CommandExt as _, process::Command, time::Duration};
 
 use ha_agent::control::{Request, Response, SwitchTo, SyncWhat, request};
 use ha_tests::{
@@ -99,6 +100,20 @@ fn sync_and_switch_answers_say_what_was_done() {
     c.holds(Node::B, "B stays off", Duration::from_millis(200), |s| {
         s.effective_mode == "off"
     });
+
+    // A user other than root is told that root is needed, not that the
+    // agent may not be running.
+    let out = Command::new(agent_binary())
+        .args(["status", "--socket"])
+        .arg(c.socket(Node::A))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run the agent binary as nobody");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "status as nobody fails");
+    assert!(err.contains("run this command as root"), "{err}");
+    assert!(!err.contains("running"), "{err}");
 
     // An accepted switch still says so.
     let (ok, out, err) = cli(&c, Node::A, &["switch", "primary"]);
