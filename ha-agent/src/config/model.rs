@@ -125,7 +125,7 @@ pub enum Service {
     Pop3,
     /// IMAP: an `* OK` greeting.
     Imap,
-    /// HTTP: any status line to a `HEAD /`.
+    /// HTTP: any status line in answer to `GET /`.
     Http,
 }
 
