@@ -279,6 +279,7 @@ pub(super) async fn run(
         _ => crate::metrics::Role::Off,
     });
     metrics.set_effective_role(crate::metrics::Role::Secondary);
+    feed::init_sync(&metrics);
     for l in &cfg.heartbeat {
         metrics.add_link(&l.interface);
     }
@@ -507,8 +508,12 @@ impl Agent {
         {
             tracing::debug!(error = %e, "data plane counters without metrics");
         }
-        if let Some(s) = &self.sync {
+        if let Some(s) = self.sync.as_mut() {
             s.metrics(&self.metrics, self.fsm.is_active());
+        }
+        if let Some(t) = self.config_sync.as_ref().and_then(ConfigSync::last_sync) {
+            self.metrics
+                .sync_completed(crate::metrics::SyncKind::Config, t);
         }
         for m in [&self.local_monitors, &self.remote_monitors]
             .into_iter()

@@ -129,6 +129,11 @@ impl ConfigSync {
         }
     }
 
+    /// When a configuration push or apply last succeeded.
+    pub fn last_sync(&self) -> Option<std::time::SystemTime> {
+        self.handle.as_ref().and_then(|h| h.status().last_sync)
+    }
+
     /// `(last sync, checksum, in agreement)` for the status page.
     pub fn info(&self) -> (Option<String>, Option<String>, bool) {
         let Some(h) = &self.handle else {

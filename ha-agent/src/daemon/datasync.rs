@@ -36,6 +36,8 @@ pub struct DataSync {
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Counters of the sender and receiver already added to the metrics.
+    fed: [super::metrics::SyncSeen; 2],
 }
 
 fn stop_in_background(h: SyncHandle) {
@@ -68,6 +70,7 @@ impl DataSync {
             reported: None,
             done_tx,
             handing_back: false,
+            fed: Default::default(),
         }))
     }
 
@@ -81,6 +84,7 @@ impl DataSync {
             (true, false) => match Sender::spawn(self.cfg.clone()) {
                 Ok(h) => {
                     info!(peer = %self.cfg.peer, "data sync sender started");
+                    self.fed[0] = super::metrics::SyncSeen::default();
                     self.sender = Some(h);
                 }
                 Err(e) => error!(error = %e, "data sync sender could not start"),
@@ -237,8 +241,29 @@ impl DataSync {
         }
     }
 
-    /// Feeds the metrics (lag, backlog, outdated).
-    pub fn metrics(&self, m: &crate::metrics::Metrics, active: bool) {
+    /// Feeds the metrics (lag, backlog, outdated, files, bytes, errors,
+    /// last success).
+    pub fn metrics(&mut self, m: &crate::metrics::Metrics, active: bool) {
+        use crate::metrics::Direction;
+        for (i, (dir, s)) in [
+            (Direction::Sent, self.sender_status()),
+            (Direction::Received, self.receiver_status()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(s) = s {
+                self.fed[i].feed(m, dir, &s);
+            }
+        }
+        let last = [self.sender_status(), self.receiver_status()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.last_sync)
+            .max();
+        if let Some(t) = last {
+            m.sync_completed(crate::metrics::SyncKind::Data, t);
+        }
         let s = if active {
             self.sender_status()
         } else {

@@ -18,7 +18,8 @@ use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
     BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
+    OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind,
+    TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
@@ -86,7 +87,7 @@ pub struct Metrics {
     sync_backlog_bytes: Gauge,
     sync_files: Family<DirectionLabel, Counter>,
     sync_bytes: Family<DirectionLabel, Counter>,
-    sync_errors: Family<KindLabel, Counter>,
+    sync_errors: Family<OwnedKindLabel, Counter>,
     sync_last: Family<KindLabel, FloatGauge>,
     sync_outdated: Gauge,
     monitor_state: Family<MonitorStateLabel, Gauge>,
@@ -459,9 +460,18 @@ impl Metrics {
     }
 
     /// Counts a sync error of `kind` (a fixed name chosen by the sync
-    /// module, e.g. `disk_full`, `connection`, `rejected_path`).
-    pub fn sync_error(&self, kind: &'static str) {
-        self.sync_errors.get_or_create(&KindLabel { kind }).inc();
+    /// module, e.g. `no_space`, `connection`, `unsafe_path`).
+    pub fn sync_error(&self, kind: &str) {
+        self.add_sync_errors(kind, 1);
+    }
+
+    /// Counts `n` sync errors of `kind` (`n = 0` makes the series exist).
+    pub fn add_sync_errors(&self, kind: &str, n: u64) {
+        self.sync_errors
+            .get_or_create(&OwnedKindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Records a completed sync of `kind` at `at`.
