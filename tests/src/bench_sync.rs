@@ -1,4 +1,4 @@
-//! `ha-bench sync`: the data-sync benchmark of issue 4.
+//! `ha-bench sync`: the data-sync benchmark.
 //!
 //! Two namespaces joined by a veth pair (10.200.77.1 ⇄ 10.200.77.2). On the
 //! same generated mail tree and link, in one run:

@@ -54,7 +54,8 @@ enum Cmd {
         #[command(flatten)]
         target: control::Target,
     },
-    /// Force a full reconcile with the peer now (the seed's "start sync").
+    /// Sync with the peer now: a full reconcile of data and configuration
+    /// (run on the primary; fails when nothing was done).
     Sync {
         /// What to sync.
         #[arg(default_value = "all")]

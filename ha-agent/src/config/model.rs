@@ -38,14 +38,14 @@ pub struct Config {
     pub metrics: Metrics,
 }
 
-/// Configured operating mode of a member (the seed's "mode").
+/// Configured operating mode of a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// Active-passive primary (the seed's "master").
+    /// Active-passive primary (alias `master`).
     #[serde(alias = "master")]
     Primary,
-    /// Active-passive secondary (the seed's "slave").
+    /// Active-passive secondary (alias `slave`).
     #[serde(alias = "slave")]
     Secondary,
     /// Config-only cluster: the member that pushes configuration.
@@ -71,7 +71,7 @@ impl Mode {
     }
 }
 
-/// What a node does after it has failed (the seed's "on failure").
+/// What a node does after it has failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnFailure {
@@ -401,7 +401,7 @@ pub struct Metrics {
 
 /// The cluster-wide settings that config sync pushes to the peer.
 ///
-/// Everything else is per node: the seed never syncs mode, names,
+/// Everything else is per node: never synced are mode, names,
 /// interfaces and addresses, the HA role, backup options or monitors.
 /// `cluster.id`, `cluster.password` and `cluster.base_port` are not synced
 /// either: they define the channel that carries the push, so changing them

@@ -93,7 +93,7 @@ fn base_config_parses_with_documented_defaults() {
 }
 
 #[test]
-fn seed_words_master_and_slave_are_aliases() {
+fn master_and_slave_are_aliases() {
     assert_eq!(
         parse(&edit("\"primary\"", "\"master\""), None)
             .expect("valid")

@@ -1,4 +1,4 @@
-//! Config sync (issue 4): the primary pushes the application configuration
+//! Config sync: the primary pushes the application configuration
 //! (`[config_sync] paths`, minus the per-node `exclude` globs) and the
 //! cluster keys of the agent's own configuration ([`SyncedView`]) to its
 //! peer on every change and on demand; the peer applies them, runs

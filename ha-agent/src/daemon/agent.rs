@@ -643,9 +643,9 @@ impl Agent {
             return;
         }
         // Each link's receiver queues its fresh frames on one channel, so a
-        // frame can land behind a newer one from the other link (seen after
-        // a SIGSTOP: the peer's old "secondary, handover" advert delivered
-        // after its "active" one made this become-secondary node claim the
+        // frame can land behind a newer one from the other link (after a
+        // stall, an old "secondary, handover" advert would arrive after the
+        // peer's "active" one and make a become-secondary node claim the
         // role back). The state machine must see adverts in order.
         if self
             .newest_seq

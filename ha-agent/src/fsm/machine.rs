@@ -435,7 +435,7 @@ impl Fsm {
         next
     }
 
-    /// The status (the seed's status page plus what an operator must see).
+    /// The status (the HA status page plus what an operator must see).
     #[must_use]
     pub fn status(&self) -> FsmStatus {
         let now = self.now;

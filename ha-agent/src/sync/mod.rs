@@ -1,4 +1,4 @@
-//! Mail data and spool sync (issue 4): the primary streams every change of
+//! Mail data and spool sync: the primary streams every change of
 //! its mail directories and MTA spool to the secondary, durably, over an
 //! authenticated TCP channel; see `docs/sync.md`.
 //!
