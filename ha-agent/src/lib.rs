@@ -15,4 +15,5 @@ pub mod heartbeat;
 pub mod metrics;
 pub mod monitor;
 pub mod sync;
+pub mod testing;
 pub mod vip;

@@ -236,11 +236,7 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
         return;
     }
     if !Path::new("/usr/sbin/postfix").exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: Postfix is not installed (cargo xtask setup --test-deps)"
-        );
-        eprintln!("skipped: Postfix is not installed");
+        ha_agent::testing::skip("Postfix is not installed (cargo xtask setup --test-deps)");
         return;
     }
     let (a, b, relay) = (Netns::new(), Netns::new(), Netns::new());
