@@ -3,6 +3,7 @@
 mod check_config;
 mod cleanup;
 mod control;
+mod docs;
 
 use std::path::PathBuf;
 
@@ -70,6 +71,13 @@ enum Cmd {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `main` of the `ha-agent` binary (and of the test crate's copy): runs
@@ -99,5 +107,6 @@ pub fn main() -> Result<()> {
         Cmd::Switch { to, target } => control::switch(&target, to),
         Cmd::Sync { what, target } => control::sync(&target, what),
         Cmd::Cleanup { config } => cleanup::run(&config),
+        Cmd::GenerateDocs { out } => docs::run(&out),
     }
 }
