@@ -278,8 +278,16 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     Ok(())
 }
 
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    )
+}
+
 /// Builds the release binary with the real eBPF object embedded.
-fn build_release() -> Result<PathBuf> {
+pub fn build_release() -> Result<PathBuf> {
     crate::setup::run(false)?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args([
@@ -293,15 +301,11 @@ fn build_release() -> Result<PathBuf> {
     // A stub object (AYA_BUILD_SKIP) would install an agent without a data plane.
     c.env_remove("AYA_BUILD_SKIP");
     cmd::run(&mut c)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    Ok(target.join("release/ha-agent"))
+    Ok(target_dir().join("release/ha-agent"))
 }
 
 /// Runs `binary --version`: refuses a file that is not a working agent.
-fn binary_version(binary: &Path) -> Result<String> {
+pub fn binary_version(binary: &Path) -> Result<String> {
     let out = Command::new(binary)
         .arg("--version")
         .output()
