@@ -7,7 +7,7 @@ mod agent;
 mod configsync;
 mod convert;
 mod datasync;
-mod hooks;
+pub mod hooks;
 mod lock;
 mod metrics;
 mod monitors;
