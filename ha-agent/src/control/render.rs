@@ -164,6 +164,12 @@ pub fn render(s: &Status) -> String {
             "  !! replica outdated: this node knows its data is behind"
         );
     }
+    if let Some(h) = &s.hook_running {
+        let _ = writeln!(o, "  hook:        running (to {h})");
+    }
+    if let Some(h) = &s.last_hook {
+        let _ = writeln!(o, "  last hook:   {h}");
+    }
     for w in &s.warnings {
         let _ = writeln!(o, "  warning:     {w}");
     }

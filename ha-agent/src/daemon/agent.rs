@@ -28,7 +28,7 @@ use crate::{
     config::{Config, XdpMode},
     control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
-    fsm::{Action, Event, Fsm, SwitchTarget},
+    fsm::{Action, EffectiveMode, Event, Fsm, StateName, SwitchTarget},
     heartbeat::{
         self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
         clock::now_ns,
@@ -62,8 +62,6 @@ pub(super) struct Agent {
     pub dp: DataPlane,
     pub gate: GateControl,
     pub vips: VipSet,
-    /// The I/O runtime (netlink, monitors, hooks): never waited on here.
-    pub io: tokio::runtime::Handle,
     pub shared: Arc<HbShared>,
     pub sender: heartbeat::Sender,
     pub receivers: Vec<ReceiverHandle>,
@@ -96,6 +94,12 @@ pub(super) struct Agent {
     pub transitions_seen: u64,
     /// Last refresh of the polled metrics.
     pub metrics_refreshed: Instant,
+    /// Role hooks, serialized on a worker of their own.
+    pub role_hooks: hooks::RoleHooks,
+    /// A demote hook held back because the role was left by a lease lapse:
+    /// it runs once the node settles elsewhere than primary, and never if
+    /// the node takes the role straight back (`from`, `to`, reason).
+    pub lapse_hook: Option<(EffectiveMode, EffectiveMode, String)>,
 }
 
 fn xdp_mode(m: XdpMode) -> XdpAttachMode {
@@ -326,13 +330,13 @@ pub(super) async fn run(
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
     let actions = fsm.handle(Event::Start { now: start_ns })?;
+    let hooks_cfg = cfg.hooks.clone();
     let mut agent = Agent {
         cfg,
         fsm,
         dp,
         gate,
         vips,
-        io,
         shared,
         sender,
         receivers,
@@ -357,6 +361,8 @@ pub(super) async fn run(
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        lapse_hook: None,
     };
     agent.apply(actions).await;
     notify::ready();
@@ -457,6 +463,16 @@ impl Agent {
             );
             let actions = self.fsm.handle(Event::LeaseLapsed { now });
             self.apply_result(actions).await;
+        }
+        // A lapse that ends anywhere but back in the role runs its hook now.
+        if self.lapse_hook.is_some()
+            && !matches!(
+                self.fsm.status().state,
+                StateName::Starting | StateName::Primary
+            )
+            && let Some((from, _, reason)) = self.lapse_hook.take()
+        {
+            self.role_hooks.request(from, self.fsm.effective(), reason);
         }
         self.publish();
     }
@@ -769,7 +785,12 @@ impl Agent {
                     }
                 }
                 Action::RunHook { from, to, reason } => {
-                    hooks::spawn(&self.io, &self.cfg.hooks, from, to, reason.to_string())
+                    if matches!(reason, crate::fsm::Reason::LeaseLapsed) {
+                        self.lapse_hook = Some((from, to, reason.to_string()));
+                    } else {
+                        self.lapse_hook = None;
+                        self.role_hooks.request(from, to, reason.to_string());
+                    }
                 }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {

@@ -8,7 +8,7 @@ mod answer;
 mod configsync;
 mod convert;
 mod datasync;
-mod hooks;
+pub mod hooks;
 mod lock;
 mod metrics;
 mod monitors;

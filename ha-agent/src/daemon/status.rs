@@ -169,6 +169,15 @@ pub(super) fn build(a: &Agent) -> Status {
     if f.promoted_outdated {
         warnings.push("promoted with a replica known to be behind (promote_outdated)".into());
     }
+    let hooks = a.role_hooks.status();
+    if let Some(o) = hooks.last.as_ref().filter(|o| !o.ok()) {
+        warnings.push(format!(
+            "role hook {} failed at {}: {}",
+            o.name,
+            rfc3339(o.finished),
+            o.summary()
+        ));
+    }
     if !sender.realtime.load(Ordering::Relaxed) {
         warnings.push("heartbeat sender runs without realtime priority".into());
     }
@@ -192,6 +201,16 @@ pub(super) fn build(a: &Agent) -> Status {
         split_brain_risk: f.split_brain_risk,
         outdated: f.outdated,
         warnings,
+        last_hook: hooks.last.as_ref().map(|o| {
+            format!(
+                "{} {} at {} ({} ms)",
+                o.name,
+                o.summary(),
+                rfc3339(o.finished),
+                o.elapsed.as_millis()
+            )
+        }),
+        hook_running: hooks.running.map(|r| r.to_string()),
         timing: TimingStatus {
             interval_ms: timing.interval.as_secs_f64() * 1e3,
             lost_threshold_ms: timing.lost_threshold.as_secs_f64() * 1e3,
