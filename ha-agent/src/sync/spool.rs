@@ -36,6 +36,31 @@ pub fn is_synced(kind: RootKind, rel: &str) -> bool {
     }
 }
 
+/// Postfix queues whose files are whole messages (queue files named by
+/// their queue ID), as opposed to the per-message logs that share the ID.
+pub const POSTFIX_MESSAGE_QUEUES: &[&str] = &["incoming", "active", "deferred", "hold"];
+
+/// The queue ID of a path of a Postfix spool root when it names a queue
+/// file (`incoming/ID`, `deferred/B/ID` with hashed subdirectories), else
+/// `None`. A Postfix queue file is named by its queue ID, the one the
+/// SMTP server reports as `queued as ID`; with `enable_long_queue_ids`
+/// the name survives `postsuper -s`.
+pub fn postfix_queue_id(rel: &str) -> Option<&str> {
+    let mut parts = rel.split('/');
+    let queue = parts.next()?;
+    if !POSTFIX_MESSAGE_QUEUES.contains(&queue) {
+        return None;
+    }
+    let rest: Vec<&str> = parts.collect();
+    let (id, dirs) = rest.split_last()?;
+    // Hashed subdirectories are one character each (hash_queue_depth).
+    let ok = (1..=32).contains(&id.len())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        && dirs.len() <= 16
+        && dirs.iter().all(|d| d.len() == 1);
+    ok.then_some(*id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +91,25 @@ mod tests {
             "deferredX/y",
         ] {
             assert!(!is_synced(RootKind::PostfixSpool, p), "{p}");
+        }
+    }
+
+    #[test]
+    fn queue_ids_of_queue_files_only() {
+        for (p, id) in [
+            ("incoming/4VzqXv1Jc8z2lG", Some("4VzqXv1Jc8z2lG")),
+            ("active/3F2A1B", Some("3F2A1B")),
+            ("deferred/B/BC12", Some("BC12")),
+            ("deferred/B/C/BC12", Some("BC12")),
+            ("hold/ABC", Some("ABC")),
+            ("defer/B/BC12", None),
+            ("bounce/BC12", None),
+            ("incoming", None),
+            ("incoming/.ha-sync-tmp.1.x", None),
+            ("deferred/BB/BC12", None),
+            ("maildrop/ABC", None),
+        ] {
+            assert_eq!(postfix_queue_id(p), id, "{p}");
         }
     }
 
