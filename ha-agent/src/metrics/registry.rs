@@ -355,6 +355,14 @@ impl Metrics {
                 .acc_answers
                 .get_or_create(&OutcomeLabel { outcome, reason });
         }
+        for kind in [
+            "after_filter_unreachable",
+            "after_filter_closed",
+            "protocol",
+            "remove_failed",
+        ] {
+            let _ = self.acc_errors.get_or_create(&KindLabel { kind });
+        }
         for k in [SyncKind::Config, SyncKind::Data] {
             let _ = self
                 .sync_last
