@@ -4,6 +4,7 @@
 //! Pure logic (`fsm`, `config`, `heartbeat::codec`, ...) is kept apart from
 //! I/O so that it can be tested without root.
 
+pub mod acceptance;
 pub mod cli;
 pub mod config;
 pub mod config_sync;

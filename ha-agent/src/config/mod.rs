@@ -30,7 +30,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck, LocalKind,
+    Acceptance, Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck, LocalKind,
     LocalMonitor, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure, RemoteMonitor, Runtime,
     Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
 };
@@ -96,6 +96,12 @@ pub const KEYS: &[&str] = &[
     "runtime.control_socket",
     "runtime.xdp_mode",
     "metrics.listen",
+    "acceptance.enabled",
+    "acceptance.listen",
+    "acceptance.after_filter",
+    "acceptance.timeout",
+    "acceptance.policy",
+    "acceptance.postfix_config",
 ];
 
 /// The keys that config sync pushes to the peer: exactly the fields of

@@ -138,6 +138,12 @@ pub fn render(s: &Status) -> String {
                 .map_or(String::new(), |c| format!(", config checksum {c}"))
         );
     }
+    if let Some(a) = &s.acceptance {
+        for (i, line) in a.render().iter().enumerate() {
+            let label = if i == 0 { "acceptance:" } else { "" };
+            let _ = writeln!(o, "  {label:<12} {line}");
+        }
+    }
     let _ = writeln!(
         o,
         "  sender:      {}, {} renewals, {} overruns, jitter p99 {}",

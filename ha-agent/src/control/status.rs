@@ -57,6 +57,9 @@ pub struct Status {
     pub sender: SenderInfo,
     /// Data plane counters, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// The acceptance proxy, when enabled.
+    #[serde(default)]
+    pub acceptance: Option<crate::acceptance::AcceptanceStatus>,
 }
 
 /// Heartbeat timing.

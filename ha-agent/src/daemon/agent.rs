@@ -79,6 +79,8 @@ pub(super) struct Agent {
     pub metrics: Arc<Metrics>,
     /// Mail data and spool sync, when `[backup]` lists anything.
     pub sync: Option<DataSync>,
+    /// The acceptance proxy, when `[acceptance] enabled`.
+    pub acceptance: Option<super::acceptance::Acceptance>,
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
@@ -310,6 +312,8 @@ pub(super) async fn run(
         });
     }
 
+    let acceptance = super::acceptance::Acceptance::start(&cfg, &io, metrics.clone()).await?;
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -350,6 +354,7 @@ pub(super) async fn run(
         sync_seq: 0,
         metrics,
         sync: data_sync,
+        acceptance,
         sync_polled: Instant::now(),
         config_sync,
         config_mtime: std::fs::metadata(&config_path)
@@ -595,6 +600,9 @@ impl Agent {
         let peer_alive = self.fsm.status().peer.alive;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
+        if let Some(a) = self.acceptance.as_mut() {
+            a.poll(Some(s), active, peer_alive);
+        }
         if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
             if outdated {
                 warn!(

@@ -276,6 +276,23 @@ impl DataSync {
         m.set_outdated(self.reported.is_some_and(|(_, o)| o));
     }
 
+    /// The sender's acknowledgements (acceptance proxy), while this node
+    /// sends; `None` while it does not.
+    pub fn subscribe_acks(&self) -> Option<std::sync::mpsc::Receiver<sync::AckedOp>> {
+        self.sender.as_ref().map(SyncHandle::subscribe_acks)
+    }
+
+    /// This node sends and the peer's replica is connected and in sync: it
+    /// can confirm new messages.
+    pub fn peer_confirms(&self) -> bool {
+        self.sender_status().is_some_and(|s| s.connected && s.in_sync)
+    }
+
+    /// The kind of each root, by index (acknowledgements name roots so).
+    pub fn root_kinds(&self) -> Vec<sync::RootKind> {
+        self.cfg.roots.iter().map(|r| r.kind).collect()
+    }
+
     /// Stops everything (shutdown).
     pub fn stop(mut self) {
         if let Some(h) = self.sender.take() {

@@ -3,6 +3,7 @@
 //! here and deliver events to the pure state machine; its actions are
 //! carried out here, in order.
 
+mod acceptance;
 mod agent;
 mod answer;
 mod configsync;

@@ -178,6 +178,9 @@ pub(super) fn build(a: &Agent) -> Status {
             o.summary()
         ));
     }
+    if let Some(alarm) = a.acceptance.as_ref().and_then(|x| x.status().alarm) {
+        warnings.push(format!("acceptance: {alarm}"));
+    }
     if !sender.realtime.load(Ordering::Relaxed) {
         warnings.push("heartbeat sender runs without realtime priority".into());
     }
@@ -251,6 +254,10 @@ pub(super) fn build(a: &Agent) -> Status {
             overruns: sender.overruns.load(Ordering::Relaxed),
             jitter_p99_us: jitter,
         },
+        acceptance: a
+            .acceptance
+            .as_ref()
+            .map(super::acceptance::Acceptance::status),
         counters: a
             .dp
             .counters()

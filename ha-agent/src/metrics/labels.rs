@@ -164,3 +164,9 @@ pub(super) struct BuildLabel {
     pub version: &'static str,
     pub node: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OutcomeLabel {
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}

@@ -18,8 +18,8 @@ use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
     BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind,
-    TransitionLabel,
+    OutcomeLabel, OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel,
+    SyncKind, TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
@@ -52,6 +52,12 @@ pub const NAMES: &[&str] = &[
     "ha_sync_outdated",
     "ha_monitor_state",
     "ha_monitor_consecutive_failures",
+    "ha_acceptance_held_total",
+    "ha_acceptance_answers_total",
+    "ha_acceptance_waiting",
+    "ha_acceptance_alarm",
+    "ha_acceptance_added_latency_seconds",
+    "ha_acceptance_errors_total",
 ];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -61,6 +67,13 @@ type IntervalHistogram = Family<LinkLabel, Histogram, fn() -> Histogram>;
 /// so that both the fast profile (1 ms) and the cautious one (1 s) resolve.
 fn interval_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
+}
+
+/// Buckets for the latency the acceptance proxy adds: 100 µs to about
+/// 52 s, doubling: a confirmed message takes about a millisecond, a
+/// timeout seconds.
+fn acceptance_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
 }
 
 /// The agent's metrics. Cheap to update from any task (atomics; the
@@ -92,6 +105,12 @@ pub struct Metrics {
     sync_outdated: Gauge,
     monitor_state: Family<MonitorStateLabel, Gauge>,
     monitor_failures: Family<MonitorLabel, Gauge>,
+    acc_held: Counter,
+    acc_answers: Family<OutcomeLabel, Counter>,
+    acc_waiting: Gauge,
+    acc_alarm: Gauge,
+    acc_latency: Histogram,
+    acc_errors: Family<KindLabel, Counter>,
     /// Kernel receive time (`CLOCK_MONOTONIC` ns) of the newest authenticated
     /// heartbeat per link: the age is computed at scrape time from it, so
     /// it is exact however rarely the daemon touches the metrics.
@@ -132,6 +151,12 @@ impl Metrics {
             sync_outdated: Gauge::default(),
             monitor_state: Family::default(),
             monitor_failures: Family::default(),
+            acc_held: Counter::default(),
+            acc_answers: Family::default(),
+            acc_waiting: Gauge::default(),
+            acc_alarm: Gauge::default(),
+            acc_latency: acceptance_histogram(),
+            acc_errors: Family::default(),
             last_rx: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -259,6 +284,36 @@ impl Metrics {
             "Failed checks in a row of each service monitor",
             m.monitor_failures.clone(),
         );
+        r.register(
+            "acceptance_held",
+            "Replies 250 queued held by the acceptance proxy until the peer holds the message",
+            m.acc_held.clone(),
+        );
+        r.register(
+            "acceptance_answers",
+            "Held replies answered, by outcome (released, refused, accepted_unconfirmed, abandoned) and reason",
+            m.acc_answers.clone(),
+        );
+        r.register(
+            "acceptance_waiting",
+            "Replies waiting for the peer's acknowledgement now",
+            m.acc_waiting.clone(),
+        );
+        r.register(
+            "acceptance_alarm",
+            "1 while mail was accepted that only this node holds (degrade policy)",
+            m.acc_alarm.clone(),
+        );
+        r.register(
+            "acceptance_added_latency_seconds",
+            "Time a reply 250 queued was held before it (or a 451) went to the client",
+            m.acc_latency.clone(),
+        );
+        r.register(
+            "acceptance_errors",
+            "Acceptance proxy errors, by kind",
+            m.acc_errors.clone(),
+        );
         let m = Metrics { registry: r, ..m };
         m.touch_known_series();
         m
@@ -288,6 +343,26 @@ impl Metrics {
             };
             let _ = self.sync_files.get_or_create(&l);
             let _ = self.sync_bytes.get_or_create(&l);
+        }
+        for (outcome, reason) in [
+            ("released", "confirmed"),
+            ("refused", "timeout"),
+            ("refused", "peer_away"),
+            ("accepted_unconfirmed", "timeout"),
+            ("accepted_unconfirmed", "peer_away"),
+            ("abandoned", "client_gone"),
+        ] {
+            let _ = self
+                .acc_answers
+                .get_or_create(&OutcomeLabel { outcome, reason });
+        }
+        for kind in [
+            "after_filter_unreachable",
+            "after_filter_closed",
+            "protocol",
+            "remove_failed",
+        ] {
+            let _ = self.acc_errors.get_or_create(&KindLabel { kind });
         }
         for k in [SyncKind::Config, SyncKind::Data] {
             let _ = self
@@ -481,6 +556,42 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .set(unix_seconds(at));
+    }
+
+    /// Counts a reply held by the acceptance proxy.
+    pub fn acceptance_held(&self) {
+        self.acc_held.inc();
+    }
+
+    /// Counts a held reply answered with `outcome` for `reason`, and the
+    /// latency it added.
+    pub fn acceptance_answered(
+        &self,
+        outcome: &'static str,
+        reason: &'static str,
+        waited: Option<Duration>,
+    ) {
+        self.acc_answers
+            .get_or_create(&OutcomeLabel { outcome, reason })
+            .inc();
+        if let Some(w) = waited {
+            self.acc_latency.observe(w.as_secs_f64());
+        }
+    }
+
+    /// Replies waiting for the peer now.
+    pub fn set_acceptance_waiting(&self, n: u64) {
+        self.acc_waiting.set(saturating_i64(n));
+    }
+
+    /// Raises or clears the degraded-acceptance alarm.
+    pub fn set_acceptance_alarm(&self, on: bool) {
+        self.acc_alarm.set(i64::from(on));
+    }
+
+    /// Counts an acceptance proxy error of `kind`.
+    pub fn acceptance_error(&self, kind: &'static str) {
+        self.acc_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Marks this node's replica as known to be behind, or not.
