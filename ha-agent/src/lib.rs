@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fsm;
 pub mod heartbeat;
+pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod sync;

@@ -51,6 +51,19 @@ pub fn render(s: &Status) -> String {
         }),
         g.vips.join(", ")
     );
+    if let Some(since) = g.stall_outage_ms {
+        let _ = writeln!(
+            o,
+            "  !! STALL OUTAGE: gate closed {since:.1} ms ago (this agent stalled, its lease lapsed); role kept, reopens when the peer confirms"
+        );
+    }
+    if g.stall_outages > 0 {
+        let _ = writeln!(
+            o,
+            "  stalls:      {} stall outages, {:.1} ms in total (gate closed, no role change)",
+            g.stall_outages, g.stall_outage_total_ms
+        );
+    }
     let p = &s.peer;
     let _ = writeln!(
         o,

@@ -33,6 +33,7 @@ use crate::{
         self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
         clock::now_ns,
     },
+    lease::{Lapse, Lease, Renewal},
     metrics::Metrics,
     monitor::{Health, MonitorEvent, Monitors},
 };
@@ -52,6 +53,7 @@ enum Wake {
     Probe(monitors::VipProbe),
     Command(Command),
     HandBack(HandBackDone),
+    Lapse(Lapse),
     Timer,
 }
 
@@ -70,7 +72,8 @@ pub(super) struct Agent {
     /// CLOCK_MONOTONIC ns and wall time at start, to show times as dates.
     pub start_ns: u64,
     pub start_wall: SystemTime,
-    pub lease_ns: u64,
+    /// The gate's lease (opened here, renewed by the sender).
+    pub lease: Lease,
     /// Newest fresh heartbeat (CLOCK_MONOTONIC ns), shared with the VIP probe.
     pub last_heard: Arc<AtomicU64>,
     /// Gate open, shared with the VIP probe (an active node probes nothing).
@@ -208,8 +211,9 @@ pub(super) async fn run(
         )?);
     }
     drop(hb_tx);
-    let lease_ns = timing.lease.as_nanos() as u64;
-    let renew_gate = gate.clone();
+    let lease = Lease::new(gate.clone(), timing.lease);
+    let sender_lease = lease.clone();
+    let (lapse_tx, mut lapse_rx) = mpsc::channel::<Lapse>(4);
     let sender = heartbeat::Sender::spawn(
         shared.clone(),
         key,
@@ -221,9 +225,17 @@ pub(super) async fn run(
             mute_after: Some(timing.lease),
             ..SenderOptions::default()
         },
-        move |now| {
-            if let Err(e) = renew_gate.renew_lease(now, now + lease_ns) {
+        move |seq, sent, progress| match sender_lease.sent(seq, sent, progress) {
+            Ok(Renewal::Renewed(_)) => true,
+            Ok(Renewal::Lapsed(l)) => {
+                // The control loop hears it as a message (never blocks here).
+                let _ = lapse_tx.try_send(l);
+                false
+            }
+            Ok(Renewal::Closed | Renewal::Held) => false,
+            Err(e) => {
                 error!(error = %e, "lease renewal failed");
+                false
             }
         },
     )
@@ -348,7 +360,7 @@ pub(super) async fn run(
         remote_monitors,
         start_ns,
         start_wall: SystemTime::now(),
-        lease_ns,
+        lease,
         last_heard,
         active_flag,
         sync_seq: 0,
@@ -397,6 +409,7 @@ pub(super) async fn run(
             Some(p) = probe_rx.recv() => Wake::Probe(p),
             Some(cmd) = ctl_rx.recv() => Wake::Command(cmd),
             Some(done) = sync_rx.recv() => Wake::HandBack(done),
+            Some(l) = lapse_rx.recv() => Wake::Lapse(l),
             () = tokio::time::sleep(sleep) => Wake::Timer,
         };
         // This loop never sleeps longer than an interval (< threshold / 2):
@@ -424,6 +437,7 @@ pub(super) async fn run(
             }
             Wake::Command(cmd) => agent.on_command(cmd).await,
             Wake::HandBack(done) => agent.on_hand_back_done(done).await,
+            Wake::Lapse(l) => agent.on_lapse(l).await,
             Wake::Timer => {}
         }
         // Every heartbeat already received goes in before time is judged.
@@ -456,18 +470,11 @@ impl Agent {
         let actions = self.fsm.handle(Event::Tick { now });
         self.apply_result(actions).await;
         self.poll_sync().await;
-        // An open gate whose lease ran out means this agent stalled: step
-        // down and re-acquire the role through the protocol.
-        if self.fsm.is_active()
-            && let Ok(g) = self.gate.snapshot()
-            && (!g.active || g.lease_deadline_ns <= now)
+        // A lapse no send found (the sender itself was held up).
+        if self.fsm.serving()
+            && let Some(l) = self.lease.check(now)
         {
-            warn!(
-                lease_deadline_ns = g.lease_deadline_ns,
-                now, "gate lease lapsed while active"
-            );
-            let actions = self.fsm.handle(Event::LeaseLapsed { now });
-            self.apply_result(actions).await;
+            self.on_lapse(l).await;
         }
         // A lapse that ends anywhere but back in the role runs its hook now.
         if self.lapse_hook.is_some()
@@ -482,13 +489,32 @@ impl Agent {
         self.publish();
     }
 
+    /// The gate's lease ran out: this agent stalled. The state machine keeps
+    /// the role and waits for the peer's word before the gate reopens.
+    async fn on_lapse(&mut self, l: Lapse) {
+        if !self.fsm.serving() {
+            return;
+        }
+        let now = now_ns();
+        warn!(
+            late_us = now.saturating_sub(l.at) / 1000,
+            "gate lease lapsed (agent stalled): stall outage until the peer confirms the role"
+        );
+        let actions = self.fsm.handle(Event::LeaseLapsed {
+            now,
+            lapsed_at: l.at,
+            confirm_from: l.noticed,
+        });
+        self.apply_result(actions).await;
+    }
+
     /// Pushes the state machine's advert to the heartbeat sender and shows progress.
     fn publish(&mut self) {
         self.shared
             .set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
         self.shared.bump_progress();
         self.active_flag
-            .store(self.fsm.is_active(), Ordering::Relaxed);
+            .store(self.fsm.serving(), Ordering::Relaxed);
         self.update_metrics();
     }
 
@@ -679,7 +705,10 @@ impl Agent {
         }
         self.newest_seq = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
-        let view = convert::peer_view(&heartbeat);
+        let mut view = convert::peer_view(&heartbeat);
+        if heartbeat.echo_epoch == self.shared.epoch {
+            view.echo_sent = self.lease.sent_at(heartbeat.echo_seq);
+        }
         self.last_view = Some(view);
         let actions = self.fsm.handle(Event::PeerHeard {
             at: rx_ns,
@@ -762,10 +791,14 @@ impl Agent {
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {
+                    // Advertise before opening: a frame saying "passive"
+                    // then always means the gate was closed when it left
+                    // (the peer's stall confirmation rests on that).
+                    self.shared
+                        .set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
                     // The lease runs from the evidence, not from now: a
                     // decision taken on a stale backlog opens nothing.
-                    let deadline = at + self.lease_ns;
-                    if let Err(e) = self.gate.set_active(true, deadline) {
+                    if let Err(e) = self.lease.open(at) {
                         error!(error = %e, "opening the gate failed");
                     }
                     // Addresses and announcements follow on the I/O
@@ -778,7 +811,7 @@ impl Agent {
                 }
                 Action::Deactivate { reason } => {
                     // Gate first: from this write on nothing is served.
-                    if let Err(e) = self.gate.set_active(false, 0) {
+                    if let Err(e) = self.lease.close() {
                         error!(error = %e, "closing the gate failed");
                     }
                     self.vips.release();
@@ -791,6 +824,17 @@ impl Agent {
                     if let Err(e) = self.gate.set_forward(self.cfg.cluster.forward, active) {
                         error!(error = %e, "updating forward mode failed");
                     }
+                }
+                Action::Reopen { at, outage_ns } => {
+                    match self.lease.reopen(at) {
+                        Ok(deadline) => info!(
+                            outage_us = outage_ns / 1000,
+                            lease_left_us = deadline.saturating_sub(now_ns()) / 1000,
+                            "stall outage over: gate reopened, role unchanged"
+                        ),
+                        Err(e) => error!(error = %e, "reopening the gate failed"),
+                    }
+                    self.metrics.stall_outage(outage_ns);
                 }
                 Action::RunHook { from, to, reason } => {
                     if matches!(reason, crate::fsm::Reason::LeaseLapsed) {
@@ -827,7 +871,7 @@ impl Agent {
     async fn shutdown(mut self) {
         let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
         self.apply_result(actions).await;
-        let _ = self.gate.set_active(false, 0);
+        let _ = self.lease.close();
         self.vips.release();
         if !self.vips.settled(RTNL_WAIT).await {
             warn!("VIPs not confirmed removed within {RTNL_WAIT:?}; the gate is closed");

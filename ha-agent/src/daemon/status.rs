@@ -143,6 +143,9 @@ pub(super) fn build(a: &Agent) -> Status {
             .map(|g| g.vips.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
         addresses_held: a.vips.describe(),
+        stall_outage_ms: f.stall_outage_since.map(|t| ms(now.saturating_sub(t))),
+        stall_outages: f.stall_outages,
+        stall_outage_total_ms: ms(f.stall_outage_ns),
     };
 
     let mut monitors: Vec<MonitorInfo> = Vec::new();

@@ -32,6 +32,8 @@ pub const NAMES: &[&str] = &[
     "ha_effective_role",
     "ha_role_transitions_total",
     "ha_failovers_total",
+    "ha_stall_outages_total",
+    "ha_stall_outage_seconds_total",
     "ha_last_failover_timestamp_seconds",
     "ha_failover_detection_seconds",
     "ha_heartbeat_age_seconds",
@@ -85,6 +87,8 @@ pub struct Metrics {
     effective_role: Family<RoleLabel, Gauge>,
     transitions: Family<TransitionLabel, Counter>,
     failovers: Family<ReasonLabel, Counter>,
+    stall_outages: Counter,
+    stall_outage_seconds: Counter<f64, AtomicU64>,
     last_failover: FloatGauge,
     detection: FloatGauge,
     hb_age: Family<LinkLabel, FloatGauge>,
@@ -131,6 +135,8 @@ impl Metrics {
             effective_role: Family::default(),
             transitions: Family::default(),
             failovers: Family::default(),
+            stall_outages: Counter::default(),
+            stall_outage_seconds: Counter::default(),
             last_failover: FloatGauge::default(),
             detection: FloatGauge::default(),
             hb_age: Family::default(),
@@ -187,6 +193,16 @@ impl Metrics {
             "failovers",
             "Times this node took over the VIPs, by reason",
             m.failovers.clone(),
+        );
+        r.register(
+            "stall_outages",
+            "Times this node's gate closed because its own agent stalled (lease lapsed) and reopened without a role change",
+            m.stall_outages.clone(),
+        );
+        r.register(
+            "stall_outage_seconds",
+            "Total time the gate stayed closed in stall outages",
+            m.stall_outage_seconds.clone(),
         );
         r.register(
             "last_failover_timestamp_seconds",
@@ -421,6 +437,14 @@ impl Metrics {
         if let Some(d) = detection {
             self.detection.set(d.as_secs_f64());
         }
+    }
+
+    /// Records a stall outage that ended (gate closed for `outage_ns`
+    /// because this agent stalled, then reopened in the same role).
+    pub fn stall_outage(&self, outage_ns: u64) {
+        self.stall_outages.inc();
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        self.stall_outage_seconds.inc_by(outage_ns as f64 / 1e9);
     }
 
     /// Declares a heartbeat link (its interface name), so that its series
