@@ -239,6 +239,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         last_state: Instant::now(),
         insync_seq: None,
         replicate,
+        failed: HashMap::new(),
     };
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
@@ -417,6 +418,9 @@ struct Session<'a> {
     last_state: Instant,
     insync_seq: Option<u64>,
     replicate: bool,
+    /// Operations that failed in this session and were not redone since,
+    /// by (wire root, path), with the failed sequence.
+    failed: HashMap<(u8, String), u64>,
 }
 
 impl<'a> Session<'a> {
@@ -478,15 +482,24 @@ impl<'a> Session<'a> {
         if let Frame::Rename { root, from, to } = &frame
             && let Some(i) = self.pending_file(*root, from)
         {
+            let key = (*root, to.clone());
             let result = self.retarget(i, from, to);
             self.batch.max_seq = self.batch.max_seq.max(seq);
-            return self.op_result(seq, result, w);
+            return self.op_result(seq, Some(key), result, w);
         }
         // Other metadata operations may name a file still under its
         // temporary name: make the batch durable and visible first.
         if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
             self.commit(w)?;
         }
+        let key = match &frame {
+            Frame::FileData { root, path, .. }
+            | Frame::Delete { root, path }
+            | Frame::Mkdir { root, path, .. }
+            | Frame::SetAttr { root, path, .. } => Some((*root, path.clone())),
+            Frame::Rename { root, to, .. } => Some((*root, to.clone())),
+            _ => None,
+        };
         let result = match frame {
             Frame::ManifestRequest { hash_of } => {
                 self.commit(w)?;
@@ -545,7 +558,7 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
-        self.op_result(seq, result, w)
+        self.op_result(seq, key, result, w)
     }
 
     /// Index of the latest pending file at `path` of wire root `root`.
@@ -587,16 +600,36 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Reports an operation's outcome. A failure is sent as an error frame
+    /// carrying the operation's sequence, before any acknowledgement that
+    /// would cover that sequence: the sender never counts it as done.
     fn op_result(
         &mut self,
         seq: u64,
+        key: Option<(u8, String)>,
         result: Result<(), FsError>,
         w: &mut TcpStream,
     ) -> Result<(), SessionEnd> {
+        if let Some(k) = &key {
+            if result.is_ok() {
+                self.failed.remove(k);
+            } else {
+                self.failed.insert(k.clone(), seq);
+            }
+        }
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
                 // Keep what is complete, then pause: the sender retries.
+                send(
+                    w,
+                    &Frame::Error {
+                        code: ErrorCode::NoSpace,
+                        path: path.clone(),
+                        message: format!("replica file system full at {path}"),
+                    },
+                    seq,
+                )?;
                 Err(SessionEnd::NoSpace(path))
             }
             Err(e) => {
@@ -659,11 +692,14 @@ impl<'a> Session<'a> {
                 Tree::discard(&t);
                 return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
             }
+            left -= n as u64;
             if let Err(e) = t.file.write_all(&buf[..n]) {
                 Tree::discard(&t);
+                // The rest of the body is still on the wire: read it away,
+                // so that it is never taken for frames.
+                io::copy(&mut r.by_ref().take(left), &mut io::sink())?;
                 return Ok(Err(FsError::from_io(rel, e)));
             }
-            left -= n as u64;
         }
         // Start writeback now, so that the commit's fsync finds the data on
         // its way (the replica does not need these pages cached either).
@@ -699,8 +735,10 @@ impl<'a> Session<'a> {
             });
         }
         let files = b.files.len() as u64;
-        for (seq, _, rel, t) in &b.files {
+        for (seq, ri, rel, t) in &b.files {
+            let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
             if let Err(e) = Tree::commit_file(t, rel) {
+                self.failed.insert((wire, rel.clone()), *seq);
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
                 self.ctx
@@ -724,9 +762,16 @@ impl<'a> Session<'a> {
         }
         let acked = b.max_seq;
         send(w, &Frame::Ack, acked)?;
-        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked);
+        // In sync: the reconcile is durable and nothing failed since.
+        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked) && self.failed.is_empty();
+        let failed = self.failed.len() as u64;
         let replicate = self.replicate;
         self.ctx.shared.with_status(|s| {
+            s.failed_ops = failed;
+            if failed > 0 && s.in_sync && replicate {
+                s.in_sync = false;
+                warn!(failed, "replica not in sync: operations failed here");
+            }
             s.acked_seq = s.acked_seq.max(acked);
             s.last_sync = Some(SystemTime::now());
             s.files_synced += files;
@@ -823,7 +868,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let mut e = manifest::entry_of(&md, &mut self.ids);
-                e.hash = hash_reader(f).ok();
+                e.hash = manifest::hash_reader(f).ok();
                 push(
                     manifest::to_wire(*root, p, &e),
                     &mut chunk,
@@ -875,13 +920,6 @@ fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
         }
     });
     failed.into_inner().unwrap_or_else(|p| p.into_inner())
-}
-
-fn hash_reader(mut f: std::fs::File) -> io::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().into())
 }
 
 /// True when nothing is buffered and nothing is readable right now.
