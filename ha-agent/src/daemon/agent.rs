@@ -323,6 +323,16 @@ pub(super) async fn run(
     }
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
+    if let Some(s) = &data_sync {
+        // Until the first report the replica is unknown: not current, and
+        // outdated when a persisted mark says so.
+        let v = s.initial();
+        fsm.handle(Event::SyncState {
+            now: start_ns,
+            lag_zero: v.lag_zero,
+            outdated: v.outdated,
+        })?;
+    }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let mut agent = Agent {
         cfg,
@@ -570,10 +580,11 @@ impl Agent {
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
         }
-        let peer_alive = self.fsm.status().peer.alive;
+        let fs = self.fsm.status();
+        let peer_active = fs.peer.alive && fs.peer.active;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
-        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
+        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_active) {
             if outdated {
                 warn!(
                     lag_zero,
@@ -785,7 +796,17 @@ impl Agent {
                     }
                 }
                 Action::RunHook { from, to, reason } => {
-                    hooks::spawn(&self.io, &self.cfg.hooks, from, to, reason.to_string())
+                    let replica = (to == crate::fsm::EffectiveMode::Primary)
+                        .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                        .flatten();
+                    hooks::spawn(
+                        &self.io,
+                        &self.cfg.hooks,
+                        from,
+                        to,
+                        reason.to_string(),
+                        replica,
+                    );
                 }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {

@@ -19,18 +19,35 @@ fn command_for(hooks: &Hooks, to: EffectiveMode) -> Option<&str> {
     }
 }
 
-/// Starts the hook for `from -> to` in the background.
+/// Longest wait for the replica sessions to stop before a hook runs.
+const REPLICA_STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the hook for `from -> to` in the background; with `replica`, only
+/// once no replica session writes to the tree any more (a promotion hook
+/// such as `postsuper -s` must not race the last writes of the old primary).
 pub fn spawn(
     io: &tokio::runtime::Handle,
     hooks: &Hooks,
     from: EffectiveMode,
     to: EffectiveMode,
     reason: String,
+    replica: Option<crate::sync::ReplicaSessions>,
 ) {
     let Some(cmd) = command_for(hooks, to).map(str::to_owned) else {
         return;
     };
     io.spawn(async move {
+        if let Some(r) = replica {
+            let stopped = tokio::task::spawn_blocking(move || {
+                r.close();
+                r.wait_stopped(REPLICA_STOP_WAIT)
+            })
+            .await
+            .unwrap_or(false);
+            if !stopped {
+                tracing::error!(hook = %cmd, %from, %to, wait = ?REPLICA_STOP_WAIT, "a replica session is still running; the hook runs anyway");
+            }
+        }
         let started = std::time::Instant::now();
         let child = tokio::process::Command::new("/bin/sh")
             .arg("-c")

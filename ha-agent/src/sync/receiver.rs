@@ -141,6 +141,38 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
     }
 }
 
+fn refusing(ctx: &Ctx) -> bool {
+    ctx.shared
+        .refuse_replicas
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Marks a replica session as running for its lifetime.
+struct ReplicaRunning<'a>(&'a Shared);
+
+impl<'a> ReplicaRunning<'a> {
+    fn new(s: &'a Shared) -> Self {
+        *s.replica_running.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        Self(s)
+    }
+}
+
+impl Drop for ReplicaRunning<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .replica_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.0
+            .replica_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.0.replica_done.notify_all();
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
@@ -223,6 +255,23 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         let _ = old.shutdown(std::net::Shutdown::Both);
     }
     let _apply = ctx.apply.lock().unwrap_or_else(|p| p.into_inner());
+    let _running = if replicate {
+        // Registered, then checked again: a refusal set in between either
+        // sees the socket or is seen here.
+        if let Ok(c) = w.try_clone() {
+            *ctx.shared
+                .replica_conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(c);
+        }
+        if refusing(ctx) {
+            warn!(node = %hello.node, "replica session refused: this node became active");
+            return;
+        }
+        Some(ReplicaRunning::new(&ctx.shared))
+    } else {
+        None
+    };
     info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
     if replicate {
         ctx.shared.with_status(|s| {
@@ -252,7 +301,15 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         sess.roots.push(i);
     }
     let end = sess.run(&mut r, &mut w);
-    let _ = sess.commit(&mut w);
+    if replicate && refusing(ctx) {
+        // This node became active: what the replica session left pending
+        // never reaches the live tree.
+        let n = sess.batch.files.len();
+        sess.batch = Batch::default();
+        info!(discarded = n, "replica session closed: this node is active");
+    } else {
+        let _ = sess.commit(&mut w);
+    }
     sess.persist(true);
     match &end {
         SessionEnd::Io(e) => info!(error = %e, "sync session ended"),
@@ -439,6 +496,9 @@ impl<'a> Session<'a> {
         loop {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
+            }
+            if self.replicate && refusing(self.ctx) {
+                return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
                 && input_idle(r)
@@ -722,6 +782,11 @@ impl<'a> Session<'a> {
     fn commit(&mut self, w: &mut TcpStream) -> Result<(), SessionEnd> {
         if self.batch.is_empty() {
             return Ok(());
+        }
+        if self.replicate && refusing(self.ctx) {
+            // Dropping the batch removes its temporary files.
+            self.batch = Batch::default();
+            return Err(SessionEnd::Io(io::Error::other("this node became active")));
         }
         let b = std::mem::take(&mut self.batch);
         let failed = fsync_all(&b.files);
