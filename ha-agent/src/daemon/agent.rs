@@ -345,6 +345,16 @@ pub(super) async fn run(
     }
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
+    if let Some(s) = &data_sync {
+        // Until the first report the replica is unknown: not current, and
+        // outdated when a persisted mark says so.
+        let v = s.initial();
+        fsm.handle(Event::SyncState {
+            now: start_ns,
+            lag_zero: v.lag_zero,
+            outdated: v.outdated,
+        })?;
+    }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let hooks_cfg = cfg.hooks.clone();
     let mut agent = Agent {
@@ -484,7 +494,11 @@ impl Agent {
             )
             && let Some((from, _, reason)) = self.lapse_hook.take()
         {
-            self.role_hooks.request(from, self.fsm.effective(), reason);
+            let to = self.fsm.effective();
+            let replica = (to == crate::fsm::EffectiveMode::Primary)
+                .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                .flatten();
+            self.role_hooks.request(from, to, reason, replica);
         }
         self.publish();
     }
@@ -623,13 +637,14 @@ impl Agent {
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
         }
-        let peer_alive = self.fsm.status().peer.alive;
+        let fs = self.fsm.status();
+        let peer_active = fs.peer.alive && fs.peer.active;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
         if let Some(a) = self.acceptance.as_mut() {
-            a.poll(Some(s), active, peer_alive);
+            a.poll(Some(s), active, fs.peer.alive);
         }
-        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
+        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_active) {
             if outdated {
                 warn!(
                     lag_zero,
@@ -841,7 +856,10 @@ impl Agent {
                         self.lapse_hook = Some((from, to, reason.to_string()));
                     } else {
                         self.lapse_hook = None;
-                        self.role_hooks.request(from, to, reason.to_string());
+                        let replica = (to == crate::fsm::EffectiveMode::Primary)
+                            .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                            .flatten();
+                        self.role_hooks.request(from, to, reason.to_string(), replica);
                     }
                 }
                 Action::HandBackData => {
