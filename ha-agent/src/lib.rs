@@ -5,6 +5,7 @@
 //! I/O so that it can be tested without root.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_sync;
 pub mod control;

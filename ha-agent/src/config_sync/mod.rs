@@ -501,7 +501,7 @@ fn serve(
 }
 
 /// Runs `after_apply`, bounded by `timeout`. Returns a one-line result.
-fn run_hook(cmd: &str, timeout: Duration) -> String {
+pub(crate) fn run_hook(cmd: &str, timeout: Duration) -> String {
     let mut child = match Command::new("sh").args(["-c", cmd]).spawn() {
         Ok(c) => c,
         Err(e) => return format!("not started: {e}"),
