@@ -12,6 +12,10 @@
 
 pub mod apply;
 pub mod manifest;
+pub mod member;
+pub mod node;
 pub mod plan;
+pub mod primary;
+pub mod status;
 pub mod store;
 pub mod version;

@@ -51,6 +51,9 @@ pub struct Status {
     pub sender: SenderInfo,
     /// Data plane counters, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// Config-only mode: versions, the primary, every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_only: Option<Box<crate::cluster::status::ConfigOnlyStatus>>,
 }
 
 /// Heartbeat timing.

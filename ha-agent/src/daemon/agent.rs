@@ -696,6 +696,14 @@ impl Agent {
                 let to = match to {
                     SwitchTo::Primary => SwitchTarget::Primary,
                     SwitchTo::Secondary => SwitchTarget::Secondary,
+                    SwitchTo::ConfigPrimary => {
+                        let _ = cmd.reply.send(Response {
+                            ok: false,
+                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            status: None,
+                        });
+                        return;
+                    }
                 };
                 info!(%to, "operator switch requested");
                 let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
@@ -737,6 +745,12 @@ impl Agent {
                         status: None,
                     },
                 },
+            },
+            Request::Generations | Request::Rollback { .. } => Response {
+                ok: false,
+                message: "generations are kept by config-only members; this node is active-passive"
+                    .into(),
+                status: None,
             },
         };
         let _ = cmd.reply.send(resp);
