@@ -6,6 +6,7 @@
 
 pub mod acceptance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod config_sync;
 pub mod control;

@@ -23,6 +23,23 @@ fn ms(v: Option<f64>) -> String {
 /// The status page as text.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
+    if let Some(c) = &s.config_only {
+        let _ = writeln!(
+            o,
+            "node {} ({}), ha-agent {}, {}",
+            s.node, s.instance, s.version, s.now
+        );
+        let _ = writeln!(
+            o,
+            "  mode:        configured {}, effective {}",
+            s.configured_mode, s.effective_mode
+        );
+        o.push_str(&crate::cluster::status::render(c));
+        for w in &s.warnings {
+            let _ = writeln!(o, "  warning:     {w}");
+        }
+        return o;
+    }
     let _ = writeln!(
         o,
         "node {} ({}), ha-agent {}, {}",

@@ -60,6 +60,9 @@ pub struct Status {
     /// The acceptance proxy, when enabled.
     #[serde(default)]
     pub acceptance: Option<crate::acceptance::AcceptanceStatus>,
+    /// Config-only mode: versions, the primary, every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_only: Option<Box<crate::cluster::status::ConfigOnlyStatus>>,
 }
 
 /// Heartbeat timing.

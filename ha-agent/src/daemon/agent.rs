@@ -770,6 +770,14 @@ impl Agent {
                 let to = match to {
                     SwitchTo::Primary => SwitchTarget::Primary,
                     SwitchTo::Secondary => SwitchTarget::Secondary,
+                    SwitchTo::ConfigPrimary => {
+                        let _ = cmd.reply.send(Response {
+                            ok: false,
+                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            status: None,
+                        });
+                        return;
+                    }
                 };
                 info!(%to, "operator switch requested");
                 let refused = self.fsm.switch_refusal(to);
@@ -790,6 +798,12 @@ impl Agent {
                     .flatten();
                 answer::sync(what, data, config)
             }
+            Request::Generations | Request::Rollback { .. } => Response {
+                ok: false,
+                message: "generations are kept by config-only members; this node is active-passive"
+                    .into(),
+                status: None,
+            },
         };
         let _ = cmd.reply.send(resp);
     }

@@ -267,5 +267,6 @@ pub(super) fn build(a: &Agent) -> Status {
             .all()
             .map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
             .unwrap_or_default(),
+        config_only: None,
     }
 }

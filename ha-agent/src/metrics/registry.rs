@@ -17,9 +17,9 @@ use prometheus_client::registry::Registry;
 use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
-    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    OutcomeLabel, OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel,
-    SyncKind, TransitionLabel,
+    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MemberLabel, MonitorLabel,
+    MonitorStateLabel, OutcomeLabel, OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role,
+    RoleLabel, SyncKind, TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
@@ -60,6 +60,14 @@ pub const NAMES: &[&str] = &[
     "ha_acceptance_alarm",
     "ha_acceptance_added_latency_seconds",
     "ha_acceptance_errors_total",
+    "ha_config_version",
+    "ha_config_member_up",
+    "ha_config_member_in_sync",
+    "ha_config_member_drift",
+    "ha_config_member_last_apply_ok",
+    "ha_config_member_apply_seconds",
+    "ha_config_member_drift_repairs",
+    "ha_config_refused_sessions",
 ];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -115,6 +123,14 @@ pub struct Metrics {
     acc_alarm: Gauge,
     acc_latency: Histogram,
     acc_errors: Family<KindLabel, Counter>,
+    config_version: Family<KindLabel, Gauge>,
+    member_up: Family<MemberLabel, Gauge>,
+    member_in_sync: Family<MemberLabel, Gauge>,
+    member_drift: Family<MemberLabel, Gauge>,
+    member_apply_ok: Family<MemberLabel, Gauge>,
+    member_apply_seconds: Family<MemberLabel, FloatGauge>,
+    member_drift_repairs: Family<MemberLabel, Gauge>,
+    config_refused: Gauge,
     /// Kernel receive time (`CLOCK_MONOTONIC` ns) of the newest authenticated
     /// heartbeat per link: the age is computed at scrape time from it, so
     /// it is exact however rarely the daemon touches the metrics.
@@ -163,6 +179,14 @@ impl Metrics {
             acc_alarm: Gauge::default(),
             acc_latency: acceptance_histogram(),
             acc_errors: Family::default(),
+            config_version: Family::default(),
+            member_up: Family::default(),
+            member_in_sync: Family::default(),
+            member_drift: Family::default(),
+            member_apply_ok: Family::default(),
+            member_apply_seconds: Family::default(),
+            member_drift_repairs: Family::default(),
+            config_refused: Gauge::default(),
             last_rx: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -329,6 +353,44 @@ impl Metrics {
             "acceptance_errors",
             "Acceptance proxy errors, by kind",
             m.acc_errors.clone(),
+            "config_version",
+            "Config-only: version in force on this node, by part (epoch, counter)",
+            m.config_version.clone(),
+        );
+        r.register(
+            "config_member_up",
+            "Config-only, on the primary: 1 while the member answers the heartbeat",
+            m.member_up.clone(),
+        );
+        r.register(
+            "config_member_in_sync",
+            "Config-only, on the primary: 1 while the member runs the primary's version and content",
+            m.member_in_sync.clone(),
+        );
+        r.register(
+            "config_member_drift",
+            "Config-only, on the primary: 1 while the member's files differ from what it applied",
+            m.member_drift.clone(),
+        );
+        r.register(
+            "config_member_last_apply_ok",
+            "Config-only, on the primary: 1 if the member's last install succeeded",
+            m.member_apply_ok.clone(),
+        );
+        r.register(
+            "config_member_apply_seconds",
+            "Config-only, on the primary: time of the member's last install, push received to after_apply done",
+            m.member_apply_seconds.clone(),
+        );
+        r.register(
+            "config_member_drift_repairs",
+            "Config-only, on the primary: drift repairs of the member since the agent started",
+            m.member_drift_repairs.clone(),
+        );
+        r.register(
+            "config_refused_sessions",
+            "Config-only: sessions this node refused (wrong password, other cluster, bad input)",
+            m.config_refused.clone(),
         );
         let m = Metrics { registry: r, ..m };
         m.touch_known_series();
@@ -398,6 +460,41 @@ impl Metrics {
             Series::Fence { action, reason } => self
                 .fence
                 .get_or_create_owned(&PacketLabel { action, reason }),
+        }
+    }
+
+    /// Config-only: this node's version and, on the primary, every member
+    /// (at most 25: the label set is bounded by the membership).
+    pub fn set_config_only(&self, c: &crate::cluster::status::ConfigOnlyStatus) {
+        let v: Option<crate::cluster::version::Version> =
+            c.version.as_deref().and_then(|v| v.parse().ok());
+        for (kind, n) in [
+            ("epoch", v.map_or(0, |v| v.epoch)),
+            ("counter", v.map_or(0, |v| v.counter)),
+        ] {
+            self.config_version
+                .get_or_create(&KindLabel { kind })
+                .set(saturating_i64(n));
+        }
+        self.config_refused.set(saturating_i64(c.refused_sessions));
+        for m in c.members.iter().take(crate::config::defaults::MAX_MEMBERS) {
+            let l = MemberLabel {
+                member: m.name.clone(),
+            };
+            self.member_up.get_or_create(&l).set(i64::from(m.up));
+            self.member_in_sync
+                .get_or_create(&l)
+                .set(i64::from(m.state == "in-sync"));
+            self.member_drift.get_or_create(&l).set(i64::from(m.drift));
+            if let Some(a) = &m.last_apply {
+                self.member_apply_ok.get_or_create(&l).set(i64::from(a.ok));
+                self.member_apply_seconds
+                    .get_or_create(&l)
+                    .set(a.took_ms / 1000.0);
+            }
+            self.member_drift_repairs
+                .get_or_create(&l)
+                .set(saturating_i64(m.drift_repairs));
         }
     }
 
