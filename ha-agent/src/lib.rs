@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod channel;
 pub mod config_sync;
 pub mod control;
 pub mod daemon;
