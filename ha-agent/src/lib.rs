@@ -8,6 +8,7 @@ pub mod acceptance;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod channel;
 pub mod config_sync;
 pub mod control;
 pub mod daemon;
