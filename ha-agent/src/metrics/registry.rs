@@ -353,6 +353,8 @@ impl Metrics {
             "acceptance_errors",
             "Acceptance proxy errors, by kind",
             m.acc_errors.clone(),
+        );
+        r.register(
             "config_version",
             "Config-only: version in force on this node, by part (epoch, counter)",
             m.config_version.clone(),
