@@ -289,7 +289,7 @@ async fn peer_away_applies_the_policy_at_once() {
     let early = tokio::time::timeout(Duration::from_millis(300), c.r.read_u8()).await;
     assert!(early.is_err(), "held again once the peer is back");
     let n = af.bodies.lock().unwrap().len();
-    degrade.feed().durable(&format!("Q{n}"), now_ns());
+    degrade.feed().durable(&format!("Q{n:05}"), now_ns());
     assert!(c.reply().await.starts_with("250 "));
     assert!(degrade.status().alarm.is_none(), "alarm cleared");
 }
