@@ -62,3 +62,16 @@ pub fn sync(t: &Target, what: SyncWhat) -> Result<()> {
     println!("{}", r.message);
     Ok(())
 }
+
+/// A request whose answer is its message (`config generations`, `config rollback`).
+pub fn simple(t: &Target, req: &Request, what: &str) -> Result<()> {
+    let r = request(&t.socket()?, req)?;
+    if !r.ok {
+        bail!("{what} refused: {}", r.message);
+    }
+    print!("{}", r.message);
+    if !r.message.ends_with('\n') {
+        println!();
+    }
+    Ok(())
+}

@@ -32,6 +32,14 @@ pub enum Request {
         /// What to sync.
         what: SyncWhat,
     },
+    /// Config-only: the generations kept on this node.
+    Generations,
+    /// Config-only, on the primary: roll the whole cluster back to a
+    /// generation (`EPOCH.COUNTER`).
+    Rollback {
+        /// The generation.
+        version: String,
+    },
 }
 
 /// Target of a planned switch.
@@ -42,6 +50,8 @@ pub enum SwitchTo {
     Primary,
     /// Become secondary.
     Secondary,
+    /// Config-only: become the config primary (a new epoch).
+    ConfigPrimary,
 }
 
 /// What `ha-agent sync` reconciles.

@@ -149,6 +149,11 @@ pub(super) struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct MemberLabel {
+    pub member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct MonitorLabel {
     pub monitor: String,
 }
@@ -163,4 +168,10 @@ pub(super) struct MonitorStateLabel {
 pub(super) struct BuildLabel {
     pub version: &'static str,
     pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OutcomeLabel {
+    pub outcome: &'static str,
+    pub reason: &'static str,
 }
