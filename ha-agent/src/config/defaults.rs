@@ -61,8 +61,6 @@ pub const MAX_MEMBERS: usize = 25;
 pub const STATE_ROOT: &str = "/var/lib/ha";
 /// `runtime.control_socket` is this joined with `<instance>.sock`.
 pub const SOCKET_ROOT: &str = "/run/ha";
-/// The data plane pins under this joined with the instance name.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf/ha";
 /// `runtime.xdp_mode`: native where the driver has it, else generic.
 pub const XDP_MODE: XdpMode = XdpMode::Auto;
 

@@ -425,14 +425,6 @@ pub struct Runtime {
     pub xdp_mode: XdpMode,
 }
 
-impl Runtime {
-    /// Directory where the data plane pins its maps and links.
-    #[must_use]
-    pub fn pin_dir(&self) -> PathBuf {
-        PathBuf::from(super::defaults::BPFFS_ROOT).join(&self.instance)
-    }
-}
-
 /// `[metrics]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {

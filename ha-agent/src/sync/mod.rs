@@ -39,11 +39,6 @@ pub use sender::{FailbackReport, Sender, failback};
 pub use spool::RootKind;
 pub use status::SyncStatus;
 
-/// The sync port: one above the HA base port.
-pub fn default_port(base_port: u16) -> u16 {
-    base_port.wrapping_add(1)
-}
-
 /// One synced directory tree. Both nodes name their roots alike; the
 /// paths may differ.
 #[derive(Debug, Clone)]
