@@ -27,6 +27,11 @@ pub struct DataSync {
     cfg: SyncConfig,
     receiver: Option<SyncHandle>,
     sender: Option<SyncHandle>,
+    /// A sender being started on its own thread (it sets up watches over
+    /// the whole tree first: never on the control loop).
+    starting: Option<std::sync::mpsc::Receiver<std::io::Result<SyncHandle>>>,
+    /// The role last given to [`set_active`](Self::set_active).
+    active: bool,
     /// The receiver has completed a reconcile since the agent started.
     ever_in_sync: bool,
     /// When the replica stopped being in sync (receiver side).
@@ -63,6 +68,8 @@ impl DataSync {
             cfg: sc,
             receiver: Some(receiver),
             sender: None,
+            starting: None,
+            active: false,
             ever_in_sync: false,
             out_of_sync_since: Some(Instant::now()),
             reported: None,
@@ -74,17 +81,28 @@ impl DataSync {
     /// Follows the role: the active node streams to the peer and refuses
     /// replica sessions; the passive node only receives.
     pub fn set_active(&mut self, active: bool) {
+        self.active = active;
         if let Some(r) = &self.receiver {
             r.refuse_replicas(active);
         }
-        match (active, self.sender.is_some()) {
-            (true, false) => match Sender::spawn(self.cfg.clone()) {
-                Ok(h) => {
-                    info!(peer = %self.cfg.peer, "data sync sender started");
-                    self.sender = Some(h);
+        self.poll_start();
+        match (active, self.sender.is_some() || self.starting.is_some()) {
+            (true, false) => {
+                // Starting walks the synced tree: a plain thread, so that
+                // neither the control loop nor its runtime waits for it.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let cfg = self.cfg.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("sync-start".into())
+                        .spawn(move || {
+                            let _ = tx.send(Sender::spawn(cfg));
+                        });
+                match spawned {
+                    Ok(_) => self.starting = Some(rx),
+                    Err(e) => error!(error = %e, "data sync sender could not start"),
                 }
-                Err(e) => error!(error = %e, "data sync sender could not start"),
-            },
+            }
             (false, true) => {
                 if let Some(h) = self.sender.take() {
                     info!("data sync sender stopped (node passive)");
@@ -92,6 +110,28 @@ impl DataSync {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes a sender that finished starting; stops it if the node has
+    /// become passive meanwhile.
+    fn poll_start(&mut self) {
+        let Some(rx) = &self.starting else { return };
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(std::io::Error::other(
+                "the start thread ended without a result",
+            )),
+        };
+        self.starting = None;
+        match r {
+            Ok(h) if self.active => {
+                info!(peer = %self.cfg.peer, "data sync sender started");
+                self.sender = Some(h);
+            }
+            Ok(h) => stop_in_background(h),
+            Err(e) => error!(error = %e, "data sync sender could not start"),
         }
     }
 
@@ -166,6 +206,7 @@ impl DataSync {
     /// was current when the peer died is not outdated: the connection
     /// dropping together with the peer is exactly the failure HA is for.
     pub fn poll_state(&mut self, active: bool, peer_alive: bool) -> Option<(bool, bool)> {
+        self.poll_start();
         let now = Instant::now();
         let (lag_zero, outdated) = if active {
             let s = self.sender_status().unwrap_or_default();
