@@ -534,3 +534,88 @@ fn takeover_with_50000_files_in_the_spool_never_stalls_the_control_loop() {
         "B made more than its takeover transition"
     );
 }
+
+/// Brings `names` up inside the namespace at `ns_path` after `delay`, on a
+/// thread of its own (so that the agent can be started at the same time).
+fn links_up_after(
+    ns_path: std::path::PathBuf,
+    names: Vec<String>,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd as _;
+        let f = std::fs::File::open(&ns_path).expect("namespace");
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(async move {
+                let (conn, h, _) = rtnetlink::new_connection().expect("netlink socket");
+                let conn = tokio::spawn(conn);
+                tokio::time::sleep(delay).await;
+                for n in &names {
+                    ha_tests::link::set_up(&h, n).await.expect("link up");
+                }
+                conn.abort();
+            });
+    })
+}
+
+/// The returning node's agent starts the instant its heartbeat links come
+/// back, again and again: the active peer's first frames still echo the
+/// returning node's old epoch, and the returning node must neither refuse
+/// its way into acting alone nor ever answer beside the active node.
+#[test]
+fn agent_start_as_the_links_come_up_never_makes_two_active_nodes() {
+    if !require_root() {
+        return;
+    }
+    let opts = ClusterOpts {
+        interval: "1ms",
+        threshold: "10ms",
+        ..ClusterOpts::default()
+    };
+    let mut c = started(&opts);
+    c.signal(Node::A, Signal::SIGKILL);
+    let b0 = c.wait_mode(Node::B, "primary", FAILOVER);
+    let probe = c.prober();
+    let gates = c.gate_watch();
+    wait_direct(&probe, Node::B, now_ns(), FAILOVER);
+    let t0 = now_ns();
+    let hb: Vec<String> = c
+        .host(Node::A)
+        .hb
+        .iter()
+        .map(|h| h.ifname.clone())
+        .collect();
+    let rounds = 12u64;
+    for i in 0..rounds {
+        for n in &hb {
+            c.set_link(Node::A, n, false);
+        }
+        // 0 to 5 ms after the agent is started: its first heartbeats and
+        // the links' return fall in the same instant.
+        let delay = Duration::from_micros((i % 6) * 1_000);
+        let up = links_up_after(c.host(Node::A).ns.path().to_owned(), hb.clone(), delay);
+        c.start(Node::A);
+        up.join().expect("links up");
+        c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
+            s.state == "secondary" && s.peer.alive
+        });
+        c.signal(Node::A, Signal::SIGKILL);
+    }
+    let b = c.status(Node::B).expect("B answers");
+    assert_eq!(
+        b.transitions,
+        b0.transitions,
+        "B changed roles while A came back: {:?}",
+        b.last_transition.map(|t| t.reason)
+    );
+    assert_never_both(&probe, &gates, t0, "agent start with the links");
+    assert!(
+        direct(&probe, Node::A, t0).is_empty(),
+        "A answered {} probes while B served",
+        direct(&probe, Node::A, t0).len()
+    );
+}
