@@ -93,6 +93,8 @@ pub struct ClusterOpts {
     /// `local.cf` excluded (kept per node) and an `after_apply` hook that
     /// touches `<tmp>/<node>/applied`.
     pub config_sync: bool,
+    /// `cluster.promote_outdated` on both nodes.
+    pub promote_outdated: bool,
 }
 
 impl Default for ClusterOpts {
@@ -118,6 +120,7 @@ impl Default for ClusterOpts {
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
+            promote_outdated: false,
         }
     }
 }
@@ -168,8 +171,8 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     );
     let _ = writeln!(
         t,
-        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
-        no.password, o.interval, o.threshold, o.remote_services
+        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]\npromote_outdated = {}",
+        no.password, o.interval, o.threshold, o.remote_services, o.promote_outdated
     );
     if let Some(l) = o.lease {
         let _ = writeln!(t, "lease = \"{l}\"");

@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
+    answer,
     configsync::ConfigSync,
     convert,
     datasync::{self, DataSync, HandBackDone},
@@ -27,7 +28,7 @@ use crate::{
     config::{Config, XdpMode},
     control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
-    fsm::{Action, Event, Fsm, SwitchTarget},
+    fsm::{Action, EffectiveMode, Event, Fsm, StateName, SwitchTarget},
     heartbeat::{
         self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, RefusalKind,
         SenderOptions, clock::now_ns,
@@ -64,8 +65,6 @@ pub(super) struct Agent {
     pub dp: DataPlane,
     pub gate: GateControl,
     pub vips: VipSet,
-    /// The I/O runtime (netlink, monitors, hooks): never waited on here.
-    pub io: tokio::runtime::Handle,
     pub shared: Arc<HbShared>,
     pub sender: heartbeat::Sender,
     pub receivers: Vec<ReceiverHandle>,
@@ -84,6 +83,8 @@ pub(super) struct Agent {
     pub metrics: Arc<Metrics>,
     /// Mail data and spool sync, when `[backup]` lists anything.
     pub sync: Option<DataSync>,
+    /// The acceptance proxy, when `[acceptance] enabled`.
+    pub acceptance: Option<super::acceptance::Acceptance>,
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
@@ -98,6 +99,12 @@ pub(super) struct Agent {
     pub transitions_seen: u64,
     /// Last refresh of the polled metrics.
     pub metrics_refreshed: Instant,
+    /// Role hooks, serialized on a worker of their own.
+    pub role_hooks: hooks::RoleHooks,
+    /// A demote hook held back because the role was left by a lease lapse:
+    /// it runs once the node settles elsewhere than primary, and never if
+    /// the node takes the role straight back (`from`, `to`, reason).
+    pub lapse_hook: Option<(EffectiveMode, EffectiveMode, String)>,
 }
 
 fn xdp_mode(m: XdpMode) -> XdpAttachMode {
@@ -290,6 +297,7 @@ pub(super) async fn run(
         _ => crate::metrics::Role::Off,
     });
     metrics.set_effective_role(crate::metrics::Role::Secondary);
+    feed::init_sync(&metrics);
     for l in &cfg.heartbeat {
         metrics.add_link(&l.interface);
     }
@@ -315,6 +323,8 @@ pub(super) async fn run(
                 .await;
         });
     }
+
+    let acceptance = super::acceptance::Acceptance::start(&cfg, &io, metrics.clone()).await?;
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -342,14 +352,24 @@ pub(super) async fn run(
     }
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
+    if let Some(s) = &data_sync {
+        // Until the first report the replica is unknown: not current, and
+        // outdated when a persisted mark says so.
+        let v = s.initial();
+        fsm.handle(Event::SyncState {
+            now: start_ns,
+            lag_zero: v.lag_zero,
+            outdated: v.outdated,
+        })?;
+    }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
+    let hooks_cfg = cfg.hooks.clone();
     let mut agent = Agent {
         cfg,
         fsm,
         dp,
         gate,
         vips,
-        io,
         shared,
         sender,
         receivers,
@@ -363,6 +383,7 @@ pub(super) async fn run(
         sync_seq: 0,
         metrics,
         sync: data_sync,
+        acceptance,
         sync_polled: Instant::now(),
         config_sync,
         config_path,
@@ -371,6 +392,8 @@ pub(super) async fn run(
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        lapse_hook: None,
     };
     agent.apply(actions).await;
     notify::ready();
@@ -469,6 +492,20 @@ impl Agent {
         {
             self.on_lapse(l).await;
         }
+        // A lapse that ends anywhere but back in the role runs its hook now.
+        if self.lapse_hook.is_some()
+            && !matches!(
+                self.fsm.status().state,
+                StateName::Starting | StateName::Primary
+            )
+            && let Some((from, _, reason)) = self.lapse_hook.take()
+        {
+            let to = self.fsm.effective();
+            let replica = (to == crate::fsm::EffectiveMode::Primary)
+                .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                .flatten();
+            self.role_hooks.request(from, to, reason, replica);
+        }
         self.publish();
     }
 
@@ -538,8 +575,12 @@ impl Agent {
         {
             tracing::debug!(error = %e, "data plane counters without metrics");
         }
-        if let Some(s) = &self.sync {
+        if let Some(s) = self.sync.as_mut() {
             s.metrics(&self.metrics, self.fsm.is_active());
+        }
+        if let Some(t) = self.config_sync.as_ref().and_then(ConfigSync::last_sync) {
+            self.metrics
+                .sync_completed(crate::metrics::SyncKind::Config, t);
         }
         for m in [&self.local_monitors, &self.remote_monitors]
             .into_iter()
@@ -595,10 +636,14 @@ impl Agent {
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
         }
-        let peer_alive = self.fsm.status().peer.alive;
+        let fs = self.fsm.status();
+        let peer_active = fs.peer.alive && fs.peer.active;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
-        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
+        if let Some(a) = self.acceptance.as_mut() {
+            a.poll(Some(s), active, fs.peer.alive);
+        }
+        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_active) {
             if outdated {
                 warn!(
                     lag_zero,
@@ -730,47 +775,39 @@ impl Agent {
                 let to = match to {
                     SwitchTo::Primary => SwitchTarget::Primary,
                     SwitchTo::Secondary => SwitchTarget::Secondary,
+                    SwitchTo::ConfigPrimary => {
+                        let _ = cmd.reply.send(Response {
+                            ok: false,
+                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            status: None,
+                        });
+                        return;
+                    }
                 };
                 info!(%to, "operator switch requested");
+                let refused = self.fsm.switch_refusal(to);
                 let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
-                let message = match &r {
-                    Ok(_) => {
-                        format!("switch to {to} requested; `ha-agent status` shows its progress")
-                    }
-                    Err(e) => format!("switch refused: {e}"),
+                let resp = match &r {
+                    Ok(_) => answer::switch(to, refused),
+                    Err(e) => answer::switch(to, Some(&e.to_string())),
                 };
-                let ok = r.is_ok();
                 self.apply_result(r).await;
-                Response {
-                    ok,
-                    message,
-                    status: None,
-                }
+                resp
             }
-            Request::Sync { what } => match (&self.sync, what) {
-                (Some(s), SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: true,
-                    message: s.resync().to_owned(),
-                    status: None,
-                },
-                (None, SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: false,
-                    message: "data sync is not configured ([backup] lists no directory)".into(),
-                    status: None,
-                },
-                (_, SyncWhat::Config) => match &self.config_sync {
-                    Some(c) => Response {
-                        ok: true,
-                        message: c.push_now().to_owned(),
-                        status: None,
-                    },
-                    None => Response {
-                        ok: false,
-                        message: "config sync is not configured ([config_sync] paths is empty)"
-                            .into(),
-                        status: None,
-                    },
-                },
+            Request::Sync { what } => {
+                let data = matches!(what, SyncWhat::All | SyncWhat::Data)
+                    .then(|| self.sync.as_ref().map(DataSync::resync))
+                    .flatten();
+                let config = matches!(what, SyncWhat::All | SyncWhat::Config)
+                    .then(|| self.config_sync.as_ref().map(ConfigSync::push_now))
+                    .flatten();
+                answer::sync(what, data, config)
+            }
+            Request::Generations | Request::Rollback { .. } => Response {
+                ok: false,
+                message: "generations are kept by config-only members; this node is active-passive"
+                    .into(),
+                status: None,
             },
         };
         let _ = cmd.reply.send(resp);
@@ -834,7 +871,15 @@ impl Agent {
                     self.metrics.stall_outage(outage_ns);
                 }
                 Action::RunHook { from, to, reason } => {
-                    hooks::spawn(&self.io, &self.cfg.hooks, from, to, reason.to_string())
+                    if matches!(reason, crate::fsm::Reason::LeaseLapsed) {
+                        self.lapse_hook = Some((from, to, reason.to_string()));
+                    } else {
+                        self.lapse_hook = None;
+                        let replica = (to == crate::fsm::EffectiveMode::Primary)
+                            .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                            .flatten();
+                        self.role_hooks.request(from, to, reason.to_string(), replica);
+                    }
                 }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {

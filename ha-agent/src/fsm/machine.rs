@@ -617,18 +617,35 @@ impl Fsm {
         }
     }
 
+    /// Why an operator switch to `to` would be refused now (`None`: it
+    /// would be taken). [`handle`](Self::handle) refuses exactly these.
+    #[must_use]
+    pub fn switch_refusal(&self, to: SwitchTarget) -> Option<&'static str> {
+        match (to, &self.state) {
+            (_, State::Init | State::Off | State::Stopped) => Some("node is not in service"),
+            (SwitchTarget::Primary, State::Primary { .. }) => None,
+            (SwitchTarget::Primary, State::Failed { .. }) => Some("a local check fails"),
+            (SwitchTarget::Primary, _) => match self.eligible() {
+                Ok(()) => None,
+                Err(Blocked::Outdated) => {
+                    Some("this node's replica is outdated (promote_outdated is off)")
+                }
+                Err(_) => Some("a local check fails"),
+            },
+            (SwitchTarget::Secondary, _) => None,
+        }
+    }
+
     fn operator(&mut self, to: SwitchTarget, out: &mut Vec<Action>) {
         let reason = Reason::Operator { to };
         let node = self.cfg.node_id;
-        let refuse = |why: &str| tracing::warn!(node, to = %to, why, "operator switch refused");
+        if let Some(why) = self.switch_refusal(to) {
+            tracing::warn!(node, to = %to, why, "operator switch refused");
+            return;
+        }
         match (to, self.state.clone()) {
-            (_, State::Init | State::Off | State::Stopped) => refuse("node is not in service"),
             (SwitchTarget::Primary, State::Primary { .. }) => {
                 tracing::info!(node, "operator switch: already primary")
-            }
-            (SwitchTarget::Primary, State::Failed { .. }) => refuse("a local check fails"),
-            (SwitchTarget::Primary, _) if self.eligible().is_err() => {
-                refuse("replica outdated or local check failing")
             }
             (SwitchTarget::Primary, State::HeldOff { grant }) => {
                 self.want_primary = Some(reason.clone());

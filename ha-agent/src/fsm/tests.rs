@@ -425,6 +425,11 @@ fn operator_switch_to_primary_is_refused_while_outdated() {
         outdated: true,
     })
     .expect("sync");
+    assert_eq!(
+        f.switch_refusal(SwitchTarget::Primary),
+        Some("this node's replica is outdated (promote_outdated is off)")
+    );
+    assert_eq!(f.switch_refusal(SwitchTarget::Secondary), None);
     f.handle(Event::OperatorSwitch {
         now: 3 * MS,
         to: SwitchTarget::Primary,
