@@ -30,8 +30,8 @@ use crate::{
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
     fsm::{Action, EffectiveMode, Event, Fsm, StateName, SwitchTarget},
     heartbeat::{
-        self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
-        clock::now_ns,
+        self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, RefusalKind,
+        SenderOptions, clock::now_ns,
     },
     lease::{Lapse, Lease, Renewal},
     metrics::Metrics,
@@ -54,6 +54,7 @@ enum Wake {
     Command(Command),
     HandBack(HandBackDone),
     Lapse(Lapse),
+    ConfigFile(Result<Box<Config>, String>),
     Timer,
 }
 
@@ -87,9 +88,8 @@ pub(super) struct Agent {
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
-    /// The configuration file and its last seen modification time.
+    /// The configuration file (watched on the I/O runtime).
     pub config_path: std::path::PathBuf,
-    pub config_mtime: Option<SystemTime>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
     /// Epoch and sequence number of the newest peer frame given to the state machine.
@@ -335,6 +335,13 @@ pub(super) async fn run(
     // (mlockall faults the whole process in; ~10 ms for a debug build here).
     // Counting from before it let a restarted node claim the role while its
     // active peer's frames were still refused as echoing the old epoch.
+    // The configuration file is read on the I/O runtime; changes come in
+    // as messages.
+    let (cfgfile_tx, mut cfgfile_rx) = mpsc::channel(4);
+    let mtime = std::fs::metadata(&config_path)
+        .and_then(|m| m.modified())
+        .ok();
+    io.spawn(watch_config_file(config_path.clone(), mtime, cfgfile_tx));
     let first_send_by = Instant::now() + FIRST_SEND_WAIT;
     while sender.stats().first_send_ns.load(Ordering::Acquire) == 0 {
         if Instant::now() >= first_send_by {
@@ -379,9 +386,6 @@ pub(super) async fn run(
         acceptance,
         sync_polled: Instant::now(),
         config_sync,
-        config_mtime: std::fs::metadata(&config_path)
-            .and_then(|m| m.modified())
-            .ok(),
         config_path,
         last_view: None,
         newest_seq: None,
@@ -420,6 +424,7 @@ pub(super) async fn run(
             Some(cmd) = ctl_rx.recv() => Wake::Command(cmd),
             Some(done) = sync_rx.recv() => Wake::HandBack(done),
             Some(l) = lapse_rx.recv() => Wake::Lapse(l),
+            Some(c) = cfgfile_rx.recv() => Wake::ConfigFile(c),
             () = tokio::time::sleep(sleep) => Wake::Timer,
         };
         // This loop never sleeps longer than an interval (< threshold / 2):
@@ -448,6 +453,7 @@ pub(super) async fn run(
             Wake::Command(cmd) => agent.on_command(cmd).await,
             Wake::HandBack(done) => agent.on_hand_back_done(done).await,
             Wake::Lapse(l) => agent.on_lapse(l).await,
+            Wake::ConfigFile(c) => agent.on_config_file(c),
             Wake::Timer => {}
         }
         // Every heartbeat already received goes in before time is judged.
@@ -602,18 +608,12 @@ impl Agent {
         self.apply_result(r).await;
     }
 
-    /// Watches the configuration file: a valid change is pushed to the peer
+    /// The configuration file changed: a valid change is pushed to the peer
     /// by config sync; an invalid one is reported and ignored.
-    fn check_config_file(&mut self) {
-        let m = std::fs::metadata(&self.config_path)
-            .and_then(|m| m.modified())
-            .ok();
-        if m == self.config_mtime {
-            return;
-        }
-        self.config_mtime = m;
-        match crate::config::load(&self.config_path) {
+    fn on_config_file(&mut self, loaded: Result<Box<Config>, String>) {
+        match loaded {
             Ok(new) => {
+                let new = *new;
                 let timing_changed = new.synced_view() != self.cfg.synced_view();
                 info!(config = %self.config_path.display(), timing_changed, "configuration file changed; cluster settings go to the peer, this agent uses new timing from its next start");
                 if let Some(c) = self.config_sync.as_mut() {
@@ -632,7 +632,6 @@ impl Agent {
             return;
         }
         self.sync_polled = Instant::now();
-        self.check_config_file();
         let active = self.fsm.is_active();
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
@@ -696,6 +695,12 @@ impl Agent {
             } => (link, heartbeat, rx_ns, fresh),
             HeartbeatEvent::Refused { kind, .. } => {
                 self.metrics.heartbeat_rejected(kind);
+                // Authentic, from a peer epoch not confirmed yet: the peer
+                // is there (see `Event::PeerUnconfirmed`).
+                if matches!(kind, RefusalKind::Unconfirmed | RefusalKind::StaleEpoch) {
+                    let r = self.fsm.handle(Event::PeerUnconfirmed { at: now_ns() });
+                    self.apply_result(r).await;
+                }
                 return;
             }
         };
@@ -921,5 +926,36 @@ impl Agent {
             c.stop();
         }
         info!(node = %self.cfg.node.name, "ha-agent stopped: gate closed, VIPs released, peer told");
+    }
+}
+
+/// Polls the configuration file's modification time on the I/O runtime and
+/// sends each change, loaded and validated, to the control loop.
+async fn watch_config_file(
+    path: std::path::PathBuf,
+    mut seen: Option<SystemTime>,
+    tx: mpsc::Sender<Result<Box<Config>, String>>,
+) {
+    let mut every = tokio::time::interval(datasync::POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let m = tokio::fs::metadata(&path)
+            .await
+            .and_then(|m| m.modified())
+            .ok();
+        if m == seen {
+            continue;
+        }
+        seen = m;
+        let p = path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || crate::config::load(&p)).await {
+            Ok(Ok(c)) => Ok(Box::new(c)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("reading the configuration failed: {e}")),
+        };
+        if tx.send(loaded).await.is_err() {
+            return;
+        }
     }
 }

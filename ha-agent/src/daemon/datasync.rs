@@ -33,6 +33,11 @@ pub struct DataSync {
     cfg: SyncConfig,
     receiver: Option<SyncHandle>,
     sender: Option<SyncHandle>,
+    /// A sender being started on its own thread (it sets up watches over
+    /// the whole tree first: never on the control loop).
+    starting: Option<std::sync::mpsc::Receiver<std::io::Result<SyncHandle>>>,
+    /// The role last given to [`set_active`](Self::set_active).
+    active: bool,
     /// Whether the replica may be trusted (the rule lives in `sync`).
     freshness: Freshness,
     /// The last hand-back left data here that the peer does not hold:
@@ -82,6 +87,8 @@ impl DataSync {
             cfg: sc,
             receiver: Some(receiver),
             sender: None,
+            starting: None,
+            active: false,
             reported: None,
             done_tx,
             handing_back: false,
@@ -104,15 +111,24 @@ impl DataSync {
             info!("retrying the hand-back of data the peer does not hold yet");
             self.hand_back();
         }
-        match (active, self.sender.is_some()) {
-            (true, false) => match Sender::spawn(self.cfg.clone()) {
-                Ok(h) => {
-                    info!(peer = %self.cfg.peer, "data sync sender started");
-                    self.fed[0] = super::metrics::SyncSeen::default();
-                    self.sender = Some(h);
+        self.active = active;
+        self.poll_start();
+        match (active, self.sender.is_some() || self.starting.is_some()) {
+            (true, false) => {
+                // Starting walks the synced tree: a plain thread, so that
+                // neither the control loop nor its runtime waits for it.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let cfg = self.cfg.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("sync-start".into())
+                    .spawn(move || {
+                        let _ = tx.send(Sender::spawn(cfg));
+                    });
+                match spawned {
+                    Ok(_) => self.starting = Some(rx),
+                    Err(e) => error!(error = %e, "data sync sender could not start"),
                 }
-                Err(e) => error!(error = %e, "data sync sender could not start"),
-            },
+            }
             (false, true) => {
                 if let Some(h) = self.sender.take() {
                     info!("data sync sender stopped (node passive)");
@@ -120,6 +136,29 @@ impl DataSync {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes a sender that finished starting; stops it if the node has
+    /// become passive meanwhile.
+    fn poll_start(&mut self) {
+        let Some(rx) = &self.starting else { return };
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(std::io::Error::other(
+                "the start thread ended without a result",
+            )),
+        };
+        self.starting = None;
+        match r {
+            Ok(h) if self.active => {
+                info!(peer = %self.cfg.peer, "data sync sender started");
+                self.fed[0] = super::metrics::SyncSeen::default();
+                self.sender = Some(h);
+            }
+            Ok(h) => stop_in_background(h),
+            Err(e) => error!(error = %e, "data sync sender could not start"),
         }
     }
 
@@ -227,6 +266,7 @@ impl DataSync {
     /// rule is [`Freshness`]'s; a change of the outdated mark is persisted.
     /// `peer_active`: the peer is alive and active (the source writes).
     pub fn poll_state(&mut self, active: bool, peer_active: bool) -> Option<(bool, bool)> {
+        self.poll_start();
         let v = if active {
             let s = self.sender_status().unwrap_or_default();
             self.freshness
