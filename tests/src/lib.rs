@@ -5,6 +5,7 @@
 pub mod bench_failover;
 pub mod bench_stability;
 pub mod cluster;
+pub mod config_cluster;
 pub mod link;
 pub mod netns;
 pub mod packets;

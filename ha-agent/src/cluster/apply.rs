@@ -200,21 +200,39 @@ fn build(
         let e = &root.entries[0];
         fs::copy(blob(&e.hash)?, &stage).map_err(io_at(&stage))?;
         set_attrs(&stage, e.mode, &e.owner, &e.group, ids).map_err(io_at(&stage))?;
+        fs::File::open(&stage)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&stage))?;
     } else {
         fs::create_dir(&stage).map_err(io_at(&stage))?;
         let mode = fs::metadata(live).map_or(0o755, |m| m.mode());
         fs::set_permissions(&stage, fs::Permissions::from_mode(mode & 0o7777))
             .map_err(io_at(&stage))?;
+        let mut dirs = vec![stage.clone()];
         for e in &root.entries {
             let p = stage.join(&e.rel);
             if e.dir {
                 fs::create_dir(&p).map_err(io_at(&p))?;
+                set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
+                dirs.push(p);
+            } else if same_file(&live.join(&e.rel), e, ids) {
+                // Unchanged: the staging copy shares the live file, so an
+                // apply writes (and makes durable) only what changed.
+                fs::hard_link(live.join(&e.rel), &p).map_err(io_at(&p))?;
             } else {
                 fs::copy(blob(&e.hash)?, &p).map_err(io_at(&p))?;
+                set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
+                fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_at(&p))?;
             }
-            set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
         }
         carry_excluded(live, &stage, Path::new(""), &st.exclude).map_err(io_at(live))?;
+        for d in dirs {
+            fs::File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&d))?;
+        }
     }
     for o in &st.overrides {
         let target = if root.is_file() {
@@ -226,12 +244,32 @@ fn build(
             continue;
         };
         let text = fs::read_to_string(&target).map_err(io_at(&target))?;
-        let perms = fs::metadata(&target).map_err(io_at(&target))?.permissions();
+        let md = fs::metadata(&target).map_err(io_at(&target))?;
+        // A new file, not a write through: the staging copy may share
+        // this inode with the live tree.
+        fs::remove_file(&target).map_err(io_at(&target))?;
         fs::write(&target, manifest::set_value(&text, &o.key, &o.value))
             .map_err(io_at(&target))?;
-        fs::set_permissions(&target, perms).map_err(io_at(&target))?;
+        let _ = std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()));
+        fs::set_permissions(&target, md.permissions()).map_err(io_at(&target))?;
+        fs::File::open(&target)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&target))?;
     }
     Ok(Some(stage))
+}
+
+/// Whether the live file at `p` already is entry `e` (content, mode,
+/// owner): then it can be linked into the staging copy.
+fn same_file(p: &Path, e: &manifest::FileMeta, ids: &mut Ids) -> bool {
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return false;
+    };
+    md.is_file()
+        && md.mode() & 0o7777 == e.mode & 0o7777
+        && ids.user_name(md.uid()) == e.owner
+        && ids.group_name(md.gid()) == e.group
+        && fs::read(p).is_ok_and(|d| manifest::hash(&d) == e.hash)
 }
 
 /// Exchanges `stage` and `live` (or moves `stage` in when `live` is
@@ -319,12 +357,6 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
             cleanup(&stages);
             return Ok(Outcome::Invalid { detail: r });
         }
-    }
-    // One file-system sync makes every staged file durable before the swap.
-    if let Some((s, _)) = stages.first()
-        && let Ok(f) = fs::File::open(s)
-    {
-        let _ = rustix::fs::syncfs(&f);
     }
     let mut swapped: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for (stage, live) in &stages {

@@ -286,8 +286,8 @@ impl ConfigNode {
     pub fn status(&self) -> ConfigOnlyStatus {
         let s = self.core.state();
         let h = self.core.heard();
-        let primary = lock(&self.primary);
         let is_primary = self.is_primary();
+        let primary = lock(&self.primary);
         let members = primary.as_ref().map(Primary::members).unwrap_or_default();
         let up = if is_primary {
             std::iter::once(self.me.name.clone())

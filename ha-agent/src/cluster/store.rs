@@ -150,11 +150,8 @@ impl Store {
         if path.exists() {
             return Ok(());
         }
-        // Durability of blobs comes with the generation written after them
-        // (one syncfs in `save_generation`), not one fsync per file.
-        let tmp = path.with_extension("tmp");
-        fs::write(&tmp, data).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        // Only new contents are written: one file per changed file.
+        write_atomic(&path, data)
     }
 
     /// Reads stored content.
@@ -190,9 +187,9 @@ impl Store {
     /// # Errors
     /// Writing fails.
     pub fn save_generation(&self, g: &Generation) -> Result<(), StoreError> {
-        let blobs = self.dir.join("blobs");
-        if let Ok(d) = fs::File::open(&blobs) {
-            let _ = rustix::fs::syncfs(&d);
+        // The contents' names are durable before the generation naming them.
+        if let Ok(d) = fs::File::open(self.dir.join("blobs")) {
+            let _ = d.sync_all();
         }
         let data = serde_json::to_vec(g).expect("generation serializes");
         write_atomic(&self.gen_path(g.version), &data)
