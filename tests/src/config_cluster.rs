@@ -333,7 +333,9 @@ impl ConfigCluster {
             s.config_only.as_ref().is_some_and(|c| {
                 c.role == "primary"
                     && !c.members.is_empty()
-                    && c.members.iter().all(|m| m.state == "in-sync")
+                    && c.members
+                        .iter()
+                        .all(|m| m.state == "in-sync" && m.version == c.version)
             })
         });
         s.config_only

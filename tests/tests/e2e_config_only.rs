@@ -88,7 +88,13 @@ fn twenty_five_members_apply_a_change_byte_for_byte() {
     // primary's, and its last apply.
     let p = c.status(0).unwrap().config_only.unwrap();
     assert_eq!(p.members.len(), 24);
-    assert!(p.members.iter().all(|m| m.up && m.version.as_deref() == Some(v.as_str())));
+    assert!(
+        p.members
+            .iter()
+            .all(|m| m.up && m.version.as_deref() == Some(v.as_str())),
+        "{:#?}",
+        p.members
+    );
     let m = c
         .wait_for(7, "member status", SETTLE, |s| {
             s.config_only
