@@ -123,7 +123,10 @@ pub fn run(args: &[String]) -> Result<()> {
             if times.len() == o.members - 1 {
                 break times.into_iter().max().expect("members");
             }
-            ensure!(Instant::now() < deadline, "change {k} not applied everywhere in 30 s");
+            ensure!(
+                Instant::now() < deadline,
+                "change {k} not applied everywhere in 30 s"
+            );
             std::thread::sleep(Duration::from_millis(1));
         };
         ha.push(last.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0);
@@ -136,14 +139,34 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let (h50, h99) = (pct(&ha, 50.0), pct(&ha, 99.0));
     let (r50, r99) = (pct(&reference, 50.0), pct(&reference, 99.0));
-    println!("change on the primary -> last of {} members applied (ms):", o.members - 1);
-    println!("  {:<34} p50 {h50:>8.1}  p99 {h99:>8.1}  max {:>8.1}", "ha (push, staging, swap, after_apply)", pct(&ha, 100.0));
-    println!("  {:<34} p50 {r50:>8.1}  p99 {r99:>8.1}  max {:>8.1}", "inotify + parallel rsync fan-out", pct(&reference, 100.0));
-    println!("  ha is {:.1}x faster at p50, {:.1}x at p99", r50 / h50, r99 / h99);
+    println!(
+        "change on the primary -> last of {} members applied (ms):",
+        o.members - 1
+    );
+    println!(
+        "  {:<34} p50 {h50:>8.1}  p99 {h99:>8.1}  max {:>8.1}",
+        "ha (push, staging, swap, after_apply)",
+        pct(&ha, 100.0)
+    );
+    println!(
+        "  {:<34} p50 {r50:>8.1}  p99 {r99:>8.1}  max {:>8.1}",
+        "inotify + parallel rsync fan-out",
+        pct(&reference, 100.0)
+    );
+    println!(
+        "  ha is {:.1}x faster at p50, {:.1}x at p99",
+        r50 / h50,
+        r99 / h99
+    );
     Ok(())
 }
 
-fn rsync_fanout(c: &ConfigCluster, members: usize, changes: usize, rng: &mut StdRng) -> Result<Vec<f64>> {
+fn rsync_fanout(
+    c: &ConfigCluster,
+    members: usize,
+    changes: usize,
+    rng: &mut StdRng,
+) -> Result<Vec<f64>> {
     let work = c.member_dir(0).join("rsync");
     let src = work.join("src");
     fs::create_dir_all(&src)?;
@@ -171,8 +194,13 @@ fn rsync_fanout(c: &ConfigCluster, members: usize, changes: usize, rng: &mut Std
     for i in 1..members {
         let target = SocketAddr::new(address(i), RSYNC_PORT);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !c.ns[0].run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()) {
-            ensure!(Instant::now() < deadline, "rsync daemon on {target} not listening");
+        while !c.ns[0].run(|| {
+            std::net::TcpStream::connect_timeout(&target, Duration::from_millis(200)).is_ok()
+        }) {
+            ensure!(
+                Instant::now() < deadline,
+                "rsync daemon on {target} not listening"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -214,7 +242,10 @@ fn rsync_fanout(c: &ConfigCluster, members: usize, changes: usize, rng: &mut Std
     // Every member's copy equals the source.
     let want = tree(&src);
     for i in 1..members {
-        ensure!(tree(&c.member_dir(i).join("rsync-dst")) == want, "rsync copy of member {i} differs");
+        ensure!(
+            tree(&c.member_dir(i).join("rsync-dst")) == want,
+            "rsync copy of member {i} differs"
+        );
     }
     drop(daemons);
     Ok(out)
@@ -236,4 +267,3 @@ fn tree(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
-

@@ -55,7 +55,12 @@ impl Default for ConfigOpts {
 /// Member `i`'s address on the sync network.
 #[must_use]
 pub fn address(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(10, 200, 50, u8::try_from(i + 1).expect("at most 25")))
+    IpAddr::V4(Ipv4Addr::new(
+        10,
+        200,
+        50,
+        u8::try_from(i + 1).expect("at most 25"),
+    ))
 }
 
 /// Member `i`'s name.
@@ -144,11 +149,22 @@ impl ConfigCluster {
         let o = &self.opts;
         let d = self.member_dir(i);
         let mut t = String::new();
-        let mode = if i == 0 { "config-primary" } else { "config-secondary" };
-        let password = if o.wrong_password.contains(&i) { "not-the-password" } else { PASSWORD };
+        let mode = if i == 0 {
+            "config-primary"
+        } else {
+            "config-secondary"
+        };
+        let password = if o.wrong_password.contains(&i) {
+            "not-the-password"
+        } else {
+            PASSWORD
+        };
         let id = if o.wrong_cluster.contains(&i) { 8 } else { 7 };
         let _ = writeln!(t, "[node]\nname = \"{}\"\nmode = \"{mode}\"", name(i));
-        let _ = writeln!(t, "[cluster]\nid = {id}\npassword = \"{password}\"\nbase_port = 20000");
+        let _ = writeln!(
+            t,
+            "[cluster]\nid = {id}\npassword = \"{password}\"\nbase_port = 20000"
+        );
         let _ = writeln!(
             t,
             "[runtime]\ninstance = \"co{}-{i}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"",
@@ -306,7 +322,13 @@ impl ConfigCluster {
     ///
     /// # Panics
     /// When it does not within `timeout` (with the last status and log).
-    pub fn wait_for(&self, i: usize, what: &str, timeout: Duration, pred: impl Fn(&Status) -> bool) -> Status {
+    pub fn wait_for(
+        &self,
+        i: usize,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Status {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         while Instant::now() < deadline {
@@ -369,7 +391,11 @@ fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, u32, Vec<u8>)>) {
             out.push((name, md.mode() & 0o7777, Vec::new()));
             walk(root, &r, out);
         } else {
-            out.push((name, md.mode() & 0o7777, std::fs::read(root.join(&r)).expect("read")));
+            out.push((
+                name,
+                md.mode() & 0o7777,
+                std::fs::read(root.join(&r)).expect("read"),
+            ));
         }
     }
 }

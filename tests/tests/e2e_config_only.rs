@@ -31,7 +31,11 @@ fn seed_tree(c: &ConfigCluster) {
     let etc = c.etc(0);
     fs::create_dir_all(etc.join("maps")).unwrap();
     fs::write(etc.join("main.cf"), "relayhost = [10.200.9.9]\n").unwrap();
-    fs::write(etc.join("maps/transport"), "example.com smtp:[10.200.9.10]\n").unwrap();
+    fs::write(
+        etc.join("maps/transport"),
+        "example.com smtp:[10.200.9.10]\n",
+    )
+    .unwrap();
     fs::write(etc.join("maps/secret"), "key\n").unwrap();
     fs::set_permissions(etc.join("maps/secret"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(etc.join("maps"), fs::Permissions::from_mode(0o750)).unwrap();
@@ -134,7 +138,11 @@ fn members_down_during_changes_converge_and_drift_is_repaired() {
     });
     let mut last = version_of(&c, 0).unwrap();
     for n in 0..3 {
-        fs::write(c.etc(0).join("main.cf"), format!("relayhost = [10.200.9.{}]\n", 20 + n)).unwrap();
+        fs::write(
+            c.etc(0).join("main.cf"),
+            format!("relayhost = [10.200.9.{}]\n", 20 + n),
+        )
+        .unwrap();
         wait("a new version", SETTLE, || {
             version_of(&c, 0).is_some_and(|v| v != last)
         });
@@ -193,7 +201,15 @@ fn a_change_that_fails_validation_is_refused_everywhere_and_rolled_back() {
         })
     });
     let co = s.config_only.unwrap();
-    let refused = |n: &str| co.members.iter().find(|m| m.name == n).unwrap().refused.clone().unwrap();
+    let refused = |n: &str| {
+        co.members
+            .iter()
+            .find(|m| m.name == n)
+            .unwrap()
+            .refused
+            .clone()
+            .unwrap()
+    };
     assert!(refused("m04").contains("cluster"), "{}", refused("m04"));
     let good = co.version.clone().unwrap();
     let before = c.tree(1);
@@ -206,18 +222,33 @@ fn a_change_that_fails_validation_is_refused_everywhere_and_rolled_back() {
                 && c.members
                     .iter()
                     .filter(|m| m.name != "m03" && m.name != "m04")
-                    .all(|m| m.state == "failed" && m.last_apply.as_ref().is_some_and(|a| !a.ok && a.detail.contains("validate")))
+                    .all(|m| {
+                        m.state == "failed"
+                            && m.last_apply
+                                .as_ref()
+                                .is_some_and(|a| !a.ok && a.detail.contains("validate"))
+                    })
         })
     });
     for i in 1..3 {
-        assert_eq!(c.tree(i), before, "{}: the previous generation stays in force", name(i));
+        assert_eq!(
+            c.tree(i),
+            before,
+            "{}: the previous generation stays in force",
+            name(i)
+        );
         let m = c.status(i).unwrap().config_only.unwrap();
         assert_eq!(m.version.as_deref(), Some(good.as_str()));
     }
     // The operator rolls the whole cluster back to the good generation.
     let gens = c.request(0, &Request::Generations);
     assert!(gens.ok && gens.message.contains(&good), "{}", gens.message);
-    let r = c.request(0, &Request::Rollback { version: good.clone() });
+    let r = c.request(
+        0,
+        &Request::Rollback {
+            version: good.clone(),
+        },
+    );
     assert!(r.ok, "{}", r.message);
     assert_eq!(c.tree(0), before, "the primary's own files rolled back");
     let v = c.wait_for(0, "rolled back everywhere", SETTLE, |s| {
@@ -228,7 +259,11 @@ fn a_change_that_fails_validation_is_refused_everywhere_and_rolled_back() {
                 .all(|m| m.state == "in-sync")
         })
     });
-    assert_ne!(v.config_only.unwrap().version.as_deref(), Some(good.as_str()), "rollback is a new version");
+    assert_ne!(
+        v.config_only.unwrap().version.as_deref(),
+        Some(good.as_str()),
+        "rollback is a new version"
+    );
     drop(s);
 }
 
@@ -245,13 +280,20 @@ fn the_old_primary_returns_after_a_manual_switch_and_does_not_overwrite() {
     c.start_all();
     let old = c.wait_in_sync(0, SETTLE);
     c.kill(0);
-    let r = c.request(1, &Request::Switch { to: SwitchTo::ConfigPrimary });
+    let r = c.request(
+        1,
+        &Request::Switch {
+            to: SwitchTo::ConfigPrimary,
+        },
+    );
     assert!(r.ok, "{}", r.message);
     fs::write(c.etc(1).join("main.cf"), "relayhost = [10.200.9.99]\n").unwrap();
     let want = c.tree(1);
-    wait("the new primary's change on members 2 and 3", SETTLE, || {
-        c.tree(2) == want && c.tree(3) == want
-    });
+    wait(
+        "the new primary's change on members 2 and 3",
+        SETTLE,
+        || c.tree(2) == want && c.tree(3) == want,
+    );
     let newer = version_of(&c, 1).unwrap();
     assert!(newer.starts_with("2."), "new epoch: {newer} (was {old})");
 
@@ -260,7 +302,9 @@ fn the_old_primary_returns_after_a_manual_switch_and_does_not_overwrite() {
     c.start(0);
     c.wait_for(0, "old primary follows", SETTLE, |s| {
         s.effective_mode == "config-secondary"
-            && s.config_only.as_ref().is_some_and(|c| c.version.as_deref() == Some(newer.as_str()))
+            && s.config_only
+                .as_ref()
+                .is_some_and(|c| c.version.as_deref() == Some(newer.as_str()))
     });
     assert_eq!(c.tree(0), want, "the old primary took the newer files");
     // Nothing went back on the members, now or a while later.

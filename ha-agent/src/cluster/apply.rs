@@ -46,8 +46,6 @@ pub enum Outcome {
     Applied {
         /// Files differed from what was in force (`after_apply` ran).
         changed: bool,
-        /// Checksum of the files now on disk.
-        disk: String,
     },
     /// `validate` refused the staging copy; nothing was swapped.
     Invalid {
@@ -185,6 +183,7 @@ fn build(
     live: &Path,
     root: &RootMeta,
     ids: &mut Ids,
+    wrote: &mut usize,
 ) -> Result<Option<PathBuf>, ApplyError> {
     if !root.present {
         return Ok(None);
@@ -198,6 +197,9 @@ fn build(
     };
     if root.is_file() {
         let e = &root.entries[0];
+        if !same_file(live, e, ids) {
+            *wrote += 1;
+        }
         fs::copy(blob(&e.hash)?, &stage).map_err(io_at(&stage))?;
         set_attrs(&stage, e.mode, &e.owner, &e.group, ids).map_err(io_at(&stage))?;
         fs::File::open(&stage)
@@ -208,26 +210,44 @@ fn build(
         let mode = fs::metadata(live).map_or(0o755, |m| m.mode());
         fs::set_permissions(&stage, fs::Permissions::from_mode(mode & 0o7777))
             .map_err(io_at(&stage))?;
-        let mut dirs = vec![stage.clone()];
+        // Directories whose entries were written: made durable before the swap.
+        let mut dirs = std::collections::BTreeSet::new();
         for e in &root.entries {
             let p = stage.join(&e.rel);
             if e.dir {
                 fs::create_dir(&p).map_err(io_at(&p))?;
                 set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
-                dirs.push(p);
-            } else if same_file(&live.join(&e.rel), e, ids) {
+                if !live.join(&e.rel).is_dir() {
+                    *wrote += 1;
+                    dirs.insert(p.parent().map_or_else(|| stage.clone(), Path::to_path_buf));
+                }
+            } else if same_file(&live.join(&e.rel), e, ids)
+                || same_with_overrides(st, store, &live.join(&e.rel), e, ids)
+            {
                 // Unchanged: the staging copy shares the live file, so an
                 // apply writes (and makes durable) only what changed.
                 fs::hard_link(live.join(&e.rel), &p).map_err(io_at(&p))?;
             } else {
+                *wrote += 1;
                 fs::copy(blob(&e.hash)?, &p).map_err(io_at(&p))?;
                 set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
                 fs::File::open(&p)
                     .and_then(|f| f.sync_all())
                     .map_err(io_at(&p))?;
+                dirs.insert(p.parent().map_or_else(|| stage.clone(), Path::to_path_buf));
             }
         }
+        // Something here that the version does not hold: a removal.
+        let wanted: std::collections::BTreeSet<&str> =
+            root.entries.iter().map(|e| e.rel.as_str()).collect();
+        if live_entries(live, Path::new(""), &st.exclude)
+            .iter()
+            .any(|r| !wanted.contains(r.as_str()))
+        {
+            *wrote += 1;
+        }
         carry_excluded(live, &stage, Path::new(""), &st.exclude).map_err(io_at(live))?;
+        dirs.insert(stage.clone());
         for d in dirs {
             fs::File::open(&d)
                 .and_then(|f| f.sync_all())
@@ -248,8 +268,15 @@ fn build(
         // A new file, not a write through: the staging copy may share
         // this inode with the live tree.
         fs::remove_file(&target).map_err(io_at(&target))?;
-        fs::write(&target, manifest::set_value(&text, &o.key, &o.value))
-            .map_err(io_at(&target))?;
+        let new = manifest::set_value(&text, &o.key, &o.value);
+        if fs::read_to_string(live.join(target.strip_prefix(&stage).unwrap_or(&target)))
+            .ok()
+            .as_deref()
+            != Some(new.as_str())
+        {
+            *wrote += 1;
+        }
+        fs::write(&target, new).map_err(io_at(&target))?;
         let _ = std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()));
         fs::set_permissions(&target, md.permissions()).map_err(io_at(&target))?;
         fs::File::open(&target)
@@ -257,6 +284,68 @@ fn build(
             .map_err(io_at(&target))?;
     }
     Ok(Some(stage))
+}
+
+/// Whether the live file at `p` is entry `e` with this member's
+/// `[[config_sync.set]]` values applied (then nothing changes there).
+fn same_with_overrides(
+    st: &ApplySettings,
+    store: &Store,
+    p: &Path,
+    e: &manifest::FileMeta,
+    ids: &mut Ids,
+) -> bool {
+    let sets: Vec<&Override> = st.overrides.iter().filter(|o| o.file == p).collect();
+    if sets.is_empty() {
+        return false;
+    }
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return false;
+    };
+    let Some(text) = store
+        .get(&e.hash)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+    else {
+        return false;
+    };
+    let want = sets
+        .iter()
+        .fold(text, |t, o| manifest::set_value(&t, &o.key, &o.value));
+    md.is_file()
+        && md.mode() & 0o7777 == e.mode & 0o7777
+        && ids.user_name(md.uid()) == e.owner
+        && ids.group_name(md.gid()) == e.group
+        && fs::read(p).is_ok_and(|d| d == want.as_bytes())
+}
+
+/// Relative paths of the live tree (not excluded), without reading files.
+fn live_entries(live: &Path, rel: &Path, ex: &GlobSet) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(live.join(rel)) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if crate::sync::path::is_temp_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let r = rel.join(&name);
+        let full = live.join(&r);
+        if bundle::excluded(ex, &full) {
+            continue;
+        }
+        let Ok(md) = fs::symlink_metadata(&full) else {
+            continue;
+        };
+        if md.is_dir() || md.is_file() {
+            out.push(r.to_string_lossy().into_owned());
+        }
+        if md.is_dir() {
+            out.extend(live_entries(live, &r, ex));
+        }
+    }
+    out
 }
 
 /// Whether the live file at `p` already is entry `e` (content, mode,
@@ -313,8 +402,9 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
             remove_any(s);
         }
     };
+    let mut wrote = 0usize;
     for (root, live) in m.roots.iter().zip(&st.paths) {
-        match build(st, store, live, root, &mut ids) {
+        match build(st, store, live, root, &mut ids, &mut wrote) {
             Ok(Some(stage)) => stages.push((stage, live.clone())),
             Ok(None) => {}
             Err(e) => {
@@ -325,27 +415,9 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
         }
     }
     // Nothing differs: nothing to swap, no hook to run.
-    let staged = {
-        let paths: Vec<PathBuf> = st.paths.clone();
-        let staged_paths: Vec<PathBuf> = paths
-            .iter()
-            .map(|p| {
-                stages
-                    .iter()
-                    .find(|(_, l)| l == p)
-                    .map_or_else(|| p.clone(), |(s, _)| s.clone())
-            })
-            .collect();
-        bundle::collect(&staged_paths, &st.exclude)
-            .map(|b| Manifest::from_bundle(&b).0.checksum())
-    };
-    let before = disk_checksum(st)?;
-    if staged.as_ref().is_ok_and(|s| *s == before) {
+    if wrote == 0 {
         cleanup(&stages);
-        return Ok(Outcome::Applied {
-            changed: false,
-            disk: before,
-        });
+        return Ok(Outcome::Applied { changed: false });
     }
     if let Some(cmd) = &st.validate {
         let dir = stages
@@ -390,10 +462,7 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
         }
     }
     cleanup(&stages);
-    Ok(Outcome::Applied {
-        changed: true,
-        disk: disk_checksum(st)?,
-    })
+    Ok(Outcome::Applied { changed: true })
 }
 
 /// Time since `t` in milliseconds.
@@ -451,13 +520,19 @@ mod tests {
         st.after_apply = Some(format!("touch {}", t.path().join("hook").display()));
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
         let out = install(&st, &store, &m).unwrap();
-        assert!(matches!(out, Outcome::Applied { changed: true, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::Applied { changed: true, .. }),
+            "{out:?}"
+        );
         assert_eq!(
             fs::read_to_string(dst.join("main.cf")).unwrap(),
             "relayhost = x\nmyhostname = b\n"
         );
         assert_eq!(fs::read_to_string(dst.join("local.cf")).unwrap(), "mine\n");
-        assert_eq!(fs::metadata(dst.join("maps/t")).unwrap().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(dst.join("maps/t")).unwrap().mode() & 0o777,
+            0o640
+        );
         assert!(!dst.join("old").exists());
         assert!(t.path().join("hook").exists());
         assert!(!staging_path(&dst).exists(), "staging removed");

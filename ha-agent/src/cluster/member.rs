@@ -177,12 +177,12 @@ impl MemberCore {
             manifest: manifest.clone(),
             at_ms: now_ms(),
         })?;
-        let disk = apply::disk_checksum(&self.st.apply).ok();
         let mut s = self.state();
         s.version = Some(version);
         s.origin = Some(self.st.node.clone());
+        // The primary's files are what it collected: no second read.
         s.content = Some(manifest.checksum());
-        s.disk = disk;
+        s.disk = Some(manifest.checksum());
         self.set_state(s);
         lock(&self.heard).drift = false;
         self.store.prune(self.st.generations, Some(version));
@@ -217,14 +217,18 @@ impl MemberCore {
                     format!("refused: older than {running}, the version in force here"),
                 );
             }
-            Accept::Same if !repair && !own_files && cur.content.as_deref() == Some(&manifest.checksum()) => {
+            Accept::Same
+                if !repair
+                    && !own_files
+                    && cur.content.as_deref() == Some(&manifest.checksum()) =>
+            {
                 return report(true, "unchanged".into());
             }
             _ => {}
         }
         let outcome = apply::install(&self.st.apply, &self.store, manifest);
         let r = match outcome {
-            Ok(Outcome::Applied { changed, disk }) => {
+            Ok(Outcome::Applied { changed }) => {
                 let g = Generation {
                     version,
                     origin: origin.to_owned(),
@@ -245,10 +249,10 @@ impl MemberCore {
                 }
                 s.origin = Some(origin.to_owned());
                 s.content = Some(manifest.checksum());
-                s.disk = Some(disk);
-                self.set_state(s);
+                // Computed by `settle` once the primary has its answer.
+                s.disk = None;
+                *lock(&self.state) = s;
                 lock(&self.heard).drift = false;
-                self.store.prune(self.st.generations, Some(version));
                 self.installs.fetch_add(1, Ordering::Relaxed);
                 let detail = match (changed, repair) {
                     (false, _) => "unchanged",
@@ -260,7 +264,13 @@ impl MemberCore {
             }
             Ok(Outcome::Invalid { detail }) => {
                 warn!(%version, %detail, "config version refused by validate; previous one stays in force");
-                report(false, format!("validate failed ({detail}); {} stays in force", show(cur.version)))
+                report(
+                    false,
+                    format!(
+                        "validate failed ({detail}); {} stays in force",
+                        show(cur.version)
+                    ),
+                )
             }
             Ok(Outcome::HookFailed { detail, restored }) => {
                 warn!(%version, %detail, %restored, "after_apply failed; previous version restored");
@@ -279,8 +289,21 @@ impl MemberCore {
         };
         let mut s = self.state();
         s.last_apply = Some(r.clone());
-        self.set_state(s);
+        *lock(&self.state) = s;
         r
+    }
+
+    /// After an install was answered: the checksum of the files as now on
+    /// disk (the drift baseline), the state made durable, old generations
+    /// removed. Off the propagation path: the primary is not kept waiting.
+    pub fn settle(&self) {
+        let _g = lock(&self.apply_lock);
+        let mut s = self.state();
+        if s.disk.is_none() && s.version.is_some() {
+            s.disk = apply::disk_checksum(&self.st.apply).ok();
+        }
+        self.set_state(s.clone());
+        self.store.prune(self.st.generations, s.version);
     }
 
     fn refused(&self, why: String) {
@@ -291,7 +314,10 @@ impl MemberCore {
 }
 
 fn show(v: Option<Version>) -> String {
-    v.map_or_else(|| "the previous configuration".into(), |v| format!("version {v}"))
+    v.map_or_else(
+        || "the previous configuration".into(),
+        |v| format!("version {v}"),
+    )
 }
 
 /// Handle on the listener; stops it on drop.
@@ -334,10 +360,10 @@ impl MemberServer {
                                 continue;
                             }
                             sessions.fetch_add(1, Ordering::Relaxed);
-                            let (core, sessions, stop) = (core.clone(), sessions.clone(), stop2.clone());
-                            let _ = thread::Builder::new()
-                                .name("config-session".into())
-                                .spawn(move || {
+                            let (core, sessions, stop) =
+                                (core.clone(), sessions.clone(), stop2.clone());
+                            let _ = thread::Builder::new().name("config-session".into()).spawn(
+                                move || {
                                     if let Err(e) = session(&core, s, peer, &stop) {
                                         match e {
                                             WireError::Io(ref io)
@@ -348,14 +374,21 @@ impl MemberServer {
                                                 ) => {}
                                             e => {
                                                 warn!(%peer, error = %e, "config session ended");
-                                                if matches!(e, WireError::Handshake(_) | WireError::Refused(_) | WireError::Oversize(_) | WireError::Decode(_)) {
+                                                if matches!(
+                                                    e,
+                                                    WireError::Handshake(_)
+                                                        | WireError::Refused(_)
+                                                        | WireError::Oversize(_)
+                                                        | WireError::Decode(_)
+                                                ) {
                                                     core.refused(format!("{peer}: {e}"));
                                                 }
                                             }
                                         }
                                     }
                                     sessions.fetch_sub(1, Ordering::Relaxed);
-                                });
+                                },
+                            );
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             thread::sleep(Duration::from_millis(5));
@@ -375,7 +408,12 @@ impl MemberServer {
     }
 }
 
-fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool) -> Result<(), WireError> {
+fn session(
+    core: &MemberCore,
+    mut s: TcpStream,
+    peer: SocketAddr,
+    stop: &AtomicBool,
+) -> Result<(), WireError> {
     s.set_nonblocking(false)?;
     s.set_nodelay(true)?;
     // A pusher silent for longer than the down threshold is gone.
@@ -384,23 +422,40 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let name = wire::server_handshake(&mut s, &core.st.key, &core.st.node)?;
     let cluster = core.st.cluster;
-    wire::send(&mut s, &Msg::Member { cluster, report: Box::new(core.report()) })?;
+    wire::send(
+        &mut s,
+        &Msg::Member {
+            cluster,
+            report: Box::new(core.report()),
+        },
+    )?;
     while !stop.load(Ordering::Relaxed) {
         let m = wire::recv(&mut s)?;
         let started = Instant::now();
         let theirs = match &m {
             Msg::Ping { cluster, .. } | Msg::Install { cluster, .. } => *cluster,
             other => {
-                return Err(WireError::Handshake(format!("unexpected message {}", kind(other))));
+                return Err(WireError::Handshake(format!(
+                    "unexpected message {}",
+                    kind(other)
+                )));
             }
         };
         if theirs != cluster {
-            let reason = format!("cluster id {theirs} refused: this member is in cluster {cluster}");
-            let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+            let reason =
+                format!("cluster id {theirs} refused: this member is in cluster {cluster}");
+            let _ = wire::send(
+                &mut s,
+                &Msg::Refused {
+                    reason: reason.clone(),
+                },
+            );
             return Err(WireError::Refused(reason));
         }
         match m {
-            Msg::Ping { version, up, check, .. } => {
+            Msg::Ping {
+                version, up, check, ..
+            } => {
                 if check {
                     core.check_drift();
                 }
@@ -412,23 +467,52 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
                     h.up = up;
                     h.at = Some(Instant::now());
                 }
-                wire::send(&mut s, &Msg::Member { cluster, report: Box::new(core.report()) })?;
+                wire::send(
+                    &mut s,
+                    &Msg::Member {
+                        cluster,
+                        report: Box::new(core.report()),
+                    },
+                )?;
             }
-            Msg::Install { origin, version, members, manifest, blobs, repair, .. } => {
+            Msg::Install {
+                origin,
+                version,
+                members,
+                manifest,
+                blobs,
+                repair,
+                ..
+            } => {
                 if let Err(e) = manifest.check(core.st.apply.paths.len()) {
                     let reason = format!("install {version} refused: {e}");
-                    let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                    let _ = wire::send(
+                        &mut s,
+                        &Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                    );
                     return Err(WireError::Refused(reason));
                 }
                 if members.len() > crate::config::defaults::MAX_MEMBERS {
                     let reason = format!("install {version} refused: {} members", members.len());
-                    let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                    let _ = wire::send(
+                        &mut s,
+                        &Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                    );
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
                     if let Err(e) = core.store.put(&b.hash, &b.data) {
                         let reason = format!("install {version} refused: {e}");
-                        let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                        let _ = wire::send(
+                            &mut s,
+                            &Msg::Refused {
+                                reason: reason.clone(),
+                            },
+                        );
                         return Err(WireError::Refused(reason));
                     }
                 }
@@ -444,8 +528,16 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
                     h.primary_version = Some(version);
                     h.at = Some(Instant::now());
                 }
-                let report = core.install(version, &origin, members, &manifest, repair, false, started);
-                wire::send(&mut s, &Msg::Installed { report, member: Box::new(core.report()) })?;
+                let report =
+                    core.install(version, &origin, members, &manifest, repair, false, started);
+                wire::send(
+                    &mut s,
+                    &Msg::Installed {
+                        report,
+                        member: Box::new(core.report()),
+                    },
+                )?;
+                core.settle();
             }
             _ => unreachable!("filtered above"),
         }

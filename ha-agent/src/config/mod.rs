@@ -31,8 +31,8 @@ use std::path::Path;
 pub use error::{ConfigError, Problem};
 pub use model::{
     Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck, LocalKind,
-    LocalMonitor, Member, Metrics, MinFree, Mode, Override, Monitors, Mta, Node, OnFailure, RemoteMonitor, Runtime,
-    Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
+    LocalMonitor, Member, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure, Override,
+    RemoteMonitor, Runtime, Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
 };
 pub use secret::Secret;
 pub use timing::{Timing, TimingError};

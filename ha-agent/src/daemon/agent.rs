@@ -699,7 +699,9 @@ impl Agent {
                     SwitchTo::ConfigPrimary => {
                         let _ = cmd.reply.send(Response {
                             ok: false,
-                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            message:
+                                "this node is active-passive; config-primary is a config-only mode"
+                                    .into(),
                             status: None,
                         });
                         return;

@@ -17,8 +17,9 @@ use prometheus_client::registry::Registry;
 use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
-    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MemberLabel, MonitorLabel, MonitorStateLabel,
-    PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
+    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MemberLabel, MonitorLabel,
+    MonitorStateLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind,
+    TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
