@@ -177,11 +177,13 @@ fn carry_excluded(live: &Path, stage: &Path, rel: &Path, ex: &GlobSet) -> io::Re
 
 /// Builds the staging copy of one synced path; `None` when the primary
 /// does not have that path (left alone here).
+#[expect(clippy::too_many_arguments, reason = "one staging copy's context")]
 fn build(
     st: &ApplySettings,
     store: &Store,
     live: &Path,
     root: &RootMeta,
+    prev: Option<&RootMeta>,
     ids: &mut Ids,
     wrote: &mut usize,
 ) -> Result<Option<PathBuf>, ApplyError> {
@@ -221,7 +223,8 @@ fn build(
                     *wrote += 1;
                     dirs.insert(p.parent().map_or_else(|| stage.clone(), Path::to_path_buf));
                 }
-            } else if same_file(&live.join(&e.rel), e, ids)
+            } else if unchanged_since(prev, e, &live.join(&e.rel))
+                || same_file(&live.join(&e.rel), e, ids)
                 || same_with_overrides(st, store, &live.join(&e.rel), e, ids)
             {
                 // Unchanged: the staging copy shares the live file, so an
@@ -284,6 +287,16 @@ fn build(
             .map_err(io_at(&target))?;
     }
     Ok(Some(stage))
+}
+
+/// Whether entry `e` is the same in the version in force (`prev`) and the
+/// live file is there: linked without reading it. Drift (a hand edit) is
+/// found by the periodic check and repaired with a push that does not
+/// trust `prev`.
+fn unchanged_since(prev: Option<&RootMeta>, e: &manifest::FileMeta, p: &Path) -> bool {
+    prev.and_then(|r| r.entries.iter().find(|x| x.rel == e.rel))
+        .is_some_and(|x| x == e)
+        && fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
 }
 
 /// Whether the live file at `p` is entry `e` with this member's
@@ -394,7 +407,14 @@ fn sync_parent(p: &Path) {
 /// # Errors
 /// When the staging copy cannot be built or swapped; the tree in force is
 /// then the previous one.
-pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcome, ApplyError> {
+/// `prev` is the manifest in force, trusted for files it has unchanged
+/// (`None` to compare every file with the live tree, as a repair does).
+pub fn install(
+    st: &ApplySettings,
+    store: &Store,
+    m: &Manifest,
+    prev: Option<&Manifest>,
+) -> Result<Outcome, ApplyError> {
     let mut ids = Ids::default();
     let mut stages: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |stages: &[(PathBuf, PathBuf)]| {
@@ -403,8 +423,9 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
         }
     };
     let mut wrote = 0usize;
-    for (root, live) in m.roots.iter().zip(&st.paths) {
-        match build(st, store, live, root, &mut ids, &mut wrote) {
+    for (i, (root, live)) in m.roots.iter().zip(&st.paths).enumerate() {
+        let prev = prev.and_then(|p| p.roots.get(i));
+        match build(st, store, live, root, prev, &mut ids, &mut wrote) {
             Ok(Some(stage)) => stages.push((stage, live.clone())),
             Ok(None) => {}
             Err(e) => {
@@ -519,7 +540,7 @@ mod tests {
         });
         st.after_apply = Some(format!("touch {}", t.path().join("hook").display()));
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(
             matches!(out, Outcome::Applied { changed: true, .. }),
             "{out:?}"
@@ -538,7 +559,7 @@ mod tests {
         assert!(!staging_path(&dst).exists(), "staging removed");
         // Same again: nothing changes, the hook does not run.
         fs::remove_file(t.path().join("hook")).unwrap();
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(matches!(out, Outcome::Applied { changed: false, .. }));
         assert!(!t.path().join("hook").exists());
     }
@@ -555,7 +576,7 @@ mod tests {
         let mut st = settings(vec![dst.clone()]);
         st.validate = Some("! grep -q broken {dir}/main.cf".into());
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(matches!(out, Outcome::Invalid { .. }), "{out:?}");
         assert_eq!(fs::read_to_string(dst.join("main.cf")).unwrap(), "good\n");
         assert!(!staging_path(&dst).exists());
@@ -568,7 +589,7 @@ mod tests {
             log.display(),
             dst.display()
         ));
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(
             matches!(&out, Outcome::HookFailed { restored, .. } if restored == "ok"),
             "{out:?}"
@@ -589,7 +610,7 @@ mod tests {
         let store = Store::open(&t.path().join("state")).unwrap();
         let st = settings(vec![dst.clone()]);
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        install(&st, &store, &m).unwrap();
+        install(&st, &store, &m, None).unwrap();
         assert_eq!(fs::read_to_string(&dst).unwrap(), "postmaster: root\n");
     }
 }

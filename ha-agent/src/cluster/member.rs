@@ -81,6 +81,8 @@ pub struct MemberCore {
     pub superseded: AtomicBool,
     /// Installs done (for tests and metrics).
     pub installs: AtomicU64,
+    /// Written by the last install, stored by [`MemberCore::settle`].
+    pending: Mutex<(Vec<std::path::PathBuf>, Option<Generation>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +104,7 @@ impl MemberCore {
             apply_lock: Mutex::new(()),
             superseded: AtomicBool::new(false),
             installs: AtomicU64::new(0),
+            pending: Mutex::new((Vec::new(), None)),
         }))
     }
 
@@ -226,7 +229,17 @@ impl MemberCore {
             }
             _ => {}
         }
-        let outcome = apply::install(&self.st.apply, &self.store, manifest);
+        // The manifest in force, unless the files are to be compared one by
+        // one (a repair, or this node's own rollback).
+        let prev = (!repair)
+            .then(|| cur.version.and_then(|v| self.store.generation(v).ok()))
+            .flatten();
+        let outcome = apply::install(
+            &self.st.apply,
+            &self.store,
+            manifest,
+            prev.as_ref().map(|g| &g.manifest),
+        );
         let r = match outcome {
             Ok(Outcome::Applied { changed }) => {
                 let g = Generation {
@@ -236,9 +249,7 @@ impl MemberCore {
                     manifest: manifest.clone(),
                     at_ms: now_ms(),
                 };
-                if let Err(e) = self.store.save_generation(&g) {
-                    warn!(error = %e, %version, "generation not stored");
-                }
+                lock(&self.pending).1 = Some(g);
                 let mut s = cur.clone();
                 s.version = Some(version);
                 if s.origin.as_deref() != Some(origin) && origin != self.st.node {
@@ -298,6 +309,13 @@ impl MemberCore {
     /// removed. Off the propagation path: the primary is not kept waiting.
     pub fn settle(&self) {
         let _g = lock(&self.apply_lock);
+        let (blobs, generation) = std::mem::take(&mut *lock(&self.pending));
+        self.store.sync(&blobs);
+        if let Some(g) = generation
+            && let Err(e) = self.store.save_generation(&g)
+        {
+            warn!(error = %e, version = %g.version, "generation not stored");
+        }
         let mut s = self.state();
         if s.disk.is_none() && s.version.is_some() {
             s.disk = apply::disk_checksum(&self.st.apply).ok();
@@ -505,7 +523,11 @@ fn session(
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
-                    if let Err(e) = core.store.put(&b.hash, &b.data) {
+                    let put = core.store.put_unsynced(&b.hash, &b.data);
+                    if let Ok(Some(p)) = &put {
+                        lock(&core.pending).0.push(p.clone());
+                    }
+                    if let Err(e) = put {
                         let reason = format!("install {version} refused: {e}");
                         let _ = wire::send(
                             &mut s,

@@ -154,6 +154,36 @@ impl Store {
         write_atomic(&path, data)
     }
 
+    /// Like [`Store::put`] without waiting for the disk: the content is
+    /// made durable by [`Store::sync`] before a generation names it.
+    ///
+    /// # Errors
+    /// The hash does not match, or writing fails.
+    pub fn put_unsynced(&self, h: &str, data: &[u8]) -> Result<Option<PathBuf>, StoreError> {
+        let path = self
+            .blob_path(h)
+            .ok_or_else(|| StoreError::HashMismatch(h.to_owned()))?;
+        if manifest::hash(data) != h {
+            return Err(StoreError::HashMismatch(h.to_owned()));
+        }
+        if path.exists() {
+            return Ok(None);
+        }
+        let tmp = path.with_extension("tmp");
+        fs::write(&tmp, data).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(Some(path))
+    }
+
+    /// Makes contents written by [`Store::put_unsynced`] durable.
+    pub fn sync(&self, paths: &[PathBuf]) {
+        for p in paths {
+            if let Ok(f) = fs::File::open(p) {
+                let _ = f.sync_all();
+            }
+        }
+    }
+
     /// Reads stored content.
     ///
     /// # Errors
