@@ -30,9 +30,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck, LocalKind,
-    LocalMonitor, Member, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure, Override,
-    RemoteMonitor, Runtime, Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
+    Acceptance, Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck,
+    LocalKind, LocalMonitor, Member, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure,
+    Override, RemoteMonitor, Runtime, Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
 };
 pub use secret::Secret;
 pub use timing::{Timing, TimingError};
@@ -107,6 +107,12 @@ pub const KEYS: &[&str] = &[
     "runtime.control_socket",
     "runtime.xdp_mode",
     "metrics.listen",
+    "acceptance.enabled",
+    "acceptance.listen",
+    "acceptance.after_filter",
+    "acceptance.timeout",
+    "acceptance.policy",
+    "acceptance.postfix_config",
 ];
 
 /// The keys that config sync pushes to the peer: exactly the fields of

@@ -36,6 +36,9 @@ pub struct Config {
     pub runtime: Runtime,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Metrics,
+    /// `[acceptance]`: the before-queue proxy that holds each 250 until
+    /// the peer holds the message.
+    pub acceptance: Acceptance,
 }
 
 /// Configured operating mode of a member (the seed's "mode").
@@ -125,7 +128,7 @@ pub enum Service {
     Pop3,
     /// IMAP: an `* OK` greeting.
     Imap,
-    /// HTTP: any status line to a `HEAD /`.
+    /// HTTP: any status line in answer to `GET /`.
     Http,
 }
 
@@ -507,6 +510,39 @@ impl Config {
             forward: c.forward,
             fence_ports: c.fence_ports.clone(),
             startup_wait: c.startup_wait,
+        }
+    }
+}
+
+/// `[acceptance]`: synchronous acceptance (docs/acceptance.md); never synced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acceptance {
+    /// The daemon runs the proxy.
+    pub enabled: bool,
+    /// Where the before-filter smtpd connects (`smtpd_proxy_filter`).
+    pub listen: SocketAddr,
+    /// The after-filter smtpd the proxy relays to.
+    pub after_filter: SocketAddr,
+    /// How long a reply 250 waits for the peer.
+    pub timeout: Duration,
+    /// What happens when the peer cannot confirm.
+    pub policy: crate::acceptance::Policy,
+    /// Postfix `config_directory` (`postsuper -c`, `check-config`).
+    pub postfix_config: PathBuf,
+}
+
+impl Default for Acceptance {
+    fn default() -> Self {
+        use super::defaults as d;
+        Self {
+            enabled: false,
+            listen: d::ACCEPTANCE_LISTEN.parse().expect("constant address"),
+            after_filter: d::ACCEPTANCE_AFTER_FILTER
+                .parse()
+                .expect("constant address"),
+            timeout: d::ACCEPTANCE_TIMEOUT,
+            policy: d::ACCEPTANCE_POLICY,
+            postfix_config: PathBuf::from(d::POSTFIX_CONFIG),
         }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub hooks: RawHooks,
     pub runtime: RawRuntime,
     pub metrics: RawMetrics,
+    pub acceptance: RawAcceptance,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,4 +174,15 @@ pub(crate) struct RawRuntime {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAcceptance {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub after_filter: Option<String>,
+    pub timeout: Option<String>,
+    pub policy: Option<crate::acceptance::Policy>,
+    pub postfix_config: Option<String>,
 }

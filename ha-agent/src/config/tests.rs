@@ -1049,3 +1049,41 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn acceptance_defaults_and_every_bad_value_named() {
+    let c = parse(BASE, None).unwrap();
+    assert!(!c.acceptance.enabled);
+    assert_eq!(c.acceptance.timeout, Duration::from_secs(10));
+    assert_eq!(c.acceptance.policy, crate::acceptance::Policy::Strict);
+    assert_eq!(c.acceptance.listen.to_string(), "127.0.0.1:10025");
+    let with = |body: &str| format!("{BASE}\n[acceptance]\n{body}\n");
+    let spool = "\n[backup]\nmta_spool = [\"/var/spool/postfix\"]\n";
+    let ok = parse(
+        &format!(
+            "{}{spool}",
+            with("enabled = true\npolicy = \"degrade\"\ntimeout = \"2s\"")
+        ),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok.acceptance.policy, crate::acceptance::Policy::Degrade);
+    assert_eq!(ok.acceptance.timeout, Duration::from_secs(2));
+    assert_problem(&with("enabled = true"), "acceptance.enabled", "backup.mta_spool");
+    assert_problem(&with("timeout = \"0s\""), "acceptance.timeout", "longer than 0");
+    assert_problem(&with("timeout = \"100s\""), "acceptance.timeout", "smtpd_proxy_timeout");
+    assert_problem(&with("timeout = \"soon\""), "acceptance.timeout", "");
+    assert_problem(&with("policy = \"lax\""), "acceptance.policy", "");
+    assert_problem(&with("listen = \"localhost:25\""), "acceptance.listen", "not an IP:port");
+    assert_problem(
+        &with("after_filter = \"127.0.0.1:10025\""),
+        "acceptance.after_filter",
+        "relay to itself",
+    );
+    assert_problem(
+        &with("postfix_config = \"etc/postfix\""),
+        "acceptance.postfix_config",
+        "",
+    );
+    assert_problem(&with("enable = true"), "acceptance.enable", "unknown field");
+}

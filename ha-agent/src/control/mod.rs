@@ -1,7 +1,8 @@
 //! The local control socket: `ha-agent status`, `switch`, `sync`.
 //!
 //! One JSON request per line, one JSON response per line, over a Unix
-//! stream socket that only root can open (mode 0600 in a 0700 directory).
+//! stream socket that only root can open (mode 0600; directories the agent
+//! creates for it are 0700, directories that exist keep their mode).
 
 mod client;
 mod render;

@@ -3,12 +3,14 @@
 //! here and deliver events to the pure state machine; its actions are
 //! carried out here, in order.
 
+mod acceptance;
 mod agent;
+mod answer;
 mod configonly;
 mod configsync;
 mod convert;
 mod datasync;
-mod hooks;
+pub mod hooks;
 mod lock;
 mod metrics;
 mod monitors;

@@ -2,6 +2,7 @@
 //! every problem. Per-section checks live in the submodules; the checks
 //! that span sections are here.
 
+mod acceptance;
 mod monitor;
 mod net;
 mod scalar;
@@ -43,6 +44,10 @@ pub(crate) fn validate(
         .runtime
         .and_then(|raw| sections::runtime(p, raw, node_name.as_deref()));
     let metrics = d.metrics.and_then(|raw| sections::metrics(p, raw));
+    let acceptance = d.acceptance.and_then(|raw| acceptance::section(p, raw));
+    if let (Some(acceptance), Some(backup)) = (&acceptance, &backup) {
+        acceptance::needs_spool(p, acceptance, backup);
+    }
 
     if let (Some(node), Some(interface)) = (&node, &interface) {
         config_only_carries_no_vips(p, node, interface);
@@ -102,6 +107,8 @@ pub(crate) fn validate(
             hooks,
             runtime,
             metrics,
+            // Present whenever no problem was recorded.
+            acceptance: acceptance.unwrap_or_default(),
         }),
         _ => Err(std::mem::take(p).into_error()),
     }
