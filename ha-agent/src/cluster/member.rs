@@ -81,6 +81,8 @@ pub struct MemberCore {
     pub superseded: AtomicBool,
     /// Installs done (for tests and metrics).
     pub installs: AtomicU64,
+    /// Written by the last install, stored by [`MemberCore::settle`].
+    pending: Mutex<(Vec<std::path::PathBuf>, Option<Generation>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +104,7 @@ impl MemberCore {
             apply_lock: Mutex::new(()),
             superseded: AtomicBool::new(false),
             installs: AtomicU64::new(0),
+            pending: Mutex::new((Vec::new(), None)),
         }))
     }
 
@@ -177,12 +180,12 @@ impl MemberCore {
             manifest: manifest.clone(),
             at_ms: now_ms(),
         })?;
-        let disk = apply::disk_checksum(&self.st.apply).ok();
         let mut s = self.state();
         s.version = Some(version);
         s.origin = Some(self.st.node.clone());
+        // The primary's files are what it collected: no second read.
         s.content = Some(manifest.checksum());
-        s.disk = disk;
+        s.disk = Some(manifest.checksum());
         self.set_state(s);
         lock(&self.heard).drift = false;
         self.store.prune(self.st.generations, Some(version));
@@ -226,9 +229,19 @@ impl MemberCore {
             }
             _ => {}
         }
-        let outcome = apply::install(&self.st.apply, &self.store, manifest);
+        // The manifest in force, unless the files are to be compared one by
+        // one (a repair, or this node's own rollback).
+        let prev = (!repair)
+            .then(|| cur.version.and_then(|v| self.store.generation(v).ok()))
+            .flatten();
+        let outcome = apply::install(
+            &self.st.apply,
+            &self.store,
+            manifest,
+            prev.as_ref().map(|g| &g.manifest),
+        );
         let r = match outcome {
-            Ok(Outcome::Applied { changed, disk }) => {
+            Ok(Outcome::Applied { changed }) => {
                 let g = Generation {
                     version,
                     origin: origin.to_owned(),
@@ -236,9 +249,7 @@ impl MemberCore {
                     manifest: manifest.clone(),
                     at_ms: now_ms(),
                 };
-                if let Err(e) = self.store.save_generation(&g) {
-                    warn!(error = %e, %version, "generation not stored");
-                }
+                lock(&self.pending).1 = Some(g);
                 let mut s = cur.clone();
                 s.version = Some(version);
                 if s.origin.as_deref() != Some(origin) && origin != self.st.node {
@@ -249,10 +260,10 @@ impl MemberCore {
                 }
                 s.origin = Some(origin.to_owned());
                 s.content = Some(manifest.checksum());
-                s.disk = Some(disk);
-                self.set_state(s);
+                // Computed by `settle` once the primary has its answer.
+                s.disk = None;
+                *lock(&self.state) = s;
                 lock(&self.heard).drift = false;
-                self.store.prune(self.st.generations, Some(version));
                 self.installs.fetch_add(1, Ordering::Relaxed);
                 let detail = match (changed, repair) {
                     (false, _) => "unchanged",
@@ -289,8 +300,28 @@ impl MemberCore {
         };
         let mut s = self.state();
         s.last_apply = Some(r.clone());
-        self.set_state(s);
+        *lock(&self.state) = s;
         r
+    }
+
+    /// After an install was answered: the checksum of the files as now on
+    /// disk (the drift baseline), the state made durable, old generations
+    /// removed. Off the propagation path: the primary is not kept waiting.
+    pub fn settle(&self) {
+        let _g = lock(&self.apply_lock);
+        let (blobs, generation) = std::mem::take(&mut *lock(&self.pending));
+        self.store.sync(&blobs);
+        if let Some(g) = generation
+            && let Err(e) = self.store.save_generation(&g)
+        {
+            warn!(error = %e, version = %g.version, "generation not stored");
+        }
+        let mut s = self.state();
+        if s.disk.is_none() && s.version.is_some() {
+            s.disk = apply::disk_checksum(&self.st.apply).ok();
+        }
+        self.set_state(s.clone());
+        self.store.prune(self.st.generations, s.version);
     }
 
     fn refused(&self, why: String) {
@@ -492,7 +523,11 @@ fn session(
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
-                    if let Err(e) = core.store.put(&b.hash, &b.data) {
+                    let put = core.store.put_unsynced(&b.hash, &b.data);
+                    if let Ok(Some(p)) = &put {
+                        lock(&core.pending).0.push(p.clone());
+                    }
+                    if let Err(e) = put {
                         let reason = format!("install {version} refused: {e}");
                         let _ = wire::send(
                             &mut s,
@@ -524,6 +559,7 @@ fn session(
                         member: Box::new(core.report()),
                     },
                 )?;
+                core.settle();
             }
             _ => unreachable!("filtered above"),
         }

@@ -57,7 +57,8 @@ pub struct MemberStatus {
     pub name: String,
     /// Its address on the sync network.
     pub address: String,
-    /// `in-sync`, `behind`, `failed`, `drift`, `down`, `refused`, `newer`.
+    /// `in-sync`, `applying`, `behind`, `failed`, `drift`, `down`,
+    /// `refused`, `newer`.
     pub state: String,
     /// Answered within the down threshold.
     pub up: bool,
@@ -542,6 +543,7 @@ fn session(
             }
             Step::Push | Step::Repair => {
                 let repair = step == Step::Repair;
+                lock(&sh.rows[i]).status.state = "applying".into();
                 if repair && view.drift {
                     warn!(member = %m.name, version = %target.version, "drift on member: re-pushing");
                     lock(&sh.rows[i]).status.drift_repairs += 1;
