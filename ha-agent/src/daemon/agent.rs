@@ -329,6 +329,7 @@ pub(super) async fn run(
     let start_ns = now_ns();
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let hooks_cfg = cfg.hooks.clone();
+    let before_primary = promotion_prep(&cfg, data_sync.as_ref().and_then(DataSync::replica_gate));
     let mut agent = Agent {
         cfg,
         fsm,
@@ -359,10 +360,17 @@ pub(super) async fn run(
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
-        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT, before_primary)?,
         lapse_hook: None,
     };
     agent.apply(actions).await;
+    // Whatever ran before this agent (a crash, a power loss), the node's
+    // services follow the role it starts in: a passive node's MTA is
+    // stopped even when no transition asks for it.
+    if !agent.fsm.is_active() {
+        let eff = agent.fsm.effective();
+        agent.role_hooks.request(eff, eff, "agent started".into());
+    }
     notify::ready();
     info!(node = %agent.cfg.node.name, "ha-agent ready");
 
@@ -437,6 +445,55 @@ pub(super) async fn run(
     let _ = metrics_stop_tx.send(());
     Ok(())
 }
+
+/// Before the promote hook: the replica sessions end (nothing more is
+/// written into the spool the MTA is about to run on), then each MTA spool
+/// is made deliverable once (`sync::spool::prepare_promotion`).
+fn promotion_prep(
+    cfg: &Config,
+    gate: Option<crate::sync::ReplicaGate>,
+) -> Option<hooks::BeforePrimary> {
+    let state_dir = cfg.runtime.state_dir.clone();
+    let spools: Vec<(String, std::path::PathBuf)> = crate::sync::SyncConfig::from_config(cfg)
+        .map(|s| s.roots)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.kind == crate::sync::RootKind::PostfixSpool)
+        .map(|r| (r.name, r.path))
+        .collect();
+    if gate.is_none() && spools.is_empty() {
+        return None;
+    }
+    Some(Box::new(move || {
+        let t = Instant::now();
+        if let Some(g) = &gate
+            && !g.close(REPLICA_CLOSE_WAIT)
+        {
+            error!(
+                "a replica session still applies after {REPLICA_CLOSE_WAIT:?}; promoting anyway"
+            );
+        }
+        for (name, root) in &spools {
+            match crate::sync::spool::prepare_promotion(root) {
+                Ok(r) => {
+                    // A failback hand-in never brings these back: this node
+                    // delivers them (or has), whatever the returning peer holds.
+                    if let Err(e) = crate::sync::spool::save_promoted_ids(&state_dir, name, &r.ids)
+                    {
+                        error!(spool = %root.display(), error = %e, "cannot record the promoted queue IDs; a hand-back may bring some back");
+                    }
+                    info!(spool = %root.display(), messages = r.messages, duplicates_removed = r.duplicates.len(), temps_removed = r.temps, ms = t.elapsed().as_millis() as u64, "spool ready for promotion");
+                }
+                Err(e) => {
+                    error!(spool = %root.display(), error = %e, "spool could not be prepared for promotion");
+                }
+            }
+        }
+    }))
+}
+
+/// Longest wait for a replica session to stop applying before promotion.
+const REPLICA_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 impl Agent {
     /// After every event: time-driven transitions, lease check, and what the
@@ -587,7 +644,11 @@ impl Agent {
             c.set_active(active);
         }
         let peer_alive = self.fsm.status().peer.alive;
+        let state = self.fsm.status().state;
         let Some(s) = self.sync.as_mut() else { return };
+        if !matches!(state, StateName::Init | StateName::Starting) {
+            s.release_replicas(active);
+        }
         s.set_active(active);
         if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
             if outdated {

@@ -36,6 +36,11 @@ pub struct DataSync {
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Replica sessions are held off until the state machine has decided
+    /// whether this node hands data back: the active peer's reconcile
+    /// would otherwise delete, as extra, the messages only this node holds
+    /// before the hand-back could send them.
+    hold_replicas: bool,
 }
 
 fn stop_in_background(h: SyncHandle) {
@@ -58,6 +63,7 @@ impl DataSync {
         }
         let receiver = Receiver::spawn(sc.clone())
             .map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
+        receiver.refuse_replicas(true);
         info!(listen = %sc.listen, peer = %sc.peer, roots = sc.roots.len(), "data sync receiver started");
         Ok(Some(Self {
             cfg: sc,
@@ -68,6 +74,7 @@ impl DataSync {
             reported: None,
             done_tx,
             handing_back: false,
+            hold_replicas: true,
         }))
     }
 
@@ -75,7 +82,7 @@ impl DataSync {
     /// replica sessions; the passive node only receives.
     pub fn set_active(&mut self, active: bool) {
         if let Some(r) = &self.receiver {
-            r.refuse_replicas(active);
+            r.refuse_replicas(active || self.hold_replicas);
         }
         match (active, self.sender.is_some()) {
             (true, false) => match Sender::spawn(self.cfg.clone()) {
@@ -93,6 +100,11 @@ impl DataSync {
             }
             _ => {}
         }
+    }
+
+    /// Ends replica sessions on demand (before this node's MTA starts).
+    pub fn replica_gate(&self) -> Option<sync::ReplicaGate> {
+        self.receiver.as_ref().map(SyncHandle::replica_gate)
     }
 
     /// Hands the peer what only this node holds, in the background; the
@@ -122,9 +134,20 @@ impl DataSync {
         }
     }
 
+    /// The state machine has settled without a hand-back pending: replica
+    /// sessions may come in (unless active).
+    pub fn release_replicas(&mut self, active: bool) {
+        if self.hold_replicas && !self.handing_back {
+            self.hold_replicas = false;
+            info!("replica sessions accepted");
+            self.set_active(active);
+        }
+    }
+
     /// A hand-back finished.
     pub fn hand_back_done(&mut self, d: &HandBackDone) {
         self.handing_back = false;
+        self.hold_replicas = false;
         match &d.result {
             Ok((files, bytes, conflicts)) => info!(
                 files,

@@ -152,6 +152,11 @@ pub(crate) struct Shared {
     pub refuse_replicas: AtomicBool,
     /// Subscribers to acknowledged operations (benchmarks, tests).
     pub acks: Mutex<Option<mpsc::Sender<AckedOp>>>,
+    /// Receiver: the socket of the replica session in progress, so that
+    /// the node becoming active can cut it (see [`ReplicaGate`]).
+    pub replica_socket: Mutex<Option<std::net::TcpStream>>,
+    /// Receiver: a replica session is applying operations.
+    pub replica_live: AtomicBool,
 }
 
 impl Shared {
@@ -187,6 +192,13 @@ impl SyncHandle {
         self.shared.refuse_replicas.store(refuse, Ordering::Relaxed);
     }
 
+    /// Receiver: a handle that ends replica sessions (see [`ReplicaGate`]).
+    pub fn replica_gate(&self) -> ReplicaGate {
+        ReplicaGate {
+            shared: self.shared.clone(),
+        }
+    }
+
     pub fn resync(&self) {
         self.shared.resync.store(true, Ordering::Relaxed);
     }
@@ -215,6 +227,41 @@ impl SyncHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Ends the replica sessions of a receiver and keeps new ones out: what a
+/// node does before its MTA starts on the spool it received (a session
+/// still applying the old primary's last frames would write into a live
+/// queue). Cloneable and usable from any thread.
+#[derive(Debug, Clone)]
+pub struct ReplicaGate {
+    shared: Arc<Shared>,
+}
+
+impl ReplicaGate {
+    /// Refuses replica sessions from now on, cuts the one in progress
+    /// (what it had not committed is discarded) and waits until it has
+    /// stopped applying, at most `timeout`. Whether none is left.
+    pub fn close(&self, timeout: Duration) -> bool {
+        self.shared.refuse_replicas.store(true, Ordering::SeqCst);
+        if let Some(s) = self
+            .shared
+            .replica_socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        let deadline = Instant::now() + timeout;
+        while self.shared.replica_live.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 }
 

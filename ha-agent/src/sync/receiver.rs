@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -226,6 +228,16 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     let _apply = ctx.apply.lock().unwrap_or_else(|p| p.into_inner());
     info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
     if replicate {
+        ctx.shared.replica_live.store(true, Ordering::SeqCst);
+        *ctx.shared
+            .replica_socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = w.try_clone().ok();
+        // The node may have become active between the check above and now.
+        if ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
+            ctx.shared.replica_live.store(false, Ordering::SeqCst);
+            return;
+        }
         ctx.shared.with_status(|s| {
             s.connected = true;
             s.in_sync = false;
@@ -241,9 +253,12 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         insync_seq: None,
         replicate,
         queues: Vec::new(),
+        handin: Vec::new(),
     };
     if replicate {
         sess.index_queues();
+    } else {
+        sess.load_taken();
     }
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
@@ -256,7 +271,18 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         sess.roots.push(i);
     }
     let end = sess.run(&mut r, &mut w);
-    let _ = sess.commit(&mut w);
+    if replicate && ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
+        // This node became active: nothing more goes into its live tree.
+        for (_, _, _, t) in std::mem::take(&mut sess.batch.files) {
+            Tree::discard(&t);
+        }
+        info!("replica session ended: this node is active");
+    } else {
+        let _ = sess.commit(&mut w);
+    }
+    if !replicate {
+        sess.wake_queue_managers();
+    }
     sess.persist(true);
     match &end {
         SessionEnd::Io(e) => info!(error = %e, "sync session ended"),
@@ -304,6 +330,12 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
             s.in_sync = false;
             s.outdated = true;
         });
+        ctx.shared
+            .replica_socket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        ctx.shared.replica_live.store(false, Ordering::SeqCst);
     }
 }
 
@@ -413,6 +445,14 @@ impl Batch {
     }
 }
 
+/// A failback session's view of one Postfix spool root.
+struct HandIn {
+    /// Queue IDs held now or taken on at the last promotion.
+    taken: std::collections::HashSet<String>,
+    /// Queue IDs handed in by this session.
+    handed: std::collections::HashSet<String>,
+}
+
 struct Session<'a> {
     ctx: &'a Ctx,
     /// Wire root index → configured root index.
@@ -425,6 +465,10 @@ struct Session<'a> {
     /// Per configured root: where each message of a Postfix spool is (replica
     /// sessions only; see [`spool::QueueIndex`]).
     queues: Vec<Option<QueueIndex>>,
+    /// Failback sessions, per configured Postfix spool root: the queue IDs
+    /// this node holds or took on at its promotion (a hand-in never brings
+    /// one back), and how many messages were handed in.
+    handin: Vec<Option<HandIn>>,
 }
 
 impl<'a> Session<'a> {
@@ -443,6 +487,9 @@ impl<'a> Session<'a> {
         loop {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
+            }
+            if self.replicate && self.ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
+                return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
                 && input_idle(r)
@@ -508,7 +555,16 @@ impl<'a> Session<'a> {
                 attrs,
             } => {
                 let (ri, _) = self.tree(root)?;
-                self.receive_file(ri, seq, &path, size, &attrs, r)?
+                match self.handin_target(ri, &path) {
+                    Some(None) => {
+                        // The live queue has, or had, this message.
+                        io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
+                        debug!(%path, "hand-in skipped: message known here");
+                        Ok(())
+                    }
+                    Some(Some(to)) => self.receive_file(ri, seq, &to, size, &attrs, r)?,
+                    None => self.receive_file(ri, seq, &path, size, &attrs, r)?,
+                }
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
@@ -606,6 +662,75 @@ impl<'a> Session<'a> {
                 Some(ix)
             })
             .collect();
+    }
+
+    /// Failback sessions: the queue IDs each Postfix spool root holds now
+    /// or took on at its last promotion.
+    fn load_taken(&mut self) {
+        let ctx = self.ctx;
+        self.handin = (ctx.cfg.roots.iter())
+            .map(|r| {
+                if r.kind != RootKind::PostfixSpool {
+                    return None;
+                }
+                let mut taken = spool::load_promoted_ids(&ctx.cfg.state_dir, &r.name);
+                if let Ok(m) = manifest::scan(&r.path, r.kind, &mut self.ids) {
+                    let (ix, _) = QueueIndex::from_manifest(&m);
+                    taken.extend(ix.ids().map(str::to_owned));
+                }
+                Some(HandIn {
+                    taken,
+                    handed: std::collections::HashSet::new(),
+                })
+            })
+            .collect();
+    }
+
+    /// Failback sessions into a Postfix spool: `Some(None)` = skip (the
+    /// message is known here), `Some(Some(path))` = write there instead
+    /// (a handed-in queue file goes to `incoming/`), `None` = as sent.
+    fn handin_target(&mut self, ri: usize, rel: &str) -> Option<Option<String>> {
+        let h = self.handin.get_mut(ri)?.as_mut()?;
+        match spool::classify(RootKind::PostfixSpool, rel) {
+            spool::SpoolEntry::Queue { id } => {
+                if h.taken.contains(id) || !h.handed.insert(id.to_owned()) {
+                    return Some(None);
+                }
+                Some(Some(spool::handin_path(id)))
+            }
+            // A message's logs come with it, never for a message known here.
+            spool::SpoolEntry::Log { id } if h.taken.contains(id) && !h.handed.contains(id) => {
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+
+    /// After a failback session: the queue manager of each spool that
+    /// received messages is told to look at `incoming/` now (as
+    /// `postqueue -f` does, one byte on its trigger FIFO).
+    fn wake_queue_managers(&self) {
+        for (ri, h) in self.handin.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let n = h.handed.len();
+            if n == 0 {
+                continue;
+            }
+            let fifo = self.ctx.cfg.roots[ri].path.join("public/qmgr");
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .and_then(|mut f| f.write_all(b"I"));
+            match r {
+                Ok(()) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, "handed-in messages queued; queue manager woken")
+                }
+                Err(e) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, error = %e, "handed-in messages queued; queue manager not reachable (it scans incoming/ on its own)")
+                }
+            }
+        }
     }
 
     /// Where the replica holds the message of queue file `rel`, if indexed.

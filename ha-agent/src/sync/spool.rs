@@ -61,9 +61,11 @@ pub enum SpoolEntry<'a> {
 }
 
 /// Whether a file name can be a Postfix queue ID: short IDs are upper-case
-/// hex, long ones letters and digits; a temporary or hidden name never is.
+/// hex, long ones letters and digits, both longer than five characters (a
+/// one-character name is a hash directory); a temporary or hidden name
+/// never is.
 pub fn is_queue_id(name: &str) -> bool {
-    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
+    (6..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 /// Classifies a relative path of a root of `kind`.
@@ -162,6 +164,11 @@ impl QueueIndex {
 
     pub fn len(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Every queue ID indexed.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -315,6 +322,98 @@ impl MoveCoalescer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What [`prepare_promotion`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromotionReport {
+    /// Messages in the queues (one file each now).
+    pub messages: usize,
+    /// Extra files of a message held twice, removed.
+    pub duplicates: Vec<String>,
+    /// Temporary files of an interrupted transfer, removed.
+    pub temps: usize,
+    /// Queue IDs of the messages this node took on.
+    pub ids: Vec<String>,
+}
+
+/// Turns a replica spool into a queue its MTA delivers exactly once: no
+/// temporary file of the sync left, one file per queue ID (the newest
+/// kept). Run after the replica sessions ended and before the MTA starts.
+/// Moving `active/` back is Postfix's own job: its queue manager moves
+/// every `active/` file to `incoming/` when it starts.
+pub fn prepare_promotion(root: &std::path::Path) -> std::io::Result<PromotionReport> {
+    let temps = super::fsops::Tree::open(root)?.clean_temps()?;
+    let m = super::manifest::scan(
+        root,
+        RootKind::PostfixSpool,
+        &mut super::ids::Ids::default(),
+    )?;
+    let (ix, duplicates) = QueueIndex::from_manifest(&m);
+    for p in &duplicates {
+        match std::fs::remove_file(root.join(p)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut ids: Vec<String> = ix.by_id.keys().cloned().collect();
+    ids.sort();
+    Ok(PromotionReport {
+        messages: ix.len(),
+        duplicates,
+        temps,
+        ids,
+    })
+}
+
+/// The file that lists the queue IDs a node took on when it was promoted
+/// (root `root_name`): a failback hand-in never brings one of them back,
+/// whether this node still holds it or has delivered it since.
+pub fn promoted_ids_path(state_dir: &std::path::Path, root_name: &str) -> std::path::PathBuf {
+    state_dir.join(format!("promoted-ids.{root_name}"))
+}
+
+/// Records the IDs of a promotion (atomic replace, durable).
+pub fn save_promoted_ids(
+    state_dir: &std::path::Path,
+    root_name: &str,
+    ids: &[String],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(state_dir)?;
+    let path = promoted_ids_path(state_dir, root_name);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for id in ids {
+        writeln!(f, "{id}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// The IDs of the last promotion (none when never promoted).
+pub fn load_promoted_ids(
+    state_dir: &std::path::Path,
+    root_name: &str,
+) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(promoted_ids_path(state_dir, root_name))
+        .map(|s| {
+            s.lines()
+                .filter(|l| is_queue_id(l))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where a handed-back queue file goes in the live queue: `incoming/ID`,
+/// the queue Postfix's queue manager takes new complete files from (it
+/// never looks for files appearing in `active/` or in a deferred
+/// directory it has already scanned).
+pub fn handin_path(id: &str) -> String {
+    format!("incoming/{id}")
 }
 
 #[cfg(test)]
