@@ -523,7 +523,7 @@ impl Agent {
         if self.lapse_hook.is_some()
             && !matches!(
                 self.fsm.status().state,
-                StateName::Starting | StateName::Primary
+                StateName::Starting | StateName::Promoting | StateName::Primary
             )
             && let Some((from, _, reason)) = self.lapse_hook.take()
         {
@@ -646,7 +646,12 @@ impl Agent {
         let peer_alive = self.fsm.status().peer.alive;
         let state = self.fsm.status().state;
         let Some(s) = self.sync.as_mut() else { return };
-        if !matches!(state, StateName::Init | StateName::Starting) {
+        // Passive and settled: a hand-back, if one was due, has been
+        // asked for by now (it holds replica sessions itself).
+        if matches!(
+            state,
+            StateName::Secondary | StateName::Failed | StateName::HeldOff | StateName::Off
+        ) {
             s.release_replicas(active);
         }
         s.set_active(active);
@@ -828,6 +833,14 @@ impl Agent {
 
     /// Carries out the state machine's actions, in order.
     async fn apply(&mut self, actions: Vec<Action>) {
+        // A hand-back follows the step that deactivates: replica sessions
+        // are held before the gate closes, so that the peer's reconcile
+        // cannot delete what is about to be handed back.
+        if actions.iter().any(|a| matches!(a, Action::HandBackData))
+            && let Some(s) = self.sync.as_mut()
+        {
+            s.hold_replicas();
+        }
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {

@@ -110,6 +110,7 @@ impl DataSync {
     /// Hands the peer what only this node holds, in the background; the
     /// result comes back on the channel given to [`start`](Self::start).
     pub fn hand_back(&mut self) {
+        self.hold_replicas();
         if self.handing_back {
             return;
         }
@@ -131,6 +132,15 @@ impl DataSync {
             let _ = self.done_tx.try_send(HandBackDone {
                 result: Err(format!("cannot start the hand-back thread: {e}")),
             });
+        }
+    }
+
+    /// A hand-back is due: no replica session until it is done (the peer's
+    /// reconcile would delete what it is about to send).
+    pub fn hold_replicas(&mut self) {
+        self.hold_replicas = true;
+        if let Some(r) = &self.receiver {
+            r.refuse_replicas(true);
         }
     }
 
