@@ -501,6 +501,6 @@ fn serve(
 
 /// Runs `after_apply` through the agent's one hook runner (output logged,
 /// process group killed after `timeout`). Returns a one-line result.
-fn run_hook(cmd: &str, timeout: Duration) -> String {
+pub(crate) fn run_hook(cmd: &str, timeout: Duration) -> String {
     crate::daemon::hooks::run("after_apply", cmd, &[], timeout).summary()
 }

@@ -277,7 +277,13 @@ struct Request {
     from: EffectiveMode,
     to: EffectiveMode,
     reason: String,
+    /// Replica sessions that must stop before the hook runs (promotion).
+    replica: Option<crate::sync::ReplicaSessions>,
 }
+
+/// Longest wait for the replica sessions to stop before a promotion hook
+/// runs anyway (logged as an error).
+const REPLICA_STOP_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -336,10 +342,24 @@ impl RoleHooks {
     }
 
     /// Asks for the hook of `from -> to`; replaces a request not started yet.
-    pub fn request(&self, from: EffectiveMode, to: EffectiveMode, reason: String) {
+    /// With `replica`, the hook runs only once no replica session writes to
+    /// the tree any more: a promotion hook such as `postsuper -s` must not
+    /// race the last writes of the old primary.
+    pub fn request(
+        &self,
+        from: EffectiveMode,
+        to: EffectiveMode,
+        reason: String,
+        replica: Option<crate::sync::ReplicaSessions>,
+    ) {
         let (m, cv) = &*self.q;
         let mut q = m.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = q.pending.replace(Request { from, to, reason }) {
+        if let Some(old) = q.pending.replace(Request {
+            from,
+            to,
+            reason,
+            replica,
+        }) {
             debug!(superseded = %old.to, by = %to, "role hook superseded before it started");
         }
         cv.notify_all();
@@ -405,6 +425,12 @@ fn worker(
                 g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
             }
         };
+        if let Some(r) = &req.replica {
+            r.close();
+            if !r.wait_stopped(REPLICA_STOP_WAIT) {
+                error!(from = %req.from, to = %req.to, wait = ?REPLICA_STOP_WAIT, "a replica session is still running; the hook runs anyway");
+            }
+        }
         if req.to == EffectiveMode::Primary
             && let Some(f) = before_primary
         {
@@ -502,15 +528,15 @@ mod tests {
         let _ = std::fs::remove_file(dir.join("log"));
         let h = RoleHooks::spawn(hooks(&dir), Duration::from_secs(10), None).unwrap();
         use EffectiveMode::{Primary, Secondary};
-        h.request(Secondary, Primary, "a".into());
+        h.request(Secondary, Primary, "a".into(), None);
         thread::sleep(Duration::from_millis(100));
         // While the promote runs: demote, promote, demote; only the last runs.
-        h.request(Primary, Secondary, "b".into());
-        h.request(Secondary, Primary, "c".into());
-        h.request(Primary, Secondary, "d".into());
+        h.request(Primary, Secondary, "b".into(), None);
+        h.request(Secondary, Primary, "c".into(), None);
+        h.request(Primary, Secondary, "d".into(), None);
         assert!(h.idle(Duration::from_secs(10)));
         // Already secondary: nothing runs.
-        h.request(Primary, Secondary, "e".into());
+        h.request(Primary, Secondary, "e".into(), None);
         assert!(h.idle(Duration::from_secs(10)));
         let log = std::fs::read_to_string(dir.join("log")).unwrap();
         assert_eq!(log, "start-p\nend-p\nstart-s\nend-s\n");
@@ -529,13 +555,23 @@ mod tests {
             None,
         )
         .unwrap();
-        h.request(EffectiveMode::Secondary, EffectiveMode::Primary, "x".into());
+        h.request(
+            EffectiveMode::Secondary,
+            EffectiveMode::Primary,
+            "x".into(),
+            None,
+        );
         assert!(h.idle(Duration::from_secs(10)));
         let last = h.status().last.unwrap();
         assert!(!last.ok());
         assert_eq!(last.summary(), "failed: exit status: 1 (boom)");
         let t0 = last.finished;
-        h.request(EffectiveMode::Secondary, EffectiveMode::Primary, "y".into());
+        h.request(
+            EffectiveMode::Secondary,
+            EffectiveMode::Primary,
+            "y".into(),
+            None,
+        );
         assert!(h.idle(Duration::from_secs(10)));
         assert!(h.status().last.unwrap().finished > t0, "ran again");
     }

@@ -18,7 +18,6 @@ use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt as _;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -144,6 +143,38 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
     }
 }
 
+fn refusing(ctx: &Ctx) -> bool {
+    ctx.shared
+        .refuse_replicas
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Marks a replica session as running for its lifetime.
+struct ReplicaRunning<'a>(&'a Shared);
+
+impl<'a> ReplicaRunning<'a> {
+    fn new(s: &'a Shared) -> Self {
+        *s.replica_running.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        Self(s)
+    }
+}
+
+impl Drop for ReplicaRunning<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .replica_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.0
+            .replica_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.0.replica_done.notify_all();
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
@@ -226,18 +257,25 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         let _ = old.shutdown(std::net::Shutdown::Both);
     }
     let _apply = ctx.apply.lock().unwrap_or_else(|p| p.into_inner());
-    info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
-    if replicate {
-        ctx.shared.replica_live.store(true, Ordering::SeqCst);
-        *ctx.shared
-            .replica_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = w.try_clone().ok();
-        // The node may have become active between the check above and now.
-        if ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
-            ctx.shared.replica_live.store(false, Ordering::SeqCst);
+    let _running = if replicate {
+        // Registered, then checked again: a refusal set in between either
+        // sees the socket or is seen here.
+        if let Ok(c) = w.try_clone() {
+            *ctx.shared
+                .replica_conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(c);
+        }
+        if refusing(ctx) {
+            warn!(node = %hello.node, "replica session refused: this node became active");
             return;
         }
+        Some(ReplicaRunning::new(&ctx.shared))
+    } else {
+        None
+    };
+    info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
+    if replicate {
         ctx.shared.with_status(|s| {
             s.connected = true;
             s.in_sync = false;
@@ -254,6 +292,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         replicate,
         queues: Vec::new(),
         handin: Vec::new(),
+        failed: HashMap::new(),
     };
     if replicate {
         sess.index_queues();
@@ -271,12 +310,12 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         sess.roots.push(i);
     }
     let end = sess.run(&mut r, &mut w);
-    if replicate && ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
-        // This node became active: nothing more goes into its live tree.
-        for (_, _, _, t) in std::mem::take(&mut sess.batch.files) {
-            Tree::discard(&t);
-        }
-        info!("replica session ended: this node is active");
+    if replicate && refusing(ctx) {
+        // This node became active: what the replica session left pending
+        // never reaches the live tree.
+        let n = sess.batch.files.len();
+        sess.batch = Batch::default();
+        info!(discarded = n, "replica session closed: this node is active");
     } else {
         let _ = sess.commit(&mut w);
     }
@@ -330,12 +369,6 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
             s.in_sync = false;
             s.outdated = true;
         });
-        ctx.shared
-            .replica_socket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        ctx.shared.replica_live.store(false, Ordering::SeqCst);
     }
 }
 
@@ -469,6 +502,9 @@ struct Session<'a> {
     /// this node holds or took on at its promotion (a hand-in never brings
     /// one back), and how many messages were handed in.
     handin: Vec<Option<HandIn>>,
+    /// Operations that failed in this session and were not redone since,
+    /// by (wire root, path), with the failed sequence.
+    failed: HashMap<(u8, String), u64>,
 }
 
 impl<'a> Session<'a> {
@@ -488,7 +524,7 @@ impl<'a> Session<'a> {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
             }
-            if self.replicate && self.ctx.shared.refuse_replicas.load(Ordering::SeqCst) {
+            if self.replicate && refusing(self.ctx) {
                 return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
@@ -533,15 +569,24 @@ impl<'a> Session<'a> {
         if let Frame::Rename { root, from, to } = &frame
             && let Some(i) = self.pending_file(*root, from)
         {
+            let key = (*root, to.clone());
             let result = self.retarget(i, from, to);
             self.batch.max_seq = self.batch.max_seq.max(seq);
-            return self.op_result(seq, result, w);
+            return self.op_result(seq, Some(key), result, w);
         }
         // Other metadata operations may name a file still under its
         // temporary name: make the batch durable and visible first.
         if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
             self.commit(w)?;
         }
+        let key = match &frame {
+            Frame::FileData { root, path, .. }
+            | Frame::Delete { root, path }
+            | Frame::Mkdir { root, path, .. }
+            | Frame::SetAttr { root, path, .. } => Some((*root, path.clone())),
+            Frame::Rename { root, to, .. } => Some((*root, to.clone())),
+            _ => None,
+        };
         let result = match frame {
             Frame::ManifestRequest { hash_of } => {
                 self.commit(w)?;
@@ -632,7 +677,7 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
-        self.op_result(seq, result, w)
+        self.op_result(seq, key, result, w)
     }
 
     /// Builds the message index of every Postfix spool root, removing the
@@ -819,16 +864,36 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Reports an operation's outcome. A failure is sent as an error frame
+    /// carrying the operation's sequence, before any acknowledgement that
+    /// would cover that sequence: the sender never counts it as done.
     fn op_result(
         &mut self,
         seq: u64,
+        key: Option<(u8, String)>,
         result: Result<(), FsError>,
         w: &mut TcpStream,
     ) -> Result<(), SessionEnd> {
+        if let Some(k) = &key {
+            if result.is_ok() {
+                self.failed.remove(k);
+            } else {
+                self.failed.insert(k.clone(), seq);
+            }
+        }
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
                 // Keep what is complete, then pause: the sender retries.
+                send(
+                    w,
+                    &Frame::Error {
+                        code: ErrorCode::NoSpace,
+                        path: path.clone(),
+                        message: format!("replica file system full at {path}"),
+                    },
+                    seq,
+                )?;
                 Err(SessionEnd::NoSpace(path))
             }
             Err(e) => {
@@ -891,11 +956,14 @@ impl<'a> Session<'a> {
                 Tree::discard(&t);
                 return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
             }
+            left -= n as u64;
             if let Err(e) = t.file.write_all(&buf[..n]) {
                 Tree::discard(&t);
+                // The rest of the body is still on the wire: read it away,
+                // so that it is never taken for frames.
+                io::copy(&mut r.by_ref().take(left), &mut io::sink())?;
                 return Ok(Err(FsError::from_io(rel, e)));
             }
-            left -= n as u64;
         }
         // Start writeback now, so that the commit's fsync finds the data on
         // its way (the replica does not need these pages cached either).
@@ -919,6 +987,11 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        if self.replicate && refusing(self.ctx) {
+            // Dropping the batch removes its temporary files.
+            self.batch = Batch::default();
+            return Err(SessionEnd::Io(io::Error::other("this node became active")));
+        }
         let b = std::mem::take(&mut self.batch);
         let failed = fsync_all(&b.files);
         if let Some(e) = failed {
@@ -934,11 +1007,13 @@ impl<'a> Session<'a> {
         let files = b.files.len() as u64;
         let mut extra_dirs = Vec::new();
         for (seq, ri, rel, t) in &b.files {
+            let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
             let committed = Tree::commit_file(t, rel);
             if committed.is_ok() {
                 self.place(*ri, rel, Some(&mut extra_dirs));
             }
             if let Err(e) = committed {
+                self.failed.insert((wire, rel.clone()), *seq);
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
                 self.ctx
@@ -965,9 +1040,16 @@ impl<'a> Session<'a> {
         }
         let acked = b.max_seq;
         send(w, &Frame::Ack, acked)?;
-        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked);
+        // In sync: the reconcile is durable and nothing failed since.
+        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked) && self.failed.is_empty();
+        let failed = self.failed.len() as u64;
         let replicate = self.replicate;
         self.ctx.shared.with_status(|s| {
+            s.failed_ops = failed;
+            if failed > 0 && s.in_sync && replicate {
+                s.in_sync = false;
+                warn!(failed, "replica not in sync: operations failed here");
+            }
             s.acked_seq = s.acked_seq.max(acked);
             s.last_sync = Some(SystemTime::now());
             s.files_synced += files;
@@ -1064,7 +1146,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let mut e = manifest::entry_of(&md, &mut self.ids);
-                e.hash = hash_reader(f).ok();
+                e.hash = manifest::hash_reader(f).ok();
                 push(
                     manifest::to_wire(*root, p, &e),
                     &mut chunk,
@@ -1116,13 +1198,6 @@ fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
         }
     });
     failed.into_inner().unwrap_or_else(|p| p.into_inner())
-}
-
-fn hash_reader(mut f: std::fs::File) -> io::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().into())
 }
 
 /// True when nothing is buffered and nothing is readable right now.

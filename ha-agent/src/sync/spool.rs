@@ -61,9 +61,9 @@ pub enum SpoolEntry<'a> {
 }
 
 /// Whether a file name can be a Postfix queue ID: short IDs are upper-case
-/// hex, long ones letters and digits, both longer than five characters (a
-/// one-character name is a hash directory); a temporary or hidden name
-/// never is.
+/// hex (microseconds and inode number, never under 6 digits), long ones
+/// letters and digits; a temporary or hidden name, or a one-character hashed
+/// subdirectory, never is.
 pub fn is_queue_id(name: &str) -> bool {
     (6..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
@@ -78,7 +78,10 @@ pub fn classify(kind: RootKind, rel: &str) -> SpoolEntry<'_> {
     let Some(name) = rel.rsplit('/').next().filter(|_| rel.contains('/')) else {
         return SpoolEntry::Other;
     };
-    if !is_queue_id(name) {
+    // Hashed subdirectories (hash_queue_depth) are one character each.
+    let depth = rel.matches('/').count();
+    let hashed_ok = rel.split('/').skip(1).take(depth - 1).all(|d| d.len() == 1);
+    if !is_queue_id(name) || !hashed_ok || depth > 17 {
         return SpoolEntry::Other;
     }
     if POSTFIX_QUEUES.contains(&first) {
@@ -446,6 +449,26 @@ mod tests {
             "deferredX/y",
         ] {
             assert!(!is_synced(RootKind::PostfixSpool, p), "{p}");
+        }
+    }
+
+    #[test]
+    fn queue_ids_of_queue_files_only() {
+        for (p, id) in [
+            ("incoming/4VzqXv1Jc8z2lG", Some("4VzqXv1Jc8z2lG")),
+            ("active/3F2A1B", Some("3F2A1B")),
+            ("deferred/B/BC12AB", Some("BC12AB")),
+            ("deferred/B/C/BC12AB", Some("BC12AB")),
+            ("hold/ABC123", Some("ABC123")),
+            ("hold/ABC", None),
+            ("defer/B/BC12AB", None),
+            ("bounce/BC12AB", None),
+            ("incoming", None),
+            ("incoming/.ha-sync-tmp.1.x", None),
+            ("deferred/BB/BC12AB", None),
+            ("maildrop/ABC123", Some("ABC123")),
+        ] {
+            assert_eq!(queue_id(RootKind::PostfixSpool, p), id, "{p}");
         }
     }
 
