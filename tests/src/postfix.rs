@@ -106,6 +106,27 @@ impl Postfix {
         pf
     }
 
+    /// Routes the public smtpd through the agent's acceptance proxy
+    /// (`smtpd_proxy_filter` on 127.0.0.1:10025) and adds the after-filter
+    /// smtpd on 127.0.0.1:10026 that the proxy relays to.
+    pub fn with_acceptance_proxy(&self) {
+        self.postconf(&["-P", "smtp/inet/smtpd_proxy_filter=127.0.0.1:10025"]);
+        self.postconf(&[
+            "-M",
+            "127.0.0.1:10026/inet=127.0.0.1:10026 inet n - n - - smtpd",
+        ]);
+        for o in [
+            "smtpd_proxy_filter=",
+            "smtpd_authorized_xforward_hosts=127.0.0.0/8",
+            "smtpd_client_restrictions=",
+            "smtpd_recipient_restrictions=permit_mynetworks,reject",
+            "mynetworks=127.0.0.0/8",
+            "receive_override_options=no_unknown_recipient_checks",
+        ] {
+            self.postconf(&["-P", &format!("127.0.0.1:10026/inet/{o}")]);
+        }
+    }
+
     fn postconf(&self, args: &[&str]) {
         let st = Command::new("postconf")
             .arg("-c")

@@ -54,6 +54,17 @@ struct Round {
 
 #[test]
 fn power_loss_of_the_primary_under_smtp_load() {
+    run(false);
+}
+
+/// The same with the acceptance proxy in strict mode: a 250 is only
+/// relayed once the peer holds the message, so nothing answered 250 is lost.
+#[test]
+fn power_loss_of_the_primary_with_synchronous_acceptance() {
+    run(true);
+}
+
+fn run(strict: bool) {
     if !require_root() || !postfix::available() {
         return;
     }
@@ -69,6 +80,10 @@ fn power_loss_of_the_primary_under_smtp_load() {
     let pf_b = Postfix::new(inst.root.join("node-b"), "node-b", relay);
     inst.add(&pf_a, topo.a.ns.name());
     inst.add(&pf_b, topo.b.ns.name());
+    if strict {
+        pf_a.with_acceptance_proxy();
+        pf_b.with_acceptance_proxy();
+    }
     pf_a.cmd(&topo.a.ns, "postfix", &["check"]);
     pf_b.cmd(&topo.b.ns, "postfix", &["check"]);
     let pf = |n: Node| match n {
@@ -84,6 +99,14 @@ fn power_loss_of_the_primary_under_smtp_load() {
             &format!("{}/@NODE@/etc", inst.root.display())
         ),
     );
+    let extra = if strict {
+        format!(
+            "{extra}[acceptance]\nenabled = true\npolicy = \"strict\"\ntimeout = \"3s\"\npostfix_config = \"{}/@NODE@/etc\"\n",
+            inst.root.display()
+        )
+    } else {
+        extra
+    };
     let opts = ClusterOpts {
         interval: "5ms",
         threshold: "50ms",
@@ -247,7 +270,12 @@ fn power_loss_of_the_primary_under_smtp_load() {
         );
     }
     eprintln!(
-        "total: {} answered 250, {} never delivered (without synchronous acceptance), {} delivered twice or more",
+        "total ({}): {} answered 250, {} never delivered, {} delivered twice or more",
+        if strict {
+            "strict synchronous acceptance"
+        } else {
+            "without synchronous acceptance"
+        },
         accepted_all.len(),
         lost.len(),
         dups.len()
