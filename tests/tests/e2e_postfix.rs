@@ -134,6 +134,20 @@ fn run(strict: bool) {
     let mut dual_starts: BTreeSet<String> = BTreeSet::new();
     let vip = SocketAddr::new(VIP4.into(), 25);
     for kill in 0..kills {
+        // Who is primary now (a returning node that activated at start-up
+        // beside its peer may have kept the role).
+        wait("one primary", Duration::from_secs(20), || {
+            let a = c
+                .status(Node::A)
+                .is_some_and(|s| s.effective_mode == "primary");
+            let b = c
+                .status(Node::B)
+                .is_some_and(|s| s.effective_mode == "primary");
+            if a != b {
+                primary = if a { Node::A } else { Node::B };
+            }
+            a != b
+        });
         let secondary = primary.other();
         wait("replica in sync", Duration::from_secs(30), || {
             c.status(primary)
@@ -220,23 +234,30 @@ fn run(strict: bool) {
             + c.log(secondary).matches("both nodes active").count();
         c.power_on_links(primary);
         c.start(primary);
-        c.wait_mode(primary, "secondary", Duration::from_secs(20));
-        // Its hooks settle (a start beside a peer it has not heard yet may
-        // run a promote before the demote), then its Postfix stays stopped.
-        wait(
-            "the returning node's hooks to settle",
-            Duration::from_secs(30),
-            || {
-                c.status(primary).is_some_and(|s| s.hook_running.is_none())
-                    && !pf(primary).running()
-            },
-        );
+        // Both settle: one primary, and the passive node's hooks done with
+        // its Postfix stopped (a start beside a peer it has not heard yet
+        // may run a promote before the demote).
+        let settled = |c: &Cluster| {
+            let (sa, sb) = (c.status(Node::A), c.status(Node::B));
+            let (Some(sa), Some(sb)) = (sa, sb) else {
+                return None;
+            };
+            let passive = match (sa.effective_mode.as_str(), sb.effective_mode.as_str()) {
+                ("primary", "secondary") => Node::B,
+                ("secondary", "primary") => Node::A,
+                _ => return None,
+            };
+            let st = if passive == Node::A { &sa } else { &sb };
+            (st.hook_running.is_none() && !pf(passive).running()).then_some(passive)
+        };
+        wait("roles and hooks to settle", Duration::from_secs(30), || {
+            settled(&c).is_some()
+        });
         std::thread::sleep(Duration::from_millis(500));
+        let passive = settled(&c);
         assert!(
-            !pf(primary).running()
-                && c.status(primary)
-                    .is_some_and(|s| s.effective_mode == "secondary"),
-            "kill {kill}: the returning node's Postfix runs"
+            passive.is_some(),
+            "kill {kill}: the passive node's Postfix runs, or roles moved again"
         );
         let dual = c.log(primary).matches("both nodes active").count()
             + c.log(secondary).matches("both nodes active").count()
