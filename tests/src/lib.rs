@@ -11,6 +11,7 @@ pub mod link;
 pub mod netns;
 pub mod packets;
 pub mod plane;
+pub mod postfix;
 pub mod privileges;
 pub mod prober;
 pub mod rawsock;

@@ -364,6 +364,7 @@ pub(super) async fn run(
     }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let hooks_cfg = cfg.hooks.clone();
+    let before_primary = promotion_prep(&cfg);
     let mut agent = Agent {
         cfg,
         fsm,
@@ -392,10 +393,19 @@ pub(super) async fn run(
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
-        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT, before_primary)?,
         lapse_hook: None,
     };
     agent.apply(actions).await;
+    // Whatever ran before this agent (a crash, a power loss), the node's
+    // services follow the role it starts in: a passive node's MTA is
+    // stopped even when no transition asks for it.
+    if !agent.fsm.is_active() {
+        let eff = agent.fsm.effective();
+        agent
+            .role_hooks
+            .request(eff, eff, "agent started".into(), None);
+    }
     notify::ready();
     info!(node = %agent.cfg.node.name, "ha-agent ready");
 
@@ -475,6 +485,43 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// Before the promote hook, once the runner has ended the replica sessions
+/// (nothing more is written into the spool the MTA is about to run on):
+/// each MTA spool is made deliverable once (`sync::spool::prepare_promotion`)
+/// and the queue IDs taken on are recorded for the failback rules.
+fn promotion_prep(cfg: &Config) -> Option<hooks::BeforePrimary> {
+    let state_dir = cfg.runtime.state_dir.clone();
+    let spools: Vec<(String, std::path::PathBuf)> = crate::sync::SyncConfig::from_config(cfg)
+        .map(|s| s.roots)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.kind == crate::sync::RootKind::PostfixSpool)
+        .map(|r| (r.name, r.path))
+        .collect();
+    if spools.is_empty() {
+        return None;
+    }
+    Some(Box::new(move || {
+        let t = Instant::now();
+        for (name, root) in &spools {
+            match crate::sync::spool::prepare_promotion(root) {
+                Ok(r) => {
+                    // A failback hand-in never brings these back: this node
+                    // delivers them (or has), whatever the returning peer holds.
+                    if let Err(e) = crate::sync::spool::save_promoted_ids(&state_dir, name, &r.ids)
+                    {
+                        error!(spool = %root.display(), error = %e, "cannot record the promoted queue IDs; a hand-back may bring some back");
+                    }
+                    info!(spool = %root.display(), messages = r.messages, duplicates_removed = r.duplicates.len(), temps_removed = r.temps, ms = t.elapsed().as_millis() as u64, "spool ready for promotion");
+                }
+                Err(e) => {
+                    error!(spool = %root.display(), error = %e, "spool could not be prepared for promotion");
+                }
+            }
+        }
+    }))
+}
+
 impl Agent {
     /// After every event: time-driven transitions, lease check, and what the
     /// next heartbeat carries.
@@ -496,7 +543,7 @@ impl Agent {
         if self.lapse_hook.is_some()
             && !matches!(
                 self.fsm.status().state,
-                StateName::Starting | StateName::Primary
+                StateName::Starting | StateName::Promoting | StateName::Primary
             )
             && let Some((from, _, reason)) = self.lapse_hook.take()
         {
@@ -638,7 +685,16 @@ impl Agent {
         }
         let fs = self.fsm.status();
         let peer_active = fs.peer.alive && fs.peer.active;
+        let state = fs.state;
         let Some(s) = self.sync.as_mut() else { return };
+        // Passive and settled: a hand-back, if one was due, has been
+        // asked for by now (it holds replica sessions itself).
+        if matches!(
+            state,
+            StateName::Secondary | StateName::Failed | StateName::HeldOff | StateName::Off
+        ) {
+            s.release_replicas(active);
+        }
         s.set_active(active);
         if let Some(a) = self.acceptance.as_mut() {
             a.poll(Some(s), active, fs.peer.alive);
@@ -824,6 +880,14 @@ impl Agent {
 
     /// Carries out the state machine's actions, in order.
     async fn apply(&mut self, actions: Vec<Action>) {
+        // A hand-back follows the step that deactivates: replica sessions
+        // are held before the gate closes, so that the peer's reconcile
+        // cannot delete what is about to be handed back.
+        if actions.iter().any(|a| matches!(a, Action::HandBackData))
+            && let Some(s) = self.sync.as_mut()
+        {
+            s.hold_replicas();
+        }
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {

@@ -51,6 +51,11 @@ pub struct DataSync {
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Replica sessions are held off until the state machine has decided
+    /// whether this node hands data back: the active peer's reconcile
+    /// would otherwise delete, as extra, the messages only this node holds
+    /// before the hand-back could send them.
+    hold_replicas: bool,
     /// Counters of the sender and receiver already added to the metrics.
     fed: [super::metrics::SyncSeen; 2],
 }
@@ -75,6 +80,7 @@ impl DataSync {
         }
         let receiver = Receiver::spawn(sc.clone())
             .map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
+        receiver.refuse_replicas(true);
         info!(listen = %sc.listen, peer = %sc.peer, roots = sc.roots.len(), "data sync receiver started");
         let marked = freshness::load_mark(&sc.state_dir);
         if marked {
@@ -92,6 +98,7 @@ impl DataSync {
             reported: None,
             done_tx,
             handing_back: false,
+            hold_replicas: true,
             fed: Default::default(),
         }))
     }
@@ -100,7 +107,7 @@ impl DataSync {
     /// replica sessions; the passive node only receives.
     pub fn set_active(&mut self, active: bool) {
         if let Some(r) = &self.receiver {
-            r.refuse_replicas(active || self.hand_back_failed.is_some());
+            r.refuse_replicas(active || self.hold_replicas || self.hand_back_failed.is_some());
         }
         if !active
             && !self.handing_back
@@ -172,6 +179,7 @@ impl DataSync {
     /// Hands the peer what only this node holds, in the background; the
     /// result comes back on the channel given to [`start`](Self::start).
     pub fn hand_back(&mut self) {
+        self.hold_replicas();
         if self.handing_back {
             return;
         }
@@ -196,9 +204,29 @@ impl DataSync {
         }
     }
 
+    /// A hand-back is due: no replica session until it is done (the peer's
+    /// reconcile would delete what it is about to send).
+    pub fn hold_replicas(&mut self) {
+        self.hold_replicas = true;
+        if let Some(r) = &self.receiver {
+            r.refuse_replicas(true);
+        }
+    }
+
+    /// The state machine has settled without a hand-back pending: replica
+    /// sessions may come in (unless active).
+    pub fn release_replicas(&mut self, active: bool) {
+        if self.hold_replicas && !self.handing_back {
+            self.hold_replicas = false;
+            info!("replica sessions accepted");
+            self.set_active(active);
+        }
+    }
+
     /// A hand-back finished.
     pub fn hand_back_done(&mut self, d: &HandBackDone) {
         self.handing_back = false;
+        self.hold_replicas = false;
         match &d.result {
             Ok((files, bytes, conflicts)) => {
                 info!(

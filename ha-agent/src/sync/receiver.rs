@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -290,10 +291,13 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         insync_seq: None,
         replicate,
         queues: Vec::new(),
+        handin: Vec::new(),
         failed: HashMap::new(),
     };
     if replicate {
         sess.index_queues();
+    } else {
+        sess.load_taken();
     }
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
@@ -314,6 +318,9 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         info!(discarded = n, "replica session closed: this node is active");
     } else {
         let _ = sess.commit(&mut w);
+    }
+    if !replicate {
+        sess.wake_queue_managers();
     }
     sess.persist(true);
     match &end {
@@ -471,6 +478,14 @@ impl Batch {
     }
 }
 
+/// A failback session's view of one Postfix spool root.
+struct HandIn {
+    /// Queue IDs held now or taken on at the last promotion.
+    taken: std::collections::HashSet<String>,
+    /// Queue IDs handed in by this session.
+    handed: std::collections::HashSet<String>,
+}
+
 struct Session<'a> {
     ctx: &'a Ctx,
     /// Wire root index → configured root index.
@@ -483,6 +498,10 @@ struct Session<'a> {
     /// Per configured root: where each message of a Postfix spool is (replica
     /// sessions only; see [`spool::QueueIndex`]).
     queues: Vec<Option<QueueIndex>>,
+    /// Failback sessions, per configured Postfix spool root: the queue IDs
+    /// this node holds or took on at its promotion (a hand-in never brings
+    /// one back), and how many messages were handed in.
+    handin: Vec<Option<HandIn>>,
     /// Operations that failed in this session and were not redone since,
     /// by (wire root, path), with the failed sequence.
     failed: HashMap<(u8, String), u64>,
@@ -581,7 +600,16 @@ impl<'a> Session<'a> {
                 attrs,
             } => {
                 let (ri, _) = self.tree(root)?;
-                self.receive_file(ri, seq, &path, size, &attrs, r)?
+                match self.handin_target(ri, &path) {
+                    Some(None) => {
+                        // The live queue has, or had, this message.
+                        io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
+                        debug!(%path, "hand-in skipped: message known here");
+                        Ok(())
+                    }
+                    Some(Some(to)) => self.receive_file(ri, seq, &to, size, &attrs, r)?,
+                    None => self.receive_file(ri, seq, &path, size, &attrs, r)?,
+                }
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
@@ -679,6 +707,75 @@ impl<'a> Session<'a> {
                 Some(ix)
             })
             .collect();
+    }
+
+    /// Failback sessions: the queue IDs each Postfix spool root holds now
+    /// or took on at its last promotion.
+    fn load_taken(&mut self) {
+        let ctx = self.ctx;
+        self.handin = (ctx.cfg.roots.iter())
+            .map(|r| {
+                if r.kind != RootKind::PostfixSpool {
+                    return None;
+                }
+                let mut taken = spool::load_promoted_ids(&ctx.cfg.state_dir, &r.name);
+                if let Ok(m) = manifest::scan(&r.path, r.kind, &mut self.ids) {
+                    let (ix, _) = QueueIndex::from_manifest(&m);
+                    taken.extend(ix.ids().map(str::to_owned));
+                }
+                Some(HandIn {
+                    taken,
+                    handed: std::collections::HashSet::new(),
+                })
+            })
+            .collect();
+    }
+
+    /// Failback sessions into a Postfix spool: `Some(None)` = skip (the
+    /// message is known here), `Some(Some(path))` = write there instead
+    /// (a handed-in queue file goes to `incoming/`), `None` = as sent.
+    fn handin_target(&mut self, ri: usize, rel: &str) -> Option<Option<String>> {
+        let h = self.handin.get_mut(ri)?.as_mut()?;
+        match spool::classify(RootKind::PostfixSpool, rel) {
+            spool::SpoolEntry::Queue { id } => {
+                if h.taken.contains(id) || !h.handed.insert(id.to_owned()) {
+                    return Some(None);
+                }
+                Some(Some(spool::handin_path(id)))
+            }
+            // A message's logs come with it, never for a message known here.
+            spool::SpoolEntry::Log { id } if h.taken.contains(id) && !h.handed.contains(id) => {
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+
+    /// After a failback session: the queue manager of each spool that
+    /// received messages is told to look at `incoming/` now (as
+    /// `postqueue -f` does, one byte on its trigger FIFO).
+    fn wake_queue_managers(&self) {
+        for (ri, h) in self.handin.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let n = h.handed.len();
+            if n == 0 {
+                continue;
+            }
+            let fifo = self.ctx.cfg.roots[ri].path.join("public/qmgr");
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .and_then(|mut f| f.write_all(b"I"));
+            match r {
+                Ok(()) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, "handed-in messages queued; queue manager woken")
+                }
+                Err(e) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, error = %e, "handed-in messages queued; queue manager not reachable (it scans incoming/ on its own)")
+                }
+            }
+        }
     }
 
     /// Where the replica holds the message of queue file `rel`, if indexed.
