@@ -91,6 +91,10 @@ pub struct ClusterOpts {
     /// `local.cf` excluded (kept per node) and an `after_apply` hook that
     /// touches `<tmp>/<node>/applied`.
     pub config_sync: bool,
+    /// More TOML per node, made from the node and its directory
+    /// ([`Cluster::node_dir`]), e.g. `[backup] mta_spool` and
+    /// `[acceptance]` pointing at that node's Postfix.
+    pub node_extra: Option<fn(Node, &Path) -> String>,
 }
 
 impl Default for ClusterOpts {
@@ -115,6 +119,7 @@ impl Default for ClusterOpts {
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
+            node_extra: None,
         }
     }
 }
@@ -203,6 +208,9 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
         );
     }
     t.push_str(&o.extra);
+    if let Some(f) = o.node_extra {
+        t.push_str(&f(n, &nd));
+    }
     t
 }
 
@@ -240,6 +248,12 @@ impl Cluster {
             Node::A => "node-a",
             Node::B => "node-b",
         }
+    }
+
+    /// A node's own directory (state, synced trees, whatever a test puts there).
+    #[must_use]
+    pub fn node_dir(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n))
     }
 
     /// The synced mail directory of a node (with `mail_sync`).

@@ -9,6 +9,7 @@ pub mod link;
 pub mod netns;
 pub mod packets;
 pub mod plane;
+pub mod postfix;
 pub mod privileges;
 pub mod prober;
 pub mod rawsock;
