@@ -2,6 +2,7 @@
 //! helpers, the standard two-node topology that end-to-end tests use,
 //! crafted packets and privilege checks.
 
+pub mod bench_acceptance;
 pub mod bench_failover;
 pub mod bench_stability;
 pub mod cluster;

@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::Netns;
+use crate::cluster::{Cluster, ClusterOpts, Node};
+use crate::{Netns, Topology};
 
 /// The proxy's ports inside a node namespace (the defaults of
 /// `[acceptance]`).
@@ -38,8 +39,24 @@ pub struct PostfixOpts {
     pub relayhost: String,
     /// Route the public smtpd through the acceptance proxy.
     pub proxy: bool,
-    /// Extra `main.cf` lines.
+    /// Extra `main.cf` lines (later lines override earlier ones).
     pub main_extra: String,
+    /// Also a public smtpd on this port that does *not* route through the
+    /// proxy (benchmarks compare the two on one instance).
+    pub plain_port: Option<u16>,
+}
+
+impl Default for PostfixOpts {
+    fn default() -> Self {
+        Self {
+            host: "node".into(),
+            // Nobody answers there: mail stays queued.
+            relayhost: "[10.200.1.250]:2525".into(),
+            proxy: true,
+            main_extra: String::new(),
+            plain_port: None,
+        }
+    }
 }
 
 /// Where the instance of a cluster node lives: `node_dir` is the node's
@@ -161,6 +178,13 @@ impl Postfix {
         pf.postconf(&["-F", "-e", "*/*/chroot = n"]);
         if o.proxy {
             pf.route_through_proxy();
+        }
+        if let Some(port) = o.plain_port {
+            pf.postconf(&[
+                "-M",
+                "-e",
+                &format!("{port}/inet={port} inet n - n - - smtpd"),
+            ]);
         }
         {
             let _l = postfix_lock();
@@ -410,4 +434,101 @@ pub fn send_here(addr: SocketAddr, token: &str, bound: Duration) -> Result<Sent,
         queue_id,
         dot_to_reply,
     })
+}
+
+/// The agent configuration of a node whose queue directory is
+/// [`dir_for`]`(node_dir)`: `[backup] mta_spool` and `[acceptance]` with
+/// `policy` and `timeout`. For `ClusterOpts::node_extra` functions.
+#[must_use]
+pub fn acceptance_toml(node_dir: &Path, policy: &str, timeout: &str) -> String {
+    format!(
+        "[backup]\nmta_spool = [\"{spool}\"]\nmax_lag = \"2s\"\n\
+         [acceptance]\nenabled = true\npolicy = \"{policy}\"\ntimeout = \"{timeout}\"\n\
+         postfix_config = \"{etc}\"\n",
+        spool = dir_for(node_dir).join("spool").display(),
+        etc = dir_for(node_dir).join("etc").display(),
+    )
+}
+
+/// A pair of real agents, each node with a Postfix configured under
+/// [`dir_for`] (routed through its proxy): the node that became primary
+/// runs its Postfix, the other's queue directory is the replica.
+pub struct Pair {
+    pub c: Cluster,
+    /// The node that became primary.
+    pub n: Node,
+    /// The primary's Postfix (running).
+    pub active: Postfix,
+    /// The replica's Postfix (stopped; its spool is the replica).
+    pub replica: Postfix,
+}
+
+impl Pair {
+    /// Starts both agents with `opts` (its `node_extra` should come from
+    /// [`acceptance_toml`]) and Postfix per `pf` on the node that becomes
+    /// primary; returns once its proxy confirms with the peer.
+    ///
+    /// # Panics
+    /// No primary within 30 s, or the proxy never confirms within 60 s.
+    #[must_use]
+    pub fn start(opts: &ClusterOpts, pf: &PostfixOpts) -> Self {
+        let mut c = Cluster::new(Topology::two_nodes(), opts);
+        let make = |n: Node| {
+            Postfix::new(
+                dir_for(&c.node_dir(n)),
+                &PostfixOpts {
+                    host: format!("{}-{n:?}", pf.host).to_lowercase(),
+                    ..pf.clone()
+                },
+            )
+        };
+        let pa = make(Node::A);
+        let pb = make(Node::B);
+        c.start(Node::A);
+        c.start(Node::B);
+        let until = Instant::now() + Duration::from_secs(30);
+        let n = loop {
+            if let Some(n) = [Node::A, Node::B]
+                .into_iter()
+                .find(|n| c.status(*n).is_some_and(|s| s.effective_mode == "primary"))
+            {
+                break n;
+            }
+            assert!(Instant::now() < until, "no primary within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (active, replica) = if n == Node::A { (pa, pb) } else { (pb, pa) };
+        let mut p = Self {
+            c,
+            n,
+            active,
+            replica,
+        };
+        p.active.start(&p.c.host(n).ns);
+        p.wait_acceptance("peer confirming", |s| s.peer_available);
+        p
+    }
+
+    /// The primary's acceptance status.
+    ///
+    /// # Panics
+    /// When the primary does not answer or runs no proxy.
+    #[must_use]
+    pub fn acceptance(&self) -> ha_agent::acceptance::AcceptanceStatus {
+        self.c
+            .status(self.n)
+            .and_then(|s| s.acceptance)
+            .expect("the primary reports its acceptance proxy")
+    }
+
+    /// Waits (at most 60 s) until the primary's acceptance status satisfies `pred`.
+    pub fn wait_acceptance(
+        &self,
+        what: &str,
+        pred: impl Fn(&ha_agent::acceptance::AcceptanceStatus) -> bool,
+    ) {
+        self.c.wait_for(self.n, what, Duration::from_secs(60), |s| {
+            s.acceptance.as_ref().is_some_and(&pred)
+        });
+    }
 }

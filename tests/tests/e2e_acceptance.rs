@@ -18,9 +18,8 @@ use std::time::{Duration, Instant};
 
 use ha_agent::acceptance::AcceptanceStatus;
 use ha_tests::{
-    Topology,
-    cluster::{Cluster, ClusterOpts, Node},
-    postfix::{Postfix, PostfixOpts, Sent, dir_for, queue_ids, send},
+    cluster::{ClusterOpts, Node},
+    postfix::{Pair, PostfixOpts, Sent, acceptance_toml, queue_ids, send},
     require_root,
 };
 use nix::sys::signal::Signal;
@@ -31,36 +30,14 @@ const TIMEOUT_S: u64 = 30;
 /// Bound on each SMTP read.
 const BOUND: Duration = Duration::from_secs(60);
 
-fn extra(nd: &Path, policy: &str) -> String {
-    format!(
-        "[backup]\nmta_spool = [\"{spool}\"]\nmax_lag = \"2s\"\n\
-         [acceptance]\nenabled = true\npolicy = \"{policy}\"\ntimeout = \"{TIMEOUT_S}s\"\n\
-         postfix_config = \"{etc}\"\n",
-        spool = dir_for(nd).join("spool").display(),
-        etc = dir_for(nd).join("etc").display(),
-    )
-}
-
 fn strict(_: Node, nd: &Path) -> String {
-    extra(nd, "strict")
+    acceptance_toml(nd, "strict", &format!("{TIMEOUT_S}s"))
 }
 
 fn degrade(_: Node, nd: &Path) -> String {
-    extra(nd, "degrade")
+    acceptance_toml(nd, "degrade", &format!("{TIMEOUT_S}s"))
 }
 
-struct Pair {
-    c: Cluster,
-    /// The node that became primary, its Postfix (running, through its
-    /// proxy), and the replica's (stopped: its spool is the replica).
-    n: Node,
-    a: Postfix,
-    b: Postfix,
-}
-
-/// Both agents with Postfix configured on both nodes; whichever node
-/// becomes primary starts its Postfix, and its proxy confirms with the
-/// other.
 fn pair(node_extra: fn(Node, &Path) -> String) -> Pair {
     // Calmer than the default timing: this test is about acceptance, and
     // a loaded machine must not make the roles flap under it.
@@ -70,51 +47,15 @@ fn pair(node_extra: fn(Node, &Path) -> String) -> Pair {
         node_extra: Some(node_extra),
         ..ClusterOpts::default()
     };
-    let mut c = Cluster::new(Topology::two_nodes(), &opts);
-    let pf = |n: Node, host: &str| {
-        Postfix::new(
-            dir_for(&c.node_dir(n)),
-            &PostfixOpts {
-                host: host.into(),
-                // Nobody answers there: mail stays queued.
-                relayhost: "[10.200.1.250]:2525".into(),
-                proxy: true,
-                main_extra: String::new(),
-            },
-        )
-    };
-    let pa = pf(Node::A, "node-a");
-    let pb = pf(Node::B, "node-b");
-    c.start(Node::A);
-    c.start(Node::B);
-    let until = Instant::now() + Duration::from_secs(30);
-    let n = loop {
-        if let Some(n) = [Node::A, Node::B]
-            .into_iter()
-            .find(|n| c.status(*n).is_some_and(|s| s.effective_mode == "primary"))
-        {
-            break n;
-        }
-        assert!(Instant::now() < until, "no primary within 30 s");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (a, b) = if n == Node::A { (pa, pb) } else { (pb, pa) };
-    let mut p = Pair { c, n, a, b };
-    p.a.start(&p.c.host(n).ns);
-    wait_acceptance(&p, "peer confirming", |s| s.peer_available);
-    p
+    Pair::start(&opts, &PostfixOpts::default())
 }
 
 fn acceptance(p: &Pair) -> AcceptanceStatus {
-    p.c.status(p.n)
-        .and_then(|s| s.acceptance)
-        .expect("the primary reports its acceptance proxy")
+    p.acceptance()
 }
 
 fn wait_acceptance(p: &Pair, what: &str, pred: impl Fn(&AcceptanceStatus) -> bool) {
-    p.c.wait_for(p.n, what, Duration::from_secs(60), |s| {
-        s.acceptance.as_ref().is_some_and(&pred)
-    });
+    p.wait_acceptance(what, pred);
 }
 
 fn smtp() -> SocketAddr {
@@ -123,17 +64,17 @@ fn smtp() -> SocketAddr {
 
 fn send_one(p: &Pair, token: &str) -> Sent {
     send(&p.c.host(p.n).ns, smtp(), token, BOUND)
-        .unwrap_or_else(|e| panic!("{token}: {e}\nmaillog:\n{}", p.a.log()))
+        .unwrap_or_else(|e| panic!("{token}: {e}\nmaillog:\n{}", p.active.log()))
 }
 
 /// Sends `n` messages; each 250 must find its queue file on the replica already.
 fn held_and_released(p: &Pair, tag: &str, n: usize) {
     for i in 0..n {
         let sent = send_one(p, &format!("{tag}-{i}"));
-        assert_eq!(sent.code, 250, "{sent:?}\nmaillog:\n{}", p.a.log());
+        assert_eq!(sent.code, 250, "{sent:?}\nmaillog:\n{}", p.active.log());
         let id = sent.queue_id.expect("queued as ID");
         assert!(
-            queue_ids(&p.b.spool()).contains(&id),
+            queue_ids(&p.replica.spool()).contains(&id),
             "{id} answered 250 before the replica held its queue file"
         );
     }
@@ -162,7 +103,7 @@ fn strict_holds_for_the_peer_refuses_while_it_is_away_and_holds_again_when_it_re
 
     // B away: refused at once, and A keeps no copy of what it refused.
     kill_replica(&mut p);
-    let before = p.a.queue_ids();
+    let before = p.active.queue_ids();
     let t0 = Instant::now();
     let sent = send_one(&p, "peer-away");
     let took = t0.elapsed();
@@ -177,7 +118,7 @@ fn strict_holds_for_the_peer_refuses_while_it_is_away_and_holds_again_when_it_re
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         let s = acceptance(&p);
-        let new: Vec<String> = p.a.queue_ids().difference(&before).cloned().collect();
+        let new: Vec<String> = p.active.queue_ids().difference(&before).cloned().collect();
         if s.removed >= 1 && new.is_empty() {
             assert_eq!(s.refused.get("peer_away"), Some(&1), "{s:?}");
             break;
@@ -220,7 +161,7 @@ fn degrade_accepts_while_the_peer_is_away_with_the_alarm_raised() {
         st.warnings
     );
     assert!(
-        p.a.queue_ids().contains(sent.queue_id.as_ref().unwrap()),
+        p.active.queue_ids().contains(sent.queue_id.as_ref().unwrap()),
         "degrade keeps the message"
     );
 
@@ -233,7 +174,7 @@ fn degrade_accepts_while_the_peer_is_away_with_the_alarm_raised() {
     // What was accepted alone reached B with the reconcile.
     let id = sent.queue_id.unwrap();
     let until = Instant::now() + Duration::from_secs(30);
-    while !queue_ids(&p.b.spool()).contains(&id) {
+    while !queue_ids(&p.replica.spool()).contains(&id) {
         assert!(Instant::now() < until, "{id} never reached B");
         std::thread::sleep(Duration::from_millis(50));
     }

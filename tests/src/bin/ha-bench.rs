@@ -15,9 +15,12 @@ fn main() -> Result<()> {
         Some("dataplane") => dataplane(&args[1..]),
         Some("failover") => ha_tests::bench_failover::run(&args[1..]),
         Some("sync") => bench_sync::run(&args[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane, failover, sync"),
+        Some("acceptance") => ha_tests::bench_acceptance::run(&args[1..]),
+        Some(other) => bail!(
+            "unknown benchmark {other:?}; known: dataplane, failover, sync, acceptance"
+        ),
         None => bail!(
-            "usage: ha-bench dataplane [--repeat N] | failover [--runs N] [--stability] | sync [--small]"
+            "usage: ha-bench dataplane [--repeat N] | failover [--runs N] [--stability] | sync [--small] | acceptance [--rates 50,200,500] [--secs N]"
         ),
     }
 }
