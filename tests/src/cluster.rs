@@ -74,6 +74,8 @@ pub struct ClusterOpts {
     pub interval: &'static str,
     /// Lost threshold, e.g. `"20ms"`.
     pub threshold: &'static str,
+    /// Gate lease; `None` lets the agent derive it.
+    pub lease: Option<&'static str>,
     /// Remote services as heartbeat.
     pub remote_services: bool,
     /// Port monitor on the service interface.
@@ -95,6 +97,8 @@ pub struct ClusterOpts {
     /// ([`Cluster::node_dir`]), e.g. `[backup] mta_spool` and
     /// `[acceptance]` pointing at that node's Postfix.
     pub node_extra: Option<fn(Node, &Path) -> String>,
+    /// `cluster.promote_outdated` on both nodes.
+    pub promote_outdated: bool,
 }
 
 impl Default for ClusterOpts {
@@ -102,6 +106,7 @@ impl Default for ClusterOpts {
         Self {
             interval: "2ms",
             threshold: "40ms",
+            lease: None,
             remote_services: false,
             port_monitor: true,
             a: NodeOpts {
@@ -120,6 +125,7 @@ impl Default for ClusterOpts {
             mail_sync: None,
             config_sync: false,
             node_extra: None,
+            promote_outdated: false,
         }
     }
 }
@@ -170,9 +176,12 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     );
     let _ = writeln!(
         t,
-        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
-        no.password, o.interval, o.threshold, o.remote_services
+        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]\npromote_outdated = {}",
+        no.password, o.interval, o.threshold, o.remote_services, o.promote_outdated
     );
+    if let Some(l) = o.lease {
+        let _ = writeln!(t, "lease = \"{l}\"");
+    }
     for hb in &host.hb {
         let _ = writeln!(
             t,

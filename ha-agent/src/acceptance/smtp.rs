@@ -80,12 +80,9 @@ impl Reply {
     }
 }
 
-/// Whether `s` can be a Postfix queue ID (short: hex; long: base-52 with a
-/// `z` separator): ASCII letters and digits, 1 to 32 of them. Anything
-/// else is never looked up, so a reply or a path cannot name a file.
-pub fn is_queue_id(s: &str) -> bool {
-    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric())
-}
+/// One definition of what a queue ID looks like, shared with the spool
+/// rules: anything else is never looked up, so a reply cannot name a file.
+pub use crate::sync::spool::is_queue_id;
 
 /// Assembles server bytes into complete replies (multi-line: `250-` lines
 /// up to the `250 ` line).

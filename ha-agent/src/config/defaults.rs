@@ -44,6 +44,18 @@ pub const FAILURES: u32 = 3;
 pub const LOCAL_INTERVAL: Duration = Duration::from_secs(10);
 /// `monitor.local[].min_free`: a spool at 95 % full is already in trouble.
 pub const MIN_FREE: &str = "5%";
+/// `config_sync.generations`: enough to step back over a few bad
+/// changes, small enough that a 64 MB tree costs little disk.
+pub const GENERATIONS: u32 = 5;
+/// `config_sync.check_interval`: a minute, as appliance clusters compare
+/// configuration checksums; a hand edit is repaired within it.
+pub const CHECK_INTERVAL: Duration = Duration::from_mins(1);
+/// `config_sync.heartbeat_interval`: config-only members carry no VIP and
+/// no lease, so nothing needs millisecond detection; two seconds keeps 24
+/// sessions nearly free and still shows a member down within seconds.
+pub const CONFIG_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Most members of a config-only cluster (the primary included).
+pub const MAX_MEMBERS: usize = 25;
 /// `runtime.state_dir` is this joined with the instance name.
 pub const STATE_ROOT: &str = "/var/lib/ha";
 /// `runtime.control_socket` is this joined with `<instance>.sock`.

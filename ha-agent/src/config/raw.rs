@@ -91,6 +91,31 @@ pub(crate) struct RawConfigSync {
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
     pub after_apply: Option<String>,
+    pub validate: Option<String>,
+    pub generations: Option<u32>,
+    pub check_interval: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub address: Option<String>,
+    pub primary: Option<String>,
+    pub member: Vec<RawMember>,
+    pub set: Vec<RawOverride>,
+}
+
+/// `[[config_sync.member]]`: another member of a config-only cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawMember {
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+/// `[[config_sync.set]]`: a per-member value inside a synced file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawOverride {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    pub value: Option<String>,
 }
 
 /// `[monitor]`; decoded list by list, see [`RawConfig`].

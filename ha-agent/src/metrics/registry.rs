@@ -17,8 +17,9 @@ use prometheus_client::registry::Registry;
 use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
-    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    OutcomeLabel, PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
+    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MemberLabel, MonitorLabel,
+    MonitorStateLabel, OutcomeLabel, OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role,
+    RoleLabel, SyncKind, TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
@@ -31,6 +32,8 @@ pub const NAMES: &[&str] = &[
     "ha_effective_role",
     "ha_role_transitions_total",
     "ha_failovers_total",
+    "ha_stall_outages_total",
+    "ha_stall_outage_seconds_total",
     "ha_last_failover_timestamp_seconds",
     "ha_failover_detection_seconds",
     "ha_heartbeat_age_seconds",
@@ -57,6 +60,14 @@ pub const NAMES: &[&str] = &[
     "ha_acceptance_alarm",
     "ha_acceptance_added_latency_seconds",
     "ha_acceptance_errors_total",
+    "ha_config_version",
+    "ha_config_member_up",
+    "ha_config_member_in_sync",
+    "ha_config_member_drift",
+    "ha_config_member_last_apply_ok",
+    "ha_config_member_apply_seconds",
+    "ha_config_member_drift_repairs",
+    "ha_config_refused_sessions",
 ];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -84,6 +95,8 @@ pub struct Metrics {
     effective_role: Family<RoleLabel, Gauge>,
     transitions: Family<TransitionLabel, Counter>,
     failovers: Family<ReasonLabel, Counter>,
+    stall_outages: Counter,
+    stall_outage_seconds: Counter<f64, AtomicU64>,
     last_failover: FloatGauge,
     detection: FloatGauge,
     hb_age: Family<LinkLabel, FloatGauge>,
@@ -99,7 +112,7 @@ pub struct Metrics {
     sync_backlog_bytes: Gauge,
     sync_files: Family<DirectionLabel, Counter>,
     sync_bytes: Family<DirectionLabel, Counter>,
-    sync_errors: Family<KindLabel, Counter>,
+    sync_errors: Family<OwnedKindLabel, Counter>,
     sync_last: Family<KindLabel, FloatGauge>,
     sync_outdated: Gauge,
     monitor_state: Family<MonitorStateLabel, Gauge>,
@@ -110,6 +123,14 @@ pub struct Metrics {
     acc_alarm: Gauge,
     acc_latency: Histogram,
     acc_errors: Family<KindLabel, Counter>,
+    config_version: Family<KindLabel, Gauge>,
+    member_up: Family<MemberLabel, Gauge>,
+    member_in_sync: Family<MemberLabel, Gauge>,
+    member_drift: Family<MemberLabel, Gauge>,
+    member_apply_ok: Family<MemberLabel, Gauge>,
+    member_apply_seconds: Family<MemberLabel, FloatGauge>,
+    member_drift_repairs: Family<MemberLabel, Gauge>,
+    config_refused: Gauge,
     /// Kernel receive time (`CLOCK_MONOTONIC` ns) of the newest authenticated
     /// heartbeat per link: the age is computed at scrape time from it, so
     /// it is exact however rarely the daemon touches the metrics.
@@ -130,6 +151,8 @@ impl Metrics {
             effective_role: Family::default(),
             transitions: Family::default(),
             failovers: Family::default(),
+            stall_outages: Counter::default(),
+            stall_outage_seconds: Counter::default(),
             last_failover: FloatGauge::default(),
             detection: FloatGauge::default(),
             hb_age: Family::default(),
@@ -156,6 +179,14 @@ impl Metrics {
             acc_alarm: Gauge::default(),
             acc_latency: acceptance_histogram(),
             acc_errors: Family::default(),
+            config_version: Family::default(),
+            member_up: Family::default(),
+            member_in_sync: Family::default(),
+            member_drift: Family::default(),
+            member_apply_ok: Family::default(),
+            member_apply_seconds: Family::default(),
+            member_drift_repairs: Family::default(),
+            config_refused: Gauge::default(),
             last_rx: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -186,6 +217,16 @@ impl Metrics {
             "failovers",
             "Times this node took over the VIPs, by reason",
             m.failovers.clone(),
+        );
+        r.register(
+            "stall_outages",
+            "Times this node's gate closed because its own agent stalled (lease lapsed) and reopened without a role change",
+            m.stall_outages.clone(),
+        );
+        r.register(
+            "stall_outage_seconds",
+            "Total time the gate stayed closed in stall outages",
+            m.stall_outage_seconds.clone(),
         );
         r.register(
             "last_failover_timestamp_seconds",
@@ -313,6 +354,46 @@ impl Metrics {
             "Acceptance proxy errors, by kind",
             m.acc_errors.clone(),
         );
+        r.register(
+            "config_version",
+            "Config-only: version in force on this node, by part (epoch, counter)",
+            m.config_version.clone(),
+        );
+        r.register(
+            "config_member_up",
+            "Config-only, on the primary: 1 while the member answers the heartbeat",
+            m.member_up.clone(),
+        );
+        r.register(
+            "config_member_in_sync",
+            "Config-only, on the primary: 1 while the member runs the primary's version and content",
+            m.member_in_sync.clone(),
+        );
+        r.register(
+            "config_member_drift",
+            "Config-only, on the primary: 1 while the member's files differ from what it applied",
+            m.member_drift.clone(),
+        );
+        r.register(
+            "config_member_last_apply_ok",
+            "Config-only, on the primary: 1 if the member's last install succeeded",
+            m.member_apply_ok.clone(),
+        );
+        r.register(
+            "config_member_apply_seconds",
+            "Config-only, on the primary: time of the member's last install, push received to after_apply done",
+            m.member_apply_seconds.clone(),
+        );
+        r.register(
+            "config_member_drift_repairs",
+            "Config-only, on the primary: drift repairs of the member since the agent started",
+            m.member_drift_repairs.clone(),
+        );
+        r.register(
+            "config_refused_sessions",
+            "Config-only: sessions this node refused (wrong password, other cluster, bad input)",
+            m.config_refused.clone(),
+        );
         let m = Metrics { registry: r, ..m };
         m.touch_known_series();
         m
@@ -384,6 +465,41 @@ impl Metrics {
         }
     }
 
+    /// Config-only: this node's version and, on the primary, every member
+    /// (at most 25: the label set is bounded by the membership).
+    pub fn set_config_only(&self, c: &crate::cluster::status::ConfigOnlyStatus) {
+        let v: Option<crate::cluster::version::Version> =
+            c.version.as_deref().and_then(|v| v.parse().ok());
+        for (kind, n) in [
+            ("epoch", v.map_or(0, |v| v.epoch)),
+            ("counter", v.map_or(0, |v| v.counter)),
+        ] {
+            self.config_version
+                .get_or_create(&KindLabel { kind })
+                .set(saturating_i64(n));
+        }
+        self.config_refused.set(saturating_i64(c.refused_sessions));
+        for m in c.members.iter().take(crate::config::defaults::MAX_MEMBERS) {
+            let l = MemberLabel {
+                member: m.name.clone(),
+            };
+            self.member_up.get_or_create(&l).set(i64::from(m.up));
+            self.member_in_sync
+                .get_or_create(&l)
+                .set(i64::from(m.state == "in-sync"));
+            self.member_drift.get_or_create(&l).set(i64::from(m.drift));
+            if let Some(a) = &m.last_apply {
+                self.member_apply_ok.get_or_create(&l).set(i64::from(a.ok));
+                self.member_apply_seconds
+                    .get_or_create(&l)
+                    .set(a.took_ms / 1000.0);
+            }
+            self.member_drift_repairs
+                .get_or_create(&l)
+                .set(saturating_i64(m.drift_repairs));
+        }
+    }
+
     /// Sets the configured role (1 for `role`, 0 for every other).
     pub fn set_configured_role(&self, role: Role) {
         set_one_hot(&self.configured_role, role);
@@ -420,6 +536,14 @@ impl Metrics {
         if let Some(d) = detection {
             self.detection.set(d.as_secs_f64());
         }
+    }
+
+    /// Records a stall outage that ended (gate closed for `outage_ns`
+    /// because this agent stalled, then reopened in the same role).
+    pub fn stall_outage(&self, outage_ns: u64) {
+        self.stall_outages.inc();
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        self.stall_outage_seconds.inc_by(outage_ns as f64 / 1e9);
     }
 
     /// Declares a heartbeat link (its interface name), so that its series
@@ -534,9 +658,18 @@ impl Metrics {
     }
 
     /// Counts a sync error of `kind` (a fixed name chosen by the sync
-    /// module, e.g. `disk_full`, `connection`, `rejected_path`).
-    pub fn sync_error(&self, kind: &'static str) {
-        self.sync_errors.get_or_create(&KindLabel { kind }).inc();
+    /// module, e.g. `no_space`, `connection`, `unsafe_path`).
+    pub fn sync_error(&self, kind: &str) {
+        self.add_sync_errors(kind, 1);
+    }
+
+    /// Counts `n` sync errors of `kind` (`n = 0` makes the series exist).
+    pub fn add_sync_errors(&self, kind: &str, n: u64) {
+        self.sync_errors
+            .get_or_create(&OwnedKindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Records a completed sync of `kind` at `at`.
