@@ -157,6 +157,9 @@ fn dashboard_covers_role_heartbeat_failovers_and_sync_lag() {
         "ha_heartbeat_receive_interval_seconds_bucket",
         "ha_failovers_total",
         "ha_sync_lag_seconds",
+        "ha_acceptance_answers_total",
+        "ha_acceptance_added_latency_seconds_bucket",
+        "ha_acceptance_alarm",
     ] {
         assert!(used.contains(needed), "dashboard does not show {needed}");
     }

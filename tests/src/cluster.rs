@@ -93,6 +93,10 @@ pub struct ClusterOpts {
     /// `local.cf` excluded (kept per node) and an `after_apply` hook that
     /// touches `<tmp>/<node>/applied`.
     pub config_sync: bool,
+    /// More TOML per node, made from the node and its directory
+    /// ([`Cluster::node_dir`]), e.g. `[backup] mta_spool` and
+    /// `[acceptance]` pointing at that node's Postfix.
+    pub node_extra: Option<fn(Node, &Path) -> String>,
     /// `cluster.promote_outdated` on both nodes.
     pub promote_outdated: bool,
 }
@@ -120,6 +124,7 @@ impl Default for ClusterOpts {
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
+            node_extra: None,
             promote_outdated: false,
         }
     }
@@ -213,6 +218,9 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     }
     // `@NODE@` in the extra TOML stands for the node's name (per-node paths).
     t.push_str(&o.extra.replace("@NODE@", name));
+    if let Some(f) = o.node_extra {
+        t.push_str(&f(n, &nd));
+    }
     t
 }
 
@@ -250,6 +258,12 @@ impl Cluster {
             Node::A => "node-a",
             Node::B => "node-b",
         }
+    }
+
+    /// A node's own directory (state, synced trees, whatever a test puts there).
+    #[must_use]
+    pub fn node_dir(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n))
     }
 
     /// The synced mail directory of a node (with `mail_sync`).

@@ -42,7 +42,7 @@ enum Command {
     },
     /// Live demo on this machine: two nodes in network namespaces, a failover, cleanup.
     Demo,
-    /// Benchmarks that print figures: `dataplane`, `failover`, `sync`.
+    /// Benchmarks that print figures: `dataplane`, `failover`, `sync`, `acceptance`.
     Bench {
         /// Which benchmark.
         which: String,

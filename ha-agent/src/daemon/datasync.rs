@@ -395,11 +395,10 @@ impl DataSync {
         self.sender.as_ref().map(SyncHandle::subscribe_acks)
     }
 
-    /// This node sends and the peer's replica is connected and in sync: it
-    /// can confirm new messages.
-    pub fn peer_confirms(&self) -> bool {
-        self.sender_status()
-            .is_some_and(|s| s.connected && s.in_sync)
+    /// While this node sends: whether the peer's replica is connected, and
+    /// whether it is in sync (reconcile durable, no failed operation).
+    pub fn sender_link(&self) -> Option<(bool, bool)> {
+        self.sender_status().map(|s| (s.connected, s.in_sync))
     }
 
     /// The kind of each root, by index (acknowledgements name roots so).
