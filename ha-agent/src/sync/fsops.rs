@@ -45,6 +45,10 @@ pub enum FsError {
     /// Another I/O error.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    /// The session may not do this (a failback session only adds; a spool
+    /// takes its queue directories only).
+    #[error("{path}: not allowed: {why}")]
+    NotAllowed { path: String, why: &'static str },
 }
 
 impl FsError {
@@ -80,6 +84,7 @@ impl FsError {
             Self::NoSpace { .. } => "no_space",
             Self::NotFound { .. } => "not_found",
             Self::Io { .. } => "io",
+            Self::NotAllowed { .. } => "not_allowed",
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct TempFile {
     /// Final name in the final directory.
     pub name: String,
     pub file: File,
+    /// Commit only if the final name is free (failback: never overwrite).
+    pub no_replace: bool,
     /// Renamed into place (or removed): nothing left to clean up.
     settled: std::sync::atomic::AtomicBool,
 }
@@ -181,6 +188,7 @@ impl Tree {
             dest: None,
             name,
             file: File::from(fd),
+            no_replace: false,
             settled: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -246,8 +254,20 @@ impl Tree {
     /// Moves a durable temporary file to its final name.
     pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
         let dest = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
-        rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str())
-            .map_err(|e| FsError::from_errno(rel_for_errors, e))?;
+        let flags = if t.no_replace {
+            rustix::fs::RenameFlags::NOREPLACE
+        } else {
+            rustix::fs::RenameFlags::empty()
+        };
+        rustix::fs::renameat_with(&t.dir, t.tmp.as_str(), dest, t.name.as_str(), flags).map_err(
+            |e| match e {
+                Errno::EXIST => FsError::NotAllowed {
+                    path: rel_for_errors.to_owned(),
+                    why: "the live tree holds this path (failback never overwrites)",
+                },
+                e => FsError::from_errno(rel_for_errors, e),
+            },
+        )?;
         t.settled.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -307,9 +327,23 @@ impl Tree {
 
     /// Creates a directory (or fixes an existing one's attributes).
     pub fn mkdir(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(String, OwnedFd), FsError> {
+        self.mkdir_with(rel, a, ids, false)
+    }
+
+    /// [`mkdir`](Self::mkdir); with `only_create`, an existing directory is
+    /// left as it is.
+    pub fn mkdir_with(
+        &self,
+        rel: &str,
+        a: &Attrs,
+        ids: &mut Ids,
+        only_create: bool,
+    ) -> Result<(String, OwnedFd), FsError> {
         let (dir, dp, name) = self.parent(rel, true)?;
         match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+            Ok(()) => {}
+            Err(Errno::EXIST) if only_create => return Ok((dp, dir)),
+            Err(Errno::EXIST) => {}
             Err(e) => return Err(FsError::from_errno(rel, e)),
         }
         let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty())

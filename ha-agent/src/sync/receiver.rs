@@ -31,6 +31,7 @@ use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::path;
 use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError, WireEntry};
+use super::spool;
 use super::state::{StateFile, SyncState};
 use super::{Shared, SyncConfig, SyncHandle};
 
@@ -537,6 +538,15 @@ impl<'a> Session<'a> {
                 | Frame::SetAttr { .. }
                 | Frame::InSync
         );
+        if let Some(refused) = self.refusal(&frame) {
+            if let Frame::FileData { size, .. } = &frame {
+                // Keep the stream in step: the body is read away.
+                io::copy(&mut r.by_ref().take(*size), &mut io::sink())?;
+            }
+            let key = refused_key(&frame);
+            self.batch.max_seq = self.batch.max_seq.max(seq);
+            return self.op_result(seq, key, Err(refused), w);
+        }
         // A rename of a file still pending in the batch renames the pending
         // file: one commit per Maildir delivery instead of two.
         if let Frame::Rename { root, from, to } = &frame
@@ -596,9 +606,10 @@ impl<'a> Session<'a> {
             }
             Frame::Mkdir { root, path, attrs } => {
                 let (ri, t) = self.tree(root)?;
-                t.mkdir(&path, &attrs, &mut self.ids).map(|(p, fd)| {
-                    self.batch.dirs.insert((ri, p), fd);
-                })
+                t.mkdir_with(&path, &attrs, &mut self.ids, !self.replicate)
+                    .map(|(p, fd)| {
+                        self.batch.dirs.insert((ri, p), fd);
+                    })
             }
             Frame::SetAttr { root, path, attrs } => {
                 let (_, t) = self.tree(root)?;
@@ -619,6 +630,42 @@ impl<'a> Session<'a> {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
         self.op_result(seq, key, result, w)
+    }
+
+    /// Why the session may not apply `frame`, if it may not: a failback
+    /// session only adds what the live tree lacks (no delete, rename or
+    /// attribute change; files and directories are created, never
+    /// replaced), and a spool root takes nothing outside its queue
+    /// directories, whatever the sender's filter let through.
+    fn refusal(&self, frame: &Frame) -> Option<FsError> {
+        let (root, paths): (u8, Vec<&String>) = match frame {
+            Frame::FileData { root, path, .. }
+            | Frame::Mkdir { root, path, .. }
+            | Frame::Delete { root, path }
+            | Frame::SetAttr { root, path, .. } => (*root, vec![path]),
+            Frame::Rename { root, from, to } => (*root, vec![from, to]),
+            _ => return None,
+        };
+        let ri = *self.roots.get(root as usize)?;
+        let kind = self.ctx.cfg.roots[ri].kind;
+        if let Some(p) = paths.iter().find(|p| !spool::is_synced(kind, p)) {
+            return Some(FsError::NotAllowed {
+                path: (*p).clone(),
+                why: "outside the directories this root syncs",
+            });
+        }
+        if !self.replicate
+            && matches!(
+                frame,
+                Frame::Delete { .. } | Frame::Rename { .. } | Frame::SetAttr { .. }
+            )
+        {
+            return Some(FsError::NotAllowed {
+                path: paths[0].clone(),
+                why: "a failback session only adds what the live tree lacks",
+            });
+        }
+        None
     }
 
     /// Index of the latest pending file at `path` of wire root `root`.
@@ -693,16 +740,13 @@ impl<'a> Session<'a> {
                 Err(SessionEnd::NoSpace(path))
             }
             Err(e) => {
-                let code = match &e {
-                    FsError::Unsafe { .. } | FsError::Path { .. } => ErrorCode::UnsafePath,
-                    FsError::NotFound { .. } => ErrorCode::MissingSource,
-                    _ => ErrorCode::Io,
-                };
+                let code = code_of(&e);
                 let path = match &e {
                     FsError::Unsafe { path, .. }
                     | FsError::NotFound { path }
                     | FsError::Path { path, .. }
                     | FsError::Io { path, .. }
+                    | FsError::NotAllowed { path, .. }
                     | FsError::NoSpace { path } => path.clone(),
                 };
                 warn!(seq, error = %e, kind = e.label(), "sync operation refused");
@@ -736,7 +780,10 @@ impl<'a> Session<'a> {
     ) -> Result<Result<(), FsError>, SessionEnd> {
         let tree = &self.ctx.trees[ri];
         let mut t = match tree.begin_file(rel, seq) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.no_replace = !self.replicate;
+                t
+            }
             Err(e @ FsError::NoSpace { .. }) => return Ok(Err(e)),
             Err(e) => {
                 io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
@@ -812,7 +859,7 @@ impl<'a> Session<'a> {
                 send(
                     w,
                     &Frame::Error {
-                        code: ErrorCode::Io,
+                        code: code_of(&e),
                         path: rel.clone(),
                         message: e.to_string(),
                     },
@@ -947,6 +994,28 @@ impl<'a> Session<'a> {
         proto::encode(&Frame::ManifestEnd, 0, &mut out);
         w.write_all(&out)?;
         Ok(())
+    }
+}
+
+fn code_of(e: &FsError) -> ErrorCode {
+    match e {
+        FsError::Unsafe { .. } | FsError::Path { .. } | FsError::NotAllowed { .. } => {
+            ErrorCode::UnsafePath
+        }
+        FsError::NotFound { .. } => ErrorCode::MissingSource,
+        FsError::NoSpace { .. } => ErrorCode::NoSpace,
+        FsError::Io { .. } => ErrorCode::Io,
+    }
+}
+
+fn refused_key(frame: &Frame) -> Option<(u8, String)> {
+    match frame {
+        Frame::FileData { root, path, .. }
+        | Frame::Mkdir { root, path, .. }
+        | Frame::Delete { root, path }
+        | Frame::SetAttr { root, path, .. } => Some((*root, path.clone())),
+        Frame::Rename { root, to, .. } => Some((*root, to.clone())),
+        _ => None,
     }
 }
 
