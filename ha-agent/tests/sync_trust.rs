@@ -581,3 +581,52 @@ fn a_replica_session_is_closed_when_the_node_becomes_active() {
     assert_eq!(fs::read(b.data.join("before")).unwrap(), b"applied");
     rx.stop();
 }
+
+#[test]
+fn a_set_uid_file_and_an_unknown_owner_arrive_stripped_and_not_owned_by_root() {
+    let b = side();
+    let rx = receiver(&b);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    let mut suid = attrs(0o106_755);
+    suid.owner = "root".into();
+    write_frame(
+        &mut raw.s,
+        &Frame::FileData {
+            root: 0,
+            path: "bin/suid".into(),
+            size: 4,
+            attrs: suid,
+        },
+        1,
+    );
+    raw.s.write_all(b"\x7fELF").unwrap();
+    let mut stranger = attrs(0o100_640);
+    stranger.owner = "no-such-user-ha-test".into();
+    stranger.group = "#0".into();
+    write_frame(
+        &mut raw.s,
+        &Frame::FileData {
+            root: 0,
+            path: "cur/stranger".into(),
+            size: 4,
+            attrs: stranger,
+        },
+        2,
+    );
+    raw.s.write_all(b"mail").unwrap();
+    assert!(raw.until_ack(2).is_empty());
+    let md = fs::metadata(b.data.join("bin/suid")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755, "set-uid and set-gid stripped");
+    let md = fs::metadata(b.data.join("cur/stranger")).unwrap();
+    assert_eq!(
+        fs::read(b.data.join("cur/stranger")).unwrap(),
+        b"mail",
+        "kept"
+    );
+    if is_root() {
+        assert_ne!(md.uid(), 0, "an unknown owner is never root");
+        assert_ne!(md.gid(), 0, "a group by number is never applied");
+    }
+    assert_eq!(rx.status().error_count("unknown_owner"), 2);
+    rx.stop();
+}

@@ -206,7 +206,11 @@ impl Tree {
         to: &str,
     ) -> Result<(String, OwnedFd), FsError> {
         let (td, tdp, tname) = self.parent(to, true)?;
-        match rustix::fs::unlinkat(&t.dir, t.name.as_str(), AtFlags::empty()) {
+        // `from` is the file's current final name: in its destination
+        // directory once an earlier rename moved it there, not beside the
+        // temporary (a committed file of the same name there is not ours).
+        let cur = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
+        match rustix::fs::unlinkat(cur, t.name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(unsafe_or(from, &t.name, e)),
         }
@@ -226,16 +230,16 @@ impl Tree {
         ids: &mut Ids,
     ) -> Result<(), FsError> {
         let fd = fd.as_fd();
-        let uid = ids.uid(&a.owner).map(rustix::fs::Uid::from_raw);
-        let gid = ids.gid(&a.group).map(rustix::fs::Gid::from_raw);
-        if uid.is_some() || gid.is_some() {
-            match rustix::fs::fchown(fd, uid, gid) {
-                // Not root (tests, unprivileged runs): ownership stays ours.
-                Ok(()) | Err(Errno::PERM) => {}
-                Err(e) => return Err(FsError::from_errno(rel, e)),
-            }
+        // Unknown names get the fallback owner (see `Ids`): a file made by
+        // this process would otherwise stay owned by root.
+        let uid = rustix::fs::Uid::from_raw(ids.uid_or_fallback(&a.owner));
+        let gid = rustix::fs::Gid::from_raw(ids.gid_or_fallback(&a.group));
+        match rustix::fs::fchown(fd, Some(uid), Some(gid)) {
+            // Not root (tests, unprivileged runs): ownership stays ours.
+            Ok(()) | Err(Errno::PERM) => {}
+            Err(e) => return Err(FsError::from_errno(rel, e)),
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777))
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(synced_mode(a.mode, is_dir)))
             .map_err(|e| FsError::from_errno(rel, e))?;
         if !is_dir {
             let t = Timespec {
@@ -393,6 +397,15 @@ impl Tree {
     }
 }
 
+/// The permission bits applied on the receiver: set-user-ID and
+/// set-group-ID never arrive on a file (a peer must not plant a privileged
+/// program); a directory keeps set-group-ID (group inheritance, no
+/// privilege) but never set-user-ID.
+pub fn synced_mode(mode: u32, is_dir: bool) -> u32 {
+    let strip = if is_dir { 0o4000 } else { 0o6000 };
+    mode & 0o7777 & !strip
+}
+
 fn unsafe_or(rel: &str, comp: &str, e: Errno) -> FsError {
     match e {
         Errno::LOOP | Errno::NOTDIR | Errno::MLINK => FsError::Unsafe {
@@ -527,6 +540,37 @@ mod tests {
             0,
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn a_second_rename_of_a_pending_file_unlinks_the_right_name() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        for d in ["tmp", "new", "cur"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        // Committed files of the same base name in the temporary's
+        // directory and in the first destination.
+        fs::write(t.path().join("tmp/m"), b"committed in tmp").unwrap();
+        fs::write(t.path().join("new/m"), b"committed in new").unwrap();
+        let mut f = tree.begin_file("tmp/m", 1).unwrap();
+        f.file.write_all(b"pending").unwrap();
+        tree.retarget(&mut f, "tmp/m", "new/m").unwrap();
+        assert!(
+            !t.path().join("tmp/m").exists(),
+            "the first rename moved tmp/m"
+        );
+        fs::write(t.path().join("tmp/m"), b"a new delivery in tmp").unwrap();
+        // Second rename: new/m -> cur/m. It replaces new/m, and nothing in tmp/.
+        tree.retarget(&mut f, "new/m", "cur/m").unwrap();
+        assert!(!t.path().join("new/m").exists());
+        assert_eq!(
+            fs::read(t.path().join("tmp/m")).unwrap(),
+            b"a new delivery in tmp",
+            "a committed file of the same base name survives"
+        );
+        Tree::commit_file(&f, "cur/m").unwrap();
+        assert_eq!(fs::read(t.path().join("cur/m")).unwrap(), b"pending");
     }
 
     #[test]

@@ -629,6 +629,7 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
+        self.note_unknown_owners(key.as_ref());
         self.op_result(seq, key, result, w)
     }
 
@@ -666,6 +667,18 @@ impl<'a> Session<'a> {
             });
         }
         None
+    }
+
+    /// Counts and logs owner or group names unknown here (their files were
+    /// given the fallback owner, see `ids`).
+    fn note_unknown_owners(&mut self, key: Option<&(u8, String)>) {
+        for name in self.ids.take_unknown() {
+            let path = key.map_or("", |k| k.1.as_str());
+            warn!(%name, %path, "owner unknown here: file kept under the fallback owner nobody:nogroup");
+            self.ctx.shared.with_status(|s| {
+                s.count_error("unknown_owner", format!("{name} unknown here ({path})"))
+            });
+        }
     }
 
     /// Index of the latest pending file at `path` of wire root `root`.
