@@ -146,7 +146,10 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
         }
     }
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert_eq!(errors[0].0, 1, "the failed write is reported by its sequence");
+    assert_eq!(
+        errors[0].0, 1,
+        "the failed write is reported by its sequence"
+    );
     assert_eq!(fs::read(data.join("keep/victim")).unwrap(), b"must survive");
     assert!(data.join("after").is_dir());
     assert!(!data.join("big").exists());

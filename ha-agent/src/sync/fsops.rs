@@ -93,6 +93,9 @@ impl FsError {
 #[derive(Debug)]
 pub struct Tree {
     root: OwnedFd,
+    /// When tracking: directories that gained an entry because a walk
+    /// created a missing directory in them (to fsync before an ack).
+    created: std::sync::Mutex<Option<Vec<(String, OwnedFd)>>>,
 }
 
 /// A file being received: its temporary name in `dir` and its final name
@@ -140,7 +143,40 @@ impl Tree {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            created: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// From now on, remember the directories in which walks create missing
+    /// directories; [`take_created`](Self::take_created) hands them over.
+    pub fn track_created_dirs(&self) {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Vec::new);
+    }
+
+    /// The directories that gained a directory since the last call, by
+    /// relative path (empty for the root), to fsync: a new directory's
+    /// entry is only durable once its parent is synced.
+    pub fn take_created(&self) -> Vec<(String, OwnedFd)> {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note_created(&self, dir_path: &str, dir: &OwnedFd) {
+        let mut g = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.as_mut()
+            && let Ok(fd) = rustix::io::dup(dir)
+        {
+            v.push((dir_path.to_owned(), fd));
+        }
     }
 
     /// Opens the directory holding `rel`'s last component; with `create`,
@@ -153,12 +189,16 @@ impl Tree {
         let (last, dirs) = comps.split_last().expect("components are never empty");
         let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())
             .map_err(|e| FsError::from_errno(rel, e))?;
+        let mut at = 0usize;
         for c in dirs {
+            let cur_path = &rel[..at.saturating_sub(1)];
+            at += c.len() + 1;
             cur = match rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => self.note_created(cur_path, &cur),
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(FsError::from_errno(rel, e)),
                     }
                     rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty())
@@ -353,11 +393,14 @@ impl Tree {
         let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty())
             .map_err(|e| unsafe_or(rel, &name, e))?;
         Self::apply_attrs(&fd, rel, a, true, ids)?;
+        // The directory's own attributes are durable with its inode.
+        self.note_created(rel, &fd);
         Ok((dp, dir))
     }
 
-    /// Sets attributes of an existing file or directory (never through a symlink).
-    pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(), FsError> {
+    /// Sets attributes of an existing file or directory (never through a
+    /// symlink). Returns the open inode: fsync it before acknowledging.
+    pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<OwnedFd, FsError> {
         let (dir, _, name) = self.parent(rel, false)?;
         let fd = rustix::fs::openat(
             &dir,
@@ -373,7 +416,8 @@ impl Tree {
             a,
             FileType::from_raw_mode(st.st_mode) == FileType::Directory,
             ids,
-        )
+        )?;
+        Ok(fd)
     }
 
     /// Opens a regular file for reading (hashing), never through a symlink.
@@ -571,6 +615,29 @@ mod tests {
         );
         Tree::commit_file(&f, "cur/m").unwrap();
         assert_eq!(fs::read(t.path().join("cur/m")).unwrap(), b"pending");
+    }
+
+    #[test]
+    fn directories_made_on_the_way_are_reported_for_fsync() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        tree.track_created_dirs();
+        fs::create_dir_all(t.path().join("a")).unwrap();
+        let f = tree.begin_file("a/b/c/file", 1).unwrap();
+        let mut got: Vec<String> = tree.take_created().into_iter().map(|x| x.0).collect();
+        got.sort();
+        // `b` was made in `a`, `c` in `a/b`: both parents gained an entry.
+        assert_eq!(got, vec!["a".to_owned(), "a/b".to_owned()]);
+        Tree::discard(&f);
+        let mut ids = Ids::default();
+        tree.mkdir("x/y", &attrs(0o750), &mut ids).unwrap();
+        let mut got: Vec<String> = tree.take_created().into_iter().map(|x| x.0).collect();
+        got.sort();
+        // `x` made in the root; `x/y` itself (its attributes).
+        assert_eq!(got, vec![String::new(), "x/y".to_owned()]);
+        assert!(tree.take_created().is_empty());
+        let fd = tree.set_attr("x/y", &attrs(0o700), &mut ids).unwrap();
+        rustix::fs::fsync(&fd).unwrap();
     }
 
     #[test]

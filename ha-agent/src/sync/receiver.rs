@@ -68,6 +68,7 @@ impl Receiver {
         let mut trees = Vec::new();
         for r in &cfg.roots {
             let t = Tree::open(&r.path)?;
+            t.track_created_dirs();
             let n = t.clean_temps()?;
             if n > 0 {
                 info!(root = %r.name, removed = n, "removed temporary files of an interrupted transfer");
@@ -555,6 +556,7 @@ impl<'a> Session<'a> {
             let key = (*root, to.clone());
             let result = self.retarget(i, from, to);
             self.batch.max_seq = self.batch.max_seq.max(seq);
+            self.collect_created_dirs();
             return self.op_result(seq, Some(key), result, w);
         }
         // Other metadata operations may name a file still under its
@@ -612,8 +614,11 @@ impl<'a> Session<'a> {
                     })
             }
             Frame::SetAttr { root, path, attrs } => {
-                let (_, t) = self.tree(root)?;
-                t.set_attr(&path, &attrs, &mut self.ids)
+                let (ri, t) = self.tree(root)?;
+                t.set_attr(&path, &attrs, &mut self.ids).map(|fd| {
+                    // Fsynced with the batch, before the ack.
+                    self.batch.dirs.insert((ri, path.clone()), fd);
+                })
             }
             Frame::InSync => {
                 self.insync_seq = Some(seq);
@@ -630,6 +635,7 @@ impl<'a> Session<'a> {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
         self.note_unknown_owners(key.as_ref());
+        self.collect_created_dirs();
         self.op_result(seq, key, result, w)
     }
 
@@ -667,6 +673,17 @@ impl<'a> Session<'a> {
             });
         }
         None
+    }
+
+    /// Directories that gained a directory during the last operation (a
+    /// file's missing parents, a Mkdir) are fsynced with the batch, so the
+    /// ack covers them as it covers the files.
+    fn collect_created_dirs(&mut self) {
+        for (ri, t) in self.ctx.trees.iter().enumerate() {
+            for (p, fd) in t.take_created() {
+                self.batch.dirs.insert((ri, p), fd);
+            }
+        }
     }
 
     /// Counts and logs owner or group names unknown here (their files were
