@@ -46,6 +46,8 @@ pub struct DataSync {
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Counters of the sender and receiver already added to the metrics.
+    fed: [super::metrics::SyncSeen; 2],
 }
 
 fn stop_in_background(h: SyncHandle) {
@@ -83,6 +85,7 @@ impl DataSync {
             reported: None,
             done_tx,
             handing_back: false,
+            fed: Default::default(),
         }))
     }
 
@@ -105,6 +108,7 @@ impl DataSync {
             (true, false) => match Sender::spawn(self.cfg.clone()) {
                 Ok(h) => {
                     info!(peer = %self.cfg.peer, "data sync sender started");
+                    self.fed[0] = super::metrics::SyncSeen::default();
                     self.sender = Some(h);
                 }
                 Err(e) => error!(error = %e, "data sync sender could not start"),
@@ -171,17 +175,18 @@ impl DataSync {
         }
     }
 
-    /// Forces a full reconcile now (`ha-agent sync data`).
-    pub fn resync(&self) -> &'static str {
+    /// Forces a full reconcile now (`ha-agent sync data`): `Ok` when one
+    /// started, `Err` saying why nothing was done.
+    pub fn resync(&self) -> Result<&'static str, &'static str> {
         match (&self.sender, &self.receiver) {
             (Some(s), _) => {
                 s.resync();
-                "full reconcile of mail data and spool started (this node sends)"
+                Ok("full reconcile of mail data and spool started (this node sends)")
             }
-            (None, Some(_)) => {
-                "this node is passive: it receives; run `ha-agent sync data` on the primary"
-            }
-            _ => "data sync is not running",
+            (None, Some(_)) => Err(
+                "this node is passive: it receives mail data; run `ha-agent sync data` on the primary",
+            ),
+            _ => Err("data sync is not running"),
         }
     }
 
@@ -281,8 +286,29 @@ impl DataSync {
         }
     }
 
-    /// Feeds the metrics (lag, backlog, outdated).
-    pub fn metrics(&self, m: &crate::metrics::Metrics, active: bool) {
+    /// Feeds the metrics (lag, backlog, outdated, files, bytes, errors,
+    /// last success).
+    pub fn metrics(&mut self, m: &crate::metrics::Metrics, active: bool) {
+        use crate::metrics::Direction;
+        for (i, (dir, s)) in [
+            (Direction::Sent, self.sender_status()),
+            (Direction::Received, self.receiver_status()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(s) = s {
+                self.fed[i].feed(m, dir, &s);
+            }
+        }
+        let last = [self.sender_status(), self.receiver_status()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.last_sync)
+            .max();
+        if let Some(t) = last {
+            m.sync_completed(crate::metrics::SyncKind::Data, t);
+        }
         let s = if active {
             self.sender_status()
         } else {
@@ -293,6 +319,23 @@ impl DataSync {
         m.set_sync_max_lag(self.cfg.max_lag);
         m.set_sync_backlog(s.backlog_ops, s.backlog_bytes);
         m.set_outdated(self.reported.is_some_and(|(_, o)| o));
+    }
+
+    /// The sender's acknowledgements (acceptance proxy), while this node
+    /// sends; `None` while it does not.
+    pub fn subscribe_acks(&self) -> Option<std::sync::mpsc::Receiver<sync::AckedOp>> {
+        self.sender.as_ref().map(SyncHandle::subscribe_acks)
+    }
+
+    /// This node sends and the peer's replica is connected and in sync: it
+    /// can confirm new messages.
+    pub fn peer_confirms(&self) -> bool {
+        self.sender_status().is_some_and(|s| s.connected && s.in_sync)
+    }
+
+    /// The kind of each root, by index (acknowledgements name roots so).
+    pub fn root_kinds(&self) -> Vec<sync::RootKind> {
+        self.cfg.roots.iter().map(|r| r.kind).collect()
     }
 
     /// Stops everything (shutdown).

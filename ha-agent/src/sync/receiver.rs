@@ -31,7 +31,7 @@ use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::path;
 use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError, WireEntry};
-use super::spool;
+use super::spool::{self, QueueIndex, RootKind};
 use super::state::{StateFile, SyncState};
 use super::{Shared, SyncConfig, SyncHandle};
 
@@ -290,8 +290,12 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         last_state: Instant::now(),
         insync_seq: None,
         replicate,
+        queues: Vec::new(),
         failed: HashMap::new(),
     };
+    if replicate {
+        sess.index_queues();
+    }
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
         let i = ctx
@@ -477,6 +481,9 @@ struct Session<'a> {
     last_state: Instant,
     insync_seq: Option<u64>,
     replicate: bool,
+    /// Per configured root: where each message of a Postfix spool is (replica
+    /// sessions only; see [`spool::QueueIndex`]).
+    queues: Vec<Option<QueueIndex>>,
     /// Operations that failed in this session and were not redone since,
     /// by (wire root, path), with the failed sequence.
     failed: HashMap<(u8, String), u64>,
@@ -589,22 +596,45 @@ impl<'a> Session<'a> {
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
-                t.rename(&from, &to)
-                    .map(|dirs| {
-                        for (p, fd) in dirs {
-                            self.batch.dirs.insert((ri, p), fd);
-                        }
-                    })
-                    .map_err(|e| match e {
-                        FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
-                        e => e,
-                    })
+                // A message moves as a whole: when the replica holds it
+                // under another name than the sender last saw, that file
+                // is the one moved.
+                let mut r = t.rename(&from, &to);
+                let mut from = from;
+                if let Err(FsError::NotFound { .. }) = r
+                    && let Some(cur) = self.queue_file(ri, &from).filter(|c| *c != from)
+                {
+                    r = t.rename(&cur, &to);
+                    from = cur;
+                }
+                let r = r.map(|dirs| {
+                    for (p, fd) in dirs {
+                        self.batch.dirs.insert((ri, p), fd);
+                    }
+                });
+                if r.is_ok() {
+                    self.unindex(ri, &from);
+                    self.place(ri, &to, None);
+                }
+                r.map_err(|e| match e {
+                    FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
+                    e => e,
+                })
             }
             Frame::Delete { root, path } => {
                 let (ri, t) = self.tree(root)?;
-                t.delete(&path).map(|(p, fd)| {
+                // Removing a message removes it wherever the replica holds it.
+                let other = self.queue_file(ri, &path).filter(|p| *p != path);
+                let r = t.delete(&path).map(|(p, fd)| {
                     self.batch.dirs.insert((ri, p), fd);
-                })
+                });
+                if r.is_ok() {
+                    self.unindex(ri, &path);
+                    if let Some(o) = other {
+                        self.remove_extra(ri, &o, None);
+                    }
+                }
+                r
             }
             Frame::Mkdir { root, path, attrs } => {
                 let (ri, t) = self.tree(root)?;
@@ -682,6 +712,82 @@ impl<'a> Session<'a> {
         for (ri, t) in self.ctx.trees.iter().enumerate() {
             for (p, fd) in t.take_created() {
                 self.batch.dirs.insert((ri, p), fd);
+            }
+        }
+    }
+
+    /// Builds the message index of every Postfix spool root, removing the
+    /// extra files of a message held twice (a replica written by an older
+    /// agent, or a commit cut between a write and the old file's removal).
+    fn index_queues(&mut self) {
+        let ctx = self.ctx;
+        self.queues = (ctx.cfg.roots.iter().enumerate())
+            .map(|(ri, r)| {
+                if r.kind != RootKind::PostfixSpool {
+                    return None;
+                }
+                let m = match manifest::scan(&r.path, r.kind, &mut self.ids) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(root = %r.name, error = %e, "cannot index the replica spool");
+                        return None;
+                    }
+                };
+                let (ix, extra) = QueueIndex::from_manifest(&m);
+                for p in &extra {
+                    info!(root = %r.name, path = %p, "replica held a message twice: extra file removed");
+                    if let Err(e) = ctx.trees[ri].delete(p) {
+                        warn!(root = %r.name, path = %p, error = %e, "cannot remove an extra queue file");
+                    }
+                }
+                Some(ix)
+            })
+            .collect();
+    }
+
+    /// Where the replica holds the message of queue file `rel`, if indexed.
+    fn queue_file(&self, ri: usize, rel: &str) -> Option<String> {
+        let ix = self.queues.get(ri)?.as_ref()?;
+        let id = spool::queue_id(RootKind::PostfixSpool, rel)?;
+        ix.get(id).map(str::to_owned)
+    }
+
+    fn unindex(&mut self, ri: usize, rel: &str) {
+        if let Some(Some(ix)) = self.queues.get_mut(ri) {
+            ix.removed(rel);
+        }
+    }
+
+    /// `rel` now holds its message: any other file of the same queue ID
+    /// goes (the replica holds each message once).
+    fn place(&mut self, ri: usize, rel: &str, dirs: Option<&mut Vec<((usize, String), OwnedFd)>>) {
+        let old = match self.queues.get_mut(ri) {
+            Some(Some(ix)) => ix.placed(rel),
+            _ => None,
+        };
+        if let Some(old) = old {
+            self.remove_extra(ri, &old, dirs);
+        }
+    }
+
+    fn remove_extra(
+        &mut self,
+        ri: usize,
+        rel: &str,
+        dirs: Option<&mut Vec<((usize, String), OwnedFd)>>,
+    ) {
+        match self.ctx.trees[ri].delete(rel) {
+            Ok((p, fd)) => {
+                debug!(path = %rel, "older file of a moved message removed");
+                match dirs {
+                    Some(d) => d.push(((ri, p), fd)),
+                    None => {
+                        self.batch.dirs.insert((ri, p), fd);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(path = %rel, error = %e, "cannot remove the older file of a moved message")
             }
         }
     }
@@ -876,10 +982,16 @@ impl<'a> Session<'a> {
                 e => SessionEnd::Io(io::Error::other(e.to_string())),
             });
         }
+        let mut b = b;
         let files = b.files.len() as u64;
+        let mut extra_dirs = Vec::new();
         for (seq, ri, rel, t) in &b.files {
-            let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
-            if let Err(e) = Tree::commit_file(t, rel) {
+            let committed = Tree::commit_file(t, rel);
+            if committed.is_ok() {
+                self.place(*ri, rel, Some(&mut extra_dirs));
+            }
+            if let Err(e) = committed {
+                let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
                 self.failed.insert((wire, rel.clone()), *seq);
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
@@ -896,6 +1008,9 @@ impl<'a> Session<'a> {
                     *seq,
                 )?;
             }
+        }
+        for (k, fd) in extra_dirs {
+            b.dirs.insert(k, fd);
         }
         for fd in b.dirs.values() {
             if let Err(e) = rustix::fs::fsync(fd.as_fd()) {

@@ -30,6 +30,7 @@ use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::plan::{self, Op, Plan};
 use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError};
+use super::spool::{MoveCoalescer, RootKind};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
 use super::{AckedOp, Shared, SyncConfig, SyncHandle};
@@ -48,6 +49,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that stops reading for this long is given up (TCP_USER_TIMEOUT).
 const USER_TIMEOUT_MS: u32 = 10_000;
 const STATE_EVERY: Duration = Duration::from_millis(200);
+/// How long a move of a message the replica already holds may wait, so
+/// that a deferred queue retried every second costs at most one operation
+/// per message and per-message log per this period (see docs/sync.md).
+const MOVE_DELAY: Duration = Duration::from_secs(1);
 
 /// A sync session failed.
 #[derive(Debug, Error)]
@@ -526,6 +531,11 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
         c.frame(&Frame::InSync, seq)?;
         c.flush()?;
         let mut vanished: HashSet<(u8, String)> = HashSet::new();
+        // Postfix spool roots: moves of messages the replica holds are
+        // coalesced by queue ID (see `spool::MoveCoalescer`).
+        let mut held: Vec<Option<MoveCoalescer>> = (ctx.cfg.roots.iter())
+            .map(|r| (r.kind == RootKind::PostfixSpool).then(MoveCoalescer::default))
+            .collect();
         while !ctx.shared.stopping() && !dead.load(Ordering::Relaxed) {
             if ctx.shared.resync.swap(false, Ordering::Relaxed) {
                 info!("full resync requested");
@@ -537,8 +547,9 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                 send_path(ctx, &mut c, root, &p, at)?;
             }
             let events = watcher::coalesce(ctx.queue.drain(Duration::from_millis(100)));
+            let mut now_ops: Vec<(u8, Op, Instant)> = Vec::new();
             for e in events {
-                match e {
+                let (root, op, at) = match e {
                     Event::Rescan { .. } => {
                         info!("watch events lost: reconnecting to reconcile");
                         return Ok(());
@@ -551,20 +562,33 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                         root,
                         op: Op::Rename { from, to },
                         at,
-                    } if vanished.remove(&(root, from.clone())) => {
-                        send_op(ctx, &mut c, root, Op::Write(to), at)?;
+                    } if vanished.remove(&(root, from.clone())) => (root, Op::Write(to), at),
+                    Event::Op { root, op, at } => (root, op, at),
+                };
+                match held.get_mut(root as usize).and_then(Option::as_mut) {
+                    Some(h) => now_ops.extend(h.take(op, at).into_iter().map(|o| (root, o, at))),
+                    None => now_ops.push((root, op, at)),
+                }
+            }
+            let now = Instant::now();
+            for (root, h) in held.iter_mut().enumerate() {
+                if let Some(h) = h {
+                    now_ops.extend(
+                        h.due(now, MOVE_DELAY)
+                            .into_iter()
+                            .map(|o| (root as u8, o, now)),
+                    );
+                }
+            }
+            for (root, op, at) in now_ops {
+                let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
+                if !send_op(ctx, &mut c, root, op, at)?
+                    && let Some(p) = path
+                {
+                    if vanished.len() > 10_000 {
+                        vanished.clear();
                     }
-                    Event::Op { root, op, at } => {
-                        let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
-                        if !send_op(ctx, &mut c, root, op, at)?
-                            && let Some(p) = path
-                        {
-                            if vanished.len() > 10_000 {
-                                vanished.clear();
-                            }
-                            vanished.insert((root, p));
-                        }
-                    }
+                    vanished.insert((root, p));
                 }
             }
             c.flush()?;
