@@ -68,7 +68,7 @@ async fn after_filter() -> AfterFilter {
                         } else {
                             let mut v = b.lock().unwrap();
                             v.push(body);
-                            format!("250 2.0.0 Ok: queued as Q{}\r\n", v.len()).into_bytes()
+                            format!("250 2.0.0 Ok: queued as Q{:05}\r\n", v.len()).into_bytes()
                         }
                     } else if up.starts_with("QUIT") {
                         let _ = w.write_all(b"221 2.0.0 Bye\r\n").await;
@@ -213,11 +213,11 @@ async fn reply_waits_for_the_peer_and_is_released_by_its_ack() {
     assert!(early.is_err(), "answered before the peer acknowledged");
     assert_eq!(p.status().waiting, 1);
     // An acknowledgement of a copy taken before the dot does not count.
-    p.feed().durable("Q1", 0);
+    p.feed().durable("Q00001", 0);
     let early = tokio::time::timeout(Duration::from_millis(200), c.r.read_u8()).await;
     assert!(early.is_err(), "released by a copy older than the dot");
-    p.feed().durable("Q1", now_ns());
-    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as Q1\r\n");
+    p.feed().durable("Q00001", now_ns());
+    assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as Q00001\r\n");
     assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n", "pipelined reply after it");
     // The body went through untouched, dot-stuffing included.
     assert_eq!(
@@ -245,10 +245,10 @@ async fn strict_answers_451_after_the_timeout_and_removes_the_local_copy() {
     assert!(r.starts_with("451 4.3.0 "), "{r}");
     assert!(took >= timeout, "answered after {took:?}, before the timeout");
     let until = Instant::now() + BOUND;
-    while !ps.calls().contains("-d Q1") && Instant::now() < until {
+    while !ps.calls().contains("-d Q00001") && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(ps.calls().trim(), "-c /etc/postfix-test -d Q1");
+    assert_eq!(ps.calls().trim(), "-c /etc/postfix-test -d Q00001");
     let s = p.status();
     assert_eq!(s.refused.get("timeout"), Some(&1));
     assert!(s.alarm.is_none());
@@ -289,7 +289,7 @@ async fn peer_away_applies_the_policy_at_once() {
     let early = tokio::time::timeout(Duration::from_millis(300), c.r.read_u8()).await;
     assert!(early.is_err(), "held again once the peer is back");
     let n = af.bodies.lock().unwrap().len();
-    degrade.feed().durable(&format!("Q{n}"), now_ns());
+    degrade.feed().durable(&format!("Q{n:05}"), now_ns());
     assert!(c.reply().await.starts_with("250 "));
     assert!(degrade.status().alarm.is_none(), "alarm cleared");
 }
@@ -331,7 +331,7 @@ async fn client_leaving_while_held_keeps_the_message_and_the_proxy_serves_on() {
     c.send(BODY).await;
     wait_held(&p).await;
     p.feed().durable("Q2", now_ns());
-    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as Q2"));
+    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as Q00002"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

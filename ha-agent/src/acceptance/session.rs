@@ -308,7 +308,7 @@ mod tests {
     fn two_messages_on_one_connection() {
         let mut x = Session::default();
         transaction(&mut x, 1);
-        x.from_server(b"250 2.0.0 Ok: queued as AAA\r\n", 9).unwrap();
+        x.from_server(b"250 2.0.0 Ok: queued as AAA123\r\n", 9).unwrap();
         let a = x.new_holds().remove(0);
         x.decide(a.token, Answer::Original);
         x.to_client();
@@ -316,9 +316,9 @@ mod tests {
             .unwrap();
         x.from_server(b"250 Ok\r\n250 Ok\r\n354 go\r\n", 11).unwrap();
         x.from_client(b"x\r\n.\r\n", 12).unwrap();
-        x.from_server(b"250 2.0.0 Ok: queued as BBB\r\n", 13).unwrap();
+        x.from_server(b"250 2.0.0 Ok: queued as BBB123\r\n", 13).unwrap();
         let b = x.new_holds().remove(0);
-        assert_eq!((b.queue_id.as_deref(), b.dot_at), (Some("BBB"), 12));
+        assert_eq!((b.queue_id.as_deref(), b.dot_at), (Some("BBB123"), 12));
         assert_ne!(a.token, b.token);
     }
 }

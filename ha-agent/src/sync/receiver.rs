@@ -986,12 +986,12 @@ impl<'a> Session<'a> {
         let files = b.files.len() as u64;
         let mut extra_dirs = Vec::new();
         for (seq, ri, rel, t) in &b.files {
+            let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
             let committed = Tree::commit_file(t, rel);
             if committed.is_ok() {
                 self.place(*ri, rel, Some(&mut extra_dirs));
             }
             if let Err(e) = committed {
-                let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
                 self.failed.insert((wire, rel.clone()), *seq);
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
