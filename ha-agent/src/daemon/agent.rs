@@ -773,7 +773,9 @@ impl Agent {
                     SwitchTo::ConfigPrimary => {
                         let _ = cmd.reply.send(Response {
                             ok: false,
-                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            message:
+                                "this node is active-passive; config-primary is a config-only mode"
+                                    .into(),
                             status: None,
                         });
                         return;
@@ -873,7 +875,8 @@ impl Agent {
                         let replica = (to == crate::fsm::EffectiveMode::Primary)
                             .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
                             .flatten();
-                        self.role_hooks.request(from, to, reason.to_string(), replica);
+                        self.role_hooks
+                            .request(from, to, reason.to_string(), replica);
                     }
                 }
                 Action::HandBackData => {

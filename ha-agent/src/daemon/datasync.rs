@@ -330,7 +330,8 @@ impl DataSync {
     /// This node sends and the peer's replica is connected and in sync: it
     /// can confirm new messages.
     pub fn peer_confirms(&self) -> bool {
-        self.sender_status().is_some_and(|s| s.connected && s.in_sync)
+        self.sender_status()
+            .is_some_and(|s| s.connected && s.in_sync)
     }
 
     /// The kind of each root, by index (acknowledgements name roots so).

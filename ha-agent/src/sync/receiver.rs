@@ -292,6 +292,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         replicate,
         queues: Vec::new(),
         failed: HashMap::new(),
+        fd_budget: fd_budget(),
     };
     if replicate {
         sess.index_queues();
@@ -484,6 +485,8 @@ struct Session<'a> {
     /// Per configured root: where each message of a Postfix spool is (replica
     /// sessions only; see [`spool::QueueIndex`]).
     queues: Vec<Option<QueueIndex>>,
+    /// Most descriptors a batch may hold before it is committed.
+    fd_budget: usize,
     /// Operations that failed in this session and were not redone since,
     /// by (wire root, path), with the failed sequence.
     failed: HashMap<(u8, String), u64>,
@@ -522,7 +525,9 @@ impl<'a> Session<'a> {
             if let Err(e) = self.handle(seq, frame, r, w) {
                 return e;
             }
-            if (self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES)
+            if (self.batch.files.len() >= BATCH_FILES
+                || self.batch.bytes >= BATCH_BYTES
+                || self.batch_fds() >= self.fd_budget)
                 && let Err(e) = self.commit(w)
             {
                 return e;
@@ -802,6 +807,16 @@ impl<'a> Session<'a> {
                 s.count_error("unknown_owner", format!("{name} unknown here ({path})"))
             });
         }
+    }
+
+    /// Descriptors the pending batch holds: a pending file holds its
+    /// temporary file, its directory and maybe its destination directory;
+    /// each directory to fsync holds one.
+    fn batch_fds(&self) -> usize {
+        let files: usize = (self.batch.files.iter())
+            .map(|(_, _, _, t)| 2 + usize::from(t.dest.is_some()))
+            .sum();
+        files + self.batch.dirs.len()
     }
 
     /// Index of the latest pending file at `path` of wire root `root`.
@@ -1162,6 +1177,21 @@ fn refused_key(frame: &Frame) -> Option<(u8, String)> {
         Frame::Rename { root, to, .. } => Some((*root, to.clone())),
         _ => None,
     }
+}
+
+/// Descriptors kept free for everything but the pending batch (sockets,
+/// walks, scans, state files, the other threads of the agent).
+const FD_RESERVE: u64 = 96;
+
+/// How many descriptors a pending batch may hold: three quarters of what
+/// the process limit leaves after the reserve, so that a bulk sync under a low
+/// `LimitNOFILE` commits in smaller groups instead of failing with EMFILE.
+fn fd_budget() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let budget = soft.saturating_sub(FD_RESERVE) / 4 * 3;
+    usize::try_from(budget.clamp(8, 4 * BATCH_FILES as u64)).unwrap_or(8)
 }
 
 /// Concurrent fsyncs of one batch (bounded threads).
