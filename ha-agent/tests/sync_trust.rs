@@ -361,3 +361,272 @@ fn failback_with_a_failure_reports_it() {
     assert_eq!(fs::read(b.data.join("ro/m2")).unwrap(), b"two");
     rx.stop();
 }
+
+/// A sender that knows the password and speaks raw frames.
+struct Raw {
+    s: TcpStream,
+}
+
+impl Raw {
+    fn connect(addr: SocketAddr, purpose: proto::Purpose) -> Raw {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let nonce = auth::nonce();
+        write_frame(
+            &mut s,
+            &Frame::Hello(Hello {
+                version: proto::VERSION,
+                purpose,
+                node: "raw".into(),
+                nonce,
+                roots: vec!["mail".into()],
+                acked_seq: 0,
+            }),
+            0,
+        );
+        let ch = match proto::read_frame(&mut s).unwrap() {
+            (_, Frame::Challenge(h)) => h,
+            (_, f) => panic!("expected challenge, got {f:?}"),
+        };
+        write_frame(
+            &mut s,
+            &Frame::Response {
+                mac: auth::proof(KEY, auth::Role::Client, &ch.nonce, &nonce),
+            },
+            0,
+        );
+        match proto::read_frame(&mut s).unwrap() {
+            (_, Frame::Response { .. }) => {}
+            (_, f) => panic!("expected response, got {f:?}"),
+        }
+        Raw { s }
+    }
+    fn file(&mut self, seq: u64, path: &str, body: &[u8]) {
+        write_frame(
+            &mut self.s,
+            &Frame::FileData {
+                root: 0,
+                path: path.into(),
+                size: body.len() as u64,
+                attrs: attrs(0o600),
+            },
+            seq,
+        );
+        self.s.write_all(body).unwrap();
+    }
+    fn send(&mut self, f: &Frame, seq: u64) {
+        write_frame(&mut self.s, f, seq);
+    }
+    /// Reads frames until the ack of `seq`; returns the sequences refused.
+    fn until_ack(&mut self, seq: u64) -> Vec<(u64, ErrorCode)> {
+        let mut refused = Vec::new();
+        loop {
+            match proto::read_frame(&mut self.s).unwrap() {
+                (s, Frame::Ack) if s >= seq => return refused,
+                (_, Frame::Ack) => {}
+                (s, Frame::Error { code, .. }) => refused.push((s, code)),
+                (_, f) => panic!("unexpected {f:?}"),
+            }
+        }
+    }
+}
+
+fn attrs(mode: u32) -> proto::Attrs {
+    proto::Attrs {
+        mode,
+        mtime_ns: 1_700_000_000_000_000_000,
+        owner: "root".into(),
+        group: "root".into(),
+    }
+}
+
+#[test]
+fn a_failback_session_only_adds_what_the_live_tree_lacks() {
+    let b = side();
+    fs::create_dir_all(b.data.join("cur")).unwrap();
+    fs::write(b.data.join("cur/live"), b"live mail").unwrap();
+    fs::write(b.data.join("cur/other"), b"other").unwrap();
+    fs::set_permissions(
+        b.data.join("cur"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    let rx = receiver(&b);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Failback);
+    raw.file(1, "cur/live", b"overwritten!");
+    raw.send(
+        &Frame::Delete {
+            root: 0,
+            path: "cur/other".into(),
+        },
+        2,
+    );
+    raw.send(
+        &Frame::Rename {
+            root: 0,
+            from: "cur/live".into(),
+            to: "cur/other".into(),
+        },
+        3,
+    );
+    raw.send(
+        &Frame::SetAttr {
+            root: 0,
+            path: "cur/live".into(),
+            attrs: attrs(0o777),
+        },
+        4,
+    );
+    raw.send(
+        &Frame::Mkdir {
+            root: 0,
+            path: "cur".into(),
+            attrs: attrs(0o777),
+        },
+        5,
+    );
+    raw.file(6, "new/handed-back", b"only the returning node had it");
+    let refused = raw.until_ack(6);
+    let mut seqs: Vec<u64> = refused.iter().map(|r| r.0).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![1, 2, 3, 4], "{refused:?}");
+    assert_eq!(fs::read(b.data.join("cur/live")).unwrap(), b"live mail");
+    assert_eq!(fs::read(b.data.join("cur/other")).unwrap(), b"other");
+    let mode = fs::metadata(b.data.join("cur")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o750, "an existing directory is left as it is");
+    assert_eq!(
+        fs::read(b.data.join("new/handed-back")).unwrap(),
+        b"only the returning node had it"
+    );
+    assert!(
+        rx.status().error_count("not_allowed") >= 3,
+        "{:?}",
+        rx.status().errors
+    );
+    rx.stop();
+}
+
+#[test]
+fn a_spool_root_takes_its_queue_directories_only() {
+    let b = side();
+    let mut c = cfg(&b.data, &b.state, "127.0.0.1:1".parse().unwrap());
+    c.roots[0].kind = RootKind::PostfixSpool;
+    fs::create_dir_all(b.data.join("deferred/A")).unwrap();
+    fs::write(b.data.join("deferred/A/Q1"), b"queued").unwrap();
+    let rx = Receiver::spawn(c).unwrap();
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    raw.file(1, "public/pickup", b"not a fifo");
+    raw.file(2, "pid/master.pid", b"1");
+    raw.file(3, "etc/hosts", b"10.0.0.1 evil");
+    raw.send(
+        &Frame::Rename {
+            root: 0,
+            from: "deferred/A/Q1".into(),
+            to: "private/smtp".into(),
+        },
+        4,
+    );
+    raw.send(
+        &Frame::Mkdir {
+            root: 0,
+            path: "lib".into(),
+            attrs: attrs(0o755),
+        },
+        5,
+    );
+    raw.file(6, "incoming/Q2", b"a queue file");
+    let refused = raw.until_ack(6);
+    let seqs: Vec<u64> = refused.iter().map(|r| r.0).collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "{refused:?}");
+    for p in ["public", "pid", "etc", "private", "lib"] {
+        assert!(!b.data.join(p).exists(), "{p} was created");
+    }
+    assert_eq!(fs::read(b.data.join("deferred/A/Q1")).unwrap(), b"queued");
+    assert_eq!(
+        fs::read(b.data.join("incoming/Q2")).unwrap(),
+        b"a queue file"
+    );
+    rx.stop();
+}
+
+#[test]
+fn a_replica_session_is_closed_when_the_node_becomes_active() {
+    let b = side();
+    let rx = receiver(&b);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    raw.file(1, "before", b"applied");
+    assert!(raw.until_ack(1).is_empty());
+    // Wait until the session is registered as running.
+    let sessions = rx.replica_sessions();
+    assert!(!sessions.wait_stopped(Duration::from_millis(50)));
+    rx.refuse_replicas(true);
+    assert!(
+        sessions.wait_stopped(Duration::from_secs(5)),
+        "the replica session stopped"
+    );
+    // Whatever the old session still sends reaches nothing.
+    raw.s
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut b1 = [0u8; 1];
+    let _ = raw.s.write_all(b"x");
+    assert!(
+        matches!(raw.s.read(&mut b1), Ok(0) | Err(_)),
+        "connection closed"
+    );
+    assert!(!b.data.join("after").exists());
+    // New replica sessions are refused while active.
+    let s = TcpStream::connect(rx.local_addr().unwrap()).unwrap();
+    drop(s);
+    assert_eq!(fs::read(b.data.join("before")).unwrap(), b"applied");
+    rx.stop();
+}
+
+#[test]
+fn a_set_uid_file_and_an_unknown_owner_arrive_stripped_and_not_owned_by_root() {
+    let b = side();
+    let rx = receiver(&b);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    let mut suid = attrs(0o106_755);
+    suid.owner = "root".into();
+    write_frame(
+        &mut raw.s,
+        &Frame::FileData {
+            root: 0,
+            path: "bin/suid".into(),
+            size: 4,
+            attrs: suid,
+        },
+        1,
+    );
+    raw.s.write_all(b"\x7fELF").unwrap();
+    let mut stranger = attrs(0o100_640);
+    stranger.owner = "no-such-user-ha-test".into();
+    stranger.group = "#0".into();
+    write_frame(
+        &mut raw.s,
+        &Frame::FileData {
+            root: 0,
+            path: "cur/stranger".into(),
+            size: 4,
+            attrs: stranger,
+        },
+        2,
+    );
+    raw.s.write_all(b"mail").unwrap();
+    assert!(raw.until_ack(2).is_empty());
+    let md = fs::metadata(b.data.join("bin/suid")).unwrap();
+    assert_eq!(md.mode() & 0o7777, 0o755, "set-uid and set-gid stripped");
+    let md = fs::metadata(b.data.join("cur/stranger")).unwrap();
+    assert_eq!(
+        fs::read(b.data.join("cur/stranger")).unwrap(),
+        b"mail",
+        "kept"
+    );
+    if is_root() {
+        assert_ne!(md.uid(), 0, "an unknown owner is never root");
+        assert_ne!(md.gid(), 0, "a group by number is never applied");
+    }
+    assert_eq!(rx.status().error_count("unknown_owner"), 2);
+    rx.stop();
+}

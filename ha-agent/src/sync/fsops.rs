@@ -45,6 +45,10 @@ pub enum FsError {
     /// Another I/O error.
     #[error("{path}: {source}")]
     Io { path: String, source: io::Error },
+    /// The session may not do this (a failback session only adds; a spool
+    /// takes its queue directories only).
+    #[error("{path}: not allowed: {why}")]
+    NotAllowed { path: String, why: &'static str },
 }
 
 impl FsError {
@@ -80,6 +84,7 @@ impl FsError {
             Self::NoSpace { .. } => "no_space",
             Self::NotFound { .. } => "not_found",
             Self::Io { .. } => "io",
+            Self::NotAllowed { .. } => "not_allowed",
         }
     }
 }
@@ -88,6 +93,9 @@ impl FsError {
 #[derive(Debug)]
 pub struct Tree {
     root: OwnedFd,
+    /// When tracking: directories that gained an entry because a walk
+    /// created a missing directory in them (to fsync before an ack).
+    created: std::sync::Mutex<Option<Vec<(String, OwnedFd)>>>,
 }
 
 /// A file being received: its temporary name in `dir` and its final name
@@ -108,6 +116,8 @@ pub struct TempFile {
     /// Final name in the final directory.
     pub name: String,
     pub file: File,
+    /// Commit only if the final name is free (failback: never overwrite).
+    pub no_replace: bool,
     /// Renamed into place (or removed): nothing left to clean up.
     settled: std::sync::atomic::AtomicBool,
 }
@@ -133,7 +143,40 @@ impl Tree {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            created: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// From now on, remember the directories in which walks create missing
+    /// directories; [`take_created`](Self::take_created) hands them over.
+    pub fn track_created_dirs(&self) {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Vec::new);
+    }
+
+    /// The directories that gained a directory since the last call, by
+    /// relative path (empty for the root), to fsync: a new directory's
+    /// entry is only durable once its parent is synced.
+    pub fn take_created(&self) -> Vec<(String, OwnedFd)> {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note_created(&self, dir_path: &str, dir: &OwnedFd) {
+        let mut g = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = g.as_mut()
+            && let Ok(fd) = rustix::io::dup(dir)
+        {
+            v.push((dir_path.to_owned(), fd));
+        }
     }
 
     /// Opens the directory holding `rel`'s last component; with `create`,
@@ -146,12 +189,16 @@ impl Tree {
         let (last, dirs) = comps.split_last().expect("components are never empty");
         let mut cur = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())
             .map_err(|e| FsError::from_errno(rel, e))?;
+        let mut at = 0usize;
         for c in dirs {
+            let cur_path = &rel[..at.saturating_sub(1)];
+            at += c.len() + 1;
             cur = match rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                        Ok(()) => self.note_created(cur_path, &cur),
+                        Err(Errno::EXIST) => {}
                         Err(e) => return Err(FsError::from_errno(rel, e)),
                     }
                     rustix::fs::openat(&cur, *c, dir_flags(), Mode::empty())
@@ -181,6 +228,7 @@ impl Tree {
             dest: None,
             name,
             file: File::from(fd),
+            no_replace: false,
             settled: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -198,7 +246,11 @@ impl Tree {
         to: &str,
     ) -> Result<(String, OwnedFd), FsError> {
         let (td, tdp, tname) = self.parent(to, true)?;
-        match rustix::fs::unlinkat(&t.dir, t.name.as_str(), AtFlags::empty()) {
+        // `from` is the file's current final name: in its destination
+        // directory once an earlier rename moved it there, not beside the
+        // temporary (a committed file of the same name there is not ours).
+        let cur = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
+        match rustix::fs::unlinkat(cur, t.name.as_str(), AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => return Err(unsafe_or(from, &t.name, e)),
         }
@@ -218,16 +270,16 @@ impl Tree {
         ids: &mut Ids,
     ) -> Result<(), FsError> {
         let fd = fd.as_fd();
-        let uid = ids.uid(&a.owner).map(rustix::fs::Uid::from_raw);
-        let gid = ids.gid(&a.group).map(rustix::fs::Gid::from_raw);
-        if uid.is_some() || gid.is_some() {
-            match rustix::fs::fchown(fd, uid, gid) {
-                // Not root (tests, unprivileged runs): ownership stays ours.
-                Ok(()) | Err(Errno::PERM) => {}
-                Err(e) => return Err(FsError::from_errno(rel, e)),
-            }
+        // Unknown names get the fallback owner (see `Ids`): a file made by
+        // this process would otherwise stay owned by root.
+        let uid = rustix::fs::Uid::from_raw(ids.uid_or_fallback(&a.owner));
+        let gid = rustix::fs::Gid::from_raw(ids.gid_or_fallback(&a.group));
+        match rustix::fs::fchown(fd, Some(uid), Some(gid)) {
+            // Not root (tests, unprivileged runs): ownership stays ours.
+            Ok(()) | Err(Errno::PERM) => {}
+            Err(e) => return Err(FsError::from_errno(rel, e)),
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(a.mode & 0o7777))
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(synced_mode(a.mode, is_dir)))
             .map_err(|e| FsError::from_errno(rel, e))?;
         if !is_dir {
             let t = Timespec {
@@ -246,8 +298,20 @@ impl Tree {
     /// Moves a durable temporary file to its final name.
     pub fn commit_file(t: &TempFile, rel_for_errors: &str) -> Result<(), FsError> {
         let dest = t.dest.as_ref().map_or(&t.dir, |(fd, _)| fd);
-        rustix::fs::renameat(&t.dir, t.tmp.as_str(), dest, t.name.as_str())
-            .map_err(|e| FsError::from_errno(rel_for_errors, e))?;
+        let flags = if t.no_replace {
+            rustix::fs::RenameFlags::NOREPLACE
+        } else {
+            rustix::fs::RenameFlags::empty()
+        };
+        rustix::fs::renameat_with(&t.dir, t.tmp.as_str(), dest, t.name.as_str(), flags).map_err(
+            |e| match e {
+                Errno::EXIST => FsError::NotAllowed {
+                    path: rel_for_errors.to_owned(),
+                    why: "the live tree holds this path (failback never overwrites)",
+                },
+                e => FsError::from_errno(rel_for_errors, e),
+            },
+        )?;
         t.settled.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
@@ -307,19 +371,36 @@ impl Tree {
 
     /// Creates a directory (or fixes an existing one's attributes).
     pub fn mkdir(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(String, OwnedFd), FsError> {
+        self.mkdir_with(rel, a, ids, false)
+    }
+
+    /// [`mkdir`](Self::mkdir); with `only_create`, an existing directory is
+    /// left as it is.
+    pub fn mkdir_with(
+        &self,
+        rel: &str,
+        a: &Attrs,
+        ids: &mut Ids,
+        only_create: bool,
+    ) -> Result<(String, OwnedFd), FsError> {
         let (dir, dp, name) = self.parent(rel, true)?;
         match rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_raw_mode(0o700)) {
-            Ok(()) | Err(Errno::EXIST) => {}
+            Ok(()) => {}
+            Err(Errno::EXIST) if only_create => return Ok((dp, dir)),
+            Err(Errno::EXIST) => {}
             Err(e) => return Err(FsError::from_errno(rel, e)),
         }
         let fd = rustix::fs::openat(&dir, name.as_str(), dir_flags(), Mode::empty())
             .map_err(|e| unsafe_or(rel, &name, e))?;
         Self::apply_attrs(&fd, rel, a, true, ids)?;
+        // The directory's own attributes are durable with its inode.
+        self.note_created(rel, &fd);
         Ok((dp, dir))
     }
 
-    /// Sets attributes of an existing file or directory (never through a symlink).
-    pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<(), FsError> {
+    /// Sets attributes of an existing file or directory (never through a
+    /// symlink). Returns the open inode: fsync it before acknowledging.
+    pub fn set_attr(&self, rel: &str, a: &Attrs, ids: &mut Ids) -> Result<OwnedFd, FsError> {
         let (dir, _, name) = self.parent(rel, false)?;
         let fd = rustix::fs::openat(
             &dir,
@@ -335,7 +416,8 @@ impl Tree {
             a,
             FileType::from_raw_mode(st.st_mode) == FileType::Directory,
             ids,
-        )
+        )?;
+        Ok(fd)
     }
 
     /// Opens a regular file for reading (hashing), never through a symlink.
@@ -357,6 +439,15 @@ impl Tree {
         let fd = rustix::fs::openat(&self.root, ".", dir_flags(), Mode::empty())?;
         clean_dir(&fd, 0)
     }
+}
+
+/// The permission bits applied on the receiver: set-user-ID and
+/// set-group-ID never arrive on a file (a peer must not plant a privileged
+/// program); a directory keeps set-group-ID (group inheritance, no
+/// privilege) but never set-user-ID.
+pub fn synced_mode(mode: u32, is_dir: bool) -> u32 {
+    let strip = if is_dir { 0o4000 } else { 0o6000 };
+    mode & 0o7777 & !strip
 }
 
 fn unsafe_or(rel: &str, comp: &str, e: Errno) -> FsError {
@@ -493,6 +584,60 @@ mod tests {
             0,
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn a_second_rename_of_a_pending_file_unlinks_the_right_name() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        for d in ["tmp", "new", "cur"] {
+            fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        // Committed files of the same base name in the temporary's
+        // directory and in the first destination.
+        fs::write(t.path().join("tmp/m"), b"committed in tmp").unwrap();
+        fs::write(t.path().join("new/m"), b"committed in new").unwrap();
+        let mut f = tree.begin_file("tmp/m", 1).unwrap();
+        f.file.write_all(b"pending").unwrap();
+        tree.retarget(&mut f, "tmp/m", "new/m").unwrap();
+        assert!(
+            !t.path().join("tmp/m").exists(),
+            "the first rename moved tmp/m"
+        );
+        fs::write(t.path().join("tmp/m"), b"a new delivery in tmp").unwrap();
+        // Second rename: new/m -> cur/m. It replaces new/m, and nothing in tmp/.
+        tree.retarget(&mut f, "new/m", "cur/m").unwrap();
+        assert!(!t.path().join("new/m").exists());
+        assert_eq!(
+            fs::read(t.path().join("tmp/m")).unwrap(),
+            b"a new delivery in tmp",
+            "a committed file of the same base name survives"
+        );
+        Tree::commit_file(&f, "cur/m").unwrap();
+        assert_eq!(fs::read(t.path().join("cur/m")).unwrap(), b"pending");
+    }
+
+    #[test]
+    fn directories_made_on_the_way_are_reported_for_fsync() {
+        let t = tempfile::tempdir().unwrap();
+        let tree = Tree::open(t.path()).unwrap();
+        tree.track_created_dirs();
+        fs::create_dir_all(t.path().join("a")).unwrap();
+        let f = tree.begin_file("a/b/c/file", 1).unwrap();
+        let mut got: Vec<String> = tree.take_created().into_iter().map(|x| x.0).collect();
+        got.sort();
+        // `b` was made in `a`, `c` in `a/b`: both parents gained an entry.
+        assert_eq!(got, vec!["a".to_owned(), "a/b".to_owned()]);
+        Tree::discard(&f);
+        let mut ids = Ids::default();
+        tree.mkdir("x/y", &attrs(0o750), &mut ids).unwrap();
+        let mut got: Vec<String> = tree.take_created().into_iter().map(|x| x.0).collect();
+        got.sort();
+        // `x` made in the root; `x/y` itself (its attributes).
+        assert_eq!(got, vec![String::new(), "x/y".to_owned()]);
+        assert!(tree.take_created().is_empty());
+        let fd = tree.set_attr("x/y", &attrs(0o700), &mut ids).unwrap();
+        rustix::fs::fsync(&fd).unwrap();
     }
 
     #[test]

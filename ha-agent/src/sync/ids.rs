@@ -2,7 +2,13 @@
 //!
 //! Appliances do not share uid/gid numbers (`postfix` may be 104 on one and
 //! 109 on the other), so ownership travels by name. An id without a name on
-//! the sender travels as `#<number>` and is applied as that number.
+//! the sender travels as `#<number>`.
+//!
+//! A name unknown on the receiver (a `#<number>` included: numbers mean
+//! nothing across appliances) is never applied as a number and never left
+//! as root: the file is kept (it may be mail) under the fallback owner
+//! `nobody`/`nogroup` (65534 when those names are missing), and the name is
+//! reported so the receiver can count and log it.
 
 use std::collections::HashMap;
 
@@ -15,7 +21,12 @@ pub struct Ids {
     groups: HashMap<u32, String>,
     uids: HashMap<String, Option<u32>>,
     gids: HashMap<String, Option<u32>>,
+    /// Names that fell back since the last [`take_unknown`](Self::take_unknown).
+    unknown: Vec<String>,
 }
+
+/// The fallback id when `nobody`/`nogroup` are missing.
+const NOBODY: u32 = 65_534;
 
 impl Ids {
     /// Name of a uid.
@@ -42,8 +53,8 @@ impl Ids {
 
     /// Local uid of a user name; `None` if unknown here.
     pub fn uid(&mut self, name: &str) -> Option<u32> {
-        if let Some(n) = numeric(name) {
-            return Some(n);
+        if name.starts_with('#') {
+            return None;
         }
         *self
             .uids
@@ -53,8 +64,8 @@ impl Ids {
 
     /// Local gid of a group name; `None` if unknown here.
     pub fn gid(&mut self, name: &str) -> Option<u32> {
-        if let Some(n) = numeric(name) {
-            return Some(n);
+        if name.starts_with('#') {
+            return None;
         }
         *self.gids.entry(name.to_owned()).or_insert_with(|| {
             Group::from_name(name)
@@ -65,8 +76,33 @@ impl Ids {
     }
 }
 
-fn numeric(name: &str) -> Option<u32> {
-    name.strip_prefix('#').and_then(|n| n.parse().ok())
+impl Ids {
+    /// The uid to apply for `name`: its local uid, or the fallback owner
+    /// (never root), remembering the name as unknown.
+    pub fn uid_or_fallback(&mut self, name: &str) -> u32 {
+        if let Some(u) = self.uid(name) {
+            return u;
+        }
+        self.unknown.push(format!("user {name}"));
+        self.uid("nobody").filter(|&u| u != 0).unwrap_or(NOBODY)
+    }
+
+    /// The gid to apply for `name`: its local gid, or the fallback group.
+    pub fn gid_or_fallback(&mut self, name: &str) -> u32 {
+        if let Some(g) = self.gid(name) {
+            return g;
+        }
+        self.unknown.push(format!("group {name}"));
+        self.gid("nogroup")
+            .or_else(|| self.gid("nobody"))
+            .filter(|&g| g != 0)
+            .unwrap_or(NOBODY)
+    }
+
+    /// Names that fell back to the fallback owner since the last call.
+    pub fn take_unknown(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.unknown)
+    }
 }
 
 #[cfg(test)]
@@ -80,8 +116,13 @@ mod tests {
         assert_eq!(ids.uid("root"), Some(0));
         let g = ids.group_name(0);
         assert_eq!(ids.gid(&g), Some(0));
-        assert_eq!(ids.uid("#4242"), Some(4242));
+        assert_eq!(ids.uid("#4242"), None, "numbers mean nothing across nodes");
         assert_eq!(ids.user_name(4_000_000), "#4000000");
         assert_eq!(ids.uid("no-such-user-ha-test"), None);
+        assert!(ids.take_unknown().is_empty());
+        assert_ne!(ids.uid_or_fallback("no-such-user-ha-test"), 0);
+        assert_ne!(ids.gid_or_fallback("#0"), 0, "never root by number");
+        assert_eq!(ids.uid_or_fallback("root"), 0);
+        assert_eq!(ids.take_unknown().len(), 2);
     }
 }

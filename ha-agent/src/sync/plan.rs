@@ -85,7 +85,9 @@ fn same_content(l: &Entry, r: &Entry, racy_after_ns: i64, hashes_final: bool) ->
 fn attrs_differ(l: &Entry, r: &Entry) -> bool {
     let a = &l.attrs;
     let b = &r.attrs;
-    a.mode != b.mode
+    // Compared as the receiver applies them (set-id bits stripped), or a
+    // set-uid file would be re-sent at every reconcile.
+    super::fsops::synced_mode(a.mode, l.is_dir) != super::fsops::synced_mode(b.mode, r.is_dir)
         || a.owner != b.owner
         || a.group != b.group
         || (!l.is_dir && a.mtime_ns != b.mtime_ns)

@@ -69,6 +69,7 @@ impl Receiver {
         let mut trees = Vec::new();
         for r in &cfg.roots {
             let t = Tree::open(&r.path)?;
+            t.track_created_dirs();
             let n = t.clean_temps()?;
             if n > 0 {
                 info!(root = %r.name, removed = n, "removed temporary files of an interrupted transfer");
@@ -293,6 +294,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         queues: Vec::new(),
         handin: Vec::new(),
         failed: HashMap::new(),
+        fd_budget: fd_budget(),
     };
     if replicate {
         sess.index_queues();
@@ -502,6 +504,8 @@ struct Session<'a> {
     /// this node holds or took on at its promotion (a hand-in never brings
     /// one back), and how many messages were handed in.
     handin: Vec<Option<HandIn>>,
+    /// Most descriptors a batch may hold before it is committed.
+    fd_budget: usize,
     /// Operations that failed in this session and were not redone since,
     /// by (wire root, path), with the failed sequence.
     failed: HashMap<(u8, String), u64>,
@@ -540,7 +544,9 @@ impl<'a> Session<'a> {
             if let Err(e) = self.handle(seq, frame, r, w) {
                 return e;
             }
-            if (self.batch.files.len() >= BATCH_FILES || self.batch.bytes >= BATCH_BYTES)
+            if (self.batch.files.len() >= BATCH_FILES
+                || self.batch.bytes >= BATCH_BYTES
+                || self.batch_fds() >= self.fd_budget)
                 && let Err(e) = self.commit(w)
             {
                 return e;
@@ -564,6 +570,15 @@ impl<'a> Session<'a> {
                 | Frame::SetAttr { .. }
                 | Frame::InSync
         );
+        if let Some(refused) = self.refusal(&frame) {
+            if let Frame::FileData { size, .. } = &frame {
+                // Keep the stream in step: the body is read away.
+                io::copy(&mut r.by_ref().take(*size), &mut io::sink())?;
+            }
+            let key = refused_key(&frame);
+            self.batch.max_seq = self.batch.max_seq.max(seq);
+            return self.op_result(seq, key, Err(refused), w);
+        }
         // A rename of a file still pending in the batch renames the pending
         // file: one commit per Maildir delivery instead of two.
         if let Frame::Rename { root, from, to } = &frame
@@ -572,6 +587,7 @@ impl<'a> Session<'a> {
             let key = (*root, to.clone());
             let result = self.retarget(i, from, to);
             self.batch.max_seq = self.batch.max_seq.max(seq);
+            self.collect_created_dirs();
             return self.op_result(seq, Some(key), result, w);
         }
         // Other metadata operations may name a file still under its
@@ -655,13 +671,17 @@ impl<'a> Session<'a> {
             }
             Frame::Mkdir { root, path, attrs } => {
                 let (ri, t) = self.tree(root)?;
-                t.mkdir(&path, &attrs, &mut self.ids).map(|(p, fd)| {
-                    self.batch.dirs.insert((ri, p), fd);
-                })
+                t.mkdir_with(&path, &attrs, &mut self.ids, !self.replicate)
+                    .map(|(p, fd)| {
+                        self.batch.dirs.insert((ri, p), fd);
+                    })
             }
             Frame::SetAttr { root, path, attrs } => {
-                let (_, t) = self.tree(root)?;
-                t.set_attr(&path, &attrs, &mut self.ids)
+                let (ri, t) = self.tree(root)?;
+                t.set_attr(&path, &attrs, &mut self.ids).map(|fd| {
+                    // Fsynced with the batch, before the ack.
+                    self.batch.dirs.insert((ri, path.clone()), fd);
+                })
             }
             Frame::InSync => {
                 self.insync_seq = Some(seq);
@@ -677,7 +697,56 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
+        self.note_unknown_owners(key.as_ref());
+        self.collect_created_dirs();
         self.op_result(seq, key, result, w)
+    }
+
+    /// Why the session may not apply `frame`, if it may not: a failback
+    /// session only adds what the live tree lacks (no delete, rename or
+    /// attribute change; files and directories are created, never
+    /// replaced), and a spool root takes nothing outside its queue
+    /// directories, whatever the sender's filter let through.
+    fn refusal(&self, frame: &Frame) -> Option<FsError> {
+        let (root, paths): (u8, Vec<&String>) = match frame {
+            Frame::FileData { root, path, .. }
+            | Frame::Mkdir { root, path, .. }
+            | Frame::Delete { root, path }
+            | Frame::SetAttr { root, path, .. } => (*root, vec![path]),
+            Frame::Rename { root, from, to } => (*root, vec![from, to]),
+            _ => return None,
+        };
+        let ri = *self.roots.get(root as usize)?;
+        let kind = self.ctx.cfg.roots[ri].kind;
+        if let Some(p) = paths.iter().find(|p| !spool::is_synced(kind, p)) {
+            return Some(FsError::NotAllowed {
+                path: (*p).clone(),
+                why: "outside the directories this root syncs",
+            });
+        }
+        if !self.replicate
+            && matches!(
+                frame,
+                Frame::Delete { .. } | Frame::Rename { .. } | Frame::SetAttr { .. }
+            )
+        {
+            return Some(FsError::NotAllowed {
+                path: paths[0].clone(),
+                why: "a failback session only adds what the live tree lacks",
+            });
+        }
+        None
+    }
+
+    /// Directories that gained a directory during the last operation (a
+    /// file's missing parents, a Mkdir) are fsynced with the batch, so the
+    /// ack covers them as it covers the files.
+    fn collect_created_dirs(&mut self) {
+        for (ri, t) in self.ctx.trees.iter().enumerate() {
+            for (p, fd) in t.take_created() {
+                self.batch.dirs.insert((ri, p), fd);
+            }
+        }
     }
 
     /// Builds the message index of every Postfix spool root, removing the
@@ -825,6 +894,28 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Counts and logs owner or group names unknown here (their files were
+    /// given the fallback owner, see `ids`).
+    fn note_unknown_owners(&mut self, key: Option<&(u8, String)>) {
+        for name in self.ids.take_unknown() {
+            let path = key.map_or("", |k| k.1.as_str());
+            warn!(%name, %path, "owner unknown here: file kept under the fallback owner nobody:nogroup");
+            self.ctx.shared.with_status(|s| {
+                s.count_error("unknown_owner", format!("{name} unknown here ({path})"))
+            });
+        }
+    }
+
+    /// Descriptors the pending batch holds: a pending file holds its
+    /// temporary file, its directory and maybe its destination directory;
+    /// each directory to fsync holds one.
+    fn batch_fds(&self) -> usize {
+        let files: usize = (self.batch.files.iter())
+            .map(|(_, _, _, t)| 2 + usize::from(t.dest.is_some()))
+            .sum();
+        files + self.batch.dirs.len()
+    }
+
     /// Index of the latest pending file at `path` of wire root `root`.
     fn pending_file(&self, root: u8, path: &str) -> Option<usize> {
         let ri = *self.roots.get(root as usize)?;
@@ -897,16 +988,13 @@ impl<'a> Session<'a> {
                 Err(SessionEnd::NoSpace(path))
             }
             Err(e) => {
-                let code = match &e {
-                    FsError::Unsafe { .. } | FsError::Path { .. } => ErrorCode::UnsafePath,
-                    FsError::NotFound { .. } => ErrorCode::MissingSource,
-                    _ => ErrorCode::Io,
-                };
+                let code = code_of(&e);
                 let path = match &e {
                     FsError::Unsafe { path, .. }
                     | FsError::NotFound { path }
                     | FsError::Path { path, .. }
                     | FsError::Io { path, .. }
+                    | FsError::NotAllowed { path, .. }
                     | FsError::NoSpace { path } => path.clone(),
                 };
                 warn!(seq, error = %e, kind = e.label(), "sync operation refused");
@@ -940,7 +1028,10 @@ impl<'a> Session<'a> {
     ) -> Result<Result<(), FsError>, SessionEnd> {
         let tree = &self.ctx.trees[ri];
         let mut t = match tree.begin_file(rel, seq) {
-            Ok(t) => t,
+            Ok(mut t) => {
+                t.no_replace = !self.replicate;
+                t
+            }
             Err(e @ FsError::NoSpace { .. }) => return Ok(Err(e)),
             Err(e) => {
                 io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
@@ -1022,7 +1113,7 @@ impl<'a> Session<'a> {
                 send(
                     w,
                     &Frame::Error {
-                        code: ErrorCode::Io,
+                        code: code_of(&e),
                         path: rel.clone(),
                         message: e.to_string(),
                     },
@@ -1161,6 +1252,43 @@ impl<'a> Session<'a> {
         w.write_all(&out)?;
         Ok(())
     }
+}
+
+fn code_of(e: &FsError) -> ErrorCode {
+    match e {
+        FsError::Unsafe { .. } | FsError::Path { .. } | FsError::NotAllowed { .. } => {
+            ErrorCode::UnsafePath
+        }
+        FsError::NotFound { .. } => ErrorCode::MissingSource,
+        FsError::NoSpace { .. } => ErrorCode::NoSpace,
+        FsError::Io { .. } => ErrorCode::Io,
+    }
+}
+
+fn refused_key(frame: &Frame) -> Option<(u8, String)> {
+    match frame {
+        Frame::FileData { root, path, .. }
+        | Frame::Mkdir { root, path, .. }
+        | Frame::Delete { root, path }
+        | Frame::SetAttr { root, path, .. } => Some((*root, path.clone())),
+        Frame::Rename { root, to, .. } => Some((*root, to.clone())),
+        _ => None,
+    }
+}
+
+/// Descriptors kept free for everything but the pending batch (sockets,
+/// walks, scans, state files, the other threads of the agent).
+const FD_RESERVE: u64 = 96;
+
+/// How many descriptors a pending batch may hold: three quarters of what
+/// the process limit leaves after the reserve, so that a bulk sync under a low
+/// `LimitNOFILE` commits in smaller groups instead of failing with EMFILE.
+fn fd_budget() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let budget = soft.saturating_sub(FD_RESERVE) / 4 * 3;
+    usize::try_from(budget.clamp(8, 4 * BATCH_FILES as u64)).unwrap_or(8)
 }
 
 /// Concurrent fsyncs of one batch (bounded threads).

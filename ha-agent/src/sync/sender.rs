@@ -621,7 +621,7 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
                 // Gone, or replaced by a symlink or something else a walk
                 // must not follow: its removal or rename is queued.
                 Err(FsError::NotFound { .. } | FsError::Unsafe { .. }) => return Ok(false),
-                Err(e @ FsError::Path { .. }) => {
+                Err(e @ (FsError::Path { .. } | FsError::NotAllowed { .. })) => {
                     warn!(root, error = %e, "sync operation on an unsafe path refused");
                     ctx.shared
                         .with_status(|s| s.count_error("unsafe_path", e.to_string()));

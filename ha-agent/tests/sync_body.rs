@@ -1,0 +1,157 @@
+//! A write error in the middle of a file body: the rest of the body is read
+//! away, never parsed as frames. Its own test binary: it lowers the
+//! process's file-size limit (RLIMIT_FSIZE) so the receiver's write fails
+//! part way through a body.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ha_agent::sync::proto::{self, Frame, Hello, Purpose};
+use ha_agent::sync::{Receiver, RootKind, SyncConfig, SyncRoot, auth};
+
+const KEY: &[u8] = b"test-password";
+const LIMIT: u64 = 64 * 1024;
+
+fn frame(f: &Frame, seq: u64) -> BytesMut {
+    let mut b = BytesMut::new();
+    proto::encode(f, seq, &mut b);
+    b
+}
+
+#[test]
+fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    fs::create_dir_all(data.join("keep")).unwrap();
+    fs::write(data.join("keep/victim"), b"must survive").unwrap();
+    let rx = Receiver::spawn(SyncConfig {
+        node: "test".into(),
+        roots: vec![SyncRoot {
+            name: "mail".into(),
+            path: data.clone(),
+            kind: RootKind::MailDir,
+        }],
+        listen: "127.0.0.1:0".parse().unwrap(),
+        peer: "127.0.0.1:1".parse().unwrap(),
+        key: KEY.to_vec(),
+        state_dir: d.path().join("state"),
+        max_lag: Duration::from_secs(2),
+        retry: Duration::from_millis(100),
+    })
+    .unwrap();
+
+    // From here on no file of this process grows past LIMIT: the
+    // receiver's write of a larger body fails with EFBIG part way.
+    // SAFETY: setting a signal disposition and a resource limit of this
+    // process; no other code depends on either.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let lim = libc::rlimit {
+            rlim_cur: LIMIT,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+    }
+
+    let mut s = TcpStream::connect(rx.local_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let nonce = auth::nonce();
+    s.write_all(&frame(
+        &Frame::Hello(Hello {
+            version: proto::VERSION,
+            purpose: Purpose::Replicate,
+            node: "raw".into(),
+            nonce,
+            roots: vec!["mail".into()],
+            acked_seq: 0,
+        }),
+        0,
+    ))
+    .unwrap();
+    let ch = match proto::read_frame(&mut s).unwrap() {
+        (_, Frame::Challenge(h)) => h,
+        (_, f) => panic!("{f:?}"),
+    };
+    s.write_all(&frame(
+        &Frame::Response {
+            mac: auth::proof(KEY, auth::Role::Client, &ch.nonce, &nonce),
+        },
+        0,
+    ))
+    .unwrap();
+    assert!(matches!(
+        proto::read_frame(&mut s).unwrap().1,
+        Frame::Response { .. }
+    ));
+
+    // A body whose tail is nothing but valid frames deleting the victim.
+    let evil = frame(
+        &Frame::Delete {
+            root: 0,
+            path: "keep".into(),
+        },
+        2,
+    );
+    let mut body = vec![b'x'; 2 * LIMIT as usize];
+    let mut at = LIMIT as usize + 1024;
+    while at + evil.len() < body.len() {
+        body[at..at + evil.len()].copy_from_slice(&evil);
+        at += evil.len();
+    }
+    let tail = body.len() - at;
+    body[at..].fill(0);
+    let attrs = proto::Attrs {
+        mode: 0o600,
+        mtime_ns: 0,
+        owner: "root".into(),
+        group: "root".into(),
+    };
+    s.write_all(&frame(
+        &Frame::FileData {
+            root: 0,
+            path: "big".into(),
+            size: body.len() as u64,
+            attrs,
+        },
+        1,
+    ))
+    .unwrap();
+    s.write_all(&body).unwrap();
+    assert!(tail < evil.len());
+    // The next real frame is applied: the stream is still in step.
+    s.write_all(&frame(
+        &Frame::Mkdir {
+            root: 0,
+            path: "after".into(),
+            attrs: proto::Attrs {
+                mode: 0o700,
+                mtime_ns: 0,
+                owner: "root".into(),
+                group: "root".into(),
+            },
+        },
+        3,
+    ))
+    .unwrap();
+    let mut errors = Vec::new();
+    loop {
+        match proto::read_frame(&mut s).unwrap() {
+            (seq, Frame::Ack) if seq >= 3 => break,
+            (_, Frame::Ack) => {}
+            (seq, Frame::Error { code, .. }) => errors.push((seq, code)),
+            (_, f) => panic!("unexpected {f:?}"),
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].0, 1,
+        "the failed write is reported by its sequence"
+    );
+    assert_eq!(fs::read(data.join("keep/victim")).unwrap(), b"must survive");
+    assert!(data.join("after").is_dir());
+    assert!(!data.join("big").exists());
+    rx.stop();
+}
