@@ -151,6 +151,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let key = b"bench-password".to_vec();
     let cfg = |data: &Path, state: &Path| SyncConfig {
         node: "bench".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: data.to_owned(),
@@ -163,7 +164,10 @@ pub fn run(args: &[String]) -> Result<()> {
         max_lag: Duration::from_secs(1),
         retry: Duration::from_millis(200),
     };
-    let rcfg = cfg(&dst, &work.0.join("state-b"));
+    let rcfg = SyncConfig {
+        node: "bench-replica".into(),
+        ..cfg(&dst, &work.0.join("state-b"))
+    };
     let rx = b.run(|| Receiver::spawn(rcfg)).context("receiver")?;
     let scfg = cfg(&src, &work.0.join("state-a"));
     let cpu0 = sender_cpu();

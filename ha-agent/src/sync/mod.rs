@@ -1,8 +1,8 @@
 //! Mail data and spool sync (issue 4): the primary streams every change of
 //! its mail directories and MTA spool to the secondary, durably, over an
-//! authenticated TCP channel; see `docs/sync.md`.
+//! authenticated TCP channel (`crate::channel`); see `docs/sync.md`.
 //!
-//! Pure parts: [`proto`] (wire format), [`auth`], [`path`], [`plan`]
+//! Pure parts: [`proto`] (wire format), [`path`], [`plan`]
 //! (reconcile and failback planning), [`spool`]. I/O: [`fsops`] (receiver
 //! file operations confined to a root), [`manifest`] (scans), [`watcher`]
 //! (inotify), [`sender`], [`receiver`], [`state`].
@@ -12,7 +12,6 @@
 //! loop; neither gains from an async runtime. The daemon keeps a
 //! [`SyncHandle`] and reads [`SyncHandle::status`].
 
-pub mod auth;
 pub mod fsops;
 pub mod ids;
 pub mod manifest;
@@ -56,12 +55,16 @@ pub struct SyncRoot {
 /// Settings of one side.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// This node's name (logs and hello only).
+    /// This node's name, proved in the channel handshake (the peer's must
+    /// differ).
     pub node: String,
+    /// `[cluster] id`, bound into the channel's keys.
+    pub cluster_id: u32,
     pub roots: Vec<SyncRoot>,
     /// Receiver: where to listen.
     pub listen: SocketAddr,
-    /// Sender: the peer's receiver.
+    /// Sender: the peer's receiver. Receiver: only this address (the port
+    /// aside) may connect.
     pub peer: SocketAddr,
     /// The shared cluster password.
     pub key: Vec<u8>,
@@ -74,6 +77,15 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// What this node proves in the channel handshake.
+    pub fn local(&self) -> crate::channel::Local<'_> {
+        crate::channel::Local {
+            node: &self.node,
+            cluster: self.cluster_id,
+            password: &self.key,
+        }
+    }
+
     /// The data-sync settings of an agent configuration, or `None` when
     /// `[backup]` syncs nothing. Roots are named by their key and index
     /// (`mail_data.0`, `mta_spool.0`), so both nodes pair them by position
@@ -110,6 +122,7 @@ impl SyncConfig {
         let port = cfg.cluster.sync_port();
         Some(Self {
             node: cfg.node.name.clone(),
+            cluster_id: cfg.cluster.id,
             roots,
             listen: SocketAddr::new(link.local, port),
             peer: SocketAddr::new(link.peer, port),
