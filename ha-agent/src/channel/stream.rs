@@ -184,7 +184,11 @@ pub fn accept(
             d.done()?;
             Ok(est)
         }
-        Err(e) => Err(refuse(&mut d, e)),
+        Err(e) => {
+            // The verdict is one byte: the refusal code alone.
+            let _ = d.write_all(&[Refusal::Auth as u8]);
+            Err(e)
+        }
     }
 }
 

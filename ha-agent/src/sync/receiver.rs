@@ -339,10 +339,10 @@ fn session(
         }
         e => {
             warn!(error = %e, "sync session aborted");
-            let kind = if let SessionEnd::Decode(d) = e {
-                d.label()
-            } else {
-                "protocol"
+            let kind = match e {
+                SessionEnd::Decode(d) => d.label(),
+                SessionEnd::Auth(a) => a.label(),
+                _ => "protocol",
             };
             ctx.shared
                 .with_status(|s| s.count_error(kind, e.to_string()));
