@@ -42,6 +42,7 @@ pub fn run(path: &Path) -> Result<()> {
         }
     };
     init_logging();
+    crate::sync::check_fd_limit();
     if !cfg.node.mode.is_active_passive() && cfg.node.mode != crate::config::Mode::Off {
         bail!(
             "node.mode {:?}: config-only modes are not supported by this agent yet",

@@ -37,6 +37,42 @@ pub use sender::{FailbackReport, Sender, failback};
 pub use spool::RootKind;
 pub use status::SyncStatus;
 
+/// Descriptors a bulk sync may hold at once: a receiver's batch keeps a
+/// file and its directory open per pending file (512 files), plus the
+/// sessions in their handshake, the listeners, watches and the rest of the
+/// agent, with room to spare. The systemd unit sets `LimitNOFILE=65536`.
+pub const NOFILE_NEEDED: u64 = 16_384;
+
+/// Raises the soft descriptor limit towards [`NOFILE_NEEDED`] (as far as
+/// the hard limit allows) and warns when it stays below: a bulk sync would
+/// then fail with `EMFILE`.
+pub fn check_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    let cur = l.current.unwrap_or(u64::MAX);
+    if cur >= NOFILE_NEEDED {
+        return;
+    }
+    let want = l.maximum.map_or(NOFILE_NEEDED, |m| m.min(NOFILE_NEEDED));
+    let raised = want > cur
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(want),
+                maximum: l.maximum,
+            },
+        )
+        .is_ok();
+    let now = if raised { want } else { cur };
+    if now < NOFILE_NEEDED {
+        tracing::warn!(
+            limit = now,
+            needed = NOFILE_NEEDED,
+            "descriptor limit below what a bulk sync needs (set LimitNOFILE in the unit)"
+        );
+    }
+}
+
 /// The sync port: one above the HA base port.
 pub fn default_port(base_port: u16) -> u16 {
     base_port.wrapping_add(1)
