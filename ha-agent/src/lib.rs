@@ -4,7 +4,9 @@
 //! Pure logic (`fsm`, `config`, `heartbeat::codec`, ...) is kept apart from
 //! I/O so that it can be tested without root.
 
+pub mod acceptance;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod channel;
 pub mod config_sync;
@@ -13,6 +15,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod fsm;
 pub mod heartbeat;
+pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod sync;

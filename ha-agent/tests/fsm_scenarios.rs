@@ -13,14 +13,16 @@
 //! config node=1 priority=100 mode=primary on-failure=become-secondary links=hb0,hb1
 //!        threshold=6ms startup-wait=12ms handover-timeout=30ms rsah=no promote-outdated=no
 //! peer node=2 priority=100 mode=secondary epoch=1        (defaults of `heard`)
-//! @0ms start | tick | shutdown | lease-lapsed
-//! @1ms heard hb0[,hb1] [eff=..] [mode=..] [prio=..] [node=..] [epoch=..] [term=N] [flags=active+claim+handover+leaving+outdated|-]
+//! @0ms start | tick | shutdown | resumed | lease-lapsed [at=<lease deadline>]
+//! @1ms heard hb0[,hb1] [eff=..] [mode=..] [prio=..] [node=..] [epoch=..] [term=N]
+//!        [echo=<send time of our echoed heartbeat>|none] [flags=active+claim+handover+leaving+outdated|-]
 //! @2ms check ok|fail WHAT
 //! @2ms sync lag=zero|pending outdated=yes|no
 //! @2ms vip answered|silent
 //! @2ms switch primary|secondary
 //! expect state=.. effective=.. active=yes|no term=N blocked=..|none risk=yes|no
 //!        peer=alive|lost wants-primary=yes|no promoted-outdated=yes|no
+//!        serving=yes|no stall-outages=N transitions=N
 //! ```
 //! `heard` fields stick: a later `heard` repeats the last advert unless told.
 
@@ -125,6 +127,7 @@ impl Run {
                     outdated: false,
                     term: 0,
                 },
+                echo_sent: None,
             },
             out: String::new(),
             errors: Vec::new(),
@@ -179,6 +182,12 @@ impl Run {
                 "eff" => a.effective = effective(v)?,
                 "term" => a.term = v.parse().map_err(|e| format!("{k}: {e}"))?,
                 "epoch" => self.peer.epoch = v.parse().map_err(|e| format!("{k}: {e}"))?,
+                "echo" => {
+                    self.peer.echo_sent = match v {
+                        "none" => None,
+                        _ => Some(parse_dur(v)?),
+                    }
+                }
                 "flags" => {
                     a.set_wire_flags(0);
                     for f in v.split('+').filter(|f| *f != "-") {
@@ -209,7 +218,21 @@ impl Run {
             "start" => vec![Event::Start { now: at }],
             "tick" => vec![Event::Tick { now: at }],
             "shutdown" => vec![Event::Shutdown { now: at }],
-            "lease-lapsed" => vec![Event::LeaseLapsed { now: at }],
+            "resumed" => vec![Event::Resumed { now: at }],
+            "lease-lapsed" => {
+                let mut lapsed_at = at;
+                for w in args {
+                    match kv(w)? {
+                        ("at", v) => lapsed_at = parse_dur(v)?,
+                        (k, _) => return Err(format!("unknown lease-lapsed key {k:?}")),
+                    }
+                }
+                vec![Event::LeaseLapsed {
+                    now: at,
+                    lapsed_at,
+                    confirm_from: at,
+                }]
+            }
             "heard" => {
                 self.peer(&args[1..])?;
                 let mut evs = Vec::new();
@@ -334,6 +357,12 @@ impl Run {
         if s.wants_primary {
             line += " wants-primary";
         }
+        if s.stall_outage_since.is_some() {
+            line += " gate=stall-outage";
+        }
+        if s.stall_outages > 0 {
+            write!(line, " stall-outages={}", s.stall_outages).map_err(|e| e.to_string())?;
+        }
         Ok(line)
     }
 
@@ -351,6 +380,14 @@ impl Run {
                 "peer" => if s.peer.alive { "alive" } else { "lost" }.to_owned(),
                 "wants-primary" => if s.wants_primary { "yes" } else { "no" }.to_owned(),
                 "promoted-outdated" => if s.promoted_outdated { "yes" } else { "no" }.to_owned(),
+                "serving" => if s.active && s.stall_outage_since.is_none() {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_owned(),
+                "stall-outages" => s.stall_outages.to_string(),
+                "transitions" => s.transitions.to_string(),
                 _ => return Err(format!("unknown expect key {k:?}")),
             };
             if got != v {

@@ -176,8 +176,10 @@ async fn body() {
         lock_memory: false,
         ..SenderOptions::default()
     };
-    let mut send_a = Sender::spawn(a.clone(), key.clone(), vec![la], options, |_| {}).unwrap();
-    let mut send_b = Sender::spawn(b.clone(), key.clone(), vec![lb], options, |_| {}).unwrap();
+    let mut send_a =
+        Sender::spawn(a.clone(), key.clone(), vec![la], options, |_, _, _| false).unwrap();
+    let mut send_b =
+        Sender::spawn(b.clone(), key.clone(), vec![lb], options, |_, _, _| false).unwrap();
 
     let start = Instant::now();
     while ctx_b.peer_epoch() != Some(a.epoch) {

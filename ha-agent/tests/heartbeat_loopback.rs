@@ -14,6 +14,7 @@ use ha_agent::heartbeat::{
     HbKey, HbShared, Heartbeat, HeartbeatEvent, LinkSocket, LinkSpec, Mode, NoKernelTimes,
     NodeSnapshot, ReceiverHandle, RefusalKind, RxContext, Sender, SenderOptions, Timing, receiver,
 };
+use ha_agent::lease::Progress;
 use ha_common::frame::HB_FLAG_LEAVING;
 use tokio::sync::mpsc;
 
@@ -116,14 +117,17 @@ fn start(node_id: u32, mode: Mode, mut link: LinkSocket, peer: SocketAddr) -> No
     let renew_without_send = Arc::new(AtomicBool::new(false));
     let (r, bad, sh) = (renewals.clone(), renew_without_send.clone(), shared.clone());
     let mut last_seq = 0;
-    let renew = move |now_ns: u64| {
+    let renew = move |seq: u64, sent_ns: u64, progress: Progress| {
         // Called right after a send: a new sequence number went out.
-        let seq = sh.last_seq();
-        if seq <= last_seq || now_ns == 0 {
+        if progress != Progress::Renew {
+            return false;
+        }
+        if seq <= last_seq || seq != sh.last_seq() || sent_ns == 0 {
             bad.store(true, Ordering::Relaxed);
         }
         last_seq = seq;
         r.fetch_add(1, Ordering::Relaxed);
+        true
     };
     let options = SenderOptions {
         mute_after: Some(Duration::from_millis(80)),

@@ -74,6 +74,8 @@ pub struct ClusterOpts {
     pub interval: &'static str,
     /// Lost threshold, e.g. `"20ms"`.
     pub threshold: &'static str,
+    /// Gate lease; `None` lets the agent derive it.
+    pub lease: Option<&'static str>,
     /// Remote services as heartbeat.
     pub remote_services: bool,
     /// Port monitor on the service interface.
@@ -91,6 +93,8 @@ pub struct ClusterOpts {
     /// `local.cf` excluded (kept per node) and an `after_apply` hook that
     /// touches `<tmp>/<node>/applied`.
     pub config_sync: bool,
+    /// `cluster.promote_outdated` on both nodes.
+    pub promote_outdated: bool,
 }
 
 impl Default for ClusterOpts {
@@ -98,6 +102,7 @@ impl Default for ClusterOpts {
         Self {
             interval: "2ms",
             threshold: "40ms",
+            lease: None,
             remote_services: false,
             port_monitor: true,
             a: NodeOpts {
@@ -115,6 +120,7 @@ impl Default for ClusterOpts {
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
+            promote_outdated: false,
         }
     }
 }
@@ -165,9 +171,12 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
     );
     let _ = writeln!(
         t,
-        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]",
-        no.password, o.interval, o.threshold, o.remote_services
+        "[cluster]\nid = 7\npassword = \"{}\"\nbase_port = 20000\nheartbeat_interval = \"{}\"\nlost_threshold = \"{}\"\nremote_services_as_heartbeat = {}\nfence_ports = [25]\npromote_outdated = {}",
+        no.password, o.interval, o.threshold, o.remote_services, o.promote_outdated
     );
+    if let Some(l) = o.lease {
+        let _ = writeln!(t, "lease = \"{l}\"");
+    }
     for hb in &host.hb {
         let _ = writeln!(
             t,

@@ -385,3 +385,69 @@ fn monitored_service_link_down_fails_the_primary_over() {
     assert!(!a.gate.open, "A's gate is closed");
     assert!(client_reaches_vip_on(&c, Node::B), "B serves the VIP");
 }
+
+/// The active agent is stopped (SIGSTOP) again and again, each time for
+/// longer than its lease (so its gate closes by itself) but well below the
+/// peer's lost threshold: no role may change, on either node. Each stop
+/// costs a stall outage (gate closed until the peer confirms the role),
+/// never a transition, and never two nodes answering.
+#[test]
+fn stalls_shorter_than_the_threshold_never_change_roles() {
+    if !require_root() {
+        return;
+    }
+    let opts = ClusterOpts {
+        interval: "1ms",
+        threshold: "30ms",
+        lease: Some("4ms"),
+        ..ClusterOpts::default()
+    };
+    let mut c = started(&opts);
+    let probe = c.prober();
+    let gates = c.gate_watch();
+    wait_direct(&probe, Node::A, 0, FAILOVER);
+    let a0 = c.status(Node::A).expect("A answers");
+    let b0 = c.status(Node::B).expect("B answers");
+    assert_eq!(a0.effective_mode, "primary");
+    let t0 = now_ns();
+    let rounds = 20u64;
+    for i in 0..rounds {
+        // 6 to 13.5 ms: past the 4 ms lease, far from the 30 ms threshold
+        // even when this process wakes late on a busy machine.
+        let stop = Duration::from_micros(6_000 + (i % 6) * 1_500);
+        c.signal(Node::A, Signal::SIGSTOP);
+        std::thread::sleep(stop);
+        c.signal(Node::A, Signal::SIGCONT);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    let a = c.wait_for(Node::A, "gate open again", FAILOVER, |s| s.gate.open);
+    let b = c.status(Node::B).expect("B answers");
+    assert_eq!(
+        (a.transitions, b.transitions),
+        (a0.transitions, b0.transitions),
+        "role changes during short stalls: A {} -> {} (last {:?}), B {} -> {} (last {:?}); {}",
+        a0.transitions,
+        a.transitions,
+        a.last_transition.map(|t| t.reason),
+        b0.transitions,
+        b.transitions,
+        b.last_transition.map(|t| t.reason),
+        c.stalls()
+    );
+    assert_eq!(a.effective_mode, "primary");
+    assert_eq!(b.effective_mode, "secondary");
+    assert!(
+        a.gate.stall_outages > 0,
+        "stops past the lease close A's gate: stall outages expected, got none"
+    );
+    assert_never_both(&probe, &gates, t0, "short stalls");
+    assert!(
+        direct(&probe, Node::B, t0).is_empty(),
+        "B answered {} probes during the short stalls",
+        direct(&probe, Node::B, t0).len()
+    );
+    eprintln!(
+        "{rounds} stops of 6-13.5 ms: A {} stall outages, {:.1} ms in total; no role change",
+        a.gate.stall_outages, a.gate.stall_outage_total_ms
+    );
+}

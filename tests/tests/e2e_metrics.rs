@@ -1,11 +1,13 @@
 //! The metrics endpoint scraped during a real failover shows it: the role
 //! gauge flips and the failover counter goes up, and the text parses as
-//! Prometheus exposition format.
+//! Prometheus exposition format. A running pair that synced data and
+//! configuration exposes every series the Grafana dashboard plots.
 
 use std::{
+    collections::BTreeSet,
     io::{Read as _, Write as _},
     net::TcpStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use ha_tests::{
@@ -17,7 +19,8 @@ use nix::sys::signal::Signal;
 
 const PORT: u16 = 9464;
 
-fn scrape(ns: &Netns) -> prometheus_parse::Scrape {
+/// The exposition text of the metrics endpoint in `ns`.
+fn scrape_text(ns: &Netns) -> String {
     let body = ns.run(|| {
         let mut s =
             TcpStream::connect(("127.0.0.1", PORT)).expect("connect to the metrics endpoint");
@@ -30,14 +33,18 @@ fn scrape(ns: &Netns) -> prometheus_parse::Scrape {
     });
     let (head, text) = body.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let text = if head
+    if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
         dechunk(text)
     } else {
         text.to_owned()
-    };
+    }
+}
+
+fn scrape(ns: &Netns) -> prometheus_parse::Scrape {
+    let text = scrape_text(ns);
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .expect("valid exposition format")
 }
@@ -137,4 +144,134 @@ fn metrics_show_a_failover() {
         0.0,
         "link hb1 down after the fault"
     );
+}
+
+const DASHBOARD: &str = include_str!("../../dashboards/ha.json");
+
+/// The `ha_*` metric names the dashboard's queries use.
+fn dashboard_metrics() -> BTreeSet<String> {
+    fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => m.iter().for_each(|(k, x)| match (k.as_str(), x) {
+                ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                _ => exprs(x, out),
+            }),
+            serde_json::Value::Array(a) => a.iter().for_each(|x| exprs(x, out)),
+            _ => {}
+        }
+    }
+    let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard is JSON");
+    let mut all = Vec::new();
+    exprs(&dash, &mut all);
+    let mut names = BTreeSet::new();
+    for e in all {
+        let b = e.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            let starts = e[i..].starts_with("ha_")
+                && (i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_'));
+            if starts {
+                let end = e[i..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .map_or(b.len(), |x| i + x);
+                names.insert(e[i..end].to_owned());
+                i = end;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    names
+}
+
+/// The sample names (series names, histogram parts included) in a scrape.
+fn series_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_running_pair_exposes_every_series_the_dashboard_plots() {
+    if !require_root() {
+        return;
+    }
+    let opts = ClusterOpts {
+        extra: format!("[metrics]\nlisten = \"127.0.0.1:{PORT}\"\n"),
+        mail_sync: Some("1s"),
+        config_sync: true,
+        ..ClusterOpts::default()
+    };
+    let mut c = Cluster::new(Topology::two_nodes(), &opts);
+    for n in [Node::A, Node::B] {
+        std::fs::create_dir_all(c.mail_dir(n).join("new")).unwrap();
+        std::fs::create_dir_all(c.etc_dir(n)).unwrap();
+    }
+    std::fs::write(c.etc_dir(Node::A).join("main.cf"), "relayhost = x\n").unwrap();
+    c.start(Node::A);
+    c.start(Node::B);
+    c.wait_mode(Node::A, "primary", Duration::from_secs(10));
+    c.wait_for(Node::B, "replica in sync", Duration::from_secs(20), |s| {
+        s.sync.state.contains("in sync") && s.peer.alive
+    });
+    let mail = c.mail_dir(Node::A).join("new").join("m1");
+    std::fs::write(&mail, vec![b'x'; 4096]).unwrap();
+    let copy = c.mail_dir(Node::B).join("new").join("m1");
+    let conf = c.etc_dir(Node::B).join("main.cf");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(copy.exists() && conf.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "mail and config not synced within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The metrics are refreshed every 250 ms.
+    std::thread::sleep(Duration::from_millis(600));
+
+    let a = scrape_text(&c.topo.a.ns);
+    let b = scrape_text(&c.topo.b.ns);
+    let mut exposed = series_names(&a);
+    exposed.extend(series_names(&b));
+    let missing: Vec<_> = dashboard_metrics()
+        .into_iter()
+        .filter(|n| !exposed.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard plots series no running agent exposes: {missing:?}"
+    );
+
+    // And they carry what happened: A sent the mail, B received it, both
+    // know when data and config last synced.
+    let num = |text: &str, prefix: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        num(&a, "ha_sync_files_total{direction=\"sent\"") >= 1.0,
+        "A counts the files it sent:\n{a}"
+    );
+    assert!(
+        num(&a, "ha_sync_bytes_total{direction=\"sent\"") >= 4096.0,
+        "A counts the bytes it sent"
+    );
+    assert!(
+        num(&b, "ha_sync_files_total{direction=\"received\"") >= 1.0,
+        "B counts the files it received:\n{b}"
+    );
+    for (who, text) in [("A", &a), ("B", &b)] {
+        for kind in ["data", "config"] {
+            assert!(
+                num(
+                    text,
+                    &format!("ha_sync_last_success_timestamp_seconds{{kind=\"{kind}\"")
+                ) > 0.0,
+                "{who}: last {kind} sync time set:\n{text}"
+            );
+        }
+    }
 }

@@ -48,7 +48,7 @@ pub fn status(t: &Target, json: bool) -> Result<()> {
 pub fn switch(t: &Target, to: SwitchTo) -> Result<()> {
     let r = request(&t.socket()?, &Request::Switch { to })?;
     if !r.ok {
-        bail!("switch refused: {}", r.message);
+        bail!("{}", r.message);
     }
     println!("{}", r.message);
     Ok(())
@@ -57,8 +57,21 @@ pub fn switch(t: &Target, to: SwitchTo) -> Result<()> {
 pub fn sync(t: &Target, what: SyncWhat) -> Result<()> {
     let r = request(&t.socket()?, &Request::Sync { what })?;
     if !r.ok {
-        bail!("sync refused: {}", r.message);
+        bail!("sync: {}", r.message);
     }
     println!("{}", r.message);
+    Ok(())
+}
+
+/// A request whose answer is its message (`config generations`, `config rollback`).
+pub fn simple(t: &Target, req: &Request, what: &str) -> Result<()> {
+    let r = request(&t.socket()?, req)?;
+    if !r.ok {
+        bail!("{what} refused: {}", r.message);
+    }
+    print!("{}", r.message);
+    if !r.message.ends_with('\n') {
+        println!();
+    }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::control::{SwitchTo, SyncWhat};
+use crate::control::{Request, SwitchTo, SyncWhat};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/ha/ha.toml";
@@ -47,7 +47,8 @@ enum Cmd {
         #[command(flatten)]
         target: control::Target,
     },
-    /// Planned switch of this node to primary or secondary.
+    /// Planned switch of this node to primary or secondary (config-only:
+    /// `config-primary` makes this member the config primary).
     Switch {
         /// The role to take.
         to: SwitchTo,
@@ -62,12 +63,31 @@ enum Cmd {
         #[command(flatten)]
         target: control::Target,
     },
+    /// Config-only clusters: kept generations and cluster-wide rollback.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+        #[command(flatten)]
+        target: control::Target,
+    },
     /// Detach the data plane of an instance and remove its pins. The gate
     /// is gone afterwards: run only with the agent stopped.
     Cleanup {
         /// Configuration file (names the instance).
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// List the generations kept on this member (`*` = in force).
+    Generations,
+    /// On the config primary: roll every member back to generation GEN
+    /// (`EPOCH.COUNTER`, see `generations`); it is pushed as a new version.
+    Rollback {
+        /// The generation, e.g. `1.7`.
+        generation: String,
     },
 }
 
@@ -97,6 +117,16 @@ pub fn main() -> Result<()> {
         Cmd::Status { json, target } => control::status(&target, json),
         Cmd::Switch { to, target } => control::switch(&target, to),
         Cmd::Sync { what, target } => control::sync(&target, what),
+        Cmd::Config { action, target } => match action {
+            ConfigCmd::Generations => control::simple(&target, &Request::Generations, "generations"),
+            ConfigCmd::Rollback { generation } => control::simple(
+                &target,
+                &Request::Rollback {
+                    version: generation,
+                },
+                "rollback",
+            ),
+        },
         Cmd::Cleanup { config } => cleanup::run(&config),
     }
 }

@@ -14,6 +14,7 @@ use super::raw::{
     RawBackup, RawCluster, RawConfigSync, RawHeartbeat, RawHooks, RawInterface, RawLocalMonitor,
     RawMetrics, RawNode, RawRemoteMonitor, RawRuntime,
 };
+use super::raw::RawAcceptance;
 
 /// A list whose elements decoded one by one: `None` where an element failed.
 pub(crate) type RawList<T> = Vec<Option<T>>;
@@ -33,6 +34,7 @@ pub(crate) struct Decoded {
     pub hooks: Option<RawHooks>,
     pub runtime: Option<RawRuntime>,
     pub metrics: Option<RawMetrics>,
+    pub acceptance: Option<RawAcceptance>,
 }
 
 /// Top-level keys, in the order of the documentation.
@@ -47,6 +49,7 @@ const SECTIONS: &[&str] = &[
     "hooks",
     "runtime",
     "metrics",
+    "acceptance",
 ];
 
 /// Decodes `text`; `None` when it is not even valid TOML.
@@ -74,6 +77,7 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
         hooks: Some(RawHooks::default()),
         runtime: Some(RawRuntime::default()),
         metrics: Some(RawMetrics::default()),
+        acceptance: Some(RawAcceptance::default()),
     };
     // Sections in the documented order (a toml::Table is sorted by name),
     // so problems come out in the order an operator reads the file.
@@ -96,6 +100,7 @@ pub(crate) fn decode(text: &str, problems: &mut Problems) -> Option<Decoded> {
             "hooks" => d.hooks = section(value, &key, problems),
             "runtime" => d.runtime = section(value, &key, problems),
             "metrics" => d.metrics = section(value, &key, problems),
+            "acceptance" => d.acceptance = section(value, &key, problems),
             _ => problems.push(
                 key,
                 format!("unknown key, expected one of {}", SECTIONS.join(", ")),

@@ -44,6 +44,18 @@ pub const FAILURES: u32 = 3;
 pub const LOCAL_INTERVAL: Duration = Duration::from_secs(10);
 /// `monitor.local[].min_free`: a spool at 95 % full is already in trouble.
 pub const MIN_FREE: &str = "5%";
+/// `config_sync.generations`: enough to step back over a few bad
+/// changes, small enough that a 64 MB tree costs little disk.
+pub const GENERATIONS: u32 = 5;
+/// `config_sync.check_interval`: a minute, as appliance clusters compare
+/// configuration checksums; a hand edit is repaired within it.
+pub const CHECK_INTERVAL: Duration = Duration::from_mins(1);
+/// `config_sync.heartbeat_interval`: config-only members carry no VIP and
+/// no lease, so nothing needs millisecond detection; two seconds keeps 24
+/// sessions nearly free and still shows a member down within seconds.
+pub const CONFIG_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// Most members of a config-only cluster (the primary included).
+pub const MAX_MEMBERS: usize = 25;
 /// `runtime.state_dir` is this joined with the instance name.
 pub const STATE_ROOT: &str = "/var/lib/ha";
 /// `runtime.control_socket` is this joined with `<instance>.sock`.
@@ -52,6 +64,27 @@ pub const SOCKET_ROOT: &str = "/run/ha";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/ha";
 /// `runtime.xdp_mode`: native where the driver has it, else generic.
 pub const XDP_MODE: XdpMode = XdpMode::Auto;
+
+/// `acceptance.listen`: loopback, the port Postfix's documentation uses
+/// for a before-queue filter; only the local smtpd connects.
+pub const ACCEPTANCE_LISTEN: &str = "127.0.0.1:10025";
+/// `acceptance.after_filter`: the after-filter smtpd of Postfix's
+/// documentation, on loopback.
+pub const ACCEPTANCE_AFTER_FILTER: &str = "127.0.0.1:10026";
+/// `acceptance.timeout`: a tenth of Postfix's `smtpd_proxy_timeout`
+/// (100 s), so the before-filter smtpd never gives up on the proxy first,
+/// and far above a healthy peer's confirmation (about a millisecond, a
+/// second in a disk stall): a peer that needs longer is in trouble, and a
+/// client should not wait on it.
+pub const ACCEPTANCE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `acceptance.timeout` must stay below Postfix's default
+/// `smtpd_proxy_timeout` (`check-config` compares with the configured one).
+pub const ACCEPTANCE_MAX_TIMEOUT: Duration = Duration::from_secs(100);
+/// `acceptance.policy`: strict: no 250 for mail that one node holds; the
+/// point of turning acceptance on.
+pub const ACCEPTANCE_POLICY: crate::acceptance::Policy = crate::acceptance::Policy::Strict;
+/// `acceptance.postfix_config`: Debian's Postfix `config_directory`.
+pub const POSTFIX_CONFIG: &str = "/etc/postfix";
 
 /// Smallest accepted heartbeat interval: below it the sender's timer and
 /// the scheduler's granularity dominate, and the frames' microsecond

@@ -30,8 +30,9 @@ use std::path::Path;
 
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck, LocalKind,
-    LocalMonitor, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure, RemoteMonitor, Runtime,
+    Acceptance, Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck,
+    LocalKind, LocalMonitor, Member, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure,
+    Override, RemoteMonitor, Runtime,
     Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
 };
 pub use secret::Secret;
@@ -76,6 +77,17 @@ pub const KEYS: &[&str] = &[
     "config_sync.paths",
     "config_sync.exclude",
     "config_sync.after_apply",
+    "config_sync.validate",
+    "config_sync.generations",
+    "config_sync.check_interval",
+    "config_sync.heartbeat_interval",
+    "config_sync.address",
+    "config_sync.primary",
+    "config_sync.member.name",
+    "config_sync.member.address",
+    "config_sync.set.file",
+    "config_sync.set.key",
+    "config_sync.set.value",
     "monitor.remote.service",
     "monitor.remote.address",
     "monitor.remote.interval",
@@ -96,6 +108,12 @@ pub const KEYS: &[&str] = &[
     "runtime.control_socket",
     "runtime.xdp_mode",
     "metrics.listen",
+    "acceptance.enabled",
+    "acceptance.listen",
+    "acceptance.after_filter",
+    "acceptance.timeout",
+    "acceptance.policy",
+    "acceptance.postfix_config",
 ];
 
 /// The keys that config sync pushes to the peer: exactly the fields of

@@ -36,6 +36,9 @@ pub struct Config {
     pub runtime: Runtime,
     /// `[metrics]`: the Prometheus endpoint.
     pub metrics: Metrics,
+    /// `[acceptance]`: the before-queue proxy that holds each 250 until
+    /// the peer holds the message.
+    pub acceptance: Acceptance,
 }
 
 /// Configured operating mode of a member (the seed's "mode").
@@ -125,7 +128,7 @@ pub enum Service {
     Pop3,
     /// IMAP: an `* OK` greeting.
     Imap,
-    /// HTTP: any status line to a `HEAD /`.
+    /// HTTP: any status line in answer to `GET /`.
     Http,
 }
 
@@ -280,6 +283,44 @@ pub struct ConfigSync {
     pub exclude: Vec<String>,
     /// Command run after a push was applied, e.g. `postfix reload`.
     pub after_apply: Option<String>,
+    /// Config-only: command run on the staging copy before it is swapped
+    /// in; `{dir}` is replaced by the staging directory.
+    pub validate: Option<String>,
+    /// Config-only: generations kept on every member for rollback.
+    pub generations: u32,
+    /// Config-only: how often the primary compares every member's checksum.
+    pub check_interval: Duration,
+    /// Config-only: the light heartbeat between primary and members.
+    pub heartbeat_interval: Duration,
+    /// Config-only: this member's address on the sync network.
+    pub address: Option<IpAddr>,
+    /// Config-only, on a `config-secondary`: the primary's address.
+    pub primary: Option<IpAddr>,
+    /// Config-only, on the `config-primary`: every other member.
+    pub members: Vec<Member>,
+    /// Per-member values written into synced files after each apply.
+    pub overrides: Vec<Override>,
+}
+
+/// `[[config_sync.member]]`: a member of a config-only cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its `node.name`.
+    pub name: String,
+    /// Its `config_sync.address`.
+    pub address: IpAddr,
+}
+
+/// `[[config_sync.set]]`: in `file`, the line `key = ...` becomes
+/// `key = value` on this member (appended when absent).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    /// A file below one of `config_sync.paths`.
+    pub file: PathBuf,
+    /// The key, e.g. `myhostname`.
+    pub key: String,
+    /// This member's value.
+    pub value: String,
 }
 
 impl ConfigSync {
@@ -469,6 +510,39 @@ impl Config {
             forward: c.forward,
             fence_ports: c.fence_ports.clone(),
             startup_wait: c.startup_wait,
+        }
+    }
+}
+
+/// `[acceptance]`: synchronous acceptance (docs/acceptance.md); never synced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acceptance {
+    /// The daemon runs the proxy.
+    pub enabled: bool,
+    /// Where the before-filter smtpd connects (`smtpd_proxy_filter`).
+    pub listen: SocketAddr,
+    /// The after-filter smtpd the proxy relays to.
+    pub after_filter: SocketAddr,
+    /// How long a reply 250 waits for the peer.
+    pub timeout: Duration,
+    /// What happens when the peer cannot confirm.
+    pub policy: crate::acceptance::Policy,
+    /// Postfix `config_directory` (`postsuper -c`, `check-config`).
+    pub postfix_config: PathBuf,
+}
+
+impl Default for Acceptance {
+    fn default() -> Self {
+        use super::defaults as d;
+        Self {
+            enabled: false,
+            listen: d::ACCEPTANCE_LISTEN.parse().expect("constant address"),
+            after_filter: d::ACCEPTANCE_AFTER_FILTER
+                .parse()
+                .expect("constant address"),
+            timeout: d::ACCEPTANCE_TIMEOUT,
+            policy: d::ACCEPTANCE_POLICY,
+            postfix_config: PathBuf::from(d::POSTFIX_CONFIG),
         }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     pub hooks: RawHooks,
     pub runtime: RawRuntime,
     pub metrics: RawMetrics,
+    pub acceptance: RawAcceptance,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +91,31 @@ pub(crate) struct RawConfigSync {
     pub paths: Vec<String>,
     pub exclude: Vec<String>,
     pub after_apply: Option<String>,
+    pub validate: Option<String>,
+    pub generations: Option<u32>,
+    pub check_interval: Option<String>,
+    pub heartbeat_interval: Option<String>,
+    pub address: Option<String>,
+    pub primary: Option<String>,
+    pub member: Vec<RawMember>,
+    pub set: Vec<RawOverride>,
+}
+
+/// `[[config_sync.member]]`: another member of a config-only cluster.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawMember {
+    pub name: Option<String>,
+    pub address: Option<String>,
+}
+
+/// `[[config_sync.set]]`: a per-member value inside a synced file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawOverride {
+    pub file: Option<String>,
+    pub key: Option<String>,
+    pub value: Option<String>,
 }
 
 /// `[monitor]`; decoded list by list, see [`RawConfig`].
@@ -148,4 +174,15 @@ pub(crate) struct RawRuntime {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct RawMetrics {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawAcceptance {
+    pub enabled: Option<bool>,
+    pub listen: Option<String>,
+    pub after_filter: Option<String>,
+    pub timeout: Option<String>,
+    pub policy: Option<crate::acceptance::Policy>,
+    pub postfix_config: Option<String>,
 }

@@ -545,12 +545,84 @@ fn config_only_members_carry_no_vips_and_no_mail() {
     let text = edit("\"primary\"", "\"config-primary\"");
     assert_problem(&text, "interface[0]", "config-only members carry no VIPs");
     let no_vip = edit("\"primary\"", "\"config-secondary\"")
-        .replace("action = \"set\"", "action = \"ignore\"");
-    assert!(parse(&no_vip, None).is_ok());
+        .replace("action = \"set\"", "action = \"ignore\"")
+        + "\n[config_sync]\npaths = [\"/etc/postfix\"]\naddress = \"10.200.5.2\"\nprimary = \"10.200.5.1\"\n";
+    assert!(parse(&no_vip, None).is_ok(), "{:#?}", problems(&no_vip));
     assert_problem(
         &format!("{no_vip}\n[backup]\nmail_data = [\"/var/mail\"]\n"),
         "backup",
         "configuration only",
+    );
+}
+
+/// A config-only primary: no heartbeat links, members on the sync network.
+fn config_primary(members: usize) -> String {
+    let mut t = String::from(
+        "[node]\nname = \"mail-00\"\nmode = \"config-primary\"\n\
+         [cluster]\nid = 7\npassword = \"pw\"\n\
+         [config_sync]\npaths = [\"/etc/postfix\"]\naddress = \"10.200.5.1\"\n",
+    );
+    for i in 1..=members {
+        t.push_str(&format!(
+            "[[config_sync.member]]\nname = \"mail-{i:02}\"\naddress = \"10.200.5.{}\"\n",
+            i + 1
+        ));
+    }
+    t
+}
+
+#[test]
+fn config_only_membership() {
+    let c = parse(&config_primary(24), None).expect("25 members in all is valid");
+    assert!(c.heartbeat.is_empty(), "no heartbeat links in config-only mode");
+    assert_eq!(c.config_sync.members.len(), 24);
+    assert_eq!(c.config_sync.generations, 5);
+    assert_eq!(c.config_sync.heartbeat_interval, Duration::from_secs(2));
+    assert_eq!(c.config_sync.check_interval, Duration::from_secs(60));
+    // A 26th member is refused with the count in the message.
+    assert_problem(
+        &config_primary(25),
+        "config_sync.member[24]",
+        "at most 25 members (this primary and 24 others)",
+    );
+    assert_problem(&config_primary(0), "config_sync.member", "2 to 25 members");
+    let dup = config_primary(2).replace("10.200.5.3", "10.200.5.2");
+    assert_problem(&dup, "config_sync.member[1].address", "already member[0]");
+    let own = config_primary(1).replace("mail-01", "mail-00");
+    assert_problem(&own, "config_sync.member[0].name", "own name");
+    let no_addr = config_primary(1).replace("address = \"10.200.5.1\"\n", "");
+    assert_problem(&no_addr, "config_sync.address", "required in config-only mode");
+    // A member names its primary.
+    let member = config_primary(0).replace("config-primary", "config-secondary");
+    assert_problem(&member, "config_sync.primary", "required on a config-secondary");
+    // Active-passive nodes have no members.
+    let ap = format!("{BASE}\n[config_sync]\naddress = \"10.200.5.1\"\n");
+    assert_problem(&ap, "config_sync.address", "only for mode config-primary");
+    // Overrides stay below the synced paths, one line each.
+    let set = |body: &str| format!("{}[[config_sync.set]]\n{body}\n", config_primary(1));
+    let c = parse(
+        &set("file = \"/etc/postfix/main.cf\"\nkey = \"myhostname\"\nvalue = \"mail-00.example\""),
+        None,
+    )
+    .expect("valid override");
+    assert_eq!(c.config_sync.overrides[0].key, "myhostname");
+    assert_problem(
+        &set("file = \"/etc/other\"\nkey = \"a\"\nvalue = \"b\""),
+        "config_sync.set[0].file",
+        "not below",
+    );
+    assert_problem(
+        &set("file = \"/etc/postfix/main.cf\"\nkey = \"a = b\"\nvalue = \"b\""),
+        "config_sync.set[0].key",
+        "without '='",
+    );
+    assert_problem(
+        &config_primary(1).replace(
+            "address = \"10.200.5.1\"\n",
+            "address = \"10.200.5.1\"\ngenerations = 0\n",
+        ),
+        "config_sync.generations",
+        "between 1 and 100",
     );
 }
 
@@ -965,4 +1037,42 @@ proptest::proptest! {
             }
         }
     }
+}
+
+#[test]
+fn acceptance_defaults_and_every_bad_value_named() {
+    let c = parse(BASE, None).unwrap();
+    assert!(!c.acceptance.enabled);
+    assert_eq!(c.acceptance.timeout, Duration::from_secs(10));
+    assert_eq!(c.acceptance.policy, crate::acceptance::Policy::Strict);
+    assert_eq!(c.acceptance.listen.to_string(), "127.0.0.1:10025");
+    let with = |body: &str| format!("{BASE}\n[acceptance]\n{body}\n");
+    let spool = "\n[backup]\nmta_spool = [\"/var/spool/postfix\"]\n";
+    let ok = parse(
+        &format!(
+            "{}{spool}",
+            with("enabled = true\npolicy = \"degrade\"\ntimeout = \"2s\"")
+        ),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok.acceptance.policy, crate::acceptance::Policy::Degrade);
+    assert_eq!(ok.acceptance.timeout, Duration::from_secs(2));
+    assert_problem(&with("enabled = true"), "acceptance.enabled", "backup.mta_spool");
+    assert_problem(&with("timeout = \"0s\""), "acceptance.timeout", "longer than 0");
+    assert_problem(&with("timeout = \"100s\""), "acceptance.timeout", "smtpd_proxy_timeout");
+    assert_problem(&with("timeout = \"soon\""), "acceptance.timeout", "");
+    assert_problem(&with("policy = \"lax\""), "acceptance.policy", "");
+    assert_problem(&with("listen = \"localhost:25\""), "acceptance.listen", "not an IP:port");
+    assert_problem(
+        &with("after_filter = \"127.0.0.1:10025\""),
+        "acceptance.after_filter",
+        "relay to itself",
+    );
+    assert_problem(
+        &with("postfix_config = \"etc/postfix\""),
+        "acceptance.postfix_config",
+        "",
+    );
+    assert_problem(&with("enable = true"), "acceptance.enable", "unknown field");
 }

@@ -30,7 +30,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -601,24 +600,8 @@ fn serve(
     }
 }
 
-/// Runs `after_apply`, bounded by `timeout`. Returns a one-line result.
-fn run_hook(cmd: &str, timeout: Duration) -> String {
-    let mut child = match Command::new("sh").args(["-c", cmd]).spawn() {
-        Ok(c) => c,
-        Err(e) => return format!("not started: {e}"),
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => return "ok".into(),
-            Ok(Some(st)) => return format!("failed: {st}"),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return format!("killed after {timeout:?}");
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => return format!("wait failed: {e}"),
-        }
-    }
+/// Runs `after_apply` through the agent's one hook runner (output logged,
+/// process group killed after `timeout`). Returns a one-line result.
+pub(crate) fn run_hook(cmd: &str, timeout: Duration) -> String {
+    crate::daemon::hooks::run("after_apply", cmd, &[], timeout).summary()
 }

@@ -11,8 +11,11 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::bundle::Bundle;
+use crate::cluster::manifest::Manifest;
+use crate::cluster::store::ApplyReport;
+use crate::cluster::version::Version;
+use crate::config::{Member, SyncedView};
 use crate::channel::{Established, FrameError, HandshakeError, Opener, Sealer, TAG_LEN};
-use crate::config::SyncedView;
 
 /// Protocol version of the messages (the channel has its own); bumped with
 /// the channel's authentication.
@@ -40,6 +43,88 @@ pub enum Msg {
     },
     /// The step was refused; nothing of it was applied.
     Refused { reason: String },
+    /// Config-only, member → primary: its state, after authentication and
+    /// in answer to every ping.
+    Member {
+        cluster: u32,
+        report: Box<MemberReport>,
+    },
+    /// Config-only, primary → member: the light heartbeat, with the
+    /// version the cluster runs and who is up; `check` asks the member to
+    /// compare its files with what it applied (drift).
+    Ping {
+        cluster: u32,
+        version: Option<Version>,
+        up: Vec<String>,
+        check: bool,
+    },
+    /// Config-only, primary → member: install a version. `blobs` holds
+    /// the contents the primary believes the member lacks.
+    Install {
+        cluster: u32,
+        origin: String,
+        version: Version,
+        members: Vec<Member>,
+        manifest: Box<Manifest>,
+        blobs: Vec<Blob>,
+        repair: bool,
+    },
+    /// Config-only, member → primary: contents still needed for an install.
+    Missing { hashes: Vec<String> },
+    /// Config-only, member → primary: the result of an install.
+    Installed {
+        report: ApplyReport,
+        member: Box<MemberReport>,
+    },
+}
+
+/// Content of one file, by hash (hex on the wire: JSON has no bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    pub hash: String,
+    #[serde(with = "hex_bytes")]
+    pub data: Vec<u8>,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::cluster::manifest::hex(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(D::Error::custom("odd hex length"));
+        }
+        let nib = |c: u8| match c {
+            b'0'..=b'9' => Ok(c - b'0'),
+            b'a'..=b'f' => Ok(c - b'a' + 10),
+            _ => Err(D::Error::custom("not hex")),
+        };
+        s.as_bytes()
+            .chunks(2)
+            .map(|p| Ok(nib(p[0])? << 4 | nib(p[1])?))
+            .collect()
+    }
+}
+
+/// What a config-only member tells the primary about itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemberReport {
+    /// Its `node.name`.
+    pub node: String,
+    /// Version in force.
+    pub version: Option<Version>,
+    /// Who issued it.
+    pub origin: Option<String>,
+    /// Checksum of that version's content.
+    pub content: Option<String>,
+    /// Its files differ from what it applied (found at the last check).
+    pub drift: bool,
+    /// The last install.
+    pub last_apply: Option<ApplyReport>,
 }
 
 /// The channel failed.
@@ -172,6 +257,23 @@ mod tests {
             decode(&mut &b[..], &mut open),
             Err(WireError::Oversize(_))
         ));
+    }
+
+    #[test]
+    fn blobs_travel_as_hex() {
+        let m = Msg::Missing { hashes: vec![] };
+        let b = Blob {
+            hash: "h".into(),
+            data: vec![0, 1, 0xab, 0xff],
+        };
+        let j = serde_json::to_string(&b).unwrap();
+        assert!(j.contains("\"0001abff\""), "{j}");
+        assert_eq!(serde_json::from_str::<Blob>(&j).unwrap(), b);
+        assert!(serde_json::from_str::<Blob>(r#"{"hash":"h","data":"0g"}"#).is_err());
+        assert!(serde_json::from_str::<Blob>(r#"{"hash":"h","data":"abc"}"#).is_err());
+        let (mut seal, mut open) = test_pair();
+        let buf = encode(&m, &mut seal).unwrap();
+        assert_eq!(decode(&mut &buf[..], &mut open).unwrap(), m);
     }
 
     #[test]

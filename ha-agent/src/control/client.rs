@@ -20,6 +20,14 @@ pub enum ControlError {
         /// Why.
         source: std::io::Error,
     },
+    /// The socket exists but this user may not open it: it is root's.
+    #[error(
+        "permission denied on the agent's control socket {path}: it is root's; run this command as root (e.g. with sudo)"
+    )]
+    NotRoot {
+        /// Socket path.
+        path: PathBuf,
+    },
     /// The connection broke or timed out.
     #[error("talking to the agent at {path}: {source}")]
     Io {
@@ -47,10 +55,7 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         path: path.to_owned(),
         source,
     };
-    let mut s = UnixStream::connect(path).map_err(|source| ControlError::Connect {
-        path: path.to_owned(),
-        source,
-    })?;
+    let mut s = UnixStream::connect(path).map_err(|source| connect_error(path, source))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(io)?;
     let mut line = serde_json::to_vec(req).expect("requests serialise");
@@ -62,4 +67,39 @@ pub fn request(path: &Path, req: &Request) -> Result<Response, ControlError> {
         path: path.to_owned(),
         source,
     })
+}
+
+fn connect_error(path: &Path, source: std::io::Error) -> ControlError {
+    if source.kind() == std::io::ErrorKind::PermissionDenied {
+        ControlError::NotRoot {
+            path: path.to_owned(),
+        }
+    } else {
+        ControlError::Connect {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_denied_says_root_is_needed() {
+        let e = connect_error(
+            Path::new("/run/ha/a.sock"),
+            std::io::Error::from_raw_os_error(libc::EACCES),
+        )
+        .to_string();
+        assert!(e.contains("root"), "{e}");
+        assert!(!e.contains("running"), "{e}");
+        let e = connect_error(
+            Path::new("/run/ha/a.sock"),
+            std::io::Error::from_raw_os_error(libc::ENOENT),
+        )
+        .to_string();
+        assert!(e.contains("is `ha-agent run` running"), "{e}");
+    }
 }

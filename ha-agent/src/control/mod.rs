@@ -1,7 +1,8 @@
 //! The local control socket: `ha-agent status`, `switch`, `sync`.
 //!
 //! One JSON request per line, one JSON response per line, over a Unix
-//! stream socket that only root can open (mode 0600 in a 0700 directory).
+//! stream socket that only root can open (mode 0600; directories the agent
+//! creates for it are 0700, directories that exist keep their mode).
 
 mod client;
 mod render;
@@ -31,6 +32,14 @@ pub enum Request {
         /// What to sync.
         what: SyncWhat,
     },
+    /// Config-only: the generations kept on this node.
+    Generations,
+    /// Config-only, on the primary: roll the whole cluster back to a
+    /// generation (`EPOCH.COUNTER`).
+    Rollback {
+        /// The generation.
+        version: String,
+    },
 }
 
 /// Target of a planned switch.
@@ -41,6 +50,8 @@ pub enum SwitchTo {
     Primary,
     /// Become secondary.
     Secondary,
+    /// Config-only: become the config primary (a new epoch).
+    ConfigPrimary,
 }
 
 /// What `ha-agent sync` reconciles.

@@ -23,6 +23,23 @@ fn ms(v: Option<f64>) -> String {
 /// The status page as text.
 pub fn render(s: &Status) -> String {
     let mut o = String::new();
+    if let Some(c) = &s.config_only {
+        let _ = writeln!(
+            o,
+            "node {} ({}), ha-agent {}, {}",
+            s.node, s.instance, s.version, s.now
+        );
+        let _ = writeln!(
+            o,
+            "  mode:        configured {}, effective {}",
+            s.configured_mode, s.effective_mode
+        );
+        o.push_str(&crate::cluster::status::render(c));
+        for w in &s.warnings {
+            let _ = writeln!(o, "  warning:     {w}");
+        }
+        return o;
+    }
     let _ = writeln!(
         o,
         "node {} ({}), ha-agent {}, {}",
@@ -51,6 +68,19 @@ pub fn render(s: &Status) -> String {
         }),
         g.vips.join(", ")
     );
+    if let Some(since) = g.stall_outage_ms {
+        let _ = writeln!(
+            o,
+            "  !! STALL OUTAGE: gate closed {since:.1} ms ago (this agent stalled, its lease lapsed); role kept, reopens when the peer confirms"
+        );
+    }
+    if g.stall_outages > 0 {
+        let _ = writeln!(
+            o,
+            "  stalls:      {} stall outages, {:.1} ms in total (gate closed, no role change)",
+            g.stall_outages, g.stall_outage_total_ms
+        );
+    }
     let p = &s.peer;
     let _ = writeln!(
         o,
@@ -138,6 +168,12 @@ pub fn render(s: &Status) -> String {
                 .map_or(String::new(), |c| format!(", config checksum {c}"))
         );
     }
+    if let Some(a) = &s.acceptance {
+        for (i, line) in a.render().iter().enumerate() {
+            let label = if i == 0 { "acceptance:" } else { "" };
+            let _ = writeln!(o, "  {label:<12} {line}");
+        }
+    }
     let _ = writeln!(
         o,
         "  sender:      {}, {} renewals, {} overruns, jitter p99 {}",
@@ -163,6 +199,12 @@ pub fn render(s: &Status) -> String {
             o,
             "  !! replica outdated: this node knows its data is behind"
         );
+    }
+    if let Some(h) = &s.hook_running {
+        let _ = writeln!(o, "  hook:        running (to {h})");
+    }
+    if let Some(h) = &s.last_hook {
+        let _ = writeln!(o, "  last hook:   {h}");
     }
     for w in &s.warnings {
         let _ = writeln!(o, "  warning:     {w}");

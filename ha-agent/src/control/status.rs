@@ -33,6 +33,12 @@ pub struct Status {
     pub outdated: bool,
     /// Things the operator should look at, one line each.
     pub warnings: Vec<String>,
+    /// The newest finished role hook: which, its result, when, how long.
+    #[serde(default)]
+    pub last_hook: Option<String>,
+    /// A role hook running now (the role it is bringing the node to).
+    #[serde(default)]
+    pub hook_running: Option<String>,
     /// Timing in force.
     pub timing: TimingStatus,
     /// The peer as last heard.
@@ -51,6 +57,12 @@ pub struct Status {
     pub sender: SenderInfo,
     /// Data plane counters, summed over CPUs.
     pub counters: BTreeMap<String, u64>,
+    /// The acceptance proxy, when enabled.
+    #[serde(default)]
+    pub acceptance: Option<crate::acceptance::AcceptanceStatus>,
+    /// Config-only mode: versions, the primary, every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_only: Option<Box<crate::cluster::status::ConfigOnlyStatus>>,
 }
 
 /// Heartbeat timing.
@@ -140,6 +152,16 @@ pub struct GateInfo {
     pub vips: Vec<String>,
     /// VIP addresses configured on interfaces by this agent.
     pub addresses_held: Vec<String>,
+    /// Primary with the gate closed because this agent stalled (its lease
+    /// lapsed), for this many milliseconds so far; `None` otherwise.
+    #[serde(default)]
+    pub stall_outage_ms: Option<f64>,
+    /// Stall outages ended since the agent started (not role changes).
+    #[serde(default)]
+    pub stall_outages: u64,
+    /// Their total length in milliseconds.
+    #[serde(default)]
+    pub stall_outage_total_ms: f64,
 }
 
 /// One monitor.

@@ -17,6 +17,7 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use super::{
+    answer,
     configsync::ConfigSync,
     convert,
     datasync::{self, DataSync, HandBackDone},
@@ -27,11 +28,12 @@ use crate::{
     config::{Config, XdpMode},
     control::{self, Command, ControlServer, Request, Response, SwitchTo, SyncWhat},
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
-    fsm::{Action, Event, Fsm, SwitchTarget},
+    fsm::{Action, EffectiveMode, Event, Fsm, StateName, SwitchTarget},
     heartbeat::{
         self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
         clock::now_ns,
     },
+    lease::{Lapse, Lease, Renewal},
     metrics::Metrics,
     monitor::{Health, MonitorEvent, Monitors},
 };
@@ -51,6 +53,7 @@ enum Wake {
     Probe(monitors::VipProbe),
     Command(Command),
     HandBack(HandBackDone),
+    Lapse(Lapse),
     Timer,
 }
 
@@ -61,8 +64,6 @@ pub(super) struct Agent {
     pub dp: DataPlane,
     pub gate: GateControl,
     pub vips: VipSet,
-    /// The I/O runtime (netlink, monitors, hooks): never waited on here.
-    pub io: tokio::runtime::Handle,
     pub shared: Arc<HbShared>,
     pub sender: heartbeat::Sender,
     pub receivers: Vec<ReceiverHandle>,
@@ -71,7 +72,8 @@ pub(super) struct Agent {
     /// CLOCK_MONOTONIC ns and wall time at start, to show times as dates.
     pub start_ns: u64,
     pub start_wall: SystemTime,
-    pub lease_ns: u64,
+    /// The gate's lease (opened here, renewed by the sender).
+    pub lease: Lease,
     /// Newest fresh heartbeat (CLOCK_MONOTONIC ns), shared with the VIP probe.
     pub last_heard: Arc<AtomicU64>,
     /// Gate open, shared with the VIP probe (an active node probes nothing).
@@ -80,6 +82,8 @@ pub(super) struct Agent {
     pub metrics: Arc<Metrics>,
     /// Mail data and spool sync, when `[backup]` lists anything.
     pub sync: Option<DataSync>,
+    /// The acceptance proxy, when `[acceptance] enabled`.
+    pub acceptance: Option<super::acceptance::Acceptance>,
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
@@ -95,6 +99,12 @@ pub(super) struct Agent {
     pub transitions_seen: u64,
     /// Last refresh of the polled metrics.
     pub metrics_refreshed: Instant,
+    /// Role hooks, serialized on a worker of their own.
+    pub role_hooks: hooks::RoleHooks,
+    /// A demote hook held back because the role was left by a lease lapse:
+    /// it runs once the node settles elsewhere than primary, and never if
+    /// the node takes the role straight back (`from`, `to`, reason).
+    pub lapse_hook: Option<(EffectiveMode, EffectiveMode, String)>,
 }
 
 fn xdp_mode(m: XdpMode) -> XdpAttachMode {
@@ -201,8 +211,9 @@ pub(super) async fn run(
         )?);
     }
     drop(hb_tx);
-    let lease_ns = timing.lease.as_nanos() as u64;
-    let renew_gate = gate.clone();
+    let lease = Lease::new(gate.clone(), timing.lease);
+    let sender_lease = lease.clone();
+    let (lapse_tx, mut lapse_rx) = mpsc::channel::<Lapse>(4);
     let sender = heartbeat::Sender::spawn(
         shared.clone(),
         key,
@@ -214,9 +225,17 @@ pub(super) async fn run(
             mute_after: Some(timing.lease),
             ..SenderOptions::default()
         },
-        move |now| {
-            if let Err(e) = renew_gate.renew_lease(now, now + lease_ns) {
+        move |seq, sent, progress| match sender_lease.sent(seq, sent, progress) {
+            Ok(Renewal::Renewed(_)) => true,
+            Ok(Renewal::Lapsed(l)) => {
+                // The control loop hears it as a message (never blocks here).
+                let _ = lapse_tx.try_send(l);
+                false
+            }
+            Ok(Renewal::Closed | Renewal::Held) => false,
+            Err(e) => {
                 error!(error = %e, "lease renewal failed");
+                false
             }
         },
     )
@@ -278,6 +297,7 @@ pub(super) async fn run(
         _ => crate::metrics::Role::Off,
     });
     metrics.set_effective_role(crate::metrics::Role::Secondary);
+    feed::init_sync(&metrics);
     for l in &cfg.heartbeat {
         metrics.add_link(&l.interface);
     }
@@ -304,6 +324,8 @@ pub(super) async fn run(
         });
     }
 
+    let acceptance = super::acceptance::Acceptance::start(&cfg, &io, metrics.clone()).await?;
+
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
 
@@ -323,14 +345,24 @@ pub(super) async fn run(
     }
     let dp_times = dp.heartbeat_times();
     let start_ns = now_ns();
+    if let Some(s) = &data_sync {
+        // Until the first report the replica is unknown: not current, and
+        // outdated when a persisted mark says so.
+        let v = s.initial();
+        fsm.handle(Event::SyncState {
+            now: start_ns,
+            lag_zero: v.lag_zero,
+            outdated: v.outdated,
+        })?;
+    }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
+    let hooks_cfg = cfg.hooks.clone();
     let mut agent = Agent {
         cfg,
         fsm,
         dp,
         gate,
         vips,
-        io,
         shared,
         sender,
         receivers,
@@ -338,12 +370,13 @@ pub(super) async fn run(
         remote_monitors,
         start_ns,
         start_wall: SystemTime::now(),
-        lease_ns,
+        lease,
         last_heard,
         active_flag,
         sync_seq: 0,
         metrics,
         sync: data_sync,
+        acceptance,
         sync_polled: Instant::now(),
         config_sync,
         config_mtime: std::fs::metadata(&config_path)
@@ -355,6 +388,8 @@ pub(super) async fn run(
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        lapse_hook: None,
     };
     agent.apply(actions).await;
     notify::ready();
@@ -384,6 +419,7 @@ pub(super) async fn run(
             Some(p) = probe_rx.recv() => Wake::Probe(p),
             Some(cmd) = ctl_rx.recv() => Wake::Command(cmd),
             Some(done) = sync_rx.recv() => Wake::HandBack(done),
+            Some(l) = lapse_rx.recv() => Wake::Lapse(l),
             () = tokio::time::sleep(sleep) => Wake::Timer,
         };
         // This loop never sleeps longer than an interval (< threshold / 2):
@@ -411,6 +447,7 @@ pub(super) async fn run(
             }
             Wake::Command(cmd) => agent.on_command(cmd).await,
             Wake::HandBack(done) => agent.on_hand_back_done(done).await,
+            Wake::Lapse(l) => agent.on_lapse(l).await,
             Wake::Timer => {}
         }
         // Every heartbeat already received goes in before time is judged.
@@ -443,20 +480,46 @@ impl Agent {
         let actions = self.fsm.handle(Event::Tick { now });
         self.apply_result(actions).await;
         self.poll_sync().await;
-        // An open gate whose lease ran out means this agent stalled: step
-        // down and re-acquire the role through the protocol.
-        if self.fsm.is_active()
-            && let Ok(g) = self.gate.snapshot()
-            && (!g.active || g.lease_deadline_ns <= now)
+        // A lapse no send found (the sender itself was held up).
+        if self.fsm.serving()
+            && let Some(l) = self.lease.check(now)
         {
-            warn!(
-                lease_deadline_ns = g.lease_deadline_ns,
-                now, "gate lease lapsed while active"
-            );
-            let actions = self.fsm.handle(Event::LeaseLapsed { now });
-            self.apply_result(actions).await;
+            self.on_lapse(l).await;
+        }
+        // A lapse that ends anywhere but back in the role runs its hook now.
+        if self.lapse_hook.is_some()
+            && !matches!(
+                self.fsm.status().state,
+                StateName::Starting | StateName::Primary
+            )
+            && let Some((from, _, reason)) = self.lapse_hook.take()
+        {
+            let to = self.fsm.effective();
+            let replica = (to == crate::fsm::EffectiveMode::Primary)
+                .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                .flatten();
+            self.role_hooks.request(from, to, reason, replica);
         }
         self.publish();
+    }
+
+    /// The gate's lease ran out: this agent stalled. The state machine keeps
+    /// the role and waits for the peer's word before the gate reopens.
+    async fn on_lapse(&mut self, l: Lapse) {
+        if !self.fsm.serving() {
+            return;
+        }
+        let now = now_ns();
+        warn!(
+            late_us = now.saturating_sub(l.at) / 1000,
+            "gate lease lapsed (agent stalled): stall outage until the peer confirms the role"
+        );
+        let actions = self.fsm.handle(Event::LeaseLapsed {
+            now,
+            lapsed_at: l.at,
+            confirm_from: l.noticed,
+        });
+        self.apply_result(actions).await;
     }
 
     /// Pushes the state machine's advert to the heartbeat sender and shows progress.
@@ -465,7 +528,7 @@ impl Agent {
             .set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
         self.shared.bump_progress();
         self.active_flag
-            .store(self.fsm.is_active(), Ordering::Relaxed);
+            .store(self.fsm.serving(), Ordering::Relaxed);
         self.update_metrics();
     }
 
@@ -506,8 +569,12 @@ impl Agent {
         {
             tracing::debug!(error = %e, "data plane counters without metrics");
         }
-        if let Some(s) = &self.sync {
+        if let Some(s) = self.sync.as_mut() {
             s.metrics(&self.metrics, self.fsm.is_active());
+        }
+        if let Some(t) = self.config_sync.as_ref().and_then(ConfigSync::last_sync) {
+            self.metrics
+                .sync_completed(crate::metrics::SyncKind::Config, t);
         }
         for m in [&self.local_monitors, &self.remote_monitors]
             .into_iter()
@@ -570,10 +637,14 @@ impl Agent {
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
         }
-        let peer_alive = self.fsm.status().peer.alive;
+        let fs = self.fsm.status();
+        let peer_active = fs.peer.alive && fs.peer.active;
         let Some(s) = self.sync.as_mut() else { return };
         s.set_active(active);
-        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_alive) {
+        if let Some(a) = self.acceptance.as_mut() {
+            a.poll(Some(s), active, fs.peer.alive);
+        }
+        if let Some((lag_zero, outdated)) = s.poll_state(active, peer_active) {
             if outdated {
                 warn!(
                     lag_zero,
@@ -649,7 +720,10 @@ impl Agent {
         }
         self.newest_seq = Some((heartbeat.epoch, heartbeat.seq));
         self.last_heard.fetch_max(rx_ns, Ordering::Relaxed);
-        let view = convert::peer_view(&heartbeat);
+        let mut view = convert::peer_view(&heartbeat);
+        if heartbeat.echo_epoch == self.shared.epoch {
+            view.echo_sent = self.lease.sent_at(heartbeat.echo_seq);
+        }
         self.last_view = Some(view);
         let actions = self.fsm.handle(Event::PeerHeard {
             at: rx_ns,
@@ -696,47 +770,39 @@ impl Agent {
                 let to = match to {
                     SwitchTo::Primary => SwitchTarget::Primary,
                     SwitchTo::Secondary => SwitchTarget::Secondary,
+                    SwitchTo::ConfigPrimary => {
+                        let _ = cmd.reply.send(Response {
+                            ok: false,
+                            message: "this node is active-passive; config-primary is a config-only mode".into(),
+                            status: None,
+                        });
+                        return;
+                    }
                 };
                 info!(%to, "operator switch requested");
+                let refused = self.fsm.switch_refusal(to);
                 let r = self.fsm.handle(Event::OperatorSwitch { now: now_ns(), to });
-                let message = match &r {
-                    Ok(_) => {
-                        format!("switch to {to} requested; `ha-agent status` shows its progress")
-                    }
-                    Err(e) => format!("switch refused: {e}"),
+                let resp = match &r {
+                    Ok(_) => answer::switch(to, refused),
+                    Err(e) => answer::switch(to, Some(&e.to_string())),
                 };
-                let ok = r.is_ok();
                 self.apply_result(r).await;
-                Response {
-                    ok,
-                    message,
-                    status: None,
-                }
+                resp
             }
-            Request::Sync { what } => match (&self.sync, what) {
-                (Some(s), SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: true,
-                    message: s.resync().to_owned(),
-                    status: None,
-                },
-                (None, SyncWhat::All | SyncWhat::Data) => Response {
-                    ok: false,
-                    message: "data sync is not configured ([backup] lists no directory)".into(),
-                    status: None,
-                },
-                (_, SyncWhat::Config) => match &self.config_sync {
-                    Some(c) => Response {
-                        ok: true,
-                        message: c.push_now().to_owned(),
-                        status: None,
-                    },
-                    None => Response {
-                        ok: false,
-                        message: "config sync is not configured ([config_sync] paths is empty)"
-                            .into(),
-                        status: None,
-                    },
-                },
+            Request::Sync { what } => {
+                let data = matches!(what, SyncWhat::All | SyncWhat::Data)
+                    .then(|| self.sync.as_ref().map(DataSync::resync))
+                    .flatten();
+                let config = matches!(what, SyncWhat::All | SyncWhat::Config)
+                    .then(|| self.config_sync.as_ref().map(ConfigSync::push_now))
+                    .flatten();
+                answer::sync(what, data, config)
+            }
+            Request::Generations | Request::Rollback { .. } => Response {
+                ok: false,
+                message: "generations are kept by config-only members; this node is active-passive"
+                    .into(),
+                status: None,
             },
         };
         let _ = cmd.reply.send(resp);
@@ -754,10 +820,14 @@ impl Agent {
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {
+                    // Advertise before opening: a frame saying "passive"
+                    // then always means the gate was closed when it left
+                    // (the peer's stall confirmation rests on that).
+                    self.shared
+                        .set_snapshot(convert::snapshot(&self.fsm.advert(), self.sync_seq));
                     // The lease runs from the evidence, not from now: a
                     // decision taken on a stale backlog opens nothing.
-                    let deadline = at + self.lease_ns;
-                    if let Err(e) = self.gate.set_active(true, deadline) {
+                    if let Err(e) = self.lease.open(at) {
                         error!(error = %e, "opening the gate failed");
                     }
                     // Addresses and announcements follow on the I/O
@@ -770,7 +840,7 @@ impl Agent {
                 }
                 Action::Deactivate { reason } => {
                     // Gate first: from this write on nothing is served.
-                    if let Err(e) = self.gate.set_active(false, 0) {
+                    if let Err(e) = self.lease.close() {
                         error!(error = %e, "closing the gate failed");
                     }
                     self.vips.release();
@@ -784,8 +854,27 @@ impl Agent {
                         error!(error = %e, "updating forward mode failed");
                     }
                 }
+                Action::Reopen { at, outage_ns } => {
+                    match self.lease.reopen(at) {
+                        Ok(deadline) => info!(
+                            outage_us = outage_ns / 1000,
+                            lease_left_us = deadline.saturating_sub(now_ns()) / 1000,
+                            "stall outage over: gate reopened, role unchanged"
+                        ),
+                        Err(e) => error!(error = %e, "reopening the gate failed"),
+                    }
+                    self.metrics.stall_outage(outage_ns);
+                }
                 Action::RunHook { from, to, reason } => {
-                    hooks::spawn(&self.io, &self.cfg.hooks, from, to, reason.to_string())
+                    if matches!(reason, crate::fsm::Reason::LeaseLapsed) {
+                        self.lapse_hook = Some((from, to, reason.to_string()));
+                    } else {
+                        self.lapse_hook = None;
+                        let replica = (to == crate::fsm::EffectiveMode::Primary)
+                            .then(|| self.sync.as_ref().and_then(DataSync::replica_sessions))
+                            .flatten();
+                        self.role_hooks.request(from, to, reason.to_string(), replica);
+                    }
                 }
                 Action::HandBackData => {
                     if let Some(s) = self.sync.as_mut() {
@@ -814,7 +903,7 @@ impl Agent {
     async fn shutdown(mut self) {
         let actions = self.fsm.handle(Event::Shutdown { now: now_ns() });
         self.apply_result(actions).await;
-        let _ = self.gate.set_active(false, 0);
+        let _ = self.lease.close();
         self.vips.release();
         if !self.vips.settled(RTNL_WAIT).await {
             warn!("VIPs not confirmed removed within {RTNL_WAIT:?}; the gate is closed");

@@ -114,18 +114,24 @@ impl ConfigSync {
         }
     }
 
-    /// `ha-agent sync config`.
-    pub fn push_now(&self) -> &'static str {
+    /// `ha-agent sync config`: `Ok` when a push started, `Err` saying why
+    /// nothing was done.
+    pub fn push_now(&self) -> Result<&'static str, &'static str> {
         match (&self.handle, self.active) {
             (Some(h), Some(true)) => {
                 h.push_now();
-                "configuration push to the peer started"
+                Ok("configuration push to the peer started")
             }
-            (Some(_), _) => {
-                "this node is passive: it receives configuration; run `ha-agent sync config` on the primary"
-            }
-            (None, _) => "config sync is not running",
+            (Some(_), _) => Err(
+                "this node is passive: it receives configuration; run `ha-agent sync config` on the primary",
+            ),
+            (None, _) => Err("config sync is not running"),
         }
+    }
+
+    /// When a configuration push or apply last succeeded.
+    pub fn last_sync(&self) -> Option<std::time::SystemTime> {
+        self.handle.as_ref().and_then(|h| h.status().last_sync)
     }
 
     /// `(last sync, checksum, in agreement)` for the status page.

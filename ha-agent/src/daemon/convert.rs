@@ -112,5 +112,6 @@ pub fn peer_view(hb: &Heartbeat) -> PeerView {
     PeerView {
         epoch: hb.epoch,
         advert,
+        echo_sent: None,
     }
 }

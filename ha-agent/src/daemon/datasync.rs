@@ -12,8 +12,14 @@ use tracing::{error, info, warn};
 use crate::{
     config::Config,
     control::SyncInfo,
-    sync::{self, Receiver, Sender, SyncConfig, SyncHandle, SyncStatus},
+    sync::{
+        self, Receiver, Sender, SyncConfig, SyncHandle, SyncStatus,
+        freshness::{self, Freshness, Verdict},
+    },
 };
+
+/// Pause between two attempts of a hand-back that left data here.
+const HAND_BACK_RETRY: Duration = Duration::from_secs(5);
 
 /// What a background hand-back reports.
 #[derive(Debug)]
@@ -27,15 +33,21 @@ pub struct DataSync {
     cfg: SyncConfig,
     receiver: Option<SyncHandle>,
     sender: Option<SyncHandle>,
-    /// The receiver has completed a reconcile since the agent started.
-    ever_in_sync: bool,
-    /// When the replica stopped being in sync (receiver side).
-    out_of_sync_since: Option<Instant>,
+    /// Whether the replica may be trusted (the rule lives in `sync`).
+    freshness: Freshness,
+    /// The last hand-back left data here that the peer does not hold:
+    /// replica sessions stay refused (a reconcile would delete it) and the
+    /// hand-back is retried.
+    hand_back_failed: Option<Instant>,
+    /// The outdated mark to persist, and the writers' turn.
+    mark: std::sync::Arc<(std::sync::atomic::AtomicBool, std::sync::Mutex<()>)>,
     /// What the state machine was last told: (lag_zero, outdated).
     reported: Option<(bool, bool)>,
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Counters of the sender and receiver already added to the metrics.
+    fed: [super::metrics::SyncSeen; 2],
 }
 
 fn stop_in_background(h: SyncHandle) {
@@ -59,15 +71,21 @@ impl DataSync {
         let receiver = Receiver::spawn(sc.clone())
             .map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
         info!(listen = %sc.listen, peer = %sc.peer, roots = sc.roots.len(), "data sync receiver started");
+        let marked = freshness::load_mark(&sc.state_dir);
+        if marked {
+            warn!("replica marked outdated before this start: it stays so until verified in sync");
+        }
         Ok(Some(Self {
+            freshness: Freshness::new(sc.max_lag, marked),
+            hand_back_failed: None,
+            mark: std::sync::Arc::new((marked.into(), std::sync::Mutex::new(()))),
             cfg: sc,
             receiver: Some(receiver),
             sender: None,
-            ever_in_sync: false,
-            out_of_sync_since: Some(Instant::now()),
             reported: None,
             done_tx,
             handing_back: false,
+            fed: Default::default(),
         }))
     }
 
@@ -75,12 +93,22 @@ impl DataSync {
     /// replica sessions; the passive node only receives.
     pub fn set_active(&mut self, active: bool) {
         if let Some(r) = &self.receiver {
-            r.refuse_replicas(active);
+            r.refuse_replicas(active || self.hand_back_failed.is_some());
+        }
+        if !active
+            && !self.handing_back
+            && self
+                .hand_back_failed
+                .is_some_and(|t| t.elapsed() >= HAND_BACK_RETRY)
+        {
+            info!("retrying the hand-back of data the peer does not hold yet");
+            self.hand_back();
         }
         match (active, self.sender.is_some()) {
             (true, false) => match Sender::spawn(self.cfg.clone()) {
                 Ok(h) => {
                     info!(peer = %self.cfg.peer, "data sync sender started");
+                    self.fed[0] = super::metrics::SyncSeen::default();
                     self.sender = Some(h);
                 }
                 Err(e) => error!(error = %e, "data sync sender could not start"),
@@ -93,6 +121,13 @@ impl DataSync {
             }
             _ => {}
         }
+    }
+
+    /// The receiver's replica sessions: closed when this node becomes
+    /// active; wait for them to stop before anything (a promotion hook)
+    /// works on the tree they wrote.
+    pub fn replica_sessions(&self) -> Option<sync::ReplicaSessions> {
+        self.receiver.as_ref().map(SyncHandle::replica_sessions)
     }
 
     /// Hands the peer what only this node holds, in the background; the
@@ -126,27 +161,32 @@ impl DataSync {
     pub fn hand_back_done(&mut self, d: &HandBackDone) {
         self.handing_back = false;
         match &d.result {
-            Ok((files, bytes, conflicts)) => info!(
-                files,
-                bytes, conflicts, "handed back the data only this node held"
-            ),
+            Ok((files, bytes, conflicts)) => {
+                info!(
+                    files,
+                    bytes, conflicts, "handed back the data only this node held"
+                );
+                self.hand_back_failed = None;
+            }
             Err(e) => {
-                warn!(error = %e, "hand-back of data failed; the peer keeps its copy, ours stays here")
+                warn!(error = %e, retry_s = HAND_BACK_RETRY.as_secs(), "hand-back of data failed; ours stays here, replica sessions stay refused until it is handed back");
+                self.hand_back_failed = Some(Instant::now());
             }
         }
     }
 
-    /// Forces a full reconcile now (`ha-agent sync data`).
-    pub fn resync(&self) -> &'static str {
+    /// Forces a full reconcile now (`ha-agent sync data`): `Ok` when one
+    /// started, `Err` saying why nothing was done.
+    pub fn resync(&self) -> Result<&'static str, &'static str> {
         match (&self.sender, &self.receiver) {
             (Some(s), _) => {
                 s.resync();
-                "full reconcile of mail data and spool started (this node sends)"
+                Ok("full reconcile of mail data and spool started (this node sends)")
             }
-            (None, Some(_)) => {
-                "this node is passive: it receives; run `ha-agent sync data` on the primary"
-            }
-            _ => "data sync is not running",
+            (None, Some(_)) => Err(
+                "this node is passive: it receives mail data; run `ha-agent sync data` on the primary",
+            ),
+            _ => Err("data sync is not running"),
         }
     }
 
@@ -158,38 +198,48 @@ impl DataSync {
         self.sender.as_ref().map(SyncHandle::status)
     }
 
-    /// `(lag_zero, outdated)` for the state machine, when it changed.
-    ///
-    /// Outdated means this node *knows* its replica is behind: it never
-    /// completed a reconcile since it started, or it fell out of sync for
-    /// longer than `max_lag` while the peer was still alive. A replica that
-    /// was current when the peer died is not outdated: the connection
-    /// dropping together with the peer is exactly the failure HA is for.
-    pub fn poll_state(&mut self, active: bool, peer_alive: bool) -> Option<(bool, bool)> {
-        let now = Instant::now();
-        let (lag_zero, outdated) = if active {
+    /// Persists the outdated mark off the control loop (an fsync can take
+    /// long on a busy disk). Writers take turns and write the newest value.
+    fn persist_mark(&self, m: bool) {
+        self.mark.0.store(m, std::sync::atomic::Ordering::SeqCst);
+        let (mark, dir) = (self.mark.clone(), self.cfg.state_dir.clone());
+        let spawned = std::thread::Builder::new()
+            .name("sync-mark".into())
+            .spawn(move || {
+                let _turn = mark.1.lock().unwrap_or_else(|p| p.into_inner());
+                let m = mark.0.load(std::sync::atomic::Ordering::SeqCst);
+                if let Err(e) = freshness::store_mark(&dir, m) {
+                    error!(error = %e, outdated = m, "cannot persist the replica's outdated mark");
+                }
+            });
+        if let Err(e) = spawned {
+            error!(error = %e, "cannot persist the replica's outdated mark");
+        }
+    }
+
+    /// What the state machine is told before the first report: the
+    /// replica is unknown, not current.
+    pub fn initial(&self) -> Verdict {
+        self.freshness.initial()
+    }
+
+    /// `(lag_zero, outdated)` for the state machine, when it changed. The
+    /// rule is [`Freshness`]'s; a change of the outdated mark is persisted.
+    /// `peer_active`: the peer is alive and active (the source writes).
+    pub fn poll_state(&mut self, active: bool, peer_active: bool) -> Option<(bool, bool)> {
+        let v = if active {
             let s = self.sender_status().unwrap_or_default();
-            (s.connected && s.in_sync && s.backlog_ops == 0, false)
+            self.freshness
+                .observe_active(s.connected && s.in_sync && s.backlog_ops == 0)
         } else {
             let r = self.receiver_status().unwrap_or_default();
-            let current = r.connected && r.in_sync;
-            // The receiver records when it last completed a reconcile, so a
-            // sync reached between two polls still counts.
-            if current || r.last_sync.is_some() {
-                self.ever_in_sync = true;
-            }
-            if current {
-                self.out_of_sync_since = None;
-            } else if peer_alive && self.out_of_sync_since.is_none() {
-                self.out_of_sync_since = Some(now);
-            }
-            let behind = self
-                .out_of_sync_since
-                .is_some_and(|t| peer_alive && now.duration_since(t) > self.cfg.max_lag);
-            let outdated = !self.ever_in_sync || (behind && !current);
-            (current, outdated)
+            self.freshness
+                .observe_passive(Instant::now(), &r, peer_active)
         };
-        let state = (lag_zero, outdated);
+        if let Some(m) = self.freshness.take_changed_mark() {
+            self.persist_mark(m);
+        }
+        let state = (v.lag_zero, v.outdated);
         if self.reported == Some(state) {
             return None;
         }
@@ -236,8 +286,29 @@ impl DataSync {
         }
     }
 
-    /// Feeds the metrics (lag, backlog, outdated).
-    pub fn metrics(&self, m: &crate::metrics::Metrics, active: bool) {
+    /// Feeds the metrics (lag, backlog, outdated, files, bytes, errors,
+    /// last success).
+    pub fn metrics(&mut self, m: &crate::metrics::Metrics, active: bool) {
+        use crate::metrics::Direction;
+        for (i, (dir, s)) in [
+            (Direction::Sent, self.sender_status()),
+            (Direction::Received, self.receiver_status()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(s) = s {
+                self.fed[i].feed(m, dir, &s);
+            }
+        }
+        let last = [self.sender_status(), self.receiver_status()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.last_sync)
+            .max();
+        if let Some(t) = last {
+            m.sync_completed(crate::metrics::SyncKind::Data, t);
+        }
         let s = if active {
             self.sender_status()
         } else {
@@ -248,6 +319,23 @@ impl DataSync {
         m.set_sync_max_lag(self.cfg.max_lag);
         m.set_sync_backlog(s.backlog_ops, s.backlog_bytes);
         m.set_outdated(self.reported.is_some_and(|(_, o)| o));
+    }
+
+    /// The sender's acknowledgements (acceptance proxy), while this node
+    /// sends; `None` while it does not.
+    pub fn subscribe_acks(&self) -> Option<std::sync::mpsc::Receiver<sync::AckedOp>> {
+        self.sender.as_ref().map(SyncHandle::subscribe_acks)
+    }
+
+    /// This node sends and the peer's replica is connected and in sync: it
+    /// can confirm new messages.
+    pub fn peer_confirms(&self) -> bool {
+        self.sender_status().is_some_and(|s| s.connected && s.in_sync)
+    }
+
+    /// The kind of each root, by index (acknowledgements name roots so).
+    pub fn root_kinds(&self) -> Vec<sync::RootKind> {
+        self.cfg.roots.iter().map(|r| r.kind).collect()
     }
 
     /// Stops everything (shutdown).

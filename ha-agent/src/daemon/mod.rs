@@ -3,11 +3,14 @@
 //! here and deliver events to the pure state machine; its actions are
 //! carried out here, in order.
 
+mod acceptance;
 mod agent;
+mod answer;
+mod configonly;
 mod configsync;
 mod convert;
 mod datasync;
-mod hooks;
+pub mod hooks;
 mod lock;
 mod metrics;
 mod monitors;
@@ -43,11 +46,15 @@ pub fn run(path: &Path) -> Result<()> {
     };
     init_logging();
     crate::sync::check_fd_limit();
-    if !cfg.node.mode.is_active_passive() && cfg.node.mode != crate::config::Mode::Off {
-        bail!(
-            "node.mode {:?}: config-only modes are not supported by this agent yet",
-            cfg.node.mode
-        );
+    if cfg.node.mode.is_config_only() {
+        // No realtime work in this mode: one ordinary runtime.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .thread_name("ha-agent")
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        return rt.block_on(configonly::run(cfg, path));
     }
     // The control loop and the heartbeat receivers run at a realtime
     // priority below the heartbeat sender's (40), as keepalived users do

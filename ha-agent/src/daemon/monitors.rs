@@ -119,13 +119,19 @@ fn service_name(s: config::Service) -> &'static str {
     }
 }
 
-/// Where the VIP probe connects: the VIP on the port of the first remote
-/// monitor (or SMTP).
-pub fn probe_targets(cfg: &Config) -> Vec<SocketAddr> {
-    let port = cfg.monitor.remote.first().map_or(25, |m| m.address.port());
+/// What the VIP probe checks: the VIP on the port of the first remote
+/// monitor, speaking its protocol (SMTP on port 25 without one).
+pub fn probe_targets(cfg: &Config) -> Vec<(remote::Service, SocketAddr)> {
+    let (svc, port) = cfg
+        .monitor
+        .remote
+        .first()
+        .map_or((remote::Service::Smtp, 25), |m| {
+            (service(m.service), m.address.port())
+        });
     cfg.vips()
         .iter()
-        .map(|v| SocketAddr::new(v.address.addr(), port))
+        .map(|v| (svc, SocketAddr::new(v.address.addr(), port)))
         .collect()
 }
 
@@ -134,16 +140,18 @@ pub fn probe_targets(cfg: &Config) -> Vec<SocketAddr> {
 pub struct VipProbe {
     /// When the round ended (CLOCK_MONOTONIC ns).
     pub at: u64,
-    /// Some VIP accepted a TCP connection.
+    /// Some VIP answered as its service does (an SMTP `220` greeting, ...).
     pub answered: bool,
 }
 
-/// Probes the VIPs with TCP connects, but only while every heartbeat link
-/// has been silent for two intervals (`last_heard` is the newest heartbeat,
-/// CLOCK_MONOTONIC ns): a probe is a real connection to the peer's MTA, not
+/// Probes the VIPs with the service's own check (its greeting, not a bare
+/// TCP connect, which anything on the service network could accept while
+/// answering for the VIP), but only while every heartbeat link has been
+/// silent for two intervals (`last_heard` is the newest heartbeat,
+/// CLOCK_MONOTONIC ns): a probe is a real session with the peer's MTA, not
 /// something to do a thousand times a second while heartbeats flow.
 pub fn spawn_vip_probe(
-    targets: Vec<SocketAddr>,
+    targets: Vec<(remote::Service, SocketAddr)>,
     interval: Duration,
     threshold: Duration,
     last_heard: Arc<AtomicU64>,
@@ -163,10 +171,8 @@ pub fn spawn_vip_probe(
                 continue;
             }
             let mut answered = false;
-            for t in &targets {
-                if let Ok(Ok(_s)) =
-                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(t)).await
-                {
+            for &(svc, addr) in &targets {
+                if remote::check(svc, addr, timeout).await.is_ok() {
                     answered = true;
                     break;
                 }
@@ -183,4 +189,52 @@ pub fn spawn_vip_probe(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    /// A server on loopback that greets every connection with `greeting`.
+    async fn server(greeting: &'static [u8]) -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(greeting).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        addr
+    }
+
+    async fn probe_once(target: SocketAddr) -> bool {
+        let (tx, mut rx) = mpsc::channel(4);
+        spawn_vip_probe(
+            vec![(remote::Service::Smtp, target)],
+            Duration::from_millis(5),
+            Duration::from_secs(2),
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+            tx,
+        );
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a probe round within 10 s")
+            .expect("probe running")
+            .answered
+    }
+
+    #[tokio::test]
+    async fn the_vip_probe_needs_the_service_greeting() {
+        assert!(probe_once(server(b"220 mail ESMTP\r\n").await).await);
+        // Accepting the connection is not enough: whatever answers for the
+        // VIP must speak SMTP.
+        assert!(!probe_once(server(b"SSH-2.0-OpenSSH_9.2\r\n").await).await);
+        assert!(!probe_once(server(b"").await).await);
+    }
 }

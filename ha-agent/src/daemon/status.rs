@@ -143,6 +143,9 @@ pub(super) fn build(a: &Agent) -> Status {
             .map(|g| g.vips.iter().map(ToString::to_string).collect())
             .unwrap_or_default(),
         addresses_held: a.vips.describe(),
+        stall_outage_ms: f.stall_outage_since.map(|t| ms(now.saturating_sub(t))),
+        stall_outages: f.stall_outages,
+        stall_outage_total_ms: ms(f.stall_outage_ns),
     };
 
     let mut monitors: Vec<MonitorInfo> = Vec::new();
@@ -169,6 +172,18 @@ pub(super) fn build(a: &Agent) -> Status {
     if f.promoted_outdated {
         warnings.push("promoted with a replica known to be behind (promote_outdated)".into());
     }
+    let hooks = a.role_hooks.status();
+    if let Some(o) = hooks.last.as_ref().filter(|o| !o.ok()) {
+        warnings.push(format!(
+            "role hook {} failed at {}: {}",
+            o.name,
+            rfc3339(o.finished),
+            o.summary()
+        ));
+    }
+    if let Some(alarm) = a.acceptance.as_ref().and_then(|x| x.status().alarm) {
+        warnings.push(format!("acceptance: {alarm}"));
+    }
     if !sender.realtime.load(Ordering::Relaxed) {
         warnings.push("heartbeat sender runs without realtime priority".into());
     }
@@ -192,6 +207,16 @@ pub(super) fn build(a: &Agent) -> Status {
         split_brain_risk: f.split_brain_risk,
         outdated: f.outdated,
         warnings,
+        last_hook: hooks.last.as_ref().map(|o| {
+            format!(
+                "{} {} at {} ({} ms)",
+                o.name,
+                o.summary(),
+                rfc3339(o.finished),
+                o.elapsed.as_millis()
+            )
+        }),
+        hook_running: hooks.running.map(|r| r.to_string()),
         timing: TimingStatus {
             interval_ms: timing.interval.as_secs_f64() * 1e3,
             lost_threshold_ms: timing.lost_threshold.as_secs_f64() * 1e3,
@@ -232,11 +257,16 @@ pub(super) fn build(a: &Agent) -> Status {
             overruns: sender.overruns.load(Ordering::Relaxed),
             jitter_p99_us: jitter,
         },
+        acceptance: a
+            .acceptance
+            .as_ref()
+            .map(super::acceptance::Acceptance::status),
         counters: a
             .dp
             .counters()
             .all()
             .map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
             .unwrap_or_default(),
+        config_only: None,
     }
 }

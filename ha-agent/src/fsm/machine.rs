@@ -87,6 +87,15 @@ impl State {
     }
 }
 
+/// A lapsed lease while primary: the gate is closed, the role kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Lapse {
+    /// The lease deadline that passed.
+    at: Nanos,
+    /// Our heartbeats sent from here on left after the lapse.
+    confirm_from: Nanos,
+}
+
 /// One decided transition.
 struct Step {
     to: State,
@@ -188,6 +197,11 @@ pub struct Fsm {
     history: VecDeque<Transition>,
     transitions: u64,
     promoted_outdated: bool,
+    /// Set while primary with a lapsed lease (a stall outage).
+    lapse: Option<Lapse>,
+    /// Stall outages ended so far, and their total length.
+    stall_outages: u64,
+    stall_outage_ns: Nanos,
     risk_reported: bool,
     blocked_reported: Option<Blocked>,
 }
@@ -231,6 +245,9 @@ impl Fsm {
             history: VecDeque::with_capacity(HISTORY),
             transitions: 0,
             promoted_outdated: false,
+            lapse: None,
+            stall_outages: 0,
+            stall_outage_ns: 0,
             risk_reported: false,
             blocked_reported: None,
             cfg,
@@ -306,12 +323,24 @@ impl Fsm {
                     );
                 }
             }
-            Event::LeaseLapsed { now } => {
-                if matches!(self.state, State::Primary { .. }) {
-                    self.go(
-                        Step::to(State::Starting { since: now }, Reason::LeaseLapsed),
-                        &mut out,
+            Event::LeaseLapsed {
+                now,
+                lapsed_at,
+                confirm_from,
+            } => {
+                // Not a role change: the gate closed by itself, and whether
+                // the peer took over meanwhile is for the peer's next frames
+                // to tell (see `reopen`).
+                if self.is_active() && self.lapse.is_none() {
+                    tracing::warn!(
+                        node = self.cfg.node_id,
+                        late = %human(now.saturating_sub(lapsed_at)),
+                        "gate lease lapsed (agent stalled): gate closed, role kept until the peer confirms it"
                     );
+                    self.lapse = Some(Lapse {
+                        at: lapsed_at.min(now),
+                        confirm_from,
+                    });
                 }
             }
             Event::Shutdown { .. } => {
@@ -331,6 +360,7 @@ impl Fsm {
                 break;
             }
         }
+        self.reopen(&mut out);
         self.report_peer_active(&mut out);
         self.report_flags();
         Ok(out)
@@ -376,10 +406,18 @@ impl Fsm {
         self.state.name().effective()
     }
 
-    /// Whether this node's gate is (to be) open.
+    /// Whether this node holds the primary role (its gate open, or closed
+    /// for a stall outage; see [`Self::serving`]).
     #[must_use]
     pub fn is_active(&self) -> bool {
         matches!(self.state, State::Primary { .. })
+    }
+
+    /// Whether this node's gate is (to be) open: primary and not in a stall
+    /// outage.
+    #[must_use]
+    pub fn serving(&self) -> bool {
+        self.is_active() && self.lapse.is_none()
     }
 
     /// The recent transitions, oldest first (at most 32).
@@ -478,6 +516,9 @@ impl Fsm {
             blocked: self.blocked(),
             failing: self.failing.iter().cloned().collect(),
             wants_primary: self.want_primary.is_some(),
+            stall_outage_since: self.lapse.map(|l| l.at),
+            stall_outages: self.stall_outages,
+            stall_outage_ns: self.stall_outage_ns,
         }
     }
 
@@ -555,8 +596,8 @@ impl Fsm {
 
     fn vip_probe(&mut self, at: Nanos, answered: bool) {
         if answered {
-            // While active the answer is our own: no sign of the peer.
-            if !self.is_active() {
+            // While serving the answer is our own: no sign of the peer.
+            if !self.serving() {
                 self.peer.vip_answered = Some(self.peer.vip_answered.map_or(at, |t| t.max(at)));
             }
         } else {
@@ -564,18 +605,35 @@ impl Fsm {
         }
     }
 
+    /// Why an operator switch to `to` would be refused now (`None`: it
+    /// would be taken). [`handle`](Self::handle) refuses exactly these.
+    #[must_use]
+    pub fn switch_refusal(&self, to: SwitchTarget) -> Option<&'static str> {
+        match (to, &self.state) {
+            (_, State::Init | State::Off | State::Stopped) => Some("node is not in service"),
+            (SwitchTarget::Primary, State::Primary { .. }) => None,
+            (SwitchTarget::Primary, State::Failed { .. }) => Some("a local check fails"),
+            (SwitchTarget::Primary, _) => match self.eligible() {
+                Ok(()) => None,
+                Err(Blocked::Outdated) => {
+                    Some("this node's replica is outdated (promote_outdated is off)")
+                }
+                Err(_) => Some("a local check fails"),
+            },
+            (SwitchTarget::Secondary, _) => None,
+        }
+    }
+
     fn operator(&mut self, to: SwitchTarget, out: &mut Vec<Action>) {
         let reason = Reason::Operator { to };
         let node = self.cfg.node_id;
-        let refuse = |why: &str| tracing::warn!(node, to = %to, why, "operator switch refused");
+        if let Some(why) = self.switch_refusal(to) {
+            tracing::warn!(node, to = %to, why, "operator switch refused");
+            return;
+        }
         match (to, self.state.clone()) {
-            (_, State::Init | State::Off | State::Stopped) => refuse("node is not in service"),
             (SwitchTarget::Primary, State::Primary { .. }) => {
                 tracing::info!(node, "operator switch: already primary")
-            }
-            (SwitchTarget::Primary, State::Failed { .. }) => refuse("a local check fails"),
-            (SwitchTarget::Primary, _) if self.eligible().is_err() => {
-                refuse("replica outdated or local check failing")
             }
             (SwitchTarget::Primary, State::HeldOff { grant }) => {
                 self.want_primary = Some(reason.clone());
@@ -1122,6 +1180,9 @@ impl Fsm {
             _ => {}
         }
         if was_active && !is_active {
+            if let Some(l) = self.lapse.take() {
+                self.end_outage(l);
+            }
             out.push(Action::Deactivate {
                 reason: step.reason.clone(),
             });
@@ -1182,6 +1243,64 @@ impl Fsm {
             detection_ns: step.detection_ns,
             term: self.term,
         });
+    }
+
+    /// Ends a stall outage without a role change when that is safe. The
+    /// peer confirms in a frame that echoes one of our heartbeats sent after
+    /// the lapse, showing it passive, claiming nothing and granting our term
+    /// (or out of service): it built that frame after hearing us, so it can
+    /// take over only by calling us lost, more than a threshold after that
+    /// heartbeat arrived, while the reopened lease runs from when it was
+    /// sent. A lost peer allows the same as a takeover by loss.
+    fn reopen(&mut self, out: &mut Vec<Action>) {
+        let (Some(l), State::Primary { term }) = (self.lapse, &self.state) else {
+            return;
+        };
+        let term = *term;
+        let view = self.peer.view.filter(|_| self.peer_alive());
+        let at = match view {
+            Some(v) => {
+                let a = v.advert;
+                let stands_by = (a.handover && a.term == term)
+                    || out_of_service(&a).is_some()
+                    || terminal(&a).is_some();
+                match v.echo_sent {
+                    Some(sent)
+                        if sent >= l.confirm_from
+                            && !a.active
+                            && !a.claim
+                            && a.term <= term
+                            && stands_by =>
+                    {
+                        sent
+                    }
+                    _ => return,
+                }
+            }
+            None => {
+                if self.lost().is_none() {
+                    return;
+                }
+                self.now
+            }
+        };
+        self.lapse = None;
+        let outage_ns = self.end_outage(l);
+        tracing::warn!(
+            node = self.cfg.node_id,
+            outage = %human(outage_ns),
+            confirmed_by_peer = view.is_some(),
+            outages = self.stall_outages,
+            "stall outage over: gate reopened, role unchanged"
+        );
+        out.push(Action::Reopen { at, outage_ns });
+    }
+
+    fn end_outage(&mut self, l: Lapse) -> Nanos {
+        let outage_ns = self.now.saturating_sub(l.at);
+        self.stall_outages += 1;
+        self.stall_outage_ns += outage_ns;
+        outage_ns
     }
 
     fn report_peer_active(&mut self, out: &mut Vec<Action>) {

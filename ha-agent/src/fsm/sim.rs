@@ -7,7 +7,10 @@
 //! `now < deadline`. `Activate { at }` sets `deadline = at + lease`; after
 //! each heartbeat send the agent renews `deadline = send + lease`, but only
 //! when the lease has not lapsed — a lapsed lease is reported to the FSM
-//! (`LeaseLapsed`) and never renewed. A crashed agent's gate stays as it was
+//! (`LeaseLapsed`) and never renewed; `Reopen { at }` (the peer confirmed
+//! the role after a stall) sets `deadline = at + lease` again. Frames echo
+//! the send time of the newest frame heard from the peer, as the real
+//! heartbeat layer echoes its sequence number. A crashed agent's gate stays as it was
 //! (pinned) until its deadline; a hung agent neither sends nor renews.
 
 use std::cmp::Reverse;
@@ -93,12 +96,15 @@ enum Ev {
         epoch: u64,
         answered: bool,
     },
-    /// `echo`: the newest epoch the sender had received from the receiver.
+    /// `echo`: the newest epoch the sender had received from the receiver,
+    /// and the send time of that newest frame; `sent`: this frame's.
     Deliver {
         to: usize,
         link: usize,
         view: PeerView,
         echo: u64,
+        echo_sent: Nanos,
+        sent: Nanos,
     },
     HangEnd {
         node: usize,
@@ -121,8 +127,12 @@ struct Node {
     activated: bool,
     deadline: Nanos,
     opened_at: Nanos,
-    /// Newest peer epoch received (echoed in our frames).
+    /// Newest peer epoch received (echoed in our frames), and the send
+    /// time of the newest frame of it.
     heard_epoch: u64,
+    heard_sent: Nanos,
+    /// Recent send times of this agent instance, newest last.
+    sends: Vec<Nanos>,
     /// Peer epoch this agent instance accepts frames from.
     accepted_epoch: Option<u64>,
     /// What the sync layer last said about the replica.
@@ -161,6 +171,8 @@ pub(crate) struct Sim {
     /// Every moment a gate opened while the other was open.
     pub overlaps: Vec<Overlap>,
     pub transitions: u64,
+    /// Gates reopened after a stall outage.
+    pub outages: u64,
     /// What happened, for failure messages.
     pub trace: Vec<String>,
 }
@@ -194,6 +206,8 @@ impl Sim {
             deadline: 0,
             opened_at: 0,
             heard_epoch: 0,
+            heard_sent: 0,
+            sends: Vec::new(),
             accepted_epoch: None,
             outdated: false,
         };
@@ -210,6 +224,7 @@ impl Sim {
             rng: StdRng::seed_from_u64(seed),
             overlaps: Vec::new(),
             transitions: 0,
+            outages: 0,
             trace: Vec::new(),
             p,
         };
@@ -312,8 +327,10 @@ impl Sim {
             Ev::Deliver {
                 to,
                 link,
-                view,
+                mut view,
                 echo,
+                echo_sent,
+                sent,
             } => {
                 // The heartbeat layer's anti-replay rule: a peer epoch this
                 // agent instance has not accepted yet counts only once its
@@ -323,13 +340,18 @@ impl Sim {
                 if n.fsm.is_none() {
                     return;
                 }
+                if n.heard_epoch != view.epoch {
+                    n.heard_sent = 0;
+                }
                 n.heard_epoch = view.epoch;
+                n.heard_sent = n.heard_sent.max(sent);
                 if n.accepted_epoch != Some(view.epoch) {
                     if echo != n.epoch {
                         return;
                     }
                     n.accepted_epoch = Some(view.epoch);
                 }
+                view.echo_sent = (echo == n.epoch && echo_sent > 0).then_some(echo_sent);
                 self.feed(
                     to,
                     Event::PeerHeard {
@@ -461,6 +483,7 @@ impl Sim {
     fn restart(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         n.epoch += 1;
+        n.sends.clear();
         n.accepted_epoch = None;
         n.hung = false;
         n.backlog.clear();
@@ -477,8 +500,9 @@ impl Sim {
         let view = PeerView {
             epoch: self.nodes[i].epoch,
             advert: fsm.advert(),
+            echo_sent: None,
         };
-        let echo = self.nodes[i].heard_epoch;
+        let (echo, echo_sent) = (self.nodes[i].heard_epoch, self.nodes[i].heard_sent);
         for link in 0..2 {
             if self.links[link] {
                 let d = self.delay();
@@ -489,21 +513,35 @@ impl Sim {
                         link,
                         view,
                         echo,
+                        echo_sent,
+                        sent: now,
                     },
                 );
             }
         }
         // Renew right after the send, unless the lease has lapsed.
         let n = &mut self.nodes[i];
+        if n.sends.len() == 64 {
+            n.sends.remove(0);
+        }
+        n.sends.push(now);
         if n.activated {
             if now < n.deadline {
                 n.deadline = now + self.p.lease;
             } else {
+                let lapsed_at = n.deadline;
                 self.trace.push(format!(
                     "{:>9.3}ms node {i}: lease lapsed",
                     now as f64 / 1e6
                 ));
-                self.feed(i, Event::LeaseLapsed { now });
+                self.feed(
+                    i,
+                    Event::LeaseLapsed {
+                        now,
+                        lapsed_at,
+                        confirm_from: now,
+                    },
+                );
             }
         }
     }
@@ -542,6 +580,30 @@ impl Sim {
                     n.activated = true;
                     n.deadline = at + self.p.lease;
                     n.opened_at = self.now;
+                    if n.gate_open(self.now) && self.nodes[1 - i].gate_open(self.now) {
+                        self.record_overlap(i);
+                    }
+                }
+                Action::Reopen { at, .. } => {
+                    self.trace.push(format!(
+                        "{:>9.3}ms node {i}: reopen, lease from {:.3}ms",
+                        self.now as f64 / 1e6,
+                        at as f64 / 1e6
+                    ));
+                    // As the lease owner does: the sends since the
+                    // confirmed one are replayed with the renewal rule.
+                    let lease = self.p.lease;
+                    let n = &mut self.nodes[i];
+                    n.activated = true;
+                    n.deadline = at + lease;
+                    for &sent in n.sends.iter().filter(|&&t| t > at) {
+                        if sent >= n.deadline {
+                            break;
+                        }
+                        n.deadline = sent + lease;
+                    }
+                    n.opened_at = self.now;
+                    self.outages += 1;
                     if n.gate_open(self.now) && self.nodes[1 - i].gate_open(self.now) {
                         self.record_overlap(i);
                     }
@@ -870,4 +932,35 @@ fn cut_links_without_remote_services_is_the_documented_split_brain() {
     sim.run_until(55 * MS);
     assert!(sim.converged());
     assert_eq!(sim.state(1), Some(StateName::Primary));
+}
+
+#[test]
+fn stalls_shorter_than_the_threshold_never_change_roles() {
+    // SIGSTOP of the primary's agent, again and again, each time for less
+    // than the peer's threshold minus a heartbeat interval and the delay:
+    // the peer never calls it lost, so the role must never move. Each stall
+    // longer than the lease is a stall outage, ended by the peer's word.
+    let mut sim = pair(false);
+    sim.run_until(30 * MS);
+    assert!(sim.converged());
+    let settled = sim.transitions;
+    let mut t = 31 * MS;
+    for i in 0..40u64 {
+        let stall = 500 * US + (i % 10) * 400 * US; // 0.5 .. 4.1 ms (threshold 6 ms)
+        sim.fault_at(t, Fault::Hang(0, stall));
+        t += stall + 3 * MS + (i % 3) * 700 * US;
+    }
+    sim.run_until(t + 10 * MS);
+    assert_eq!(
+        sim.transitions,
+        settled,
+        "role changes\n{}",
+        sim.trace.join("\n")
+    );
+    assert!(sim.converged());
+    assert_eq!(sim.state(0), Some(StateName::Primary));
+    assert!(sim.outages > 0, "stalls past the lease are stall outages");
+    let st = sim.fsm(0).expect("running").status();
+    assert_eq!(st.stall_outages, sim.outages);
+    assert!(sim.overlaps.is_empty(), "{:?}", sim.overlaps);
 }

@@ -189,4 +189,11 @@ pub struct FsmStatus {
     pub failing: Vec<String>,
     /// A request for the primary role is pending (restore-role, operator).
     pub wants_primary: bool,
+    /// Primary with the gate closed since this time: the lease lapsed (the
+    /// agent stalled) and the peer has not confirmed the role yet.
+    pub stall_outage_since: Option<Nanos>,
+    /// Stall outages that ended (gate reopened, or the role given up).
+    pub stall_outages: u64,
+    /// Their total length.
+    pub stall_outage_ns: Nanos,
 }

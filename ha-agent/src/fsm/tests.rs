@@ -38,6 +38,7 @@ fn peer(configured: ConfiguredMode, effective: EffectiveMode, term: u64) -> Peer
             outdated: false,
             term,
         },
+        echo_sent: None,
     }
 }
 
@@ -424,6 +425,11 @@ fn operator_switch_to_primary_is_refused_while_outdated() {
         outdated: true,
     })
     .expect("sync");
+    assert_eq!(
+        f.switch_refusal(SwitchTarget::Primary),
+        Some("this node's replica is outdated (promote_outdated is off)")
+    );
+    assert_eq!(f.switch_refusal(SwitchTarget::Secondary), None);
     f.handle(Event::OperatorSwitch {
         now: 3 * MS,
         to: SwitchTarget::Primary,
@@ -554,17 +560,126 @@ fn shutdown_deactivates_and_advertises_leaving() {
     );
 }
 
+fn lapse(now: Nanos) -> Event {
+    Event::LeaseLapsed {
+        now,
+        lapsed_at: now - MS / 2,
+        confirm_from: now,
+    }
+}
+
+/// The secondary standing by our term 1, echoing our heartbeat sent at `sent`.
+fn standing_by(sent: Nanos) -> PeerView {
+    let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Secondary, 1);
+    v.advert.handover = true;
+    v.echo_sent = Some(sent);
+    v
+}
+
 #[test]
-fn lease_lapse_steps_down_and_reacquires() {
+fn lease_lapse_keeps_the_role_and_emits_nothing() {
     let mut f = primary();
-    let actions = f.handle(Event::LeaseLapsed { now: 3 * MS }).expect("lapse");
+    let actions = f.handle(lapse(3 * MS)).expect("lapse");
+    assert!(actions.is_empty(), "no role change, no hook: {actions:?}");
+    assert_eq!(f.status().state, StateName::Primary);
+    assert!(f.is_active() && !f.serving());
+    assert_eq!(f.status().stall_outage_since, Some(3 * MS - MS / 2));
+    assert!(f.advert().active, "the role is still held");
+    // A second report of the same lapse changes nothing.
+    assert!(f.handle(lapse(3 * MS + 100)).expect("again").is_empty());
+}
+
+#[test]
+fn stall_outage_ends_when_the_peer_confirms_after_the_lapse() {
+    let mut f = primary();
+    f.handle(lapse(3 * MS)).expect("lapse");
+    // A frame echoing a heartbeat sent before the lapse proves nothing.
+    assert!(
+        f.handle(heard(3 * MS + 200_000, standing_by(2 * MS)))
+            .expect("old echo")
+            .is_empty()
+    );
+    assert!(!f.serving());
+    // One echoing a heartbeat sent after it does: the lease runs from that send.
+    let actions = f
+        .handle(heard(4 * MS, standing_by(3 * MS + 100_000)))
+        .expect("confirm");
+    assert_eq!(
+        actions,
+        vec![Action::Reopen {
+            at: 3 * MS + 100_000,
+            outage_ns: MS + MS / 2
+        }]
+    );
+    let st = f.status();
+    assert!(f.serving());
+    assert_eq!((st.stall_outages, st.stall_outage_ns), (1, MS + MS / 2));
+    assert_eq!(st.transitions, 3, "start, promote, activate: nothing since");
+}
+
+#[test]
+fn stall_outage_needs_a_peer_that_still_grants_our_term() {
+    for change in ["claim", "no-grant", "active-older", "newer-term"] {
+        let mut f = primary();
+        f.handle(lapse(3 * MS)).expect("lapse");
+        let mut v = standing_by(3 * MS);
+        match change {
+            "claim" => {
+                v.advert.handover = false;
+                v.advert.claim = true;
+                v.advert.term = 1;
+            }
+            "no-grant" => v.advert.handover = false,
+            "active-older" => {
+                v.advert.handover = false;
+                v.advert.active = true;
+                v.advert.term = 0;
+            }
+            _ => v.advert.term = 2,
+        }
+        let actions = f.handle(heard(4 * MS, v)).expect("heard");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Reopen { .. })),
+            "{change}: {actions:?}"
+        );
+        assert!(!f.serving(), "{change}");
+    }
+}
+
+#[test]
+fn stall_outage_ends_with_a_step_down_when_the_peer_took_over() {
+    let mut f = primary();
+    f.handle(lapse(3 * MS)).expect("lapse");
+    let mut v = peer(ConfiguredMode::Secondary, EffectiveMode::Primary, 2);
+    v.advert.active = true;
+    v.echo_sent = Some(3 * MS);
+    let actions = f.handle(heard(4 * MS, v)).expect("heard");
     assert!(matches!(
         &actions[0],
         Action::Deactivate {
-            reason: Reason::LeaseLapsed
+            reason: Reason::DualActive { .. }
         }
     ));
-    assert_eq!(f.status().state, StateName::Starting);
+    let st = f.status();
+    assert_eq!(st.stall_outage_since, None);
+    assert_eq!(st.stall_outages, 1);
+}
+
+#[test]
+fn stall_outage_with_a_lost_peer_reopens_after_a_full_threshold_of_watching() {
+    let mut f = primary();
+    f.handle(Event::Resumed { now: 10 * MS }).expect("resumed");
+    f.handle(lapse(10 * MS)).expect("lapse");
+    assert!(
+        f.handle(Event::Tick { now: 15 * MS })
+            .expect("tick")
+            .is_empty()
+    );
+    let actions = f.handle(Event::Tick { now: 17 * MS }).expect("tick");
+    assert!(
+        matches!(actions.as_slice(), [Action::Reopen { at, .. }] if *at == 17 * MS),
+        "{actions:?}"
+    );
 }
 
 #[test]

@@ -224,6 +224,11 @@ pub struct PeerView {
     pub epoch: u64,
     /// What the peer advertised.
     pub advert: Advert,
+    /// When our own heartbeat that this frame echoes left (our clock, the
+    /// time taken before it was sent), if the frame echoes our current epoch
+    /// and the send is still remembered. The peer built this frame after
+    /// receiving that heartbeat: it is what confirms the role after a stall.
+    pub echo_sent: Option<Nanos>,
 }
 
 /// Everything that can happen to the state machine. Times are monotonic ns.
@@ -283,11 +288,19 @@ pub enum Event {
         to: SwitchTarget,
     },
     /// The gate's lease ran out before it was renewed (the agent stalled).
-    /// A lapsed lease is never renewed: the node steps down and re-acquires
-    /// the role through the protocol, because the peer may have taken over.
+    /// A lapsed lease is never renewed. The role is kept: the gate stays
+    /// closed (a *stall outage*) until the peer confirms, in a frame that
+    /// echoes one of our heartbeats sent from `confirm_from` on, that it is
+    /// still passive and grants our term ([`Action::Reopen`]), or until the
+    /// peer is lost. A peer that took over meanwhile is seen active at a
+    /// newer term, and the dual-active rule steps this node down.
     LeaseLapsed {
         /// Current time.
         now: Nanos,
+        /// When the lease ran out (its deadline): the gate is closed since.
+        lapsed_at: Nanos,
+        /// Heartbeats sent from this time on left after the lapse.
+        confirm_from: Nanos,
     },
     /// The agent was not running for a while (its control loop stalled:
     /// a gap of more than half the threshold) and runs again. It did not
@@ -316,7 +329,7 @@ impl Event {
             | Self::LocalCheck { now, .. }
             | Self::SyncState { now, .. }
             | Self::OperatorSwitch { now, .. }
-            | Self::LeaseLapsed { now }
+            | Self::LeaseLapsed { now, .. }
             | Self::Resumed { now }
             | Self::Shutdown { now } => *now,
             Self::PeerHeard { at, .. } | Self::VipProbe { at, .. } => *at,
@@ -360,6 +373,15 @@ pub enum Action {
         /// Why.
         reason: Reason,
     },
+    /// Reopen the gate after a stall outage, with a lease running from `at`
+    /// (the send time of the heartbeat the peer's confirmation echoes, or the
+    /// evidence time when the peer is lost). Not a role change: no hook.
+    Reopen {
+        /// Time the lease runs from.
+        at: Nanos,
+        /// How long the gate was closed (from the lapse to now).
+        outage_ns: Nanos,
+    },
     /// Ask the sync layer to hand the peer the data only this node holds
     /// (written after the last sequence the peer acknowledged). The FSM
     /// counts sync lag as pending until the next [`Event::SyncState`]: the
@@ -375,6 +397,13 @@ impl fmt::Display for Action {
             Self::Deactivate { reason } => write!(f, "deactivate: {reason}"),
             Self::SetPeerActive { active } => write!(f, "peer-active {active}"),
             Self::RunHook { from, to, reason } => write!(f, "hook {from} -> {to}: {reason}"),
+            Self::Reopen { outage_ns, .. } => {
+                write!(
+                    f,
+                    "reopen after stall outage of {}",
+                    super::reason::human(*outage_ns)
+                )
+            }
             Self::HandBackData => f.write_str("hand-back-data"),
         }
     }

@@ -1,6 +1,7 @@
 //! The heartbeat sender: a dedicated OS thread (SCHED_FIFO where permitted)
-//! that sends a frame on every link at absolute deadlines and renews the
-//! gate lease right after each send, while the control loop shows progress.
+//! that sends a frame on every link at absolute deadlines and hands each
+//! send, with the control loop's progress, to the lease owner
+//! ([`crate::lease`]), which renews the gate lease from it.
 
 use std::io;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use super::histogram::Histogram;
 use super::link::LinkSocket;
 use super::rt;
 use super::shared::HbShared;
+use crate::lease::{Progress, ProgressWatch};
 
 /// Longest single sleep, so that `stop()` is served promptly even with a
 /// long interval.
@@ -93,64 +95,6 @@ impl SenderStats {
     }
 }
 
-/// Whether the lease may be renewed, given the control loop's progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Gate {
-    /// Progress seen within the lease: send and renew.
-    Renew,
-    /// No progress for more than the lease: send, do not renew.
-    Hold,
-    /// No progress for more than `mute_after`: send nothing.
-    Mute,
-}
-
-/// Watches the control loop's progress counter. Pure: time comes in.
-#[derive(Debug)]
-pub(crate) struct ProgressWatch {
-    value: u64,
-    changed_ns: u64,
-    lease_ns: u64,
-    mute_ns: Option<u64>,
-    gate: Gate,
-}
-
-fn dur_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl ProgressWatch {
-    pub(crate) fn new(
-        value: u64,
-        now_ns: u64,
-        lease: Duration,
-        mute_after: Option<Duration>,
-    ) -> Self {
-        Self {
-            value,
-            changed_ns: now_ns,
-            lease_ns: dur_ns(lease),
-            mute_ns: mute_after.map(dur_ns),
-            gate: Gate::Renew,
-        }
-    }
-
-    /// The gate now, and the previous one if it just changed (to log once).
-    pub(crate) fn observe(&mut self, value: u64, now_ns: u64) -> (Gate, Option<Gate>) {
-        if value != self.value {
-            self.value = value;
-            self.changed_ns = now_ns;
-        }
-        let idle = now_ns.saturating_sub(self.changed_ns);
-        let gate = match self.mute_ns {
-            Some(m) if idle > m => Gate::Mute,
-            _ if idle > self.lease_ns => Gate::Hold,
-            _ => Gate::Renew,
-        };
-        let prev = std::mem::replace(&mut self.gate, gate);
-        (gate, (prev != gate).then_some(prev))
-    }
-}
-
 /// The next deadline after `deadline`. A slot less than one interval late
 /// is still served (late); older slots are skipped, keeping the phase.
 /// Returns the deadline and how many slots were skipped.
@@ -171,8 +115,10 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Starts the thread. `renew(now_ns)` is called right after each send
-    /// while the control loop (see [`HbShared::bump_progress`]) progresses.
+    /// Starts the thread. `sent(seq, sent_ns, progress)` is called right
+    /// after each heartbeat left, with the time taken before it was sent and
+    /// whether the control loop (see [`HbShared::bump_progress`]) shows
+    /// progress; it returns whether the lease was renewed.
     pub fn spawn<F>(
         shared: Arc<HbShared>,
         key: HbKey,
@@ -181,7 +127,7 @@ impl Sender {
         renew: F,
     ) -> io::Result<Self>
     where
-        F: FnMut(u64) + Send + 'static,
+        F: FnMut(u64, u64, Progress) -> bool + Send + 'static,
     {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(SenderStats {
@@ -307,9 +253,11 @@ impl Worker {
         }
     }
 
-    fn run<F: FnMut(u64)>(self, mut renew: F) {
+    fn run<F: FnMut(u64, u64, Progress) -> bool>(self, mut sent: F) {
         self.setup();
-        let interval_ns = dur_ns(self.shared.timing.interval).max(1);
+        let interval_ns = u64::try_from(self.shared.timing.interval.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut snapshot = self.shared.snapshot();
         let mut echo = (0, 0);
         let mut seq = 0u64;
@@ -324,21 +272,21 @@ impl Worker {
         while self.wait_until(deadline) {
             let woke = now_ns();
             self.stats.jitter.record(woke - deadline);
-            let (gate, changed) = watch.observe(self.shared.progress(), woke);
+            let (progress, changed) = watch.observe(self.shared.progress(), woke);
             if let Some(prev) = changed {
-                match gate {
-                    Gate::Hold => {
+                match progress {
+                    Progress::Hold => {
                         tracing::warn!(lease = ?self.shared.timing.lease, "control loop stalled: lease no longer renewed")
                     }
-                    Gate::Mute => {
+                    Progress::Mute => {
                         tracing::error!(after = ?self.options.mute_after, "control loop stalled: heartbeats stopped so that the peer takes over")
                     }
-                    Gate::Renew => {
+                    Progress::Renew => {
                         tracing::info!(from = ?prev, "control loop progressing again: lease renewed")
                     }
                 }
             }
-            if gate == Gate::Mute {
+            if progress == Progress::Mute {
                 self.stats.muted.fetch_add(1, Ordering::Relaxed);
             } else {
                 match self.shared.try_snapshot() {
@@ -362,8 +310,9 @@ impl Worker {
                         .first_send_ns
                         .store(now_ns().max(1), Ordering::Release);
                 }
-                if gate == Gate::Renew {
-                    renew(now_ns());
+                // The lease runs from before the send: the peer hears this
+                // frame no earlier than that.
+                if sent(seq, woke, progress) {
                     self.stats.renewals.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -397,33 +346,6 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MS: u64 = 1_000_000;
-
-    #[test]
-    fn renews_while_progressing_then_holds_then_mutes() {
-        let mut w = ProgressWatch::new(
-            0,
-            0,
-            Duration::from_millis(3),
-            Some(Duration::from_millis(10)),
-        );
-        assert_eq!(w.observe(0, MS), (Gate::Renew, None));
-        assert_eq!(w.observe(1, 2 * MS), (Gate::Renew, None));
-        // No progress: 3 ms is still within the lease, 3 ms + 1 ns is not.
-        assert_eq!(w.observe(1, 5 * MS), (Gate::Renew, None));
-        assert_eq!(w.observe(1, 5 * MS + 1), (Gate::Hold, Some(Gate::Renew)));
-        assert_eq!(w.observe(1, 8 * MS), (Gate::Hold, None));
-        assert_eq!(w.observe(1, 12 * MS + 1), (Gate::Mute, Some(Gate::Hold)));
-        // Progress resumes: straight back to renewing.
-        assert_eq!(w.observe(2, 13 * MS), (Gate::Renew, Some(Gate::Mute)));
-    }
-
-    #[test]
-    fn without_mute_only_holds() {
-        let mut w = ProgressWatch::new(0, 0, Duration::from_millis(3), None);
-        assert_eq!(w.observe(0, 1_000 * MS).0, Gate::Hold);
-    }
 
     #[test]
     fn deadlines_keep_phase_and_count_misses() {

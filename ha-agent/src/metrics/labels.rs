@@ -115,6 +115,12 @@ pub(super) struct KindLabel {
     pub kind: &'static str,
 }
 
+/// A kind named at run time (sync error kinds come from the sync status).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OwnedKindLabel {
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct ReasonLabel {
     pub reason: &'static str,
@@ -143,6 +149,11 @@ pub(super) struct DirectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct MemberLabel {
+    pub member: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(super) struct MonitorLabel {
     pub monitor: String,
 }
@@ -157,4 +168,10 @@ pub(super) struct MonitorStateLabel {
 pub(super) struct BuildLabel {
     pub version: &'static str,
     pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(super) struct OutcomeLabel {
+    pub outcome: &'static str,
+    pub reason: &'static str,
 }

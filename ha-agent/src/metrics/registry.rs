@@ -17,8 +17,9 @@ use prometheus_client::registry::Registry;
 use super::MetricsError;
 use super::dataplane::{Series, classify};
 use super::labels::{
-    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MonitorLabel, MonitorStateLabel,
-    PacketLabel, ReasonLabel, ResultLabel, Role, RoleLabel, SyncKind, TransitionLabel,
+    BuildLabel, Direction, DirectionLabel, KindLabel, LinkLabel, MemberLabel, MonitorLabel,
+    MonitorStateLabel, OutcomeLabel, OwnedKindLabel, PacketLabel, ReasonLabel, ResultLabel, Role,
+    RoleLabel, SyncKind, TransitionLabel,
 };
 use crate::heartbeat::RefusalKind;
 use crate::monitor::{Health, MonitorStatus};
@@ -31,6 +32,8 @@ pub const NAMES: &[&str] = &[
     "ha_effective_role",
     "ha_role_transitions_total",
     "ha_failovers_total",
+    "ha_stall_outages_total",
+    "ha_stall_outage_seconds_total",
     "ha_last_failover_timestamp_seconds",
     "ha_failover_detection_seconds",
     "ha_heartbeat_age_seconds",
@@ -51,6 +54,20 @@ pub const NAMES: &[&str] = &[
     "ha_sync_outdated",
     "ha_monitor_state",
     "ha_monitor_consecutive_failures",
+    "ha_acceptance_held_total",
+    "ha_acceptance_answers_total",
+    "ha_acceptance_waiting",
+    "ha_acceptance_alarm",
+    "ha_acceptance_added_latency_seconds",
+    "ha_acceptance_errors_total",
+    "ha_config_version",
+    "ha_config_member_up",
+    "ha_config_member_in_sync",
+    "ha_config_member_drift",
+    "ha_config_member_last_apply_ok",
+    "ha_config_member_apply_seconds",
+    "ha_config_member_drift_repairs",
+    "ha_config_refused_sessions",
 ];
 
 type FloatGauge = Gauge<f64, AtomicU64>;
@@ -62,6 +79,13 @@ fn interval_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 18))
 }
 
+/// Buckets for the latency the acceptance proxy adds: 100 µs to about
+/// 52 s, doubling: a confirmed message takes about a millisecond, a
+/// timeout seconds.
+fn acceptance_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 20))
+}
+
 /// The agent's metrics. Cheap to update from any task (atomics; the
 /// histogram and the heartbeat table take a short lock); share it in an
 /// `Arc`.
@@ -71,6 +95,8 @@ pub struct Metrics {
     effective_role: Family<RoleLabel, Gauge>,
     transitions: Family<TransitionLabel, Counter>,
     failovers: Family<ReasonLabel, Counter>,
+    stall_outages: Counter,
+    stall_outage_seconds: Counter<f64, AtomicU64>,
     last_failover: FloatGauge,
     detection: FloatGauge,
     hb_age: Family<LinkLabel, FloatGauge>,
@@ -86,11 +112,25 @@ pub struct Metrics {
     sync_backlog_bytes: Gauge,
     sync_files: Family<DirectionLabel, Counter>,
     sync_bytes: Family<DirectionLabel, Counter>,
-    sync_errors: Family<KindLabel, Counter>,
+    sync_errors: Family<OwnedKindLabel, Counter>,
     sync_last: Family<KindLabel, FloatGauge>,
     sync_outdated: Gauge,
     monitor_state: Family<MonitorStateLabel, Gauge>,
     monitor_failures: Family<MonitorLabel, Gauge>,
+    acc_held: Counter,
+    acc_answers: Family<OutcomeLabel, Counter>,
+    acc_waiting: Gauge,
+    acc_alarm: Gauge,
+    acc_latency: Histogram,
+    acc_errors: Family<KindLabel, Counter>,
+    config_version: Family<KindLabel, Gauge>,
+    member_up: Family<MemberLabel, Gauge>,
+    member_in_sync: Family<MemberLabel, Gauge>,
+    member_drift: Family<MemberLabel, Gauge>,
+    member_apply_ok: Family<MemberLabel, Gauge>,
+    member_apply_seconds: Family<MemberLabel, FloatGauge>,
+    member_drift_repairs: Family<MemberLabel, Gauge>,
+    config_refused: Gauge,
     /// Kernel receive time (`CLOCK_MONOTONIC` ns) of the newest authenticated
     /// heartbeat per link: the age is computed at scrape time from it, so
     /// it is exact however rarely the daemon touches the metrics.
@@ -111,6 +151,8 @@ impl Metrics {
             effective_role: Family::default(),
             transitions: Family::default(),
             failovers: Family::default(),
+            stall_outages: Counter::default(),
+            stall_outage_seconds: Counter::default(),
             last_failover: FloatGauge::default(),
             detection: FloatGauge::default(),
             hb_age: Family::default(),
@@ -131,6 +173,20 @@ impl Metrics {
             sync_outdated: Gauge::default(),
             monitor_state: Family::default(),
             monitor_failures: Family::default(),
+            acc_held: Counter::default(),
+            acc_answers: Family::default(),
+            acc_waiting: Gauge::default(),
+            acc_alarm: Gauge::default(),
+            acc_latency: acceptance_histogram(),
+            acc_errors: Family::default(),
+            config_version: Family::default(),
+            member_up: Family::default(),
+            member_in_sync: Family::default(),
+            member_drift: Family::default(),
+            member_apply_ok: Family::default(),
+            member_apply_seconds: Family::default(),
+            member_drift_repairs: Family::default(),
+            config_refused: Gauge::default(),
             last_rx: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
@@ -161,6 +217,16 @@ impl Metrics {
             "failovers",
             "Times this node took over the VIPs, by reason",
             m.failovers.clone(),
+        );
+        r.register(
+            "stall_outages",
+            "Times this node's gate closed because its own agent stalled (lease lapsed) and reopened without a role change",
+            m.stall_outages.clone(),
+        );
+        r.register(
+            "stall_outage_seconds",
+            "Total time the gate stayed closed in stall outages",
+            m.stall_outage_seconds.clone(),
         );
         r.register(
             "last_failover_timestamp_seconds",
@@ -258,6 +324,76 @@ impl Metrics {
             "Failed checks in a row of each service monitor",
             m.monitor_failures.clone(),
         );
+        r.register(
+            "acceptance_held",
+            "Replies 250 queued held by the acceptance proxy until the peer holds the message",
+            m.acc_held.clone(),
+        );
+        r.register(
+            "acceptance_answers",
+            "Held replies answered, by outcome (released, refused, accepted_unconfirmed, abandoned) and reason",
+            m.acc_answers.clone(),
+        );
+        r.register(
+            "acceptance_waiting",
+            "Replies waiting for the peer's acknowledgement now",
+            m.acc_waiting.clone(),
+        );
+        r.register(
+            "acceptance_alarm",
+            "1 while mail was accepted that only this node holds (degrade policy)",
+            m.acc_alarm.clone(),
+        );
+        r.register(
+            "acceptance_added_latency_seconds",
+            "Time a reply 250 queued was held before it (or a 451) went to the client",
+            m.acc_latency.clone(),
+        );
+        r.register(
+            "acceptance_errors",
+            "Acceptance proxy errors, by kind",
+            m.acc_errors.clone(),
+        );
+        r.register(
+            "config_version",
+            "Config-only: version in force on this node, by part (epoch, counter)",
+            m.config_version.clone(),
+        );
+        r.register(
+            "config_member_up",
+            "Config-only, on the primary: 1 while the member answers the heartbeat",
+            m.member_up.clone(),
+        );
+        r.register(
+            "config_member_in_sync",
+            "Config-only, on the primary: 1 while the member runs the primary's version and content",
+            m.member_in_sync.clone(),
+        );
+        r.register(
+            "config_member_drift",
+            "Config-only, on the primary: 1 while the member's files differ from what it applied",
+            m.member_drift.clone(),
+        );
+        r.register(
+            "config_member_last_apply_ok",
+            "Config-only, on the primary: 1 if the member's last install succeeded",
+            m.member_apply_ok.clone(),
+        );
+        r.register(
+            "config_member_apply_seconds",
+            "Config-only, on the primary: time of the member's last install, push received to after_apply done",
+            m.member_apply_seconds.clone(),
+        );
+        r.register(
+            "config_member_drift_repairs",
+            "Config-only, on the primary: drift repairs of the member since the agent started",
+            m.member_drift_repairs.clone(),
+        );
+        r.register(
+            "config_refused_sessions",
+            "Config-only: sessions this node refused (wrong password, other cluster, bad input)",
+            m.config_refused.clone(),
+        );
         let m = Metrics { registry: r, ..m };
         m.touch_known_series();
         m
@@ -288,6 +424,26 @@ impl Metrics {
             let _ = self.sync_files.get_or_create(&l);
             let _ = self.sync_bytes.get_or_create(&l);
         }
+        for (outcome, reason) in [
+            ("released", "confirmed"),
+            ("refused", "timeout"),
+            ("refused", "peer_away"),
+            ("accepted_unconfirmed", "timeout"),
+            ("accepted_unconfirmed", "peer_away"),
+            ("abandoned", "client_gone"),
+        ] {
+            let _ = self
+                .acc_answers
+                .get_or_create(&OutcomeLabel { outcome, reason });
+        }
+        for kind in [
+            "after_filter_unreachable",
+            "after_filter_closed",
+            "protocol",
+            "remove_failed",
+        ] {
+            let _ = self.acc_errors.get_or_create(&KindLabel { kind });
+        }
         for k in [SyncKind::Config, SyncKind::Data] {
             let _ = self
                 .sync_last
@@ -306,6 +462,41 @@ impl Metrics {
             Series::Fence { action, reason } => self
                 .fence
                 .get_or_create_owned(&PacketLabel { action, reason }),
+        }
+    }
+
+    /// Config-only: this node's version and, on the primary, every member
+    /// (at most 25: the label set is bounded by the membership).
+    pub fn set_config_only(&self, c: &crate::cluster::status::ConfigOnlyStatus) {
+        let v: Option<crate::cluster::version::Version> =
+            c.version.as_deref().and_then(|v| v.parse().ok());
+        for (kind, n) in [
+            ("epoch", v.map_or(0, |v| v.epoch)),
+            ("counter", v.map_or(0, |v| v.counter)),
+        ] {
+            self.config_version
+                .get_or_create(&KindLabel { kind })
+                .set(saturating_i64(n));
+        }
+        self.config_refused.set(saturating_i64(c.refused_sessions));
+        for m in c.members.iter().take(crate::config::defaults::MAX_MEMBERS) {
+            let l = MemberLabel {
+                member: m.name.clone(),
+            };
+            self.member_up.get_or_create(&l).set(i64::from(m.up));
+            self.member_in_sync
+                .get_or_create(&l)
+                .set(i64::from(m.state == "in-sync"));
+            self.member_drift.get_or_create(&l).set(i64::from(m.drift));
+            if let Some(a) = &m.last_apply {
+                self.member_apply_ok.get_or_create(&l).set(i64::from(a.ok));
+                self.member_apply_seconds
+                    .get_or_create(&l)
+                    .set(a.took_ms / 1000.0);
+            }
+            self.member_drift_repairs
+                .get_or_create(&l)
+                .set(saturating_i64(m.drift_repairs));
         }
     }
 
@@ -345,6 +536,14 @@ impl Metrics {
         if let Some(d) = detection {
             self.detection.set(d.as_secs_f64());
         }
+    }
+
+    /// Records a stall outage that ended (gate closed for `outage_ns`
+    /// because this agent stalled, then reopened in the same role).
+    pub fn stall_outage(&self, outage_ns: u64) {
+        self.stall_outages.inc();
+        #[expect(clippy::cast_precision_loss, reason = "seconds for display")]
+        self.stall_outage_seconds.inc_by(outage_ns as f64 / 1e9);
     }
 
     /// Declares a heartbeat link (its interface name), so that its series
@@ -459,9 +658,18 @@ impl Metrics {
     }
 
     /// Counts a sync error of `kind` (a fixed name chosen by the sync
-    /// module, e.g. `disk_full`, `connection`, `rejected_path`).
-    pub fn sync_error(&self, kind: &'static str) {
-        self.sync_errors.get_or_create(&KindLabel { kind }).inc();
+    /// module, e.g. `no_space`, `connection`, `unsafe_path`).
+    pub fn sync_error(&self, kind: &str) {
+        self.add_sync_errors(kind, 1);
+    }
+
+    /// Counts `n` sync errors of `kind` (`n = 0` makes the series exist).
+    pub fn add_sync_errors(&self, kind: &str, n: u64) {
+        self.sync_errors
+            .get_or_create(&OwnedKindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Records a completed sync of `kind` at `at`.
@@ -471,6 +679,42 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .set(unix_seconds(at));
+    }
+
+    /// Counts a reply held by the acceptance proxy.
+    pub fn acceptance_held(&self) {
+        self.acc_held.inc();
+    }
+
+    /// Counts a held reply answered with `outcome` for `reason`, and the
+    /// latency it added.
+    pub fn acceptance_answered(
+        &self,
+        outcome: &'static str,
+        reason: &'static str,
+        waited: Option<Duration>,
+    ) {
+        self.acc_answers
+            .get_or_create(&OutcomeLabel { outcome, reason })
+            .inc();
+        if let Some(w) = waited {
+            self.acc_latency.observe(w.as_secs_f64());
+        }
+    }
+
+    /// Replies waiting for the peer now.
+    pub fn set_acceptance_waiting(&self, n: u64) {
+        self.acc_waiting.set(saturating_i64(n));
+    }
+
+    /// Raises or clears the degraded-acceptance alarm.
+    pub fn set_acceptance_alarm(&self, on: bool) {
+        self.acc_alarm.set(i64::from(on));
+    }
+
+    /// Counts an acceptance proxy error of `kind`.
+    pub fn acceptance_error(&self, kind: &'static str) {
+        self.acc_errors.get_or_create(&KindLabel { kind }).inc();
     }
 
     /// Marks this node's replica as known to be behind, or not.

@@ -207,6 +207,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_configuration_reference_names_the_http_request_sent() {
+        let req = Service::Http
+            .request("10.200.0.1:80".parse().unwrap())
+            .unwrap();
+        let line = req.lines().next().unwrap();
+        let method_path = line.strip_suffix(" HTTP/1.0").unwrap();
+        let reference = include_str!("../../../docs/configuration.md");
+        let model = include_str!("../config/model.rs");
+        assert!(
+            reference.contains(&format!("`{method_path}`")),
+            "docs/configuration.md names `{method_path}`"
+        );
+        for other in ["HEAD /", "GET /"] {
+            if other != method_path {
+                assert!(!reference.contains(other), "docs name {other}");
+                assert!(!model.contains(other), "config/model.rs names {other}");
+            }
+        }
+    }
+
+    #[test]
     fn greetings() {
         use Service::*;
         for (svc, line, ok) in [

@@ -110,9 +110,14 @@ pub fn scan_dir(
     Ok(())
 }
 
-/// SHA-256 of a file's content.
+/// SHA-256 of a file's content (tests; the sync opens files through
+/// [`super::fsops::Tree`] and hashes them with [`hash_reader`]).
 pub fn hash_file(path: &Path) -> io::Result<[u8; 32]> {
-    let mut f = fs::File::open(path)?;
+    hash_reader(fs::File::open(path)?)
+}
+
+/// SHA-256 of what an open file holds.
+pub fn hash_reader(mut f: fs::File) -> io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {

@@ -12,6 +12,7 @@
 //! loop; neither gains from an async runtime. The daemon keeps a
 //! [`SyncHandle`] and reads [`SyncHandle::status`].
 
+pub mod freshness;
 pub mod fsops;
 pub mod ids;
 pub mod manifest;
@@ -201,6 +202,11 @@ pub(crate) struct Shared {
     pub refuse_replicas: AtomicBool,
     /// Subscribers to acknowledged operations (benchmarks, tests).
     pub acks: Mutex<Option<mpsc::Sender<AckedOp>>>,
+    /// Receiver: the running replica session's socket (shut down to close it).
+    pub replica_conn: Mutex<Option<std::net::TcpStream>>,
+    /// Receiver: a replica session is applying operations.
+    pub replica_running: Mutex<bool>,
+    pub replica_done: std::sync::Condvar,
 }
 
 impl Shared {
@@ -209,6 +215,43 @@ impl Shared {
     }
     pub fn with_status<T>(&self, f: impl FnOnce(&mut SyncStatus) -> T) -> T {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The replica sessions of a receiver (see [`SyncHandle::replica_sessions`]).
+#[derive(Debug, Clone)]
+pub struct ReplicaSessions(Arc<Shared>);
+
+impl ReplicaSessions {
+    /// Shuts the running replica session's connection down (it stops at
+    /// its next read and applies nothing more). Does not refuse new ones:
+    /// that is [`SyncHandle::refuse_replicas`].
+    pub fn close(&self) {
+        if let Some(s) = self
+            .0
+            .replica_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Waits until no replica session is applying operations; false when
+    /// one still runs after `timeout`.
+    pub fn wait_stopped(&self, timeout: Duration) -> bool {
+        let g = self
+            .0
+            .replica_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let (g, _) = self
+            .0
+            .replica_done
+            .wait_timeout_while(g, timeout, |running| *running)
+            .unwrap_or_else(|p| p.into_inner());
+        !*g
     }
 }
 
@@ -232,8 +275,21 @@ impl SyncHandle {
     /// sessions are served. The daemon sets it while this node is active, so
     /// that a peer that wrongly believes itself primary can never overwrite
     /// the live spool with its replica.
+    ///
+    /// Setting it also closes a replica session in progress: from then on
+    /// nothing it sent is applied (its uncommitted files are discarded).
+    /// [`ReplicaSessions::wait_stopped`] tells when it has stopped.
     pub fn refuse_replicas(&self, refuse: bool) {
-        self.shared.refuse_replicas.store(refuse, Ordering::Relaxed);
+        self.shared.refuse_replicas.store(refuse, Ordering::SeqCst);
+        if refuse {
+            self.replica_sessions().close();
+        }
+    }
+
+    /// Receiver: a handle on its replica sessions, to close them and wait
+    /// until none runs (before a promotion hook touches the tree).
+    pub fn replica_sessions(&self) -> ReplicaSessions {
+        ReplicaSessions(self.shared.clone())
     }
 
     pub fn resync(&self) {

@@ -32,6 +32,7 @@ use super::path;
 use super::proto::{
     self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError, WireEntry,
 };
+use super::spool::{self, QueueIndex, RootKind};
 use crate::channel::{self, Gate, HandshakeError, listen::Backoff};
 use super::state::{StateFile, SyncState};
 use super::{Shared, SyncConfig, SyncHandle};
@@ -168,6 +169,38 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
     }
 }
 
+fn refusing(ctx: &Ctx) -> bool {
+    ctx.shared
+        .refuse_replicas
+        .load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Marks a replica session as running for its lifetime.
+struct ReplicaRunning<'a>(&'a Shared);
+
+impl<'a> ReplicaRunning<'a> {
+    fn new(s: &'a Shared) -> Self {
+        *s.replica_running.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        Self(s)
+    }
+}
+
+impl Drop for ReplicaRunning<'_> {
+    fn drop(&mut self) {
+        *self
+            .0
+            .replica_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = false;
+        self.0
+            .replica_conn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.0.replica_done.notify_all();
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]
 enum SessionEnd {
@@ -288,6 +321,23 @@ fn session(
         let _ = old.shutdown(std::net::Shutdown::Both);
     }
     let _apply = ctx.apply.lock().unwrap_or_else(|p| p.into_inner());
+    let _running = if replicate {
+        // Registered, then checked again: a refusal set in between either
+        // sees the socket or is seen here.
+        if let Ok(c) = w.inner.try_clone() {
+            *ctx.shared
+                .replica_conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(c);
+        }
+        if refusing(ctx) {
+            warn!(node = %hello.node, "replica session refused: this node became active");
+            return;
+        }
+        Some(ReplicaRunning::new(&ctx.shared))
+    } else {
+        None
+    };
     info!(node = %hello.node, purpose = ?hello.purpose, "sync sender authenticated");
     if replicate {
         ctx.shared.with_status(|s| {
@@ -304,7 +354,12 @@ fn session(
         last_state: Instant::now(),
         insync_seq: None,
         replicate,
+        queues: Vec::new(),
+        failed: HashMap::new(),
     };
+    if replicate {
+        sess.index_queues();
+    }
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
         let i = ctx
@@ -316,7 +371,15 @@ fn session(
         sess.roots.push(i);
     }
     let end = sess.run(&mut r, &mut w);
-    let _ = sess.commit(&mut w);
+    if replicate && refusing(ctx) {
+        // This node became active: what the replica session left pending
+        // never reaches the live tree.
+        let n = sess.batch.files.len();
+        sess.batch = Batch::default();
+        info!(discarded = n, "replica session closed: this node is active");
+    } else {
+        let _ = sess.commit(&mut w);
+    }
     sess.persist(true);
     match &end {
         SessionEnd::Io(e) => info!(error = %e, "sync session ended"),
@@ -445,6 +508,12 @@ struct Session<'a> {
     last_state: Instant,
     insync_seq: Option<u64>,
     replicate: bool,
+    /// Per configured root: where each message of a Postfix spool is (replica
+    /// sessions only; see [`spool::QueueIndex`]).
+    queues: Vec<Option<QueueIndex>>,
+    /// Operations that failed in this session and were not redone since,
+    /// by (wire root, path), with the failed sequence.
+    failed: HashMap<(u8, String), u64>,
 }
 
 impl<'a> Session<'a> {
@@ -463,6 +532,9 @@ impl<'a> Session<'a> {
         loop {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
+            }
+            if self.replicate && refusing(self.ctx) {
+                return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
                 && input_idle(&r.inner)
@@ -506,15 +578,24 @@ impl<'a> Session<'a> {
         if let Frame::Rename { root, from, to } = &frame
             && let Some(i) = self.pending_file(*root, from)
         {
+            let key = (*root, to.clone());
             let result = self.retarget(i, from, to);
             self.batch.max_seq = self.batch.max_seq.max(seq);
-            return self.op_result(seq, result, w);
+            return self.op_result(seq, Some(key), result, w);
         }
         // Other metadata operations may name a file still under its
         // temporary name: make the batch durable and visible first.
         if is_op && !matches!(frame, Frame::FileData { .. }) && !self.batch.files.is_empty() {
             self.commit(w)?;
         }
+        let key = match &frame {
+            Frame::FileData { root, path, .. }
+            | Frame::Delete { root, path }
+            | Frame::Mkdir { root, path, .. }
+            | Frame::SetAttr { root, path, .. } => Some((*root, path.clone())),
+            Frame::Rename { root, to, .. } => Some((*root, to.clone())),
+            _ => None,
+        };
         let result = match frame {
             Frame::ManifestRequest { hash_of } => {
                 self.commit(w)?;
@@ -532,22 +613,45 @@ impl<'a> Session<'a> {
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
-                t.rename(&from, &to)
-                    .map(|dirs| {
-                        for (p, fd) in dirs {
-                            self.batch.dirs.insert((ri, p), fd);
-                        }
-                    })
-                    .map_err(|e| match e {
-                        FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
-                        e => e,
-                    })
+                // A message moves as a whole: when the replica holds it
+                // under another name than the sender last saw, that file
+                // is the one moved.
+                let mut r = t.rename(&from, &to);
+                let mut from = from;
+                if let Err(FsError::NotFound { .. }) = r
+                    && let Some(cur) = self.queue_file(ri, &from).filter(|c| *c != from)
+                {
+                    r = t.rename(&cur, &to);
+                    from = cur;
+                }
+                let r = r.map(|dirs| {
+                    for (p, fd) in dirs {
+                        self.batch.dirs.insert((ri, p), fd);
+                    }
+                });
+                if r.is_ok() {
+                    self.unindex(ri, &from);
+                    self.place(ri, &to, None);
+                }
+                r.map_err(|e| match e {
+                    FsError::NotFound { .. } => FsError::NotFound { path: to.clone() },
+                    e => e,
+                })
             }
             Frame::Delete { root, path } => {
                 let (ri, t) = self.tree(root)?;
-                t.delete(&path).map(|(p, fd)| {
+                // Removing a message removes it wherever the replica holds it.
+                let other = self.queue_file(ri, &path).filter(|p| *p != path);
+                let r = t.delete(&path).map(|(p, fd)| {
                     self.batch.dirs.insert((ri, p), fd);
-                })
+                });
+                if r.is_ok() {
+                    self.unindex(ri, &path);
+                    if let Some(o) = other {
+                        self.remove_extra(ri, &o, None);
+                    }
+                }
+                r
             }
             Frame::Mkdir { root, path, attrs } => {
                 let (ri, t) = self.tree(root)?;
@@ -573,7 +677,83 @@ impl<'a> Session<'a> {
         if is_op {
             self.batch.max_seq = self.batch.max_seq.max(seq);
         }
-        self.op_result(seq, result, w)
+        self.op_result(seq, key, result, w)
+    }
+
+    /// Builds the message index of every Postfix spool root, removing the
+    /// extra files of a message held twice (a replica written by an older
+    /// agent, or a commit cut between a write and the old file's removal).
+    fn index_queues(&mut self) {
+        let ctx = self.ctx;
+        self.queues = (ctx.cfg.roots.iter().enumerate())
+            .map(|(ri, r)| {
+                if r.kind != RootKind::PostfixSpool {
+                    return None;
+                }
+                let m = match manifest::scan(&r.path, r.kind, &mut self.ids) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(root = %r.name, error = %e, "cannot index the replica spool");
+                        return None;
+                    }
+                };
+                let (ix, extra) = QueueIndex::from_manifest(&m);
+                for p in &extra {
+                    info!(root = %r.name, path = %p, "replica held a message twice: extra file removed");
+                    if let Err(e) = ctx.trees[ri].delete(p) {
+                        warn!(root = %r.name, path = %p, error = %e, "cannot remove an extra queue file");
+                    }
+                }
+                Some(ix)
+            })
+            .collect();
+    }
+
+    /// Where the replica holds the message of queue file `rel`, if indexed.
+    fn queue_file(&self, ri: usize, rel: &str) -> Option<String> {
+        let ix = self.queues.get(ri)?.as_ref()?;
+        let id = spool::queue_id(RootKind::PostfixSpool, rel)?;
+        ix.get(id).map(str::to_owned)
+    }
+
+    fn unindex(&mut self, ri: usize, rel: &str) {
+        if let Some(Some(ix)) = self.queues.get_mut(ri) {
+            ix.removed(rel);
+        }
+    }
+
+    /// `rel` now holds its message: any other file of the same queue ID
+    /// goes (the replica holds each message once).
+    fn place(&mut self, ri: usize, rel: &str, dirs: Option<&mut Vec<((usize, String), OwnedFd)>>) {
+        let old = match self.queues.get_mut(ri) {
+            Some(Some(ix)) => ix.placed(rel),
+            _ => None,
+        };
+        if let Some(old) = old {
+            self.remove_extra(ri, &old, dirs);
+        }
+    }
+
+    fn remove_extra(
+        &mut self,
+        ri: usize,
+        rel: &str,
+        dirs: Option<&mut Vec<((usize, String), OwnedFd)>>,
+    ) {
+        match self.ctx.trees[ri].delete(rel) {
+            Ok((p, fd)) => {
+                debug!(path = %rel, "older file of a moved message removed");
+                match dirs {
+                    Some(d) => d.push(((ri, p), fd)),
+                    None => {
+                        self.batch.dirs.insert((ri, p), fd);
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(path = %rel, error = %e, "cannot remove the older file of a moved message")
+            }
+        }
     }
 
     /// Index of the latest pending file at `path` of wire root `root`.
@@ -615,16 +795,36 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Reports an operation's outcome. A failure is sent as an error frame
+    /// carrying the operation's sequence, before any acknowledgement that
+    /// would cover that sequence: the sender never counts it as done.
     fn op_result(
         &mut self,
         seq: u64,
+        key: Option<(u8, String)>,
         result: Result<(), FsError>,
         w: &mut Out,
     ) -> Result<(), SessionEnd> {
+        if let Some(k) = &key {
+            if result.is_ok() {
+                self.failed.remove(k);
+            } else {
+                self.failed.insert(k.clone(), seq);
+            }
+        }
         match result {
             Ok(()) => Ok(()),
             Err(FsError::NoSpace { path }) => {
                 // Keep what is complete, then pause: the sender retries.
+                send(
+                    w,
+                    &Frame::Error {
+                        code: ErrorCode::NoSpace,
+                        path: path.clone(),
+                        message: format!("replica file system full at {path}"),
+                    },
+                    seq,
+                )?;
                 Err(SessionEnd::NoSpace(path))
             }
             Err(e) => {
@@ -690,11 +890,15 @@ impl<'a> Session<'a> {
                 return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
             }
             hash.update(&buf[..n]);
+            left -= n as u64;
             if let Err(e) = t.file.write_all(&buf[..n]) {
                 Tree::discard(&t);
+                // The rest of the body is still on the wire: read it away,
+                // so that it is never taken for frames, and check it.
+                drain(r, left, &mut hash)?;
+                body_end(r, &hash)?;
                 return Ok(Err(FsError::from_io(rel, e)));
             }
-            left -= n as u64;
         }
         // The body counts only once its hash checks: a forged or altered
         // body is dropped before it can be committed, and ends the session.
@@ -731,6 +935,11 @@ impl<'a> Session<'a> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        if self.replicate && refusing(self.ctx) {
+            // Dropping the batch removes its temporary files.
+            self.batch = Batch::default();
+            return Err(SessionEnd::Io(io::Error::other("this node became active")));
+        }
         let b = std::mem::take(&mut self.batch);
         let failed = fsync_all(&b.files);
         if let Some(e) = failed {
@@ -742,9 +951,17 @@ impl<'a> Session<'a> {
                 e => SessionEnd::Io(io::Error::other(e.to_string())),
             });
         }
+        let mut b = b;
         let files = b.files.len() as u64;
-        for (seq, _, rel, t) in &b.files {
-            if let Err(e) = Tree::commit_file(t, rel) {
+        let mut extra_dirs = Vec::new();
+        for (seq, ri, rel, t) in &b.files {
+            let wire = self.roots.iter().position(|r| r == ri).unwrap_or(0) as u8;
+            let committed = Tree::commit_file(t, rel);
+            if committed.is_ok() {
+                self.place(*ri, rel, Some(&mut extra_dirs));
+            }
+            if let Err(e) = committed {
+                self.failed.insert((wire, rel.clone()), *seq);
                 Tree::discard(t);
                 warn!(seq, error = %e, "sync commit rename failed");
                 self.ctx
@@ -761,6 +978,9 @@ impl<'a> Session<'a> {
                 )?;
             }
         }
+        for (k, fd) in extra_dirs {
+            b.dirs.insert(k, fd);
+        }
         for fd in b.dirs.values() {
             if let Err(e) = rustix::fs::fsync(fd.as_fd()) {
                 return Err(SessionEnd::Io(e.into()));
@@ -768,9 +988,16 @@ impl<'a> Session<'a> {
         }
         let acked = b.max_seq;
         send(w, &Frame::Ack, acked)?;
-        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked);
+        // In sync: the reconcile is durable and nothing failed since.
+        let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked) && self.failed.is_empty();
+        let failed = self.failed.len() as u64;
         let replicate = self.replicate;
         self.ctx.shared.with_status(|s| {
+            s.failed_ops = failed;
+            if failed > 0 && s.in_sync && replicate {
+                s.in_sync = false;
+                warn!(failed, "replica not in sync: operations failed here");
+            }
             s.acked_seq = s.acked_seq.max(acked);
             s.last_sync = Some(SystemTime::now());
             s.files_synced += files;
@@ -859,7 +1086,7 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 let mut e = manifest::entry_of(&md, &mut self.ids);
-                e.hash = hash_reader(f).ok();
+                e.hash = manifest::hash_reader(f).ok();
                 push(
                     manifest::to_wire(*root, p, &e),
                     &mut chunk,
@@ -941,13 +1168,6 @@ fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
         }
     });
     failed.into_inner().unwrap_or_else(|p| p.into_inner())
-}
-
-fn hash_reader(mut f: std::fs::File) -> io::Result<[u8; 32]> {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().into())
 }
 
 /// True when nothing is buffered and nothing is readable right now.

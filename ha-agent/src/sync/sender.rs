@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::TcpStream;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -24,10 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
+use super::fsops::{FsError, Tree};
 use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::plan::{self, Op, Plan};
 use super::proto::{self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError};
+use super::spool::{MoveCoalescer, RootKind};
 use crate::channel::{self, HandshakeError};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
@@ -47,6 +48,10 @@ const HANDSHAKE_TIMEOUT: Duration = channel::HANDSHAKE_DEADLINE;
 /// A peer that stops reading for this long is given up (TCP_USER_TIMEOUT).
 const USER_TIMEOUT_MS: u32 = 10_000;
 const STATE_EVERY: Duration = Duration::from_millis(200);
+/// How long a move of a message the replica already holds may wait, so
+/// that a deferred queue retried every second costs at most one operation
+/// per message and per-message log per this period (see docs/sync.md).
+const MOVE_DELAY: Duration = Duration::from_secs(1);
 
 /// A sync session failed.
 #[derive(Debug, Error)]
@@ -78,6 +83,10 @@ pub enum SyncError {
     /// A file shrank while it was sent; the session restarts and reconciles.
     #[error("{0}: file shrank while being sent")]
     FileShrank(String),
+    /// Failback: the peer failed to store some of what was handed over
+    /// (they stay here, and the hand-back is to be retried).
+    #[error("hand-back incomplete: {count} operation(s) failed on the peer, first {first}")]
+    HandBackIncomplete { count: usize, first: String },
 }
 
 impl SyncError {
@@ -91,6 +100,7 @@ impl SyncError {
             Self::Handshake(_) => "protocol",
             Self::Peer { code, .. } => code.label(),
             Self::FileShrank(_) => "file_shrank",
+            Self::HandBackIncomplete { .. } => "hand_back_incomplete",
         }
     }
 }
@@ -114,9 +124,28 @@ struct Sent {
     op: Op,
 }
 
+/// A path whose operation the receiver reported failed. It stays here,
+/// outside any acknowledgement, until an operation on the same path sent
+/// after the failure is acknowledged; meanwhile it is retried with back-off
+/// by sending the path's current local state.
+#[derive(Debug)]
+struct Failed {
+    /// Sequence of the latest failed attempt.
+    seq: u64,
+    /// When the change was first seen (lag and failback watermark).
+    at: Instant,
+    tries: u32,
+    retry_at: Instant,
+}
+
+/// Longest pause between two retries of a failed operation.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Default)]
 struct Journal {
     sent: BTreeMap<u64, Sent>,
+    /// Paths whose last operation failed on the receiver, by (root, path).
+    failed: BTreeMap<(u8, String), Failed>,
     /// Sequence of the InSync marker of the current session.
     insync_seq: Option<u64>,
     /// Wall time the current session's reconcile scan started.
@@ -135,6 +164,14 @@ struct Ctx {
     next_seq: AtomicU64,
     /// Owner/group name cache (passwd look-ups are file reads).
     ids: Mutex<Ids>,
+    /// The roots, opened once: every file is opened through a confined walk
+    /// from these (never a path joined to the root), so no path, whoever
+    /// names it, leads outside a root.
+    trees: Vec<Tree>,
+}
+
+fn open_trees(cfg: &SyncConfig) -> io::Result<Vec<Tree>> {
+    cfg.roots.iter().map(|r| Tree::open(&r.path)).collect()
 }
 
 fn now_ns() -> i64 {
@@ -164,6 +201,7 @@ impl Sender {
             SyncState::default()
         });
         shared.with_status(|s| s.acked_seq = persisted.acked_seq);
+        let trees = open_trees(&cfg)?;
         let ctx = Arc::new(Ctx {
             cfg,
             shared: shared.clone(),
@@ -173,6 +211,7 @@ impl Sender {
             next_seq: AtomicU64::new(persisted.acked_seq + 1),
             persisted: Mutex::new(persisted),
             ids: Mutex::new(Ids::default()),
+            trees,
         });
         let sh = shared.clone();
         let tw = thread::Builder::new()
@@ -355,10 +394,12 @@ fn plan_all(
     }
     let mut ask = Vec::new();
     for (i, p) in first.iter().enumerate() {
-        let root = &ctx.cfg.roots[i];
         for path in &p.need_local_hash {
             if let Some(e) = local[i].get_mut(path) {
-                e.hash = manifest::hash_file(&root.path.join(path)).ok();
+                e.hash = ctx.trees[i]
+                    .open_read(path)
+                    .ok()
+                    .and_then(|f| manifest::hash_reader(f).ok());
             }
         }
         ask.extend(
@@ -402,6 +443,8 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
     {
         let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
         j.sent.clear();
+        // The reconcile below compares every path, failed ones included.
+        j.failed.clear();
         j.reconcile_start_ns = start_ns;
         j.insync_seq = None;
     }
@@ -461,15 +504,25 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
         c.frame(&Frame::InSync, seq)?;
         c.flush()?;
         let mut vanished: HashSet<(u8, String)> = HashSet::new();
+        // Postfix spool roots: moves of messages the replica holds are
+        // coalesced by queue ID (see `spool::MoveCoalescer`).
+        let mut held: Vec<Option<MoveCoalescer>> = (ctx.cfg.roots.iter())
+            .map(|r| (r.kind == RootKind::PostfixSpool).then(MoveCoalescer::default))
+            .collect();
         while !ctx.shared.stopping() && !dead.load(Ordering::Relaxed) {
             if ctx.shared.resync.swap(false, Ordering::Relaxed) {
                 info!("full resync requested");
                 return Ok(());
             }
             refresh(ctx);
+            for (root, p, at) in due_retries(ctx) {
+                info!(root, path = %p, "retrying a failed sync operation");
+                send_path(ctx, &mut c, root, &p, at)?;
+            }
             let events = watcher::coalesce(ctx.queue.drain(Duration::from_millis(100)));
+            let mut now_ops: Vec<(u8, Op, Instant)> = Vec::new();
             for e in events {
-                match e {
+                let (root, op, at) = match e {
                     Event::Rescan { .. } => {
                         info!("watch events lost: reconnecting to reconcile");
                         return Ok(());
@@ -482,20 +535,33 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                         root,
                         op: Op::Rename { from, to },
                         at,
-                    } if vanished.remove(&(root, from.clone())) => {
-                        send_op(ctx, &mut c, root, Op::Write(to), at)?;
+                    } if vanished.remove(&(root, from.clone())) => (root, Op::Write(to), at),
+                    Event::Op { root, op, at } => (root, op, at),
+                };
+                match held.get_mut(root as usize).and_then(Option::as_mut) {
+                    Some(h) => now_ops.extend(h.take(op, at).into_iter().map(|o| (root, o, at))),
+                    None => now_ops.push((root, op, at)),
+                }
+            }
+            let now = Instant::now();
+            for (root, h) in held.iter_mut().enumerate() {
+                if let Some(h) = h {
+                    now_ops.extend(
+                        h.due(now, MOVE_DELAY)
+                            .into_iter()
+                            .map(|o| (root as u8, o, now)),
+                    );
+                }
+            }
+            for (root, op, at) in now_ops {
+                let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
+                if !send_op(ctx, &mut c, root, op, at)?
+                    && let Some(p) = path
+                {
+                    if vanished.len() > 10_000 {
+                        vanished.clear();
                     }
-                    Event::Op { root, op, at } => {
-                        let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
-                        if !send_op(ctx, &mut c, root, op, at)?
-                            && let Some(p) = path
-                        {
-                            if vanished.len() > 10_000 {
-                                vanished.clear();
-                            }
-                            vanished.insert((root, p));
-                        }
-                    }
+                    vanished.insert((root, p));
                 }
             }
             c.flush()?;
@@ -519,27 +585,25 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
 /// Sends one operation; operations on vanished paths are dropped (their
 /// removal or rename is already queued). Returns whether anything was sent.
 fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<bool, SyncError> {
-    let base = &ctx.cfg.roots[root as usize].path;
     let mut ids = ctx.ids.lock().unwrap_or_else(|p| p.into_inner());
     let seq = ctx.next_seq.load(Ordering::Relaxed);
     let (frame, body): (Frame, Option<(File, u64)>) = match &op {
         Op::Write(p) | Op::Mkdir(p) | Op::Attr(p) => {
-            let full = base.join(p);
-            let f = match File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&full)
-            {
+            let f = match ctx.trees[root as usize].open_read(p) {
                 Ok(f) => f,
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
-                    ) =>
-                {
+                // Gone, or replaced by a symlink or something else a walk
+                // must not follow: its removal or rename is queued.
+                Err(FsError::NotFound { .. } | FsError::Unsafe { .. }) => return Ok(false),
+                Err(e @ FsError::Path { .. }) => {
+                    warn!(root, error = %e, "sync operation on an unsafe path refused");
+                    ctx.shared
+                        .with_status(|s| s.count_error("unsafe_path", e.to_string()));
                     return Ok(false);
                 }
-                Err(e) => return Err(SyncError::Io(e)),
+                Err(FsError::Io { source, .. }) => return Err(SyncError::Io(source)),
+                Err(e @ FsError::NoSpace { .. }) => {
+                    return Err(SyncError::Io(io::Error::other(e.to_string())));
+                }
             };
             let md = f.metadata()?;
             let e = manifest::entry_of(&md, &mut ids);
@@ -676,38 +740,7 @@ fn read_acks(ctx: &Ctx, r: &mut Rx) -> Result<(), SyncError> {
                 code,
                 path,
                 message,
-            } => {
-                warn!(seq, ?code, %path, %message, "peer refused a sync operation");
-                ctx.shared
-                    .with_status(|s| s.count_error(code.label(), message.clone()));
-                match code {
-                    ErrorCode::NoSpace => return Err(SyncError::Peer { code, message }),
-                    ErrorCode::MissingSource => {
-                        // The peer lacks a rename's source: send the target whole.
-                        let root = ctx
-                            .journal
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .sent
-                            .get(&seq)
-                            .map(|s| s.root);
-                        if let Some(root) = root {
-                            ctx.queue.push(Event::Op {
-                                root,
-                                op: Op::Write(path),
-                                at: Instant::now(),
-                            });
-                        }
-                    }
-                    ErrorCode::Protocol
-                    | ErrorCode::Version
-                    | ErrorCode::Auth
-                    | ErrorCode::Roots => {
-                        return Err(SyncError::Peer { code, message });
-                    }
-                    _ => {}
-                }
-            }
+            } => on_peer_error(ctx, seq, code, &path, &message)?,
             f => {
                 return Err(SyncError::Handshake(format!(
                     "unexpected {:?} from receiver",
@@ -716,6 +749,121 @@ fn read_acks(ctx: &Ctx, r: &mut Rx) -> Result<(), SyncError> {
             }
         }
     }
+}
+
+/// Pause before retry number `tries` (1-based) of a failed operation.
+fn retry_pause(base: Duration, tries: u32) -> Duration {
+    base.saturating_mul(1 << tries.saturating_sub(1).min(8))
+        .min(MAX_RETRY_PAUSE)
+}
+
+/// The receiver reports that the operation at `seq` failed. The error's
+/// path is the peer's word: it is logged (shortened) and never used; what
+/// is kept and retried is the operation this side sent at that sequence.
+/// An error naming no operation in flight changes nothing but a counter.
+fn on_peer_error(
+    ctx: &Ctx,
+    seq: u64,
+    code: ErrorCode,
+    wire_path: &str,
+    message: &str,
+) -> Result<(), SyncError> {
+    let shown: String = wire_path.chars().take(160).collect();
+    let message: String = message.chars().take(400).collect();
+    let ends = matches!(
+        code,
+        ErrorCode::NoSpace
+            | ErrorCode::Protocol
+            | ErrorCode::Version
+            | ErrorCode::Auth
+            | ErrorCode::Roots
+    );
+    let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(sent) = j.sent.remove(&seq) else {
+        drop(j);
+        if ends {
+            warn!(seq, ?code, %message, "peer ended the sync session");
+            ctx.shared
+                .with_status(|s| s.count_error(code.label(), message.clone()));
+            return Err(SyncError::Peer { code, message });
+        }
+        warn!(seq, ?code, peer_path = %shown, "peer error names no operation in flight: ignored");
+        ctx.shared.with_status(|s| {
+            s.count_error(
+                "unmatched_error",
+                format!("error {code:?} for sequence {seq} that is not in flight"),
+            );
+        });
+        return Ok(());
+    };
+    let now = Instant::now();
+    let paths = match &sent.op {
+        Op::Rename { from, to } => vec![from.clone(), to.clone()],
+        op => vec![op.path().to_owned()],
+    };
+    let mut tries = 0;
+    for p in paths {
+        let f = j.failed.entry((sent.root, p)).or_insert(Failed {
+            seq,
+            at: sent.at,
+            tries: 0,
+            retry_at: now,
+        });
+        f.seq = f.seq.max(seq);
+        f.tries += 1;
+        f.at = f.at.min(sent.at);
+        // A rename whose source the peer lacks is answered at once with
+        // the target's content; anything else waits for its cause to go.
+        f.retry_at = if code == ErrorCode::MissingSource && f.tries == 1 {
+            now
+        } else {
+            now + retry_pause(ctx.cfg.retry, f.tries)
+        };
+        tries = tries.max(f.tries);
+    }
+    let failed = j.failed.len() as u64;
+    drop(j);
+    warn!(seq, ?code, root = sent.root, path = %sent.op.path(), peer_path = %shown, %message, tries, "peer failed a sync operation: not acknowledged, kept for retry");
+    ctx.shared.with_status(|s| {
+        s.count_error(code.label(), message.clone());
+        s.failed_ops = failed;
+        s.in_sync = false;
+    });
+    if ends {
+        return Err(SyncError::Peer { code, message });
+    }
+    Ok(())
+}
+
+/// Failed paths whose retry is due; each is then not due again until its
+/// retry is answered (an ack clears it, an error reschedules it) or the
+/// longest pause has passed.
+fn due_retries(ctx: &Ctx) -> Vec<(u8, String, Instant)> {
+    let now = Instant::now();
+    let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
+    j.failed
+        .iter_mut()
+        .filter(|(_, f)| f.retry_at <= now)
+        .map(|((root, p), f)| {
+            f.retry_at = now + MAX_RETRY_PAUSE;
+            (*root, p.clone(), f.at)
+        })
+        .collect()
+}
+
+/// Sends what a path holds here now: its content, its directory, or its
+/// removal. Retries a failed operation without trusting its old form.
+fn send_path(ctx: &Ctx, c: &mut Conn, root: u8, path: &str, at: Instant) -> Result<(), SyncError> {
+    let op = match ctx.trees[root as usize].open_read(path) {
+        Ok(f) => match f.metadata() {
+            Ok(md) if md.is_dir() => Op::Mkdir(path.to_owned()),
+            Ok(md) if md.is_file() => Op::Write(path.to_owned()),
+            _ => Op::Delete(path.to_owned()),
+        },
+        Err(FsError::Path { .. }) => return Ok(()),
+        Err(_) => Op::Delete(path.to_owned()),
+    };
+    send_op(ctx, c, root, op, at).map(|_| ())
 }
 
 fn on_ack(ctx: &Ctx, seq: u64) {
@@ -727,7 +875,24 @@ fn on_ack(ctx: &Ctx, seq: u64) {
         .filter(|s| matches!(s.op, Op::Write(_)))
         .count() as u64;
     let bytes: u64 = done.values().map(|s| s.bytes).sum();
-    let reached = j.insync_seq.is_some_and(|s| s <= seq);
+    if !j.failed.is_empty() {
+        for (&dseq, d) in &done {
+            let mut clear = |p: &str| {
+                let key = (d.root, p.to_owned());
+                if j.failed.get(&key).is_some_and(|f| f.seq < dseq) {
+                    j.failed.remove(&key);
+                    info!(root = d.root, path = %p, "failed sync operation now acknowledged");
+                }
+            };
+            clear(d.op.path());
+            if let Op::Rename { from, .. } = &d.op {
+                clear(from);
+            }
+        }
+    }
+    let failed = j.failed.len() as u64;
+    // In sync: the reconcile is durable and no operation is left failed.
+    let reached = j.insync_seq.is_some_and(|s| s <= seq) && failed == 0;
     if reached {
         // Everything older than the oldest change still pending is on the peer.
         let oldest = j
@@ -735,6 +900,7 @@ fn on_ack(ctx: &Ctx, seq: u64) {
             .values()
             .map(|s| s.at)
             .chain(ctx.queue.backlog().1)
+            .chain(j.failed.values().map(|f| f.at))
             .min();
         let mut until = oldest.map_or(now_ns(), wall_of).min(now_ns()) - WATERMARK_MARGIN_NS;
         until = until.max(j.reconcile_start_ns - WATERMARK_MARGIN_NS);
@@ -766,6 +932,7 @@ fn on_ack(ctx: &Ctx, seq: u64) {
         .acked_seq = seq;
     ctx.shared.with_status(|s| {
         s.acked_seq = seq;
+        s.failed_ops = failed;
         s.last_sync = Some(SystemTime::now());
         s.files_synced += files;
         s.bytes_synced += bytes;
@@ -798,10 +965,13 @@ fn persist(ctx: &Ctx, force: bool) {
 fn refresh(ctx: &Ctx) {
     let (qn, qold) = ctx.queue.backlog();
     let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
-    let oldest = j.sent.values().map(|s| s.at).chain(qold).min();
+    let oldest = (j.sent.values().map(|s| s.at))
+        .chain(j.failed.values().map(|f| f.at))
+        .chain(qold)
+        .min();
     let lag = oldest.map_or(Duration::ZERO, |t| t.elapsed());
     let bytes: u64 = j.sent.values().map(|s| s.bytes).sum();
-    let ops = (j.sent.len() + qn) as u64;
+    let ops = (j.sent.len() + j.failed.len() + qn) as u64;
     let alarm = lag > ctx.cfg.max_lag;
     if alarm != j.alarm {
         if alarm {
@@ -840,6 +1010,15 @@ pub struct FailbackReport {
     pub since_ns: i64,
 }
 
+impl FailbackReport {
+    fn failed_error(failed: &[String]) -> Option<SyncError> {
+        failed.first().map(|f| SyncError::HandBackIncomplete {
+            count: failed.len(),
+            first: f.clone(),
+        })
+    }
+}
+
 /// Failback (a returning node, before it becomes secondary or takes its role
 /// back): hands the current primary what this node wrote after the last
 /// point the peer acknowledged, and nothing the peer already holds, then
@@ -862,6 +1041,7 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
         next_seq: AtomicU64::new(persisted.acked_seq + 1),
         persisted: Mutex::new(persisted),
         ids: Mutex::new(Ids::default()),
+        trees: open_trees(cfg)?,
     };
     let since = persisted.synced_until_ns;
     let (mut c, mut r, peer) = connect(&ctx, Purpose::Failback)?;
@@ -893,11 +1073,9 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
     c.flush()?;
     let last = ctx.next_seq.load(Ordering::Relaxed) - 1;
     let sent = std::mem::take(&mut ctx.journal.lock().unwrap_or_else(|p| p.into_inner()).sent);
-    report.files = sent
-        .values()
-        .filter(|s| matches!(s.op, Op::Write(_)))
-        .count() as u64;
-    report.bytes = sent.values().map(|s| s.bytes).sum();
+    // Operations the peer reported failed: by what this side sent at that
+    // sequence, never by the path the peer names.
+    let mut failed: Vec<String> = Vec::new();
     if !sent.is_empty() {
         loop {
             match r.frame()? {
@@ -911,8 +1089,17 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
                         message,
                     },
                 ) => {
-                    warn!(seq, ?code, %path, %message, "peer refused a failback operation");
-                    if code == ErrorCode::NoSpace {
+                    let shown: String = path.chars().take(160).collect();
+                    match sent.get(&seq) {
+                        Some(s) => {
+                            warn!(seq, ?code, path = %s.op.path(), %message, "peer failed a failback operation: not handed back");
+                            failed.push(s.op.path().to_owned());
+                        }
+                        None => {
+                            warn!(seq, ?code, peer_path = %shown, %message, "peer error names no failback operation");
+                        }
+                    }
+                    if code == ErrorCode::NoSpace || (seq == 0 && code == ErrorCode::Protocol) {
                         return Err(SyncError::Peer { code, message });
                     }
                 }
@@ -924,6 +1111,20 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
                 }
             }
         }
+    }
+    let handed: Vec<&Sent> = sent
+        .values()
+        .filter(|s| !failed.iter().any(|f| f == s.op.path()))
+        .collect();
+    report.files = handed
+        .iter()
+        .filter(|s| matches!(s.op, Op::Write(_)))
+        .count() as u64;
+    report.bytes = handed.iter().map(|s| s.bytes).sum();
+    if let Some(e) = FailbackReport::failed_error(&failed) {
+        error!(peer_node = %peer.node, failed = failed.len(), handed = report.files, "failback incomplete: data not handed back stays here");
+        let _ = c.inner.shutdown(std::net::Shutdown::Both);
+        return Err(e);
     }
     info!(peer_node = %peer.node, files = report.files, bytes = report.bytes, conflicts = report.conflicts.len(), "failback handed over");
     let _ = c.inner.shutdown(std::net::Shutdown::Both);

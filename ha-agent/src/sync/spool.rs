@@ -5,7 +5,13 @@
 //! and `private/` hold the sockets and FIFOs of the running MTA, `pid/` its
 //! lock files, and none of them may be copied to a node whose MTA is stopped.
 
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
 use serde::Deserialize;
+
+use super::manifest::Manifest;
+use super::plan::Op;
 
 /// Kind of a synced root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -33,6 +39,286 @@ pub fn is_synced(kind: RootKind, rel: &str) -> bool {
             let first = rel.split('/').next().unwrap_or("");
             POSTFIX_QUEUE_DIRS.contains(&first)
         }
+    }
+}
+
+/// Queues: a message's queue file lives in exactly one of them.
+pub const POSTFIX_QUEUES: &[&str] = &[
+    "incoming", "active", "deferred", "hold", "corrupt", "maildrop",
+];
+/// Per-message logs (`flush` holds per-destination logs, not per message).
+pub const POSTFIX_MESSAGE_LOGS: &[&str] = &["bounce", "defer", "trace"];
+
+/// What a path of a Postfix spool is, for the message rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolEntry<'a> {
+    /// A queue file: the message `id` in a queue directory.
+    Queue { id: &'a str },
+    /// A per-message log of message `id`.
+    Log { id: &'a str },
+    /// Anything else (directories, `flush/`).
+    Other,
+}
+
+/// Whether a file name can be a Postfix queue ID: short IDs are upper-case
+/// hex (microseconds and inode number, never under 6 digits), long ones
+/// letters and digits; a temporary or hidden name, or a one-character hashed
+/// subdirectory, never is.
+pub fn is_queue_id(name: &str) -> bool {
+    (6..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Classifies a relative path of a root of `kind`.
+pub fn classify(kind: RootKind, rel: &str) -> SpoolEntry<'_> {
+    if kind != RootKind::PostfixSpool {
+        return SpoolEntry::Other;
+    }
+    let mut parts = rel.split('/');
+    let first = parts.next().unwrap_or("");
+    let Some(name) = rel.rsplit('/').next().filter(|_| rel.contains('/')) else {
+        return SpoolEntry::Other;
+    };
+    // Hashed subdirectories (hash_queue_depth) are one character each.
+    let depth = rel.matches('/').count();
+    let hashed_ok = rel.split('/').skip(1).take(depth - 1).all(|d| d.len() == 1);
+    if !is_queue_id(name) || !hashed_ok || depth > 17 {
+        return SpoolEntry::Other;
+    }
+    if POSTFIX_QUEUES.contains(&first) {
+        SpoolEntry::Queue { id: name }
+    } else if POSTFIX_MESSAGE_LOGS.contains(&first) {
+        SpoolEntry::Log { id: name }
+    } else {
+        SpoolEntry::Other
+    }
+}
+
+/// The queue ID of a queue file path (`None` for anything else).
+pub fn queue_id(kind: RootKind, rel: &str) -> Option<&str> {
+    match classify(kind, rel) {
+        SpoolEntry::Queue { id } => Some(id),
+        _ => None,
+    }
+}
+
+/// Where each message of a replica spool is: queue ID to its one queue
+/// file. The receiver keeps it so that a message is held once, whatever
+/// order its moves arrive in.
+#[derive(Debug, Default, Clone)]
+pub struct QueueIndex {
+    by_id: HashMap<String, String>,
+}
+
+impl QueueIndex {
+    /// Indexes the queue files of a manifest of a Postfix spool. Where one
+    /// ID has several files (a replica written by an older agent, or cut
+    /// between a write and the removal of the old file), the extra ones are
+    /// returned: the caller removes them (newest mtime kept).
+    pub fn from_manifest(m: &Manifest) -> (Self, Vec<String>) {
+        let mut best: HashMap<&str, (&str, i64)> = HashMap::new();
+        let mut extra = Vec::new();
+        for (p, e) in m {
+            if e.is_dir {
+                continue;
+            }
+            let Some(id) = queue_id(RootKind::PostfixSpool, p) else {
+                continue;
+            };
+            match best.get(id) {
+                Some(&(_, t)) if t >= e.attrs.mtime_ns => extra.push(p.clone()),
+                Some(&(old, _)) => {
+                    extra.push(old.to_owned());
+                    best.insert(id, (p, e.attrs.mtime_ns));
+                }
+                None => {
+                    best.insert(id, (p, e.attrs.mtime_ns));
+                }
+            }
+        }
+        let by_id = best
+            .into_iter()
+            .map(|(id, (p, _))| (id.to_owned(), p.to_owned()))
+            .collect();
+        (Self { by_id }, extra)
+    }
+
+    /// The file holding message `id`.
+    pub fn get(&self, id: &str) -> Option<&str> {
+        self.by_id.get(id).map(String::as_str)
+    }
+
+    /// `path` now holds its message; returns the file that held it before
+    /// under another name (to be removed), if any.
+    pub fn placed(&mut self, path: &str) -> Option<String> {
+        let id = queue_id(RootKind::PostfixSpool, path)?;
+        self.by_id
+            .insert(id.to_owned(), path.to_owned())
+            .filter(|old| old != path)
+    }
+
+    /// `path` was removed (or renamed away).
+    pub fn removed(&mut self, path: &str) {
+        if let Some(id) = queue_id(RootKind::PostfixSpool, path)
+            && self.by_id.get(id).is_some_and(|p| p == path)
+        {
+            self.by_id.remove(id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+}
+
+/// Sender side: holds back what only moves a message whose content the
+/// replica already has (queue moves, retry-time stamps, the per-message
+/// logs rewritten on every retry), coalesced by queue ID and by log path,
+/// and lets it out at most once per `delay`. A deferred queue retried every
+/// second thus costs at most one operation per message and log per
+/// `delay`, and a message that goes deferred -> active -> deferred in
+/// between costs nothing. Content writes and removals are never held: they
+/// are what an acknowledged message is made of.
+#[derive(Debug, Default)]
+pub struct MoveCoalescer {
+    /// Queue ID -> held move.
+    moves: HashMap<String, HeldMove>,
+    /// Log path -> latest operation on it (write or delete).
+    logs: HashMap<String, (Op, Instant)>,
+}
+
+#[derive(Debug, Clone)]
+struct HeldMove {
+    /// Where the replica holds the message, as far as the sender knows.
+    from: String,
+    /// Where it is now.
+    to: String,
+    /// Attributes changed (mode, times).
+    attrs: bool,
+    since: Instant,
+}
+
+impl MoveCoalescer {
+    /// Takes one operation of a Postfix spool root seen at `at`. Returns the
+    /// operations to send now (in order); held ones come out of
+    /// [`due`](Self::due).
+    pub fn take(&mut self, op: Op, at: Instant) -> Vec<Op> {
+        let kind = RootKind::PostfixSpool;
+        match &op {
+            Op::Rename { from, to } => match (classify(kind, from), classify(kind, to)) {
+                (SpoolEntry::Queue { id: a }, SpoolEntry::Queue { id: b }) if a == b => {
+                    let e = self.moves.entry(a.to_owned()).or_insert_with(|| HeldMove {
+                        from: from.clone(),
+                        to: from.clone(),
+                        attrs: false,
+                        since: at,
+                    });
+                    e.to.clone_from(to);
+                    Vec::new()
+                }
+                (SpoolEntry::Queue { id }, _) => {
+                    // Out of the queues (or renamed to another ID): send
+                    // what is held first, then the rename as it is.
+                    let mut out = self.release(id);
+                    out.push(op);
+                    out
+                }
+                _ => vec![op],
+            },
+            Op::Attr(p) => match classify(kind, p) {
+                SpoolEntry::Queue { id } => {
+                    let e = self.moves.entry(id.to_owned()).or_insert_with(|| HeldMove {
+                        from: p.clone(),
+                        to: p.clone(),
+                        attrs: false,
+                        since: at,
+                    });
+                    e.attrs = true;
+                    Vec::new()
+                }
+                _ => vec![op],
+            },
+            Op::Write(p) | Op::Delete(p) => match classify(kind, p) {
+                SpoolEntry::Queue { id } => {
+                    // The write carries content and attributes, and the
+                    // receiver keeps one file per ID; a removal removes the
+                    // message wherever the replica holds it.
+                    self.moves.remove(id);
+                    vec![op]
+                }
+                SpoolEntry::Log { .. } => {
+                    let since = self.logs.get(p).map_or(at, |(_, t)| *t);
+                    self.logs.insert(p.clone(), (op, since));
+                    Vec::new()
+                }
+                SpoolEntry::Other => vec![op],
+            },
+            Op::Mkdir(_) => vec![op],
+        }
+    }
+
+    fn release(&mut self, id: &str) -> Vec<Op> {
+        self.moves.remove(id).map(Self::ops_of).unwrap_or_default()
+    }
+
+    fn ops_of(m: HeldMove) -> Vec<Op> {
+        let mut out = Vec::new();
+        if m.from != m.to {
+            out.push(Op::Rename {
+                from: m.from,
+                to: m.to.clone(),
+            });
+        }
+        if m.attrs {
+            out.push(Op::Attr(m.to));
+        }
+        out
+    }
+
+    /// Held operations older than `delay` at `now`.
+    pub fn due(&mut self, now: Instant, delay: Duration) -> Vec<Op> {
+        let ripe = |t: Instant| now.saturating_duration_since(t) >= delay;
+        let ids: Vec<String> = (self.moves.iter())
+            .filter(|(_, m)| ripe(m.since))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(self.release(&id));
+        }
+        let logs: Vec<String> = (self.logs.iter())
+            .filter(|(_, (_, t))| ripe(*t))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for p in logs {
+            if let Some((op, _)) = self.logs.remove(&p) {
+                out.push(op);
+            }
+        }
+        out
+    }
+
+    /// Everything held, now (a session ends or the caller drains).
+    pub fn all(&mut self) -> Vec<Op> {
+        self.due(Instant::now(), Duration::ZERO)
+    }
+
+    /// Forgets everything (a reconcile is about to cover it).
+    pub fn clear(&mut self) {
+        self.moves.clear();
+        self.logs.clear();
+    }
+
+    /// Held operations (moves and logs).
+    pub fn len(&self) -> usize {
+        self.moves.len() + self.logs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -70,8 +356,144 @@ mod tests {
     }
 
     #[test]
+    fn queue_ids_of_queue_files_only() {
+        for (p, id) in [
+            ("incoming/4VzqXv1Jc8z2lG", Some("4VzqXv1Jc8z2lG")),
+            ("active/3F2A1B", Some("3F2A1B")),
+            ("deferred/B/BC12AB", Some("BC12AB")),
+            ("deferred/B/C/BC12AB", Some("BC12AB")),
+            ("hold/ABC123", Some("ABC123")),
+            ("hold/ABC", None),
+            ("defer/B/BC12AB", None),
+            ("bounce/BC12AB", None),
+            ("incoming", None),
+            ("incoming/.ha-sync-tmp.1.x", None),
+            ("deferred/BB/BC12AB", None),
+            ("maildrop/ABC123", Some("ABC123")),
+        ] {
+            assert_eq!(queue_id(RootKind::PostfixSpool, p), id, "{p}");
+        }
+    }
+
+    #[test]
     fn maildir_syncs_everything() {
         assert!(is_synced(RootKind::MailDir, "public/x"));
         assert!(is_synced(RootKind::MailDir, ".Sent/cur/1"));
+    }
+
+    #[test]
+    fn classify_queue_files_and_logs() {
+        let k = RootKind::PostfixSpool;
+        assert_eq!(queue_id(k, "deferred/B/BC12AB34"), Some("BC12AB34"));
+        assert_eq!(
+            queue_id(k, "active/4QvZ1x0fPQz7Wtb"),
+            Some("4QvZ1x0fPQz7Wtb")
+        );
+        assert_eq!(queue_id(k, "incoming/.ha-sync-tmp.1.x"), None);
+        assert_eq!(queue_id(k, "deferred/B"), None);
+        assert_eq!(queue_id(k, "defer/B/BC12AB34"), None);
+        assert_eq!(
+            classify(k, "defer/B/BC12AB34"),
+            SpoolEntry::Log { id: "BC12AB34" }
+        );
+        assert_eq!(classify(k, "flush/example.com"), SpoolEntry::Other);
+        assert_eq!(
+            classify(RootKind::MailDir, "active/BC12AB34"),
+            SpoolEntry::Other
+        );
+    }
+
+    fn entry(mtime: i64) -> crate::sync::manifest::Entry {
+        crate::sync::manifest::Entry {
+            is_dir: false,
+            size: 1,
+            ctime_ns: mtime,
+            attrs: crate::sync::proto::Attrs {
+                mode: 0o700,
+                mtime_ns: mtime,
+                owner: "postfix".into(),
+                group: "postfix".into(),
+            },
+            hash: None,
+        }
+    }
+
+    #[test]
+    fn index_keeps_one_file_per_id() {
+        let mut m = Manifest::new();
+        m.insert("active/AAAAAA1".into(), entry(5));
+        m.insert("deferred/A/AAAAAA1".into(), entry(9));
+        m.insert("deferred/B/BBBBBB2".into(), entry(1));
+        let (mut ix, extra) = QueueIndex::from_manifest(&m);
+        assert_eq!(extra, vec!["active/AAAAAA1".to_owned()]);
+        assert_eq!(ix.get("AAAAAA1"), Some("deferred/A/AAAAAA1"));
+        assert_eq!(
+            ix.placed("active/BBBBBB2"),
+            Some("deferred/B/BBBBBB2".into())
+        );
+        assert_eq!(ix.placed("active/BBBBBB2"), None);
+        ix.removed("deferred/B/BBBBBB2");
+        assert_eq!(ix.get("BBBBBB2"), Some("active/BBBBBB2"));
+        ix.removed("active/BBBBBB2");
+        assert_eq!(ix.get("BBBBBB2"), None);
+        assert_eq!(ix.len(), 1);
+    }
+
+    fn ren(a: &str, b: &str) -> Op {
+        Op::Rename {
+            from: a.into(),
+            to: b.into(),
+        }
+    }
+
+    #[test]
+    fn a_churning_message_costs_nothing_until_due() {
+        let mut c = MoveCoalescer::default();
+        let t = Instant::now();
+        let d = Duration::from_secs(1);
+        let q = "deferred/A/AAAAAA1";
+        // Many retries: deferred -> active -> deferred, stamps, defer log.
+        for _ in 0..50 {
+            assert!(c.take(ren(q, "active/AAAAAA1"), t).is_empty());
+            assert!(c.take(Op::Write("defer/A/AAAAAA1".into()), t).is_empty());
+            assert!(c.take(ren("active/AAAAAA1", q), t).is_empty());
+            assert!(c.take(Op::Attr(q.into()), t).is_empty());
+        }
+        assert!(c.due(t, d).is_empty());
+        let mut out = c.due(t + d, d);
+        out.sort_by(|a, b| a.path().cmp(b.path()));
+        assert_eq!(
+            out,
+            vec![Op::Write("defer/A/AAAAAA1".into()), Op::Attr(q.into())]
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn content_is_never_held_and_moves_follow_the_message() {
+        let mut c = MoveCoalescer::default();
+        let t = Instant::now();
+        let w = Op::Write("incoming/AAAAAA1".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        assert!(
+            c.take(ren("incoming/AAAAAA1", "active/AAAAAA1"), t)
+                .is_empty()
+        );
+        assert!(
+            c.take(ren("active/AAAAAA1", "deferred/A/AAAAAA1"), t)
+                .is_empty()
+        );
+        assert_eq!(c.all(), vec![ren("incoming/AAAAAA1", "deferred/A/AAAAAA1")]);
+        // A move then a removal: the removal alone goes out, at once.
+        assert!(
+            c.take(ren("deferred/A/AAAAAA1", "active/AAAAAA1"), t)
+                .is_empty()
+        );
+        let del = Op::Delete("active/AAAAAA1".into());
+        assert_eq!(c.take(del.clone(), t), vec![del]);
+        assert!(c.is_empty());
+        // Maildir-like paths and directories pass through.
+        let m = Op::Mkdir("deferred/C".into());
+        assert_eq!(c.take(m.clone(), t), vec![m]);
     }
 }

@@ -31,6 +31,10 @@ pub struct SyncStatus {
     pub files_synced: u64,
     /// Errors by kind (`unsafe_path`, `no_space`, `decode`, `auth`, ...).
     pub errors: BTreeMap<String, u64>,
+    /// Operations the peer reported failed and that are not yet redone
+    /// (sender: kept for retry; receiver: failed in the current session).
+    /// `in_sync` is never true while this is not zero.
+    pub failed_ops: u64,
     /// Set while the stream is paused, with the reason (e.g. peer disk full).
     pub paused: Option<String>,
     /// Last error, for the operator.

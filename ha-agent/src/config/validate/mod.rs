@@ -2,6 +2,7 @@
 //! every problem. Per-section checks live in the submodules; the checks
 //! that span sections are here.
 
+mod acceptance;
 mod monitor;
 mod net;
 mod scalar;
@@ -12,8 +13,8 @@ use std::path::{Path, PathBuf};
 use super::decode::Decoded;
 use super::error::{ConfigError, Problems};
 use super::model::{
-    Backup, Config, ConfigSync, HeartbeatLink, Interface, Monitors, Node, Runtime, SyncedView,
-    VipAction,
+    Backup, Config, ConfigSync, HeartbeatLink, Interface, Mode, Monitors, Node, Runtime,
+    SyncedView, VipAction,
 };
 
 /// Validates decoded sections. `problems` may already hold decode errors;
@@ -29,7 +30,10 @@ pub(crate) fn validate(
     let cluster = d
         .cluster
         .and_then(|raw| sections::cluster(p, raw, base_dir));
-    let heartbeat = d.heartbeat.and_then(|raw| net::heartbeat(p, raw));
+    let config_only = node.as_ref().is_some_and(|n| n.mode.is_config_only());
+    let heartbeat = d
+        .heartbeat
+        .and_then(|raw| net::heartbeat(p, raw, config_only));
     let interface = d.interface.and_then(|raw| net::interfaces(p, raw));
     let backup = d.backup.and_then(|raw| sections::backup(p, &raw));
     let config_sync = d.config_sync.and_then(|raw| sections::config_sync(p, raw));
@@ -40,9 +44,16 @@ pub(crate) fn validate(
         .runtime
         .and_then(|raw| sections::runtime(p, raw, node_name.as_deref()));
     let metrics = d.metrics.and_then(|raw| sections::metrics(p, raw));
+    let acceptance = d.acceptance.and_then(|raw| acceptance::section(p, raw));
+    if let (Some(acceptance), Some(backup)) = (&acceptance, &backup) {
+        acceptance::needs_spool(p, acceptance, backup);
+    }
 
     if let (Some(node), Some(interface)) = (&node, &interface) {
         config_only_carries_no_vips(p, node, interface);
+    }
+    if let (Some(node), Some(config_sync)) = (&node, &config_sync) {
+        config_only_membership(p, node, config_sync);
     }
     if let (Some(heartbeat), Some(interface)) = (&heartbeat, &interface) {
         heartbeat_and_service_apart(p, heartbeat, interface);
@@ -96,6 +107,8 @@ pub(crate) fn validate(
             hooks,
             runtime,
             metrics,
+            // Present whenever no problem was recorded.
+            acceptance: acceptance.unwrap_or_default(),
         }),
         _ => Err(std::mem::take(p).into_error()),
     }
@@ -145,6 +158,94 @@ fn config_only_carries_no_vips(p: &mut Problems, node: &Node, interface: &[Inter
                 "config-only members carry no VIPs (a load balancer spreads the traffic); \
                  use action = \"ignore\" or mode primary/secondary",
             );
+        }
+    }
+}
+
+/// The primary lists the others (2 to 25 in all), a member names its
+/// primary, every member has an address on the sync network; none of it
+/// means anything in active-passive mode.
+fn config_only_membership(p: &mut Problems, node: &Node, cs: &ConfigSync) {
+    let max = super::defaults::MAX_MEMBERS;
+    if !node.mode.is_config_only() {
+        for (set, key) in [
+            (cs.address.is_some(), "config_sync.address"),
+            (cs.primary.is_some(), "config_sync.primary"),
+            (!cs.members.is_empty(), "config_sync.member"),
+        ] {
+            if set {
+                p.push(key, "only for mode config-primary or config-secondary");
+            }
+        }
+        return;
+    }
+    if cs.paths.is_empty() {
+        p.push(
+            "config_sync.paths",
+            "a config-only member syncs configuration: list at least one path",
+        );
+    }
+    if cs.address.is_none() {
+        p.push(
+            "config_sync.address",
+            "required in config-only mode: this member's address on the sync network",
+        );
+    }
+    match node.mode {
+        Mode::ConfigPrimary => {
+            if cs.members.is_empty() {
+                p.push(
+                    "config_sync.member",
+                    format!(
+                        "a config primary lists the other members ([[config_sync.member]] name and address); \
+                         a config-only cluster has 2 to {max} members"
+                    ),
+                );
+            }
+            if let Some(extra) = cs.members.get(max - 1) {
+                p.push(
+                    format!("config_sync.member[{}]", max - 1),
+                    format!(
+                        "{:?} would be member number {} of the cluster: a config-only cluster has at most {max} \
+                         members (this primary and {} others); {} listed",
+                        extra.name,
+                        max + 1,
+                        max - 1,
+                        cs.members.len()
+                    ),
+                );
+            }
+            for (i, m) in cs.members.iter().enumerate() {
+                if m.name == node.name {
+                    p.push(
+                        format!("config_sync.member[{i}].name"),
+                        "is this node's own name; list the other members only",
+                    );
+                }
+                if Some(m.address) == cs.address {
+                    p.push(
+                        format!("config_sync.member[{i}].address"),
+                        "is this node's own config_sync.address; list the other members only",
+                    );
+                }
+            }
+            if cs.primary.is_some() {
+                p.push(
+                    "config_sync.primary",
+                    "set on config-secondary members only (this node is the primary)",
+                );
+            }
+        }
+        _ => {
+            if cs.primary.is_none() {
+                p.push(
+                    "config_sync.primary",
+                    "required on a config-secondary: the config primary's config_sync.address",
+                );
+            }
+            if cs.primary.is_some() && cs.primary == cs.address {
+                p.push("config_sync.primary", "is this node's own address");
+            }
         }
     }
 }

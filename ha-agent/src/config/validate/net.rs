@@ -18,8 +18,14 @@ const MAX_LINKS: usize = 2;
 pub(super) fn heartbeat(
     p: &mut Problems,
     raw: RawList<RawHeartbeat>,
+    config_only: bool,
 ) -> Option<Vec<HeartbeatLink>> {
     let mut ok = true;
+    // Config-only members exchange their light heartbeat over the config
+    // sync channel (`config_sync.address`), not over heartbeat links.
+    if raw.is_empty() && config_only {
+        return Some(Vec::new());
+    }
     if raw.is_empty() {
         p.push("heartbeat", "at least one [[heartbeat]] link is required");
         return None;

@@ -5,12 +5,17 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::scalar::{abs_path, command, duration, name, positive_duration, required, socket_addr};
+use super::scalar::{
+    abs_path, command, duration, ip, name, positive_duration, required, socket_addr, unicast,
+};
 use crate::config::defaults as d;
 use crate::config::error::Problems;
-use crate::config::model::{Backup, Cluster, ConfigSync, Hooks, Metrics, Node, Runtime};
+use crate::config::model::{
+    Backup, Cluster, ConfigSync, Hooks, Member, Metrics, Node, Override, Runtime,
+};
 use crate::config::raw::{
-    RawBackup, RawCluster, RawConfigSync, RawHooks, RawMetrics, RawNode, RawRuntime,
+    RawBackup, RawCluster, RawConfigSync, RawHooks, RawMember, RawMetrics, RawNode, RawOverride,
+    RawRuntime,
 };
 use crate::config::secret::{Secret, read_password_file};
 use crate::config::timing::Timing;
@@ -267,11 +272,137 @@ pub(super) fn config_sync(p: &mut Problems, raw: RawConfigSync) -> Option<Config
         Some(text) => Some(command(p, "config_sync.after_apply", &text)?),
         None => None,
     };
-    globs_ok.then_some(ConfigSync {
+    let validate = match raw.validate {
+        Some(text) => Some(command(p, "config_sync.validate", &text)?),
+        None => None,
+    };
+    let generations = raw.generations.unwrap_or(d::GENERATIONS);
+    let generations_ok = if (1..=100).contains(&generations) {
+        true
+    } else {
+        p.push(
+            "config_sync.generations",
+            format!("{generations} is not between 1 and 100"),
+        );
+        false
+    };
+    let check_interval = positive_duration(
+        p,
+        "config_sync.check_interval",
+        raw.check_interval.as_deref(),
+        d::CHECK_INTERVAL,
+    );
+    let heartbeat_interval = positive_duration(
+        p,
+        "config_sync.heartbeat_interval",
+        raw.heartbeat_interval.as_deref(),
+        d::CONFIG_HEARTBEAT_INTERVAL,
+    );
+    let address = raw
+        .address
+        .as_deref()
+        .map(|a| ip(p, "config_sync.address", a).and_then(|a| unicast(p, "config_sync.address", a)));
+    let primary = raw
+        .primary
+        .as_deref()
+        .map(|a| ip(p, "config_sync.primary", a).and_then(|a| unicast(p, "config_sync.primary", a)));
+    let members = members(p, raw.member);
+    let overrides = overrides(p, raw.set, paths.as_deref().unwrap_or_default());
+    // Outer None: absent; Some(None): invalid (already reported).
+    let opt = |v: Option<Option<std::net::IpAddr>>| match v {
+        None => Some(None),
+        Some(None) => None,
+        Some(Some(a)) => Some(Some(a)),
+    };
+    let (address, primary) = (opt(address), opt(primary));
+    (globs_ok && generations_ok).then_some(())?;
+    Some(ConfigSync {
         paths: paths?,
         exclude: raw.exclude,
         after_apply,
+        validate,
+        generations,
+        check_interval: check_interval?,
+        heartbeat_interval: heartbeat_interval?,
+        address: address?,
+        primary: primary?,
+        members: members?,
+        overrides: overrides?,
     })
+}
+
+/// `[[config_sync.member]]`: names and addresses, each once. The count
+/// is checked against the mode in `validate` (it needs `node`).
+fn members(p: &mut Problems, raw: Vec<RawMember>) -> Option<Vec<Member>> {
+    let mut out: Vec<Member> = Vec::new();
+    let mut ok = true;
+    for (i, m) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("config_sync.member[{i}].{k}");
+        let name = required(p, &key("name"), m.name, " (the member's node.name)")
+            .and_then(|n| name(p, &key("name"), &n));
+        let address = required(
+            p,
+            &key("address"),
+            m.address,
+            " (the member's config_sync.address)",
+        )
+        .and_then(|a| ip(p, &key("address"), &a))
+        .and_then(|a| unicast(p, &key("address"), a));
+        let (Some(name), Some(address)) = (name, address) else {
+            ok = false;
+            continue;
+        };
+        if let Some(j) = out.iter().position(|o| o.name == name) {
+            p.push(key("name"), format!("{name:?} is already member[{j}]"));
+            ok = false;
+        } else if let Some(j) = out.iter().position(|o| o.address == address) {
+            p.push(key("address"), format!("{address} is already member[{j}]'s"));
+            ok = false;
+        }
+        out.push(Member { name, address });
+    }
+    ok.then_some(out)
+}
+
+/// `[[config_sync.set]]`: a file below a synced path, a key that can be
+/// found on a line, a one-line value.
+fn overrides(p: &mut Problems, raw: Vec<RawOverride>, paths: &[PathBuf]) -> Option<Vec<Override>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, o) in raw.into_iter().enumerate() {
+        let key = |k: &str| format!("config_sync.set[{i}].{k}");
+        let file = required(p, &key("file"), o.file, " (a file below config_sync.paths)")
+            .and_then(|f| abs_path(p, &key("file"), &f));
+        let file = file.filter(|f| {
+            let inside = paths.iter().any(|root| f.starts_with(root));
+            if !inside {
+                p.push(
+                    key("file"),
+                    format!("{} is not below any of config_sync.paths", f.display()),
+                );
+            }
+            inside
+        });
+        let k = required(p, &key("key"), o.key, " (e.g. \"myhostname\")").filter(|k| {
+            let good = !k.trim().is_empty() && !k.contains(['=', '\n', '\0']) && k.trim() == k;
+            if !good {
+                p.push(key("key"), format!("{k:?}: one word or phrase without '=', newline or outer spaces"));
+            }
+            good
+        });
+        let value = required(p, &key("value"), o.value, "").filter(|v| {
+            let good = !v.contains(['\n', '\0']);
+            if !good {
+                p.push(key("value"), "must be one line");
+            }
+            good
+        });
+        match (file, k, value) {
+            (Some(file), Some(key), Some(value)) => out.push(Override { file, key, value }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
 }
 
 pub(super) fn hooks(p: &mut Problems, raw: RawHooks) -> Option<Hooks> {
