@@ -54,8 +54,11 @@ fn example_postfix_lines_route_through_the_example_proxy() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let read = |p: &str| fs::read_to_string(dir.join(p)).expect(p);
     let text = read("ha.toml").replace("\"/etc/ha/password\"", "\"/dev/null\"");
-    let c = config::parse(&text.replace("password_file = \"/dev/null\"", "password = \"x\""), None)
-        .expect("examples/ha.toml");
+    let c = config::parse(
+        &text.replace("password_file = \"/dev/null\"", "password = \"x\""),
+        None,
+    )
+    .expect("examples/ha.toml");
     assert!(c.acceptance.enabled);
     let findings = check(
         &read("acceptance/main.cf"),

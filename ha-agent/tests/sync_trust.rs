@@ -3,17 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use ha_agent::channel::{self, Local, Purpose};
 use ha_agent::sync::proto::{self, ErrorCode, Frame, Hello};
-use ha_agent::sync::{
-    Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, auth, failback,
-};
+use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, failback};
 
 const KEY: &[u8] = b"test-password";
 
@@ -38,6 +36,7 @@ fn side() -> Side {
 fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),
@@ -53,7 +52,11 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
 }
 
 fn receiver(s: &Side) -> SyncHandle {
-    Receiver::spawn(cfg(&s.data, &s.state, "127.0.0.1:1".parse().unwrap())).unwrap()
+    Receiver::spawn(SyncConfig {
+        node: "replica".into(),
+        ..cfg(&s.data, &s.state, "127.0.0.1:1".parse().unwrap())
+    })
+    .unwrap()
 }
 
 fn is_root() -> bool {
@@ -110,43 +113,63 @@ fn wait_equal(a: &Path, b: &Path, timeout: Duration) {
     wait_for("trees equal", timeout, || snapshot(a) == snapshot(b));
 }
 
-fn write_frame(s: &mut TcpStream, f: &Frame, seq: u64) {
-    let mut b = BytesMut::new();
-    proto::encode(f, seq, &mut b);
-    s.write_all(&b).unwrap();
-}
-
 /// A receiver that knows the password and lies: it answers the handshake,
 /// reports an empty tree, then sends forged errors.
-fn fake_receiver_handshake(s: &mut TcpStream) {
-    let hello = match proto::read_frame(s).unwrap() {
+struct Liar {
+    w: proto::Writer<TcpStream>,
+    r: proto::Reader<TcpStream>,
+}
+
+fn fake_receiver_handshake(s: &TcpStream) -> Liar {
+    let local = Local {
+        node: "liar",
+        cluster: 1,
+        password: KEY,
+    };
+    let est = channel::accept(
+        s,
+        local,
+        &[Purpose::Replicate],
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (seal, open) = est.split();
+    let mut liar = Liar {
+        w: proto::Writer::new(s.try_clone().unwrap(), seal),
+        r: proto::Reader::new(s.try_clone().unwrap(), open),
+    };
+    let hello = match liar.r.frame().unwrap() {
         (_, Frame::Hello(h)) => h,
         (_, f) => panic!("expected hello, got {f:?}"),
     };
-    let nonce = auth::nonce();
-    write_frame(
-        s,
-        &Frame::Challenge(Hello {
-            version: proto::VERSION,
-            purpose: hello.purpose,
-            node: "liar".into(),
-            nonce,
-            roots: vec![],
-            acked_seq: 0,
-        }),
-        0,
-    );
-    match proto::read_frame(s).unwrap() {
-        (_, Frame::Response { .. }) => {}
-        (_, f) => panic!("expected response, got {f:?}"),
+    liar.w
+        .send(
+            &Frame::Welcome(Hello {
+                version: proto::VERSION,
+                purpose: hello.purpose,
+                node: "liar".into(),
+                roots: vec![],
+                acked_seq: 0,
+            }),
+            0,
+        )
+        .unwrap();
+    liar
+}
+
+impl Liar {
+    /// A file body and the frame that ends it.
+    fn body(&mut self, size: u64) -> Vec<u8> {
+        let mut b = vec![0u8; size as usize];
+        self.r.inner.read_exact(&mut b).unwrap();
+        match self.r.frame().unwrap() {
+            (_, Frame::BodyEnd { .. } | Frame::BodyVoid) => {}
+            (_, f) => panic!("expected the end of the body, got {f:?}"),
+        }
+        b
     }
-    write_frame(
-        s,
-        &Frame::Response {
-            mac: auth::proof(KEY, auth::Role::Server, &hello.nonce, &nonce),
-        },
-        0,
-    );
 }
 
 #[test]
@@ -159,20 +182,19 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tx = Sender::spawn(cfg(&a.data, &a.state, listener.local_addr().unwrap())).unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    fake_receiver_handshake(&mut s);
-    match proto::read_frame(&mut s).unwrap() {
+    let mut liar = fake_receiver_handshake(&s);
+    match liar.r.frame().unwrap() {
         (_, Frame::ManifestRequest { hash_of }) if hash_of.is_empty() => {}
         (_, f) => panic!("expected a manifest request, got {f:?}"),
     }
-    write_frame(&mut s, &Frame::ManifestEnd, 0);
-    let (file_seq, size) = match proto::read_frame(&mut s).unwrap() {
+    liar.w.send(&Frame::ManifestEnd, 0).unwrap();
+    let (file_seq, size) = match liar.r.frame().unwrap() {
         (seq, Frame::FileData { path, size, .. }) if path == "mail" => (seq, size),
         (_, f) => panic!("expected the file, got {f:?}"),
     };
-    let mut body = vec![0u8; size as usize];
-    s.read_exact(&mut body).unwrap();
+    liar.body(size);
 
     // The forged errors: absolute paths, `..` walks, a sequence that was
     // never sent, and the real sequence of a write (not a rename) with a
@@ -185,15 +207,16 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
         (file_seq, "../../../../../../etc/ha/password".to_owned()),
     ];
     for (seq, path) in &forged {
-        write_frame(
-            &mut s,
-            &Frame::Error {
-                code: ErrorCode::MissingSource,
-                path: path.clone(),
-                message: "source missing".into(),
-            },
-            *seq,
-        );
+        liar.w
+            .send(
+                &Frame::Error {
+                    code: ErrorCode::MissingSource,
+                    path: path.clone(),
+                    message: "source missing".into(),
+                },
+                *seq,
+            )
+            .unwrap();
     }
     // Everything the sender sends from now on stays inside its root.
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -201,14 +224,13 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
     let until = Instant::now() + Duration::from_secs(2);
     let mut resent = 0;
     while Instant::now() < until {
-        match proto::read_frame(&mut s) {
+        match liar.r.frame() {
             Ok((_, Frame::FileData { path, size, .. })) => {
                 assert_eq!(
                     path, "mail",
                     "only the file sent at that sequence is redone"
                 );
-                let mut b = vec![0u8; size as usize];
-                s.read_exact(&mut b).unwrap();
+                let b = liar.body(size);
                 assert_ne!(b, b"the cluster password");
                 resent += 1;
             }

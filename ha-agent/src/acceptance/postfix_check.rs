@@ -229,11 +229,7 @@ pub fn check(main: &str, master: &str, e: &Expect) -> Vec<Finding> {
 
     let public: Vec<&&Service> = smtpds.iter().filter(|s| !is_after(s)).collect();
     if public.is_empty() {
-        out.push(err(
-            "master.cf",
-            0,
-            "no public smtpd service found".into(),
-        ));
+        out.push(err("master.cf", 0, "no public smtpd service found".into()));
     }
     for s in &public {
         let (v, file, line) = filter_of(s);
@@ -253,7 +249,9 @@ pub fn check(main: &str, master: &str, e: &Expect) -> Vec<Finding> {
         let timeout = s
             .get("smtpd_proxy_timeout")
             .map(|p| ("master.cf", p.line, p.value.clone()))
-            .or_else(|| global("smtpd_proxy_timeout").map(|p| ("main.cf", p.line, p.value.clone())));
+            .or_else(|| {
+                global("smtpd_proxy_timeout").map(|p| ("main.cf", p.line, p.value.clone()))
+            });
         let (tfile, tline, tval) = timeout.unwrap_or(("main.cf", 0, "100s".into()));
         if let Some(t) = postfix_time(&tval)
             && t <= e.timeout
@@ -330,10 +328,17 @@ pickup    unix  n       -       y       60      1       pickup
     fn wrong_port_missing_after_filter_and_a_loop() {
         let master = GOOD.replace("10025", "10099");
         let f = check(MAIN, &master, &expect());
-        assert!(f.iter().any(|x| x.line == 3 && x.message.contains("does not route")));
+        assert!(
+            f.iter()
+                .any(|x| x.line == 3 && x.message.contains("does not route"))
+        );
         let master = GOOD.replace("127.0.0.1:10026 inet", "127.0.0.1:10027 inet");
         let f = check(MAIN, &master, &expect());
-        assert!(f.iter().any(|x| x.message.contains("no smtpd listens on 127.0.0.1:10026")), "{f:?}");
+        assert!(
+            f.iter()
+                .any(|x| x.message.contains("no smtpd listens on 127.0.0.1:10026")),
+            "{f:?}"
+        );
         // A global filter without the after-filter's override loops.
         let master = GOOD.replace("  -o smtpd_proxy_filter=127.0.0.1:10025\n", "");
         let main = format!("{MAIN}smtpd_proxy_filter = inet:localhost:10025\n");
@@ -351,8 +356,9 @@ pickup    unix  n       -       y       60      1       pickup
             && x.file == "main.cf"
             && x.line == 1
             && x.message.contains("smtpd_proxy_timeout")));
-        assert!(f.iter().any(|x| x.severity == Severity::Warning
-            && x.message.contains("enable_long_queue_ids")));
+        assert!(f.iter().any(
+            |x| x.severity == Severity::Warning && x.message.contains("enable_long_queue_ids")
+        ));
         assert_eq!(postfix_time("2m"), Some(Duration::from_secs(120)));
         assert_eq!(postfix_time("100"), Some(Duration::from_secs(100)));
     }

@@ -37,7 +37,10 @@ fn check_postfix(cfg: &Config) -> Result<()> {
     let read = |name: &str| {
         let p = dir.join(name);
         std::fs::read_to_string(&p).map_err(|e| {
-            eprintln!("{}: cannot read: {e} (acceptance.postfix_config)", p.display());
+            eprintln!(
+                "{}: cannot read: {e} (acceptance.postfix_config)",
+                p.display()
+            );
             anyhow::anyhow!("{} cannot be read", p.display())
         })
     };

@@ -18,6 +18,7 @@ use super::manifest::Manifest;
 use super::plan::{self, Accept};
 use super::store::{ApplyReport, Generation, MemberState, Store, now_ms};
 use super::version::Version;
+use crate::channel;
 use crate::config::Member;
 use crate::config_sync::wire::{self, MemberReport, Msg, WireError};
 
@@ -398,6 +399,8 @@ impl MemberServer {
                                                         | WireError::Refused(_)
                                                         | WireError::Oversize(_)
                                                         | WireError::Decode(_)
+                                                        | WireError::Channel(_)
+                                                        | WireError::Auth(_)
                                                 ) {
                                                     core.refused(format!("{peer}: {e}"));
                                                 }
@@ -428,7 +431,7 @@ impl MemberServer {
 
 fn session(
     core: &MemberCore,
-    mut s: TcpStream,
+    s: TcpStream,
     peer: SocketAddr,
     stop: &AtomicBool,
 ) -> Result<(), WireError> {
@@ -437,18 +440,29 @@ fn session(
     // A pusher silent for longer than the down threshold is gone.
     let idle = core.st.heartbeat * (plan::DOWN_AFTER_INTERVALS + 1);
     s.set_read_timeout(Some(idle.max(Duration::from_secs(2))))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let name = wire::server_handshake(&mut s, &core.st.key, &core.st.node)?;
     let cluster = core.st.cluster;
-    wire::send(
-        &mut s,
-        &Msg::Member {
-            cluster,
-            report: Box::new(core.report()),
-        },
+    let local = channel::Local {
+        node: &core.st.node,
+        cluster,
+        password: &core.st.key,
+    };
+    let est = channel::accept(
+        &s,
+        local,
+        &[channel::Purpose::Config],
+        channel::HANDSHAKE_DEADLINE,
+        |_| {},
     )?;
+    s.set_read_timeout(Some(idle.max(Duration::from_secs(2))))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let name = est.peer.clone();
+    let mut s = wire::Conn::new(s, est);
+    s.send(&Msg::Member {
+        cluster,
+        report: Box::new(core.report()),
+    })?;
     while !stop.load(Ordering::Relaxed) {
-        let m = wire::recv(&mut s)?;
+        let m = s.recv()?;
         let started = Instant::now();
         let theirs = match &m {
             Msg::Ping { cluster, .. } | Msg::Install { cluster, .. } => *cluster,
@@ -462,12 +476,9 @@ fn session(
         if theirs != cluster {
             let reason =
                 format!("cluster id {theirs} refused: this member is in cluster {cluster}");
-            let _ = wire::send(
-                &mut s,
-                &Msg::Refused {
-                    reason: reason.clone(),
-                },
-            );
+            let _ = s.send(&Msg::Refused {
+                reason: reason.clone(),
+            });
             return Err(WireError::Refused(reason));
         }
         match m {
@@ -485,13 +496,10 @@ fn session(
                     h.up = up;
                     h.at = Some(Instant::now());
                 }
-                wire::send(
-                    &mut s,
-                    &Msg::Member {
-                        cluster,
-                        report: Box::new(core.report()),
-                    },
-                )?;
+                s.send(&Msg::Member {
+                    cluster,
+                    report: Box::new(core.report()),
+                })?;
             }
             Msg::Install {
                 origin,
@@ -504,22 +512,16 @@ fn session(
             } => {
                 if let Err(e) = manifest.check(core.st.apply.paths.len()) {
                     let reason = format!("install {version} refused: {e}");
-                    let _ = wire::send(
-                        &mut s,
-                        &Msg::Refused {
-                            reason: reason.clone(),
-                        },
-                    );
+                    let _ = s.send(&Msg::Refused {
+                        reason: reason.clone(),
+                    });
                     return Err(WireError::Refused(reason));
                 }
                 if members.len() > crate::config::defaults::MAX_MEMBERS {
                     let reason = format!("install {version} refused: {} members", members.len());
-                    let _ = wire::send(
-                        &mut s,
-                        &Msg::Refused {
-                            reason: reason.clone(),
-                        },
-                    );
+                    let _ = s.send(&Msg::Refused {
+                        reason: reason.clone(),
+                    });
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
@@ -529,18 +531,15 @@ fn session(
                     }
                     if let Err(e) = put {
                         let reason = format!("install {version} refused: {e}");
-                        let _ = wire::send(
-                            &mut s,
-                            &Msg::Refused {
-                                reason: reason.clone(),
-                            },
-                        );
+                        let _ = s.send(&Msg::Refused {
+                            reason: reason.clone(),
+                        });
                         return Err(WireError::Refused(reason));
                     }
                 }
                 let missing = core.store.missing(&manifest);
                 if !missing.is_empty() {
-                    wire::send(&mut s, &Msg::Missing { hashes: missing })?;
+                    s.send(&Msg::Missing { hashes: missing })?;
                     continue;
                 }
                 {
@@ -552,14 +551,10 @@ fn session(
                 }
                 let report =
                     core.install(version, &origin, members, &manifest, repair, false, started);
-                wire::send(
-                    &mut s,
-                    &Msg::Installed {
-                        report,
-                        member: Box::new(core.report()),
-                    },
-                )?;
-                core.settle();
+                s.send(&Msg::Installed {
+                    report,
+                    member: Box::new(core.report()),
+                })?;
             }
             _ => unreachable!("filtered above"),
         }
@@ -571,8 +566,6 @@ fn session(
 #[must_use]
 pub fn kind(m: &Msg) -> &'static str {
     match m {
-        Msg::Hello { .. } => "hello",
-        Msg::Proof { .. } => "proof",
         Msg::State { .. } => "state",
         Msg::Push { .. } => "push",
         Msg::Applied { .. } => "applied",

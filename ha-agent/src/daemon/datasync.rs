@@ -126,11 +126,12 @@ impl DataSync {
                 // neither the control loop nor its runtime waits for it.
                 let (tx, rx) = std::sync::mpsc::channel();
                 let cfg = self.cfg.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("sync-start".into())
-                    .spawn(move || {
-                        let _ = tx.send(Sender::spawn(cfg));
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("sync-start".into())
+                        .spawn(move || {
+                            let _ = tx.send(Sender::spawn(cfg));
+                        });
                 match spawned {
                     Ok(_) => self.starting = Some(rx),
                     Err(e) => error!(error = %e, "data sync sender could not start"),
