@@ -9,8 +9,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use ha_agent::channel::{self, Local};
 use ha_agent::sync::proto::{self, Frame, Hello, Purpose};
-use ha_agent::sync::{Receiver, RootKind, SyncConfig, SyncRoot, auth};
+use ha_agent::sync::{Receiver, RootKind, SyncConfig, SyncRoot};
 
 const KEY: &[u8] = b"test-password";
 const LIMIT: u64 = 64 * 1024;
@@ -29,6 +30,7 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
     fs::write(data.join("keep/victim"), b"must survive").unwrap();
     let rx = Receiver::spawn(SyncConfig {
         node: "test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: data.clone(),
@@ -56,36 +58,29 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
         assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
     }
 
-    let mut s = TcpStream::connect(rx.local_addr().unwrap()).unwrap();
+    let s = TcpStream::connect(rx.local_addr().unwrap()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let nonce = auth::nonce();
-    s.write_all(&frame(
+    let local = Local {
+        node: "raw",
+        cluster: 1,
+        password: KEY,
+    };
+    let est = channel::connect(&s, local, Purpose::Replicate, Duration::from_secs(5)).unwrap();
+    let (seal, open) = est.split();
+    let mut r = proto::Reader::new(s.try_clone().unwrap(), open);
+    let mut c = proto::Writer::new(s, seal);
+    c.send(
         &Frame::Hello(Hello {
             version: proto::VERSION,
             purpose: Purpose::Replicate,
             node: "raw".into(),
-            nonce,
             roots: vec!["mail".into()],
             acked_seq: 0,
         }),
         0,
-    ))
+    )
     .unwrap();
-    let ch = match proto::read_frame(&mut s).unwrap() {
-        (_, Frame::Challenge(h)) => h,
-        (_, f) => panic!("{f:?}"),
-    };
-    s.write_all(&frame(
-        &Frame::Response {
-            mac: auth::proof(KEY, auth::Role::Client, &ch.nonce, &nonce),
-        },
-        0,
-    ))
-    .unwrap();
-    assert!(matches!(
-        proto::read_frame(&mut s).unwrap().1,
-        Frame::Response { .. }
-    ));
+    assert!(matches!(r.frame().unwrap().1, Frame::Welcome(_)));
 
     // A body whose tail is nothing but valid frames deleting the victim.
     let evil = frame(
@@ -109,7 +104,7 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
         owner: "root".into(),
         group: "root".into(),
     };
-    s.write_all(&frame(
+    c.frame(
         &Frame::FileData {
             root: 0,
             path: "big".into(),
@@ -117,12 +112,16 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
             attrs,
         },
         1,
-    ))
+    )
     .unwrap();
-    s.write_all(&body).unwrap();
+    let mut h = c.body_hasher();
+    h.update(&body);
+    c.flush().unwrap();
+    c.inner.write_all(&body).unwrap();
+    c.frame(&Frame::BodyEnd { hash: h.finish() }, 1).unwrap();
     assert!(tail < evil.len());
     // The next real frame is applied: the stream is still in step.
-    s.write_all(&frame(
+    c.send(
         &Frame::Mkdir {
             root: 0,
             path: "after".into(),
@@ -134,11 +133,11 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
             },
         },
         3,
-    ))
+    )
     .unwrap();
     let mut errors = Vec::new();
     loop {
-        match proto::read_frame(&mut s).unwrap() {
+        match r.frame().unwrap() {
             (seq, Frame::Ack) if seq >= 3 => break,
             (_, Frame::Ack) => {}
             (seq, Frame::Error { code, .. }) => errors.push((seq, code)),

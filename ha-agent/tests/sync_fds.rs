@@ -10,6 +10,7 @@ use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncRoot};
 fn cfg(root: &std::path::Path, state: &std::path::Path, peer: std::net::SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -384,66 +384,74 @@ fn failback_with_a_failure_reports_it() {
     rx.stop();
 }
 
-/// A sender that knows the password and speaks raw frames.
+/// A sender that knows the password and speaks raw (authenticated) frames.
 struct Raw {
-    s: TcpStream,
+    w: proto::Writer<TcpStream>,
+    r: proto::Reader<TcpStream>,
 }
 
 impl Raw {
     fn connect(addr: SocketAddr, purpose: proto::Purpose) -> Raw {
-        let mut s = TcpStream::connect(addr).unwrap();
+        let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let nonce = auth::nonce();
-        write_frame(
-            &mut s,
+        let local = Local {
+            node: "raw",
+            cluster: 1,
+            password: KEY,
+        };
+        let est = channel::connect(&s, local, purpose, Duration::from_secs(5)).unwrap();
+        let (seal, open) = est.split();
+        let mut raw = Raw {
+            w: proto::Writer::new(s.try_clone().unwrap(), seal),
+            r: proto::Reader::new(s, open),
+        };
+        raw.send(
             &Frame::Hello(Hello {
                 version: proto::VERSION,
                 purpose,
                 node: "raw".into(),
-                nonce,
                 roots: vec!["mail".into()],
                 acked_seq: 0,
             }),
             0,
         );
-        let ch = match proto::read_frame(&mut s).unwrap() {
-            (_, Frame::Challenge(h)) => h,
-            (_, f) => panic!("expected challenge, got {f:?}"),
-        };
-        write_frame(
-            &mut s,
-            &Frame::Response {
-                mac: auth::proof(KEY, auth::Role::Client, &ch.nonce, &nonce),
-            },
-            0,
-        );
-        match proto::read_frame(&mut s).unwrap() {
-            (_, Frame::Response { .. }) => {}
-            (_, f) => panic!("expected response, got {f:?}"),
+        match raw.r.frame().unwrap() {
+            (_, Frame::Welcome(_)) => {}
+            (_, f) => panic!("expected welcome, got {f:?}"),
         }
-        Raw { s }
+        raw
+    }
+    fn file_with(&mut self, seq: u64, path: &str, body: &[u8], attrs: proto::Attrs) {
+        self.w
+            .frame(
+                &Frame::FileData {
+                    root: 0,
+                    path: path.into(),
+                    size: body.len() as u64,
+                    attrs,
+                },
+                seq,
+            )
+            .unwrap();
+        let mut h = self.w.body_hasher();
+        h.update(body);
+        self.w.flush().unwrap();
+        self.w.inner.write_all(body).unwrap();
+        self.w
+            .send(&Frame::BodyEnd { hash: h.finish() }, seq)
+            .unwrap();
     }
     fn file(&mut self, seq: u64, path: &str, body: &[u8]) {
-        write_frame(
-            &mut self.s,
-            &Frame::FileData {
-                root: 0,
-                path: path.into(),
-                size: body.len() as u64,
-                attrs: attrs(0o600),
-            },
-            seq,
-        );
-        self.s.write_all(body).unwrap();
+        self.file_with(seq, path, body, attrs(0o600));
     }
     fn send(&mut self, f: &Frame, seq: u64) {
-        write_frame(&mut self.s, f, seq);
+        self.w.send(f, seq).unwrap();
     }
     /// Reads frames until the ack of `seq`; returns the sequences refused.
     fn until_ack(&mut self, seq: u64) -> Vec<(u64, ErrorCode)> {
         let mut refused = Vec::new();
         loop {
-            match proto::read_frame(&mut self.s).unwrap() {
+            match self.r.frame().unwrap() {
                 (s, Frame::Ack) if s >= seq => return refused,
                 (_, Frame::Ack) => {}
                 (s, Frame::Error { code, .. }) => refused.push((s, code)),
@@ -587,13 +595,13 @@ fn a_replica_session_is_closed_when_the_node_becomes_active() {
         "the replica session stopped"
     );
     // Whatever the old session still sends reaches nothing.
-    raw.s
+    raw.r.inner
         .set_read_timeout(Some(Duration::from_secs(2)))
         .unwrap();
     let mut b1 = [0u8; 1];
-    let _ = raw.s.write_all(b"x");
+    let _ = raw.w.inner.write_all(b"x");
     assert!(
-        matches!(raw.s.read(&mut b1), Ok(0) | Err(_)),
+        matches!(raw.r.inner.read(&mut b1), Ok(0) | Err(_)),
         "connection closed"
     );
     assert!(!b.data.join("after").exists());
@@ -611,31 +619,11 @@ fn a_set_uid_file_and_an_unknown_owner_arrive_stripped_and_not_owned_by_root() {
     let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
     let mut suid = attrs(0o106_755);
     suid.owner = "root".into();
-    write_frame(
-        &mut raw.s,
-        &Frame::FileData {
-            root: 0,
-            path: "bin/suid".into(),
-            size: 4,
-            attrs: suid,
-        },
-        1,
-    );
-    raw.s.write_all(b"\x7fELF").unwrap();
+    raw.file_with(1, "bin/suid", b"\x7fELF", suid);
     let mut stranger = attrs(0o100_640);
     stranger.owner = "no-such-user-ha-test".into();
     stranger.group = "#0".into();
-    write_frame(
-        &mut raw.s,
-        &Frame::FileData {
-            root: 0,
-            path: "cur/stranger".into(),
-            size: 4,
-            attrs: stranger,
-        },
-        2,
-    );
-    raw.s.write_all(b"mail").unwrap();
+    raw.file_with(2, "cur/stranger", b"mail", stranger);
     assert!(raw.until_ack(2).is_empty());
     let md = fs::metadata(b.data.join("bin/suid")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o755, "set-uid and set-gid stripped");

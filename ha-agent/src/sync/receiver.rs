@@ -602,8 +602,11 @@ impl<'a> Session<'a> {
         );
         if let Some(refused) = self.refusal(&frame) {
             if let Frame::FileData { size, .. } = &frame {
-                // Keep the stream in step: the body is read away.
-                io::copy(&mut r.by_ref().take(*size), &mut io::sink())?;
+                // Keep the stream in step: the body is read away (and its
+                // tag still checked, so a forged body ends the session).
+                let mut hash = r.body_hasher();
+                drain(r, *size, &mut hash)?;
+                body_end(r, &hash)?;
             }
             let key = refused_key(&frame);
             self.batch.max_seq = self.batch.max_seq.max(seq);
@@ -649,7 +652,9 @@ impl<'a> Session<'a> {
                 match self.handin_target(ri, &path) {
                     Some(None) => {
                         // The live queue has, or had, this message.
-                        io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
+                        let mut hash = r.body_hasher();
+                        drain(r, size, &mut hash)?;
+                        body_end(r, &hash)?;
                         debug!(%path, "hand-in skipped: message known here");
                         Ok(())
                     }
