@@ -83,7 +83,10 @@ fn load(addr: SocketAddr, rate: u32, secs: u64, tag: &str) -> Run {
                         *behind.lock().unwrap_or_else(|p| p.into_inner()) += 1;
                     }
                     let r = send_here(addr, &format!("{tag}-{i}"), BOUND);
-                    results.lock().unwrap_or_else(|p| p.into_inner()).push((r, Instant::now()));
+                    results
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((r, Instant::now()));
                 }
             })
         })
@@ -178,7 +181,12 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     println!(
         "{:>6} | {:>22} | {:>22} | {:>17} | {:>15} | {:>6}",
-        "rate", "plain tps p50/p99 ms", "proxy tps p50/p99 ms", "added p50/p99 ms", "held p50/p99 ms", "ratio"
+        "rate",
+        "plain tps p50/p99 ms",
+        "proxy tps p50/p99 ms",
+        "added p50/p99 ms",
+        "held p50/p99 ms",
+        "ratio"
     );
     for rate in rates {
         let before = pair.acceptance();
@@ -189,7 +197,8 @@ pub fn run(args: &[String]) -> Result<()> {
             (p, x)
         });
         let after = pair.acceptance();
-        let refused: u64 = after.refused.values().sum::<u64>() - before.refused.values().sum::<u64>();
+        let refused: u64 =
+            after.refused.values().sum::<u64>() - before.refused.values().sum::<u64>();
         println!(
             "{:>6} | {:>6.1} {:>6.2}/{:>7.2} | {:>6.1} {:>6.2}/{:>7.2} | {:>7.2}/{:>8.2} | {:>6.2}/{:>7.2} | {:>5.0}%",
             rate,

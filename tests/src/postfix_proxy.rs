@@ -264,7 +264,12 @@ impl Postfix {
     /// Starts the instance inside `ns` (stopped again on drop).
     pub fn start(&mut self, ns: &Netns) {
         let out = ns
-            .output(Command::new("postfix").arg("-c").arg(self.etc()).arg("start"))
+            .output(
+                Command::new("postfix")
+                    .arg("-c")
+                    .arg(self.etc())
+                    .arg("start"),
+            )
             .expect("postfix");
         assert!(
             out.status.success(),

@@ -161,7 +161,9 @@ fn degrade_accepts_while_the_peer_is_away_with_the_alarm_raised() {
         st.warnings
     );
     assert!(
-        p.active.queue_ids().contains(sent.queue_id.as_ref().unwrap()),
+        p.active
+            .queue_ids()
+            .contains(sent.queue_id.as_ref().unwrap()),
         "degrade keeps the message"
     );
 

@@ -101,13 +101,9 @@ fn twenty_five_members_apply_a_change_byte_for_byte() {
     );
     let m = c
         .wait_for(7, "member status", SETTLE, |s| {
-            s.config_only
-                .as_ref()
-                .is_some_and(|c| {
-                    c.primary_version.as_deref() == Some(v.as_str())
-                        && c.primary_up
-                        && c.up.len() == 25
-                })
+            s.config_only.as_ref().is_some_and(|c| {
+                c.primary_version.as_deref() == Some(v.as_str()) && c.primary_up && c.up.len() == 25
+            })
         })
         .config_only
         .unwrap();
