@@ -5,10 +5,10 @@
 //! I/O so that it can be tested without root.
 
 pub mod acceptance;
+pub mod channel;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod channel;
 pub mod config_sync;
 pub mod control;
 pub mod daemon;

@@ -42,7 +42,10 @@ fn node(dir: &Path, i: u8, port: u16, key: &[u8], validate: Option<&str>) -> Nod
             b.build().unwrap()
         },
         validate: validate.map(str::to_owned),
-        after_apply: Some(format!("touch {}", dir.join(format!("n{i}/applied")).display())),
+        after_apply: Some(format!(
+            "touch {}",
+            dir.join(format!("n{i}/applied")).display()
+        )),
         overrides: Vec::new(),
         hook_timeout: Duration::from_secs(10),
     };
@@ -124,7 +127,10 @@ fn a_change_reaches_every_member_and_a_bad_one_is_refused_per_member() {
             .iter()
             .any(|m| m.name == "m4" && m.state == "refused")
     });
-    assert!(wrong.core.state().version.is_none(), "nothing installed with a wrong password");
+    assert!(
+        wrong.core.state().version.is_none(),
+        "nothing installed with a wrong password"
+    );
     let rows = primary.members();
     assert_eq!(rows.iter().find(|m| m.name == "m5").unwrap().state, "down");
 
@@ -133,14 +139,17 @@ fn a_change_reaches_every_member_and_a_bad_one_is_refused_per_member() {
     fs::write(p.etc.join("main.cf"), "relayhost = broken\n").unwrap();
     for m in &members[..2] {
         wait("second version", || {
-            fs::read_to_string(m.etc.join("main.cf")).ok().as_deref() == Some("relayhost = broken\n")
+            fs::read_to_string(m.etc.join("main.cf")).ok().as_deref()
+                == Some("relayhost = broken\n")
         });
     }
     wait("failure reported for m3", || {
         primary.members().iter().any(|m| {
             m.name == "m3"
                 && m.state == "failed"
-                && m.last_apply.as_ref().is_some_and(|a| !a.ok && a.detail.contains("validate"))
+                && m.last_apply
+                    .as_ref()
+                    .is_some_and(|a| !a.ok && a.detail.contains("validate"))
         })
     });
     assert_eq!(
@@ -157,7 +166,10 @@ fn a_change_reaches_every_member_and_a_bad_one_is_refused_per_member() {
     }
     fs::write(members[0].etc.join("main.cf"), "edited by hand\n").unwrap();
     wait("drift repaired", || {
-        fs::read_to_string(members[0].etc.join("main.cf")).ok().as_deref() == Some("relayhost = c\n")
+        fs::read_to_string(members[0].etc.join("main.cf"))
+            .ok()
+            .as_deref()
+            == Some("relayhost = c\n")
             && primary
                 .members()
                 .iter()

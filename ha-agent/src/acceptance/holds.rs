@@ -113,7 +113,10 @@ pub enum Action {
     /// The peer confirms messages again.
     AlarmCleared,
     /// A client left while its reply was held (logged and counted).
-    Abandoned { hold: HoldId, queue_id: Option<String> },
+    Abandoned {
+        hold: HoldId,
+        queue_id: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -242,10 +245,12 @@ impl Holds {
             Event::ClientGone { session, .. } => {
                 let gone: Vec<HoldId> = self
                     .pending
-                    .range(HoldId { session, token: 0 }..=HoldId {
-                        session,
-                        token: u64::MAX,
-                    })
+                    .range(
+                        HoldId { session, token: 0 }..=HoldId {
+                            session,
+                            token: u64::MAX,
+                        },
+                    )
                     .map(|(h, _)| *h)
                     .collect();
                 for h in gone {
@@ -335,7 +340,10 @@ impl Holds {
 
     fn forget_oldest(&mut self) {
         if let Some((t, q)) = self.recent_order.pop_front()
-            && self.recent.get(&q).is_some_and(|&(_, arrived)| arrived == t)
+            && self
+                .recent
+                .get(&q)
+                .is_some_and(|&(_, arrived)| arrived == t)
         {
             // No later acknowledgement of the same ID refreshed it.
             self.recent.remove(&q);
@@ -377,7 +385,13 @@ mod tests {
     /// is available, failing with the step number.
     fn scenario(policy: Policy, steps: Vec<(Event, Vec<Action>)>) -> Holds {
         let mut c = Holds::new(TIMEOUT, policy);
-        assert!(c.handle(Peer { available: true, now: 0 }).is_empty());
+        assert!(
+            c.handle(Peer {
+                available: true,
+                now: 0
+            })
+            .is_empty()
+        );
         for (i, (ev, want)) in steps.into_iter().enumerate() {
             let got = c.handle(ev.clone());
             assert_eq!(got, want, "step {i}: {ev:?}");
@@ -461,9 +475,16 @@ mod tests {
             Policy::Strict,
             vec![
                 (held(1, "AAA", 5 * MS, 7 * MS), vec![]),
-                (Tick { now: 7 * MS + TIMEOUT - 1 }, vec![]),
                 (
-                    Tick { now: 7 * MS + TIMEOUT },
+                    Tick {
+                        now: 7 * MS + TIMEOUT - 1,
+                    },
+                    vec![],
+                ),
+                (
+                    Tick {
+                        now: 7 * MS + TIMEOUT,
+                    },
                     vec![
                         Refuse {
                             hold: h(1),

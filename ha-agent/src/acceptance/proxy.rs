@@ -165,7 +165,12 @@ impl Proxy {
         let (tx, rx) = mpsc::unbounded_channel();
         let feed = Feed { tx };
         let hub = tokio::spawn(hub(cfg.clone(), rx, shared.clone()));
-        let acc = tokio::spawn(accept_loop(listener, cfg.clone(), feed.clone(), shared.clone()));
+        let acc = tokio::spawn(accept_loop(
+            listener,
+            cfg.clone(),
+            feed.clone(),
+            shared.clone(),
+        ));
         info!(listen = %local_addr, after_filter = %cfg.after_filter, policy = ?cfg.policy,
             timeout_ms = cfg.timeout.as_millis() as u64, "acceptance proxy started");
         Ok(Self {
@@ -444,8 +449,12 @@ fn carry_out(
             }
             Action::Accept { hold, waited, why } => {
                 answer(reply_to, hold, Answer::Original);
-                warn!(session = hold.session, reason = why.label(), waited_ms = waited / 1_000_000,
-                    "acceptance: 250 sent without a copy on the peer (degrade policy)");
+                warn!(
+                    session = hold.session,
+                    reason = why.label(),
+                    waited_ms = waited / 1_000_000,
+                    "acceptance: 250 sent without a copy on the peer (degrade policy)"
+                );
                 shared.with(|s| {
                     *s.accepted_unconfirmed
                         .entry(why.label().into())
@@ -455,15 +464,22 @@ fn carry_out(
             }
             Action::Refuse { hold, waited, why } => {
                 answer(reply_to, hold, Answer::Replace(REFUSAL.to_vec()));
-                warn!(session = hold.session, reason = why.label(), waited_ms = waited / 1_000_000,
-                    "acceptance: 451 sent, the peer did not confirm a copy (strict policy)");
+                warn!(
+                    session = hold.session,
+                    reason = why.label(),
+                    waited_ms = waited / 1_000_000,
+                    "acceptance: 451 sent, the peer did not confirm a copy (strict policy)"
+                );
                 shared.with(|s| *s.refused.entry(why.label().into()).or_default() += 1);
                 latency(shared, "refused", why.label(), waited);
             }
             Action::Remove { queue_id } => remove(cfg, shared, queue_id),
             Action::AlarmRaised { why } => {
                 let at = humantime::format_rfc3339_seconds(SystemTime::now());
-                error!(reason = why.label(), "acceptance ALARM: mail accepted that only this node holds");
+                error!(
+                    reason = why.label(),
+                    "acceptance ALARM: mail accepted that only this node holds"
+                );
                 shared.with(|s| {
                     s.alarm = Some(format!(
                         "since {at}: 250 sent for mail only this node holds ({})",
@@ -483,8 +499,11 @@ fn carry_out(
             }
             Action::Abandoned { hold, queue_id } => {
                 reply_to.remove(&hold);
-                info!(session = hold.session, queue_id = queue_id.as_deref().unwrap_or("-"),
-                    "acceptance: client left while its 250 was held; the message stays queued (a retry would be a duplicate)");
+                info!(
+                    session = hold.session,
+                    queue_id = queue_id.as_deref().unwrap_or("-"),
+                    "acceptance: client left while its 250 was held; the message stays queued (a retry would be a duplicate)"
+                );
                 shared.with(|s| s.abandoned += 1);
                 if let Some(m) = &shared.metrics {
                     m.acceptance_answered("abandoned", "client_gone", None);

@@ -222,7 +222,8 @@ mod tests {
         x.from_server(b"220 after ESMTP\r\n", t).unwrap();
         assert_eq!(s(&x.to_client()), "220 after ESMTP\r\n");
         x.from_client(b"EHLO before\r\n", t).unwrap();
-        x.from_server(b"250-after\r\n250 PIPELINING\r\n", t).unwrap();
+        x.from_server(b"250-after\r\n250 PIPELINING\r\n", t)
+            .unwrap();
         assert_eq!(s(&x.to_client()), "250-after\r\n250 PIPELINING\r\n");
         x.from_client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n", t)
             .unwrap();
@@ -308,15 +309,18 @@ mod tests {
     fn two_messages_on_one_connection() {
         let mut x = Session::default();
         transaction(&mut x, 1);
-        x.from_server(b"250 2.0.0 Ok: queued as AAA123\r\n", 9).unwrap();
+        x.from_server(b"250 2.0.0 Ok: queued as AAA123\r\n", 9)
+            .unwrap();
         let a = x.new_holds().remove(0);
         x.decide(a.token, Answer::Original);
         x.to_client();
         x.from_client(b"MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n", 10)
             .unwrap();
-        x.from_server(b"250 Ok\r\n250 Ok\r\n354 go\r\n", 11).unwrap();
+        x.from_server(b"250 Ok\r\n250 Ok\r\n354 go\r\n", 11)
+            .unwrap();
         x.from_client(b"x\r\n.\r\n", 12).unwrap();
-        x.from_server(b"250 2.0.0 Ok: queued as BBB123\r\n", 13).unwrap();
+        x.from_server(b"250 2.0.0 Ok: queued as BBB123\r\n", 13)
+            .unwrap();
         let b = x.new_holds().remove(0);
         assert_eq!((b.queue_id.as_deref(), b.dot_at), (Some("BBB123"), 12));
         assert_ne!(a.token, b.token);

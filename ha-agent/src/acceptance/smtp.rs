@@ -140,7 +140,9 @@ fn reply_code(line: &[u8]) -> Option<u16> {
         Some(b' ' | b'-' | b'\r' | b'\n') => {}
         _ => return None,
     }
-    let n = digits.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    let n = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
     (100..600).contains(&n).then_some(n)
 }
 
@@ -408,7 +410,9 @@ mod tests {
             raw: s.as_bytes().to_vec(),
         };
         assert_eq!(
-            r("250 2.0.0 Ok: queued as 3F2A1B\r\n").queued_as().as_deref(),
+            r("250 2.0.0 Ok: queued as 3F2A1B\r\n")
+                .queued_as()
+                .as_deref(),
             Some("3F2A1B")
         );
         assert_eq!(r("451 4.3.0 queued as 3F2A1B\r\n").queued_as(), None);
@@ -427,10 +431,17 @@ mod tests {
         use Command::*;
         assert_eq!(cmds, vec![Other, Other, Other, Data]);
         // Body bytes before the answer to DATA stay undecided.
-        assert!(c.feed(b"Subject: x\r\n\r\n..not the end\r\n").unwrap().is_empty());
+        assert!(
+            c.feed(b"Subject: x\r\n\r\n..not the end\r\n")
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(c.data_answered(354).unwrap(), vec![]);
         assert!(c.in_body());
-        assert!(c.feed(b".\r").unwrap().is_empty(), "a dot alone is not yet the end");
+        assert!(
+            c.feed(b".\r").unwrap().is_empty(),
+            "a dot alone is not yet the end"
+        );
         assert_eq!(c.feed(b"\nQUIT\r\n").unwrap(), vec![EndOfData, Other]);
     }
 

@@ -84,7 +84,11 @@ impl AcceptanceStatus {
             ));
         }
         if !self.errors.is_empty() {
-            let e: Vec<String> = self.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let e: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
             v.push(format!("errors: {}", e.join(", ")));
         }
         if let Some(a) = &self.alarm {

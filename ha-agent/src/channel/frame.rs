@@ -89,7 +89,10 @@ impl Sealer {
     /// After 2^64 messages (never in practice).
     pub fn seal(&mut self, msg: &[u8]) -> [u8; TAG_LEN] {
         let t = tag(&self.keys.mac, self.next, msg);
-        self.next = self.next.checked_add(1).expect("2^64 frames in one session");
+        self.next = self
+            .next
+            .checked_add(1)
+            .expect("2^64 frames in one session");
         t
     }
 

@@ -169,7 +169,13 @@ struct Hello {
     name: String,
 }
 
-fn put_hello(out: &mut Vec<u8>, purpose: Purpose, cluster: u32, nonce: &[u8; NONCE_LEN], name: &str) {
+fn put_hello(
+    out: &mut Vec<u8>,
+    purpose: Purpose,
+    cluster: u32,
+    nonce: &[u8; NONCE_LEN],
+    name: &str,
+) {
     out.push(VERSION);
     out.push(purpose as u8);
     out.extend_from_slice(&cluster.to_be_bytes());
@@ -480,7 +486,11 @@ impl Server {
     /// Checks the client's proof; on success the verdict to send is `[0]`.
     pub fn on_client_finish(self, finish: &[u8]) -> Result<Established, HandshakeError> {
         if finish.len() == PROOF_LEN
-            && verify(&self.c2s_auth, &[&self.transcript, &self.server_tag], finish)
+            && verify(
+                &self.c2s_auth,
+                &[&self.transcript, &self.server_tag],
+                finish,
+            )
         {
             Ok(self.session)
         } else {
@@ -598,14 +608,19 @@ mod tests {
         let (finish, _) = client.on_server_hello(&reply).unwrap();
         // The recorded hello and finish, against a new server nonce.
         let (server, _) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
-        assert_eq!(server.on_client_finish(&finish).unwrap_err().label(), "auth");
+        assert_eq!(
+            server.on_client_finish(&finish).unwrap_err().label(),
+            "auth"
+        );
     }
 
     #[test]
     fn relay_between_a_nodes_own_endpoints_fails() {
         // Node "a"'s sender, relayed to node "a"'s own receiver.
         let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
-        let e = Server::on_client_hello(local("a"), ALL, &hello, nonce()).err().unwrap();
+        let e = Server::on_client_hello(local("a"), ALL, &hello, nonce())
+            .err()
+            .unwrap();
         assert_eq!(e.label(), "identity");
         // Renamed in flight: the name is bound into the proofs.
         let mut renamed = hello.clone();
@@ -614,18 +629,22 @@ mod tests {
         let (server, reply) = Server::on_client_hello(local("a"), ALL, &renamed, nonce()).unwrap();
         assert!(client.on_server_hello(&reply).is_err());
         let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
-        let (_, genuine_reply) =
-            Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
+        let (_, genuine_reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         let (finish, _) = client.on_server_hello(&genuine_reply).unwrap();
-        assert_eq!(server.on_client_finish(&finish).unwrap_err().label(), "auth");
+        assert_eq!(
+            server.on_client_finish(&finish).unwrap_err().label(),
+            "auth"
+        );
         // A server answering with the client's own name is refused before
         // its proof is even looked at.
         let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
-        let (_, reply) =
-            Server::on_client_hello(local("x"), ALL, &hello, nonce()).unwrap();
+        let (_, reply) = Server::on_client_hello(local("x"), ALL, &hello, nonce()).unwrap();
         let mut forged = reply.clone();
         forged[1 + SERVER_FIXED] = b'a';
-        assert_eq!(client.on_server_hello(&forged).unwrap_err().label(), "identity");
+        assert_eq!(
+            client.on_server_hello(&forged).unwrap_err().label(),
+            "identity"
+        );
     }
 
     #[test]
@@ -644,7 +663,10 @@ mod tests {
         let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
         let (_, reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         let (finish, _) = client.on_server_hello(&reply).unwrap();
-        assert_eq!(server.on_client_finish(&finish).unwrap_err().label(), "auth");
+        assert_eq!(
+            server.on_client_finish(&finish).unwrap_err().label(),
+            "auth"
+        );
     }
 
     #[test]
@@ -652,13 +674,17 @@ mod tests {
         let (_, hello) = Client::start(local("a"), Purpose::Data, nonce());
         let mut h = hello.clone();
         h[4] = 1;
-        let e = Server::on_client_hello(local("b"), ALL, &h, nonce()).err().unwrap();
+        let e = Server::on_client_hello(local("b"), ALL, &h, nonce())
+            .err()
+            .unwrap();
         assert_eq!(e.label(), "version");
         let other = Local {
             cluster: 8,
             ..local("b")
         };
-        let e = Server::on_client_hello(other, ALL, &hello, nonce()).err().unwrap();
+        let e = Server::on_client_hello(other, ALL, &hello, nonce())
+            .err()
+            .unwrap();
         assert_eq!(e.label(), "cluster");
         for cut in 0..hello.len() {
             let e = Server::on_client_hello(local("b"), ALL, &hello[..cut], nonce())
@@ -668,7 +694,9 @@ mod tests {
         }
         let mut h = hello.clone();
         h[0] = b'X';
-        let e = Server::on_client_hello(local("b"), ALL, &h, nonce()).err().unwrap();
+        let e = Server::on_client_hello(local("b"), ALL, &h, nonce())
+            .err()
+            .unwrap();
         assert_eq!(e.label(), "malformed");
     }
 

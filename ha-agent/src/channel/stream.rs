@@ -46,7 +46,9 @@ impl Deadline<'_> {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -64,7 +66,9 @@ impl Deadline<'_> {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -159,11 +163,10 @@ pub fn accept(
     }
     hello.resize(CLIENT_FIXED + n, 0);
     d.read_exact(&mut hello[CLIENT_FIXED..])?;
-    let (server, reply) =
-        match Server::on_client_hello(local, serves, &hello, handshake::nonce()) {
-            Ok(x) => x,
-            Err(e) => return Err(refuse(&mut d, e)),
-        };
+    let (server, reply) = match Server::on_client_hello(local, serves, &hello, handshake::nonce()) {
+        Ok(x) => x,
+        Err(e) => return Err(refuse(&mut d, e)),
+    };
     on_hello(server.claimed_peer());
     d.write_all(&reply)?;
     let mut finish = [0u8; PROOF_LEN];
@@ -202,7 +205,13 @@ mod tests {
             let ok = accept(&s, local("b"), &[Purpose::Data], HANDSHAKE_DEADLINE, |_| {});
             let (s2, _) = l.accept().unwrap();
             let started = Instant::now();
-            let slow = accept(&s2, local("b"), &[Purpose::Data], Duration::from_millis(600), |_| {});
+            let slow = accept(
+                &s2,
+                local("b"),
+                &[Purpose::Data],
+                Duration::from_millis(600),
+                |_| {},
+            );
             (ok.map(|e| e.peer), slow.map(|e| e.peer), started.elapsed())
         });
         let s = TcpStream::connect(addr).unwrap();
@@ -230,12 +239,25 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            accept(&s, local("b"), &[Purpose::Config], HANDSHAKE_DEADLINE, |_| {}).unwrap_err()
+            accept(
+                &s,
+                local("b"),
+                &[Purpose::Config],
+                HANDSHAKE_DEADLINE,
+                |_| {},
+            )
+            .unwrap_err()
         });
         let s = TcpStream::connect(addr).unwrap();
         let e = connect(&s, local("a"), Purpose::Data, HANDSHAKE_DEADLINE).unwrap_err();
         assert!(
-            matches!(e, HandshakeError::PeerRefused { code: Refusal::Purpose, .. }),
+            matches!(
+                e,
+                HandshakeError::PeerRefused {
+                    code: Refusal::Purpose,
+                    ..
+                }
+            ),
             "{e}"
         );
         assert_eq!(t.join().unwrap().label(), "purpose");

@@ -118,7 +118,9 @@ pub fn main() -> Result<()> {
         Cmd::Switch { to, target } => control::switch(&target, to),
         Cmd::Sync { what, target } => control::sync(&target, what),
         Cmd::Config { action, target } => match action {
-            ConfigCmd::Generations => control::simple(&target, &Request::Generations, "generations"),
+            ConfigCmd::Generations => {
+                control::simple(&target, &Request::Generations, "generations")
+            }
             ConfigCmd::Rollback { generation } => control::simple(
                 &target,
                 &Request::Rollback {

@@ -227,8 +227,7 @@ fn build(
         };
         let text = fs::read_to_string(&target).map_err(io_at(&target))?;
         let perms = fs::metadata(&target).map_err(io_at(&target))?.permissions();
-        fs::write(&target, manifest::set_value(&text, &o.key, &o.value))
-            .map_err(io_at(&target))?;
+        fs::write(&target, manifest::set_value(&text, &o.key, &o.value)).map_err(io_at(&target))?;
         fs::set_permissions(&target, perms).map_err(io_at(&target))?;
     }
     Ok(Some(stage))
@@ -298,8 +297,7 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
                     .map_or_else(|| p.clone(), |(s, _)| s.clone())
             })
             .collect();
-        bundle::collect(&staged_paths, &st.exclude)
-            .map(|b| Manifest::from_bundle(&b).0.checksum())
+        bundle::collect(&staged_paths, &st.exclude).map(|b| Manifest::from_bundle(&b).0.checksum())
     };
     let before = disk_checksum(st)?;
     if staged.as_ref().is_ok_and(|s| *s == before) {
@@ -419,13 +417,19 @@ mod tests {
         st.after_apply = Some(format!("touch {}", t.path().join("hook").display()));
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
         let out = install(&st, &store, &m).unwrap();
-        assert!(matches!(out, Outcome::Applied { changed: true, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::Applied { changed: true, .. }),
+            "{out:?}"
+        );
         assert_eq!(
             fs::read_to_string(dst.join("main.cf")).unwrap(),
             "relayhost = x\nmyhostname = b\n"
         );
         assert_eq!(fs::read_to_string(dst.join("local.cf")).unwrap(), "mine\n");
-        assert_eq!(fs::metadata(dst.join("maps/t")).unwrap().mode() & 0o777, 0o640);
+        assert_eq!(
+            fs::metadata(dst.join("maps/t")).unwrap().mode() & 0o777,
+            0o640
+        );
         assert!(!dst.join("old").exists());
         assert!(t.path().join("hook").exists());
         assert!(!staging_path(&dst).exists(), "staging removed");

@@ -81,10 +81,11 @@ pub enum ManifestError {
 /// Lowercase hex of `b`.
 #[must_use]
 pub fn hex(b: &[u8]) -> String {
-    b.iter().fold(String::with_capacity(b.len() * 2), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
 }
 
 /// Whether `h` is a SHA-256 in lowercase hex (safe as a file name).

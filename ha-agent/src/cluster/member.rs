@@ -217,7 +217,11 @@ impl MemberCore {
                     format!("refused: older than {running}, the version in force here"),
                 );
             }
-            Accept::Same if !repair && !own_files && cur.content.as_deref() == Some(&manifest.checksum()) => {
+            Accept::Same
+                if !repair
+                    && !own_files
+                    && cur.content.as_deref() == Some(&manifest.checksum()) =>
+            {
                 return report(true, "unchanged".into());
             }
             _ => {}
@@ -260,7 +264,13 @@ impl MemberCore {
             }
             Ok(Outcome::Invalid { detail }) => {
                 warn!(%version, %detail, "config version refused by validate; previous one stays in force");
-                report(false, format!("validate failed ({detail}); {} stays in force", show(cur.version)))
+                report(
+                    false,
+                    format!(
+                        "validate failed ({detail}); {} stays in force",
+                        show(cur.version)
+                    ),
+                )
             }
             Ok(Outcome::HookFailed { detail, restored }) => {
                 warn!(%version, %detail, %restored, "after_apply failed; previous version restored");
@@ -291,7 +301,10 @@ impl MemberCore {
 }
 
 fn show(v: Option<Version>) -> String {
-    v.map_or_else(|| "the previous configuration".into(), |v| format!("version {v}"))
+    v.map_or_else(
+        || "the previous configuration".into(),
+        |v| format!("version {v}"),
+    )
 }
 
 /// Handle on the listener; stops it on drop.
@@ -334,10 +347,10 @@ impl MemberServer {
                                 continue;
                             }
                             sessions.fetch_add(1, Ordering::Relaxed);
-                            let (core, sessions, stop) = (core.clone(), sessions.clone(), stop2.clone());
-                            let _ = thread::Builder::new()
-                                .name("config-session".into())
-                                .spawn(move || {
+                            let (core, sessions, stop) =
+                                (core.clone(), sessions.clone(), stop2.clone());
+                            let _ = thread::Builder::new().name("config-session".into()).spawn(
+                                move || {
                                     if let Err(e) = session(&core, s, peer, &stop) {
                                         match e {
                                             WireError::Io(ref io)
@@ -348,14 +361,21 @@ impl MemberServer {
                                                 ) => {}
                                             e => {
                                                 warn!(%peer, error = %e, "config session ended");
-                                                if matches!(e, WireError::Handshake(_) | WireError::Refused(_) | WireError::Oversize(_) | WireError::Decode(_)) {
+                                                if matches!(
+                                                    e,
+                                                    WireError::Handshake(_)
+                                                        | WireError::Refused(_)
+                                                        | WireError::Oversize(_)
+                                                        | WireError::Decode(_)
+                                                ) {
                                                     core.refused(format!("{peer}: {e}"));
                                                 }
                                             }
                                         }
                                     }
                                     sessions.fetch_sub(1, Ordering::Relaxed);
-                                });
+                                },
+                            );
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                             thread::sleep(Duration::from_millis(5));
@@ -375,7 +395,12 @@ impl MemberServer {
     }
 }
 
-fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicBool) -> Result<(), WireError> {
+fn session(
+    core: &MemberCore,
+    mut s: TcpStream,
+    peer: SocketAddr,
+    stop: &AtomicBool,
+) -> Result<(), WireError> {
     s.set_nonblocking(false)?;
     s.set_nodelay(true)?;
     // A pusher silent for longer than the down threshold is gone.
@@ -384,23 +409,40 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
     let name = wire::server_handshake(&mut s, &core.st.key, &core.st.node)?;
     let cluster = core.st.cluster;
-    wire::send(&mut s, &Msg::Member { cluster, report: Box::new(core.report()) })?;
+    wire::send(
+        &mut s,
+        &Msg::Member {
+            cluster,
+            report: Box::new(core.report()),
+        },
+    )?;
     while !stop.load(Ordering::Relaxed) {
         let m = wire::recv(&mut s)?;
         let started = Instant::now();
         let theirs = match &m {
             Msg::Ping { cluster, .. } | Msg::Install { cluster, .. } => *cluster,
             other => {
-                return Err(WireError::Handshake(format!("unexpected message {}", kind(other))));
+                return Err(WireError::Handshake(format!(
+                    "unexpected message {}",
+                    kind(other)
+                )));
             }
         };
         if theirs != cluster {
-            let reason = format!("cluster id {theirs} refused: this member is in cluster {cluster}");
-            let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+            let reason =
+                format!("cluster id {theirs} refused: this member is in cluster {cluster}");
+            let _ = wire::send(
+                &mut s,
+                &Msg::Refused {
+                    reason: reason.clone(),
+                },
+            );
             return Err(WireError::Refused(reason));
         }
         match m {
-            Msg::Ping { version, up, check, .. } => {
+            Msg::Ping {
+                version, up, check, ..
+            } => {
                 if check {
                     core.check_drift();
                 }
@@ -412,23 +454,52 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
                     h.up = up;
                     h.at = Some(Instant::now());
                 }
-                wire::send(&mut s, &Msg::Member { cluster, report: Box::new(core.report()) })?;
+                wire::send(
+                    &mut s,
+                    &Msg::Member {
+                        cluster,
+                        report: Box::new(core.report()),
+                    },
+                )?;
             }
-            Msg::Install { origin, version, members, manifest, blobs, repair, .. } => {
+            Msg::Install {
+                origin,
+                version,
+                members,
+                manifest,
+                blobs,
+                repair,
+                ..
+            } => {
                 if let Err(e) = manifest.check(core.st.apply.paths.len()) {
                     let reason = format!("install {version} refused: {e}");
-                    let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                    let _ = wire::send(
+                        &mut s,
+                        &Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                    );
                     return Err(WireError::Refused(reason));
                 }
                 if members.len() > crate::config::defaults::MAX_MEMBERS {
                     let reason = format!("install {version} refused: {} members", members.len());
-                    let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                    let _ = wire::send(
+                        &mut s,
+                        &Msg::Refused {
+                            reason: reason.clone(),
+                        },
+                    );
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
                     if let Err(e) = core.store.put(&b.hash, &b.data) {
                         let reason = format!("install {version} refused: {e}");
-                        let _ = wire::send(&mut s, &Msg::Refused { reason: reason.clone() });
+                        let _ = wire::send(
+                            &mut s,
+                            &Msg::Refused {
+                                reason: reason.clone(),
+                            },
+                        );
                         return Err(WireError::Refused(reason));
                     }
                 }
@@ -444,8 +515,15 @@ fn session(core: &MemberCore, mut s: TcpStream, peer: SocketAddr, stop: &AtomicB
                     h.primary_version = Some(version);
                     h.at = Some(Instant::now());
                 }
-                let report = core.install(version, &origin, members, &manifest, repair, false, started);
-                wire::send(&mut s, &Msg::Installed { report, member: Box::new(core.report()) })?;
+                let report =
+                    core.install(version, &origin, members, &manifest, repair, false, started);
+                wire::send(
+                    &mut s,
+                    &Msg::Installed {
+                        report,
+                        member: Box::new(core.report()),
+                    },
+                )?;
             }
             _ => unreachable!("filtered above"),
         }

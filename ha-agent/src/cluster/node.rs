@@ -155,7 +155,9 @@ impl ConfigNode {
                 .map(|g| g.members)
                 .unwrap_or_default()
         });
-        list.into_iter().filter(|m| m.name != self.me.name).collect()
+        list.into_iter()
+            .filter(|m| m.name != self.me.name)
+            .collect()
     }
 
     fn start_primary(&self) {
@@ -175,14 +177,20 @@ impl ConfigNode {
     /// Whether this node pushes now.
     #[must_use]
     pub fn is_primary(&self) -> bool {
-        lock(&self.primary).as_ref().is_some_and(|p| p.superseded().is_none())
+        lock(&self.primary)
+            .as_ref()
+            .is_some_and(|p| p.superseded().is_none())
             && !self.core.superseded.load(Ordering::Relaxed)
     }
 
     /// The effective mode: `config-primary` or `config-secondary`.
     #[must_use]
     pub fn effective_mode(&self) -> &'static str {
-        if self.is_primary() { "config-primary" } else { "config-secondary" }
+        if self.is_primary() {
+            "config-primary"
+        } else {
+            "config-secondary"
+        }
     }
 
     /// `ha-agent sync config`.
@@ -217,7 +225,9 @@ impl ConfigNode {
         let (manifest, blobs) = Manifest::from_bundle(&b);
         let version = Version::new_epoch(state.version.into_iter().chain(heard.primary_version));
         let members = self.members();
-        let list: Vec<Member> = std::iter::once(self.me.clone()).chain(members.iter().cloned()).collect();
+        let list: Vec<Member> = std::iter::once(self.me.clone())
+            .chain(members.iter().cloned())
+            .collect();
         // Stop the old primary side first (a superseded one, after a return).
         drop(lock(&self.primary).take());
         self.core
@@ -271,14 +281,27 @@ impl ConfigNode {
         let p = guard.as_ref().ok_or("primary side not running")?;
         let state = self.core.state();
         let next = state.version.max(p.target()).unwrap_or(to).next();
-        let r = self.core.install(next, &self.me.name, g.members.clone(), &g.manifest, true, true, Instant::now());
+        let r = self.core.install(
+            next,
+            &self.me.name,
+            g.members.clone(),
+            &g.manifest,
+            true,
+            true,
+            Instant::now(),
+        );
         if !r.ok {
-            return Err(format!("rollback to {to} failed on this node: {}", r.detail));
+            return Err(format!(
+                "rollback to {to} failed on this node: {}",
+                r.detail
+            ));
         }
         // The files in force are the version just recorded: push it.
         p.rescan();
         info!(from = %to, version = %next, "cluster rolled back by the operator");
-        Ok(format!("generation {to} is version {next} now; pushing it to every member"))
+        Ok(format!(
+            "generation {to} is version {next} now; pushing it to every member"
+        ))
     }
 
     /// The status page's config-only part.
@@ -304,7 +327,13 @@ impl ConfigNode {
             origin: s.origin,
             last_apply: s.last_apply,
             drift: h.drift,
-            generations: self.core.store.generations().iter().map(ToString::to_string).collect(),
+            generations: self
+                .core
+                .store
+                .generations()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             primary: h.primary.clone(),
             primary_version: h.primary_version.map(|v| v.to_string()),
             primary_up: plan::is_up(since, self.core.st.heartbeat),

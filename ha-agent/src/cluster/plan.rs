@@ -117,7 +117,10 @@ mod tests {
     use super::*;
 
     fn v(e: u64, c: u64) -> Version {
-        Version { epoch: e, counter: c }
+        Version {
+            epoch: e,
+            counter: c,
+        }
     }
 
     #[test]
@@ -141,10 +144,22 @@ mod tests {
             rejected,
         };
         assert_eq!(step(v(1, 2), "x", &m(None, "", false, None)), Step::Push);
-        assert_eq!(step(v(1, 2), "x", &m(Some(v(1, 1)), "o", false, None)), Step::Push);
-        assert_eq!(step(v(1, 2), "x", &m(Some(v(1, 2)), "x", false, None)), Step::Idle);
-        assert_eq!(step(v(1, 2), "x", &m(Some(v(1, 2)), "x", true, None)), Step::Repair);
-        assert_eq!(step(v(1, 2), "x", &m(Some(v(1, 2)), "y", false, None)), Step::Repair);
+        assert_eq!(
+            step(v(1, 2), "x", &m(Some(v(1, 1)), "o", false, None)),
+            Step::Push
+        );
+        assert_eq!(
+            step(v(1, 2), "x", &m(Some(v(1, 2)), "x", false, None)),
+            Step::Idle
+        );
+        assert_eq!(
+            step(v(1, 2), "x", &m(Some(v(1, 2)), "x", true, None)),
+            Step::Repair
+        );
+        assert_eq!(
+            step(v(1, 2), "x", &m(Some(v(1, 2)), "y", false, None)),
+            Step::Repair
+        );
         // A version that failed validation there is not pushed in a loop...
         assert_eq!(
             step(v(1, 2), "x", &m(Some(v(1, 1)), "o", false, Some(v(1, 2)))),
@@ -164,7 +179,10 @@ mod tests {
     #[test]
     fn generations_keep_the_newest_and_the_one_in_force() {
         let gens = vec![v(1, 1), v(1, 2), v(1, 3), v(2, 1), v(2, 2)];
-        assert_eq!(expired(gens.clone(), 3, Some(v(2, 2))), vec![v(1, 1), v(1, 2)]);
+        assert_eq!(
+            expired(gens.clone(), 3, Some(v(2, 2))),
+            vec![v(1, 1), v(1, 2)]
+        );
         assert_eq!(expired(gens.clone(), 3, Some(v(1, 1))), vec![v(1, 2)]);
         assert_eq!(expired(gens.clone(), 10, None), vec![]);
         assert_eq!(expired(gens, 0, None).len(), 4, "at least one is kept");
@@ -179,7 +197,13 @@ mod tests {
         assert!(!is_up(None, s(2)));
         assert!(primary_at_start(true, "a", None));
         assert!(!primary_at_start(false, "a", None));
-        assert!(!primary_at_start(true, "a", Some("b")), "superseded by a switch");
-        assert!(primary_at_start(false, "b", Some("b")), "switched to primary");
+        assert!(
+            !primary_at_start(true, "a", Some("b")),
+            "superseded by a switch"
+        );
+        assert!(
+            primary_at_start(false, "b", Some("b")),
+            "switched to primary"
+        );
     }
 }

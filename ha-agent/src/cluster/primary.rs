@@ -231,11 +231,12 @@ impl Primary {
     pub fn target(&self) -> Option<Version> {
         lock(&self.sh.target).as_ref().map(|t| t.version)
     }
-
 }
 
 fn members_list(st: &PrimarySettings) -> Vec<Member> {
-    std::iter::once(st.me.clone()).chain(st.members.iter().cloned()).collect()
+    std::iter::once(st.me.clone())
+        .chain(st.members.iter().cloned())
+        .collect()
 }
 
 /// Collects this node's files; a new version when they changed.
@@ -277,7 +278,10 @@ fn issue(
 ) -> Option<Version> {
     let state = core.state();
     let seen = lock(&sh.target).as_ref().map(|t| t.version);
-    let version = state.version.max(seen).map_or(Version::FIRST, Version::next);
+    let version = state
+        .version
+        .max(seen)
+        .map_or(Version::FIRST, Version::next);
     let members = members_list(st);
     if let Err(e) = core.record_own(version, members.clone(), &manifest, &blobs) {
         warn!(error = %e, "new config version not stored; not pushed");
@@ -327,7 +331,9 @@ fn watch_loop(core: &MemberCore, st: &PrimarySettings, sh: &Shared) {
     let q = Queue::default();
     let mut next_poll = Instant::now() + POLL;
     while !sh.stop.load(Ordering::Relaxed) {
-        let wait = next_poll.saturating_duration_since(Instant::now()).min(Duration::from_millis(200));
+        let wait = next_poll
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(200));
         let changed = match watcher.as_mut() {
             Some(w) => {
                 if let Err(e) = w.poll(&q, wait) {
@@ -483,14 +489,21 @@ fn session(
     }
     let mut view = MemberView::default();
     match wire::recv(&mut s)? {
-        Msg::Member { cluster: c, report } if c == cluster => update(&sh.rows[i], &report, &mut view),
+        Msg::Member { cluster: c, report } if c == cluster => {
+            update(&sh.rows[i], &report, &mut view)
+        }
         Msg::Member { cluster: c, .. } => {
             return Err(SessionError::Refused(format!(
                 "member is in cluster {c}, this primary in cluster {cluster}"
             )));
         }
         Msg::Refused { reason } => return Err(SessionError::Refused(reason)),
-        other => return Err(SessionError::Refused(format!("unexpected {}", kind(&other)))),
+        other => {
+            return Err(SessionError::Refused(format!(
+                "unexpected {}",
+                kind(&other)
+            )));
+        }
     }
     // Contents the member holds: those of its version, if this node kept it.
     let mut known: HashSet<String> = view
@@ -533,7 +546,9 @@ fn session(
                     warn!(member = %m.name, version = %target.version, "drift on member: re-pushing");
                     lock(&sh.rows[i]).status.drift_repairs += 1;
                 }
-                let report = push(&mut s, core, st, &target, &mut known, repair, cluster, sh, i, &mut view)?;
+                let report = push(
+                    &mut s, core, st, &target, &mut known, repair, cluster, sh, i, &mut view,
+                )?;
                 if !report.ok {
                     warn!(member = %m.name, version = %target.version, detail = %report.detail, "push failed on member");
                     view.rejected = Some(target.version);
@@ -543,7 +558,9 @@ fn session(
             Step::Idle => {
                 set_state(&sh.rows[i], &view, &target, None);
                 wait_for_work(sh, seen, forced, Instant::now() + hb);
-                if sh.seq.load(Ordering::Relaxed) != seen || sh.force.load(Ordering::Relaxed) != forced {
+                if sh.seq.load(Ordering::Relaxed) != seen
+                    || sh.force.load(Ordering::Relaxed) != forced
+                {
                     continue;
                 }
                 let check = Instant::now() >= next_check;
@@ -558,7 +575,12 @@ fn session(
                     .collect();
                 wire::send(
                     &mut s,
-                    &Msg::Ping { cluster, version: Some(target.version), up, check },
+                    &Msg::Ping {
+                        cluster,
+                        version: Some(target.version),
+                        up,
+                        check,
+                    },
                 )?;
                 match wire::recv(&mut s)? {
                     Msg::Member { report, .. } => {
@@ -569,7 +591,12 @@ fn session(
                         }
                     }
                     Msg::Refused { reason } => return Err(SessionError::Refused(reason)),
-                    other => return Err(SessionError::Refused(format!("unexpected {}", kind(&other)))),
+                    other => {
+                        return Err(SessionError::Refused(format!(
+                            "unexpected {}",
+                            kind(&other)
+                        )));
+                    }
                 }
             }
         }
@@ -581,7 +608,9 @@ fn set_state(row: &Mutex<Row>, view: &MemberView, target: &Target, report: Optio
     if let Some(r) = report {
         row.status.last_apply = Some(r.clone());
     }
-    row.status.state = if view.version == Some(target.version) && view.content.as_deref() == Some(&target.content) {
+    row.status.state = if view.version == Some(target.version)
+        && view.content.as_deref() == Some(&target.content)
+    {
         if view.drift { "drift" } else { "in-sync" }
     } else if view.rejected == Some(target.version) {
         "failed"
@@ -609,7 +638,10 @@ fn push(
         .blobs
         .iter()
         .filter(|(h, _)| !known.contains(*h))
-        .map(|(h, d)| Blob { hash: h.clone(), data: d.clone() })
+        .map(|(h, d)| Blob {
+            hash: h.clone(),
+            data: d.clone(),
+        })
         .collect();
     // Two rounds at most: the second carries whatever the member lacked.
     for _ in 0..2 {
@@ -638,13 +670,22 @@ fn push(
                 blobs = hashes
                     .into_iter()
                     .filter_map(|h| {
-                        let d = target.blobs.get(&h).cloned().or_else(|| core.store.get(&h).ok())?;
+                        let d = target
+                            .blobs
+                            .get(&h)
+                            .cloned()
+                            .or_else(|| core.store.get(&h).ok())?;
                         Some(Blob { hash: h, data: d })
                     })
                     .collect();
             }
             Msg::Refused { reason } => return Err(SessionError::Refused(reason)),
-            other => return Err(SessionError::Refused(format!("unexpected {}", kind(&other)))),
+            other => {
+                return Err(SessionError::Refused(format!(
+                    "unexpected {}",
+                    kind(&other)
+                )));
+            }
         }
     }
     Ok(ApplyReport {

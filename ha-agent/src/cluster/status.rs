@@ -72,7 +72,11 @@ pub fn render(c: &ConfigOnlyStatus) -> String {
         c.version.as_deref().unwrap_or("none"),
         c.checksum.as_deref().unwrap_or("-"),
         c.origin.as_deref().unwrap_or("-"),
-        if c.drift { ", DRIFT: files edited by hand" } else { "" }
+        if c.drift {
+            ", DRIFT: files edited by hand"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(o, "  last apply:  {}", apply(&c.last_apply));
     let _ = writeln!(o, "  generations: {}", c.generations.join(" "));

@@ -240,7 +240,11 @@ impl Store {
             .filter_map(|v| self.generation(v).ok())
             .flat_map(|g| g.manifest.hashes().map(str::to_owned).collect::<Vec<_>>())
             .collect();
-        for e in fs::read_dir(self.dir.join("blobs")).into_iter().flatten().flatten() {
+        for e in fs::read_dir(self.dir.join("blobs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = e.file_name();
             let Some(n) = name.to_str() else { continue };
             if !used.contains(n) {
@@ -262,7 +266,9 @@ impl Store {
         match fs::read(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(MemberState::default()),
             Err(e) => Err(io_err(&path)(e)),
-            Ok(d) => serde_json::from_slice(&d).map_err(|source| StoreError::Decode { path, source }),
+            Ok(d) => {
+                serde_json::from_slice(&d).map_err(|source| StoreError::Decode { path, source })
+            }
         }
     }
 

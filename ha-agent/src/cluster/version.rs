@@ -13,7 +13,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// One version of the synced configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 pub struct Version {
     /// Grows on every manual change of primary.
     pub epoch: u64,
@@ -77,7 +79,10 @@ mod tests {
 
     #[test]
     fn order_is_epoch_then_counter() {
-        let v = |e, c| Version { epoch: e, counter: c };
+        let v = |e, c| Version {
+            epoch: e,
+            counter: c,
+        };
         assert!(v(1, 9) < v(2, 1));
         assert!(v(2, 1) < v(2, 2));
         assert_eq!(v(2, 2).next(), v(2, 3));

@@ -10,11 +10,11 @@
 use serde::de::DeserializeOwned;
 
 use super::error::Problems;
+use super::raw::RawAcceptance;
 use super::raw::{
     RawBackup, RawCluster, RawConfigSync, RawHeartbeat, RawHooks, RawInterface, RawLocalMonitor,
     RawMetrics, RawNode, RawRemoteMonitor, RawRuntime,
 };
-use super::raw::RawAcceptance;
 
 /// A list whose elements decoded one by one: `None` where an element failed.
 pub(crate) type RawList<T> = Vec<Option<T>>;

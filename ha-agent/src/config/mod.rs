@@ -32,8 +32,7 @@ pub use error::{ConfigError, Problem};
 pub use model::{
     Acceptance, Backup, Cluster, Config, ConfigSync, HeartbeatLink, Hooks, Interface, LocalCheck,
     LocalKind, LocalMonitor, Member, Metrics, MinFree, Mode, Monitors, Mta, Node, OnFailure,
-    Override, RemoteMonitor, Runtime,
-    Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
+    Override, RemoteMonitor, Runtime, Service, SyncedView, Vip, VipAction, VipEntry, XdpMode,
 };
 pub use secret::Secret;
 pub use timing::{Timing, TimingError};

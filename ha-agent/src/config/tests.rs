@@ -574,7 +574,10 @@ fn config_primary(members: usize) -> String {
 #[test]
 fn config_only_membership() {
     let c = parse(&config_primary(24), None).expect("25 members in all is valid");
-    assert!(c.heartbeat.is_empty(), "no heartbeat links in config-only mode");
+    assert!(
+        c.heartbeat.is_empty(),
+        "no heartbeat links in config-only mode"
+    );
     assert_eq!(c.config_sync.members.len(), 24);
     assert_eq!(c.config_sync.generations, 5);
     assert_eq!(c.config_sync.heartbeat_interval, Duration::from_secs(2));
@@ -591,10 +594,18 @@ fn config_only_membership() {
     let own = config_primary(1).replace("mail-01", "mail-00");
     assert_problem(&own, "config_sync.member[0].name", "own name");
     let no_addr = config_primary(1).replace("address = \"10.200.5.1\"\n", "");
-    assert_problem(&no_addr, "config_sync.address", "required in config-only mode");
+    assert_problem(
+        &no_addr,
+        "config_sync.address",
+        "required in config-only mode",
+    );
     // A member names its primary.
     let member = config_primary(0).replace("config-primary", "config-secondary");
-    assert_problem(&member, "config_sync.primary", "required on a config-secondary");
+    assert_problem(
+        &member,
+        "config_sync.primary",
+        "required on a config-secondary",
+    );
     // Active-passive nodes have no members.
     let ap = format!("{BASE}\n[config_sync]\naddress = \"10.200.5.1\"\n");
     assert_problem(&ap, "config_sync.address", "only for mode config-primary");
@@ -1058,12 +1069,28 @@ fn acceptance_defaults_and_every_bad_value_named() {
     .unwrap();
     assert_eq!(ok.acceptance.policy, crate::acceptance::Policy::Degrade);
     assert_eq!(ok.acceptance.timeout, Duration::from_secs(2));
-    assert_problem(&with("enabled = true"), "acceptance.enabled", "backup.mta_spool");
-    assert_problem(&with("timeout = \"0s\""), "acceptance.timeout", "longer than 0");
-    assert_problem(&with("timeout = \"100s\""), "acceptance.timeout", "smtpd_proxy_timeout");
+    assert_problem(
+        &with("enabled = true"),
+        "acceptance.enabled",
+        "backup.mta_spool",
+    );
+    assert_problem(
+        &with("timeout = \"0s\""),
+        "acceptance.timeout",
+        "longer than 0",
+    );
+    assert_problem(
+        &with("timeout = \"100s\""),
+        "acceptance.timeout",
+        "smtpd_proxy_timeout",
+    );
     assert_problem(&with("timeout = \"soon\""), "acceptance.timeout", "");
     assert_problem(&with("policy = \"lax\""), "acceptance.policy", "");
-    assert_problem(&with("listen = \"localhost:25\""), "acceptance.listen", "not an IP:port");
+    assert_problem(
+        &with("listen = \"localhost:25\""),
+        "acceptance.listen",
+        "not an IP:port",
+    );
     assert_problem(
         &with("after_filter = \"127.0.0.1:10025\""),
         "acceptance.after_filter",

@@ -119,11 +119,12 @@ impl DataSync {
                 // neither the control loop nor its runtime waits for it.
                 let (tx, rx) = std::sync::mpsc::channel();
                 let cfg = self.cfg.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("sync-start".into())
-                    .spawn(move || {
-                        let _ = tx.send(Sender::spawn(cfg));
-                    });
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("sync-start".into())
+                        .spawn(move || {
+                            let _ = tx.send(Sender::spawn(cfg));
+                        });
                 match spawned {
                     Ok(_) => self.starting = Some(rx),
                     Err(e) => error!(error = %e, "data sync sender could not start"),
@@ -370,7 +371,8 @@ impl DataSync {
     /// This node sends and the peer's replica is connected and in sync: it
     /// can confirm new messages.
     pub fn peer_confirms(&self) -> bool {
-        self.sender_status().is_some_and(|s| s.connected && s.in_sync)
+        self.sender_status()
+            .is_some_and(|s| s.connected && s.in_sync)
     }
 
     /// The kind of each root, by index (acknowledgements name roots so).

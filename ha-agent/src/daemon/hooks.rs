@@ -533,13 +533,23 @@ mod tests {
             Duration::from_secs(10),
         )
         .unwrap();
-        h.request(EffectiveMode::Secondary, EffectiveMode::Primary, "x".into(), None);
+        h.request(
+            EffectiveMode::Secondary,
+            EffectiveMode::Primary,
+            "x".into(),
+            None,
+        );
         assert!(h.idle(Duration::from_secs(10)));
         let last = h.status().last.unwrap();
         assert!(!last.ok());
         assert_eq!(last.summary(), "failed: exit status: 1 (boom)");
         let t0 = last.finished;
-        h.request(EffectiveMode::Secondary, EffectiveMode::Primary, "y".into(), None);
+        h.request(
+            EffectiveMode::Secondary,
+            EffectiveMode::Primary,
+            "y".into(),
+            None,
+        );
         assert!(h.idle(Duration::from_secs(10)));
         assert!(h.status().last.unwrap().finished > t0, "ran again");
     }

@@ -210,9 +210,6 @@ mod tests {
         let sent = "{direction=\"sent\"";
         assert_eq!(sample(&text, &format!("ha_sync_files_total{sent}")), 6.0);
         assert_eq!(sample(&text, &format!("ha_sync_bytes_total{sent}")), 510.0);
-        assert_eq!(
-            sample(&text, "ha_sync_errors_total{kind=\"no_space\""),
-            1.0
-        );
+        assert_eq!(sample(&text, "ha_sync_errors_total{kind=\"no_space\""), 1.0);
     }
 }

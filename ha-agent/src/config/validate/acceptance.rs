@@ -13,7 +13,12 @@ pub(super) fn section(p: &mut Problems, raw: RawAcceptance) -> Option<Acceptance
         None => Some(default),
     };
     let listen = addr(p, "acceptance.listen", raw.listen, def.listen);
-    let after_filter = addr(p, "acceptance.after_filter", raw.after_filter, def.after_filter);
+    let after_filter = addr(
+        p,
+        "acceptance.after_filter",
+        raw.after_filter,
+        def.after_filter,
+    );
     let timeout = positive_duration(
         p,
         "acceptance.timeout",

@@ -298,14 +298,12 @@ pub(super) fn config_sync(p: &mut Problems, raw: RawConfigSync) -> Option<Config
         raw.heartbeat_interval.as_deref(),
         d::CONFIG_HEARTBEAT_INTERVAL,
     );
-    let address = raw
-        .address
-        .as_deref()
-        .map(|a| ip(p, "config_sync.address", a).and_then(|a| unicast(p, "config_sync.address", a)));
-    let primary = raw
-        .primary
-        .as_deref()
-        .map(|a| ip(p, "config_sync.primary", a).and_then(|a| unicast(p, "config_sync.primary", a)));
+    let address = raw.address.as_deref().map(|a| {
+        ip(p, "config_sync.address", a).and_then(|a| unicast(p, "config_sync.address", a))
+    });
+    let primary = raw.primary.as_deref().map(|a| {
+        ip(p, "config_sync.primary", a).and_then(|a| unicast(p, "config_sync.primary", a))
+    });
     let members = members(p, raw.member);
     let overrides = overrides(p, raw.set, paths.as_deref().unwrap_or_default());
     // Outer None: absent; Some(None): invalid (already reported).
@@ -356,7 +354,10 @@ fn members(p: &mut Problems, raw: Vec<RawMember>) -> Option<Vec<Member>> {
             p.push(key("name"), format!("{name:?} is already member[{j}]"));
             ok = false;
         } else if let Some(j) = out.iter().position(|o| o.address == address) {
-            p.push(key("address"), format!("{address} is already member[{j}]'s"));
+            p.push(
+                key("address"),
+                format!("{address} is already member[{j}]'s"),
+            );
             ok = false;
         }
         out.push(Member { name, address });
@@ -386,7 +387,10 @@ fn overrides(p: &mut Problems, raw: Vec<RawOverride>, paths: &[PathBuf]) -> Opti
         let k = required(p, &key("key"), o.key, " (e.g. \"myhostname\")").filter(|k| {
             let good = !k.trim().is_empty() && !k.contains(['=', '\n', '\0']) && k.trim() == k;
             if !good {
-                p.push(key("key"), format!("{k:?}: one word or phrase without '=', newline or outer spaces"));
+                p.push(
+                    key("key"),
+                    format!("{k:?}: one word or phrase without '=', newline or outer spaces"),
+                );
             }
             good
         });
