@@ -139,10 +139,20 @@ pub(super) async fn run(
     );
 
     // Data plane: gate closed until the state machine says otherwise.
-    let mut dp =
-        DataPlane::open(&Options::new(&cfg.runtime.instance)).context("loading the data plane")?;
+    // Loading and attaching it (the kernel's verifier, netlink) is heavy
+    // work: it runs on the I/O runtime's blocking pool at normal priority,
+    // so that starting this agent never holds up realtime threads of other
+    // processes (on a shared test machine, the peer's agent).
+    let instance = cfg.runtime.instance.clone();
+    let dp = io
+        .spawn_blocking(move || -> Result<DataPlane> {
+            let dp = DataPlane::open(&Options::new(&instance)).context("loading the data plane")?;
+            dp.gate().set_active(false, 0).context("closing the gate")?;
+            Ok(dp)
+        })
+        .await
+        .context("data plane loader")??;
     let gate = dp.gate();
-    gate.set_active(false, 0).context("closing the gate")?;
     let vips = VipSet::open(&cfg, &io).await?;
     gate.set_vips(&vips.addresses())
         .context("loading the VIP set into the gate")?;
@@ -150,23 +160,34 @@ pub(super) async fn run(
         .context("loading fenced ports")?;
     gate.set_forward(cfg.cluster.forward, false)
         .context("setting forward mode")?;
-    let mode = xdp_mode(cfg.runtime.xdp_mode);
-    let port = cfg.cluster.heartbeat_port();
-    for (i, l) in cfg.heartbeat.iter().enumerate() {
-        let spec = DpLinkSpec {
-            link_id: i as u32,
-            peer: l.peer,
-            port,
-            cluster_id: cfg.cluster.id,
-        };
-        dp.attach_heartbeat(&l.interface, &spec, mode)
-            .with_context(|| format!("heartbeat[{i}]: attaching to {}", l.interface))?;
-    }
     let service_ifaces: Vec<String> = vips.interfaces().map(str::to_owned).collect();
-    for iface in &service_ifaces {
-        dp.attach_service(iface, mode)
-            .with_context(|| format!("service interface {iface}: attaching the gate"))?;
-    }
+    let attach_cfg = cfg.clone();
+    let attach_ifaces = service_ifaces.clone();
+    let dp = io
+        .spawn_blocking(move || -> Result<DataPlane> {
+            let mut dp = dp;
+            let cfg = attach_cfg;
+            let mode = xdp_mode(cfg.runtime.xdp_mode);
+            let port = cfg.cluster.heartbeat_port();
+            for (i, l) in cfg.heartbeat.iter().enumerate() {
+                let spec = DpLinkSpec {
+                    link_id: i as u32,
+                    peer: l.peer,
+                    port,
+                    cluster_id: cfg.cluster.id,
+                };
+                dp.attach_heartbeat(&l.interface, &spec, mode)
+                    .with_context(|| format!("heartbeat[{i}]: attaching to {}", l.interface))?;
+            }
+            for iface in &attach_ifaces {
+                dp.attach_service(iface, mode)
+                    .with_context(|| format!("service interface {iface}: attaching the gate"))?;
+            }
+            Ok(dp)
+        })
+        .await
+        .context("data plane attacher")??;
+    let port = cfg.cluster.heartbeat_port();
     // Not active yet: a restarted agent must not keep addresses it held.
     vips.release();
     if !vips.settled(RTNL_WAIT).await {
@@ -218,11 +239,14 @@ pub(super) async fn run(
         shared.clone(),
         key,
         sockets,
-        // A stalled control loop stops renewing at once and stops sending
-        // after a lease, so the peer takes over from a hung agent whose gate
-        // has closed by then.
+        // A stalled control loop stops renewing after a lease (its gate
+        // closes: a stall outage) and stops sending after a lost threshold,
+        // so the peer takes over from a hung agent a threshold later. Muting
+        // after only a lease turned every control-loop stall longer than
+        // lease + threshold into a role change; the gate is closed either
+        // way, so the later mute costs nothing in safety.
         SenderOptions {
-            mute_after: Some(timing.lease),
+            mute_after: Some(timing.threshold.max(timing.lease)),
             ..SenderOptions::default()
         },
         move |seq, sent, progress| match sender_lease.sent(seq, sent, progress) {

@@ -44,7 +44,8 @@ pub fn run(path: &Path) -> Result<()> {
             bail!("{} has problems (see above)", path.display());
         }
     };
-    init_logging();
+    // Kept until the process ends: it flushes the log writer's queue.
+    let _log_guard = init_logging();
     crate::sync::check_fd_limit();
     if cfg.node.mode.is_config_only() {
         // No realtime work in this mode: one ordinary runtime.
@@ -91,14 +92,23 @@ pub fn run(path: &Path) -> Result<()> {
     result
 }
 
-fn init_logging() {
+/// Logs go through a queue to a writer thread: a realtime thread that logs
+/// must never wait for the terminal, the journal or a file on a busy disk
+/// (a write into the page cache can be throttled for tens of ms when other
+/// work dirties pages; that stalled the control loop). If the queue is full,
+/// lines are dropped rather than waited for.
+fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal as _;
+    let ansi = std::io::stdout().is_terminal();
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     // One line per event; colours only for a human at a terminal.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(ansi)
+        .with_writer(writer)
         .try_init();
+    guard
 }
