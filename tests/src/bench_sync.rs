@@ -164,8 +164,10 @@ pub fn run(args: &[String]) -> Result<()> {
         max_lag: Duration::from_secs(1),
         retry: Duration::from_millis(200),
     };
+    // The receiver serves the sender's address only.
     let rcfg = SyncConfig {
         node: "bench-replica".into(),
+        peer: SocketAddr::new(IpAddr::V4(A_ADDR), SYNC_PORT),
         ..cfg(&dst, &work.0.join("state-b"))
     };
     let rx = b.run(|| Receiver::spawn(rcfg)).context("receiver")?;
