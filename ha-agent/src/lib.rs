@@ -19,4 +19,5 @@ pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod sync;
+pub mod testing;
 pub mod vip;

@@ -45,3 +45,29 @@ fn example_config_validates() {
     assert_eq!(c.monitor.remote.len(), 1);
     assert_eq!(c.monitor.local.len(), 2);
 }
+
+/// The Postfix lines shipped in examples/acceptance/ route mail through the
+/// proxy that examples/ha.toml configures, as `check-config` checks it.
+#[test]
+fn example_postfix_lines_route_through_the_example_proxy() {
+    use ha_agent::acceptance::postfix_check::{Expect, check};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let read = |p: &str| fs::read_to_string(dir.join(p)).expect(p);
+    let text = read("ha.toml").replace("\"/etc/ha/password\"", "\"/dev/null\"");
+    let c = config::parse(
+        &text.replace("password_file = \"/dev/null\"", "password = \"x\""),
+        None,
+    )
+    .expect("examples/ha.toml");
+    assert!(c.acceptance.enabled);
+    let findings = check(
+        &read("acceptance/main.cf"),
+        &read("acceptance/master.cf"),
+        &Expect {
+            listen: c.acceptance.listen,
+            after_filter: c.acceptance.after_filter,
+            timeout: c.acceptance.timeout,
+        },
+    );
+    assert_eq!(findings, vec![]);
+}

@@ -1,4 +1,4 @@
-//! Scenario tests of the role state machine (holo's conformance tests, as
+//! Scenario tests of the role state machine (conformance tests, as
 //! text): each `tests/fsm_scenarios/*.txt` holds a configuration, events in,
 //! and after each event the actions, transitions and status that came out
 //! (indented lines). The runner replays the events and compares the whole

@@ -25,11 +25,7 @@ const CLUSTER: u32 = 11;
 const PASSWORD: &[u8] = b"kernel test password";
 
 fn skip(why: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set and this test cannot run: {why}"
-    );
-    eprintln!("SKIP heartbeat_kernel: {why}");
+    ha_agent::testing::skip(why);
 }
 
 /// Removes the instance's bpffs pins even when the test panics.

@@ -69,6 +69,23 @@ fn rendered_names() -> BTreeSet<String> {
     m.sync_error("connection");
     m.sync_completed(SyncKind::Data, SystemTime::now());
     m.add_monitor("link port2");
+    m.set_config_only(&ha_agent::cluster::status::ConfigOnlyStatus {
+        version: Some("1.2".into()),
+        members: vec![ha_agent::cluster::primary::MemberStatus {
+            name: "mail-02".into(),
+            up: true,
+            state: "in-sync".into(),
+            last_apply: Some(ha_agent::cluster::store::ApplyReport {
+                version: "1.2".parse().unwrap(),
+                ok: true,
+                detail: "applied".into(),
+                at_ms: 0,
+                took_ms: 12.0,
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
     m.render()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
@@ -140,6 +157,9 @@ fn dashboard_covers_role_heartbeat_failovers_and_sync_lag() {
         "ha_heartbeat_receive_interval_seconds_bucket",
         "ha_failovers_total",
         "ha_sync_lag_seconds",
+        "ha_acceptance_answers_total",
+        "ha_acceptance_added_latency_seconds_bucket",
+        "ha_acceptance_alarm",
     ] {
         assert!(used.contains(needed), "dashboard does not show {needed}");
     }

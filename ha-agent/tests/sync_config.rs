@@ -38,6 +38,9 @@ after_apply = "echo applied >> {dir}/hook.log"
 fn settings(cfg: &Config) -> ConfigSyncConfig {
     let mut s = ConfigSyncConfig::from_config(cfg).unwrap();
     s.listen = "127.0.0.1:0".parse().unwrap();
+    // A receiver serves its peer's address only: here, loopback. A pusher's
+    // peers are set to the receiver's address by the test.
+    s.peers = vec!["127.0.0.1:9".parse().unwrap()];
     s.poll = Duration::from_millis(50);
     s
 }

@@ -9,11 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use ha_agent::channel::{self, HandshakeError, Local, handshake};
 use ha_agent::sync::proto::{self, ErrorCode, Frame, Hello, Purpose};
 use ha_agent::sync::state::{StateFile, SyncState};
-use ha_agent::sync::{
-    Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, auth, failback,
-};
+use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, failback};
 
 const KEY: &[u8] = b"test-password";
 
@@ -38,6 +37,7 @@ fn side() -> Side {
 fn cfg(root: &Path, state: &Path, peer: SocketAddr, kind: RootKind) -> SyncConfig {
     SyncConfig {
         node: "test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),
@@ -52,19 +52,27 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr, kind: RootKind) -> SyncConfi
     }
 }
 
+/// The receiver's node name (the sender's is "test": a peer may not
+/// claim this node's own name).
+const REPLICA: &str = "replica";
+
 fn receiver(s: &Side) -> SyncHandle {
-    Receiver::spawn(cfg(
-        &s.data,
-        &s.state,
-        "127.0.0.1:1".parse().unwrap(),
-        RootKind::MailDir,
-    ))
+    Receiver::spawn(SyncConfig {
+        node: REPLICA.into(),
+        ..cfg(
+            &s.data,
+            &s.state,
+            "127.0.0.1:1".parse().unwrap(),
+            RootKind::MailDir,
+        )
+    })
     .unwrap()
 }
 
 fn receiver_at(s: &Side, addr: SocketAddr) -> SyncHandle {
     let mut c = cfg(&s.data, &s.state, addr, RootKind::MailDir);
     c.listen = addr;
+    c.node = REPLICA.into();
     // The old listener may take a moment to go away.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -341,47 +349,51 @@ fn dropped_connection_mid_transfer_and_rename_storm_resumes_without_partial_file
 /// A client that knows the password and speaks raw frames.
 struct Raw {
     s: TcpStream,
+    w: proto::Writer<TcpStream>,
+    r: proto::Reader<TcpStream>,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr, key: &[u8], version: u8) -> (Raw, Option<Frame>) {
+    /// Authenticates as node "evil" and sends a replica hello; returns the
+    /// receiver's answer.
+    fn connect(addr: SocketAddr, key: &[u8]) -> Result<(Raw, Option<Frame>), HandshakeError> {
         let s = TcpStream::connect(addr).unwrap();
+        let local = Local {
+            node: "evil",
+            cluster: 1,
+            password: key,
+        };
+        let est = channel::connect(&s, local, Purpose::Replicate, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut raw = Raw { s };
-        let nonce = auth::nonce();
+        let (seal, open) = est.split();
+        let mut raw = Raw {
+            w: proto::Writer::new(s.try_clone().unwrap(), seal),
+            r: proto::Reader::new(s.try_clone().unwrap(), open),
+            s,
+        };
         let hello = Hello {
             version: proto::VERSION,
             purpose: Purpose::Replicate,
             node: "evil".into(),
-            nonce,
             roots: vec!["mail".into()],
             acked_seq: 0,
         };
-        let mut b = BytesMut::new();
-        proto::encode(&Frame::Hello(hello), 0, &mut b);
-        b[2] = version;
-        raw.s.write_all(&b).unwrap();
-        let ch = match proto::read_frame(&mut raw.s) {
-            Ok((_, Frame::Challenge(h))) => h,
-            Ok((_, f)) => return (raw, Some(f)),
-            Err(e) => panic!("{e}"),
-        };
-        raw.send(
-            &Frame::Response {
-                mac: auth::proof(key, auth::Role::Client, &ch.nonce, &nonce),
-            },
-            0,
-        );
-        let reply = proto::read_frame(&mut raw.s).ok().map(|x| x.1);
-        (raw, reply)
+        raw.send(&Frame::Hello(hello), 0);
+        let reply = raw.read().map(|x| x.1);
+        Ok((raw, reply))
     }
     fn send(&mut self, f: &Frame, seq: u64) {
-        let mut b = BytesMut::new();
-        proto::encode(f, seq, &mut b);
-        let _ = self.s.write_all(&b);
+        let _ = self.w.send(f, seq);
+    }
+    /// A file body and the frame that ends it.
+    fn body(&mut self, b: &[u8]) {
+        let mut h = self.w.body_hasher();
+        h.update(b);
+        let _ = self.s.write_all(b);
+        self.send(&Frame::BodyEnd { hash: h.finish() }, 0);
     }
     fn read(&mut self) -> Option<(u64, Frame)> {
-        proto::read_frame(&mut self.s).ok()
+        self.r.frame().ok()
     }
     fn closed(&mut self) -> bool {
         let mut b = [0u8; 1];
@@ -405,8 +417,8 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     };
 
     // Symlink tricks: refused with an error frame, the body drained, the session continues.
-    let (mut raw, reply) = Raw::connect(addr, KEY, proto::VERSION);
-    assert!(matches!(reply, Some(Frame::Response { .. })), "{reply:?}");
+    let (mut raw, reply) = Raw::connect(addr, KEY).unwrap();
+    assert!(matches!(reply, Some(Frame::Welcome(_))), "{reply:?}");
     raw.send(
         &Frame::FileData {
             root: 0,
@@ -416,7 +428,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
         },
         1,
     );
-    raw.s.write_all(b"owned").unwrap();
+    raw.body(b"owned");
     raw.send(
         &Frame::Rename {
             root: 0,
@@ -457,7 +469,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
         },
         6,
     );
-    raw.s.write_all(b"ok").unwrap();
+    raw.body(b"ok");
     let mut refused = 0;
     let mut acked = 0;
     while acked < 6 {
@@ -478,7 +490,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
 
     // Traversal, absolute, NUL: the decoder refuses them and the session is dropped.
     for bad in ["../escape", "/tmp/abs", "a/../../x", "nul\0byte"] {
-        let (mut raw, _) = Raw::connect(addr, KEY, proto::VERSION);
+        let (mut raw, _) = Raw::connect(addr, KEY).unwrap();
         raw.send(
             &Frame::FileData {
                 root: 0,
@@ -488,7 +500,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
             },
             1,
         );
-        let _ = raw.s.write_all(b"x");
+        raw.body(b"x");
         match raw.read() {
             Some((
                 _,
@@ -503,7 +515,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
         assert!(raw.closed());
     }
     // Oversize header.
-    let (mut raw, _) = Raw::connect(addr, KEY, proto::VERSION);
+    let (mut raw, _) = Raw::connect(addr, KEY).unwrap();
     let mut h = BytesMut::new();
     proto::encode(&Frame::Ack, 1, &mut h);
     h[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
@@ -521,26 +533,30 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
     assert!(raw.closed());
 
     // Wrong password and wrong version are refused with clear errors.
-    let (_, reply) = Raw::connect(addr, b"wrong", proto::VERSION);
-    assert!(
-        matches!(
-            reply,
-            Some(Frame::Error {
-                code: ErrorCode::Auth,
-                ..
-            })
-        ),
-        "{reply:?}"
-    );
-    let (_, reply) = Raw::connect(addr, KEY, 9);
-    match reply {
-        Some(Frame::Error {
-            code: ErrorCode::Version,
-            message,
-            ..
-        }) => assert!(message.contains("v9"), "{message}"),
-        other => panic!("{other:?}"),
+    match Raw::connect(addr, b"wrong") {
+        Err(HandshakeError::BadProof { peer }) => assert_eq!(peer, REPLICA),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("authenticated with a wrong password"),
     }
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (_, mut hello) = handshake::Client::start(
+        Local {
+            node: "evil",
+            cluster: 1,
+            password: KEY,
+        },
+        Purpose::Replicate,
+        handshake::nonce(),
+    );
+    hello[4] = 9;
+    s.write_all(&hello).unwrap();
+    let mut refusal = [0u8; 2];
+    s.read_exact(&mut refusal).unwrap();
+    assert_eq!(
+        refusal,
+        [handshake::Refusal::Version as u8, handshake::VERSION]
+    );
 
     assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
     assert_eq!(fs::read(outside.path().join("victim")).unwrap(), b"keep");
@@ -631,11 +647,7 @@ impl Drop for Mount {
 #[test]
 fn full_disk_on_replica_pauses_and_resumes_by_itself() {
     if !is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI: this test needs root to mount a tmpfs"
-        );
-        eprintln!("skipped: needs root to mount a small tmpfs");
+        ha_agent::testing::skip("needs root to mount a small tmpfs");
         return;
     }
     let (a, b) = (side(), side());
@@ -716,6 +728,7 @@ fn postfix_spool_syncs_queues_only() {
         RootKind::PostfixSpool,
     );
     rc.roots[0].name = "postfix".into();
+    rc.node = REPLICA.into();
     let rx = Receiver::spawn(rc).unwrap();
     let mut sc = cfg(
         &a.data,

@@ -27,6 +27,7 @@ const STORM: usize = 200;
 fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "kill-test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),
@@ -179,7 +180,11 @@ fn sigkill_of_the_sender_process_never_leaves_a_partial_file() {
     for i in 0..STORM {
         fs::write(src.join(format!("q/a/s{i}")), pattern(i, 100 + i)).unwrap();
     }
-    let rx = Receiver::spawn(cfg(&dst, &sb, "127.0.0.1:1".parse().unwrap())).unwrap();
+    let rx = Receiver::spawn(SyncConfig {
+        node: "kill-replica".into(),
+        ..cfg(&dst, &sb, "127.0.0.1:1".parse().unwrap())
+    })
+    .unwrap();
     let addr = rx.local_addr().unwrap();
 
     let mut seed = 1000;

@@ -23,6 +23,7 @@ const QUEUES: &[&str] = &[
 fn cfg(root: &Path, state: &Path, peer: std::net::SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "spool".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mta_spool.0".into(),
             path: root.to_owned(),
@@ -132,11 +133,10 @@ fn churning_deferred_queue_stays_one_file_per_message_with_bounded_backlog() {
         fs::create_dir_all(pa.join(q)).unwrap();
     }
     fs::create_dir_all(&pb).unwrap();
-    let rx = Receiver::spawn(cfg(
-        &pb,
-        &b.path().join("state"),
-        "127.0.0.1:1".parse().unwrap(),
-    ))
+    let rx = Receiver::spawn(SyncConfig {
+        node: "spool-replica".into(),
+        ..cfg(&pb, &b.path().join("state"), "127.0.0.1:1".parse().unwrap())
+    })
     .unwrap();
     let tx = Sender::spawn(cfg(&pa, &a.path().join("state"), rx.local_addr().unwrap())).unwrap();
 

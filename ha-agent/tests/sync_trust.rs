@@ -9,11 +9,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use ha_agent::channel::{self, Local, Purpose};
 use ha_agent::sync::proto::{self, ErrorCode, Frame, Hello};
-use ha_agent::sync::{
-    Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, auth, failback,
-};
+use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncHandle, SyncRoot, failback};
 
 const KEY: &[u8] = b"test-password";
 
@@ -38,6 +36,7 @@ fn side() -> Side {
 fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
     SyncConfig {
         node: "test".into(),
+        cluster_id: 1,
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),
@@ -53,7 +52,11 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
 }
 
 fn receiver(s: &Side) -> SyncHandle {
-    Receiver::spawn(cfg(&s.data, &s.state, "127.0.0.1:1".parse().unwrap())).unwrap()
+    Receiver::spawn(SyncConfig {
+        node: "replica".into(),
+        ..cfg(&s.data, &s.state, "127.0.0.1:1".parse().unwrap())
+    })
+    .unwrap()
 }
 
 fn is_root() -> bool {
@@ -110,43 +113,63 @@ fn wait_equal(a: &Path, b: &Path, timeout: Duration) {
     wait_for("trees equal", timeout, || snapshot(a) == snapshot(b));
 }
 
-fn write_frame(s: &mut TcpStream, f: &Frame, seq: u64) {
-    let mut b = BytesMut::new();
-    proto::encode(f, seq, &mut b);
-    s.write_all(&b).unwrap();
-}
-
 /// A receiver that knows the password and lies: it answers the handshake,
 /// reports an empty tree, then sends forged errors.
-fn fake_receiver_handshake(s: &mut TcpStream) {
-    let hello = match proto::read_frame(s).unwrap() {
+struct Liar {
+    w: proto::Writer<TcpStream>,
+    r: proto::Reader<TcpStream>,
+}
+
+fn fake_receiver_handshake(s: &TcpStream) -> Liar {
+    let local = Local {
+        node: "liar",
+        cluster: 1,
+        password: KEY,
+    };
+    let est = channel::accept(
+        s,
+        local,
+        &[Purpose::Replicate],
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let (seal, open) = est.split();
+    let mut liar = Liar {
+        w: proto::Writer::new(s.try_clone().unwrap(), seal),
+        r: proto::Reader::new(s.try_clone().unwrap(), open),
+    };
+    let hello = match liar.r.frame().unwrap() {
         (_, Frame::Hello(h)) => h,
         (_, f) => panic!("expected hello, got {f:?}"),
     };
-    let nonce = auth::nonce();
-    write_frame(
-        s,
-        &Frame::Challenge(Hello {
-            version: proto::VERSION,
-            purpose: hello.purpose,
-            node: "liar".into(),
-            nonce,
-            roots: vec![],
-            acked_seq: 0,
-        }),
-        0,
-    );
-    match proto::read_frame(s).unwrap() {
-        (_, Frame::Response { .. }) => {}
-        (_, f) => panic!("expected response, got {f:?}"),
+    liar.w
+        .send(
+            &Frame::Welcome(Hello {
+                version: proto::VERSION,
+                purpose: hello.purpose,
+                node: "liar".into(),
+                roots: vec![],
+                acked_seq: 0,
+            }),
+            0,
+        )
+        .unwrap();
+    liar
+}
+
+impl Liar {
+    /// A file body and the frame that ends it.
+    fn body(&mut self, size: u64) -> Vec<u8> {
+        let mut b = vec![0u8; size as usize];
+        self.r.inner.read_exact(&mut b).unwrap();
+        match self.r.frame().unwrap() {
+            (_, Frame::BodyEnd { .. } | Frame::BodyVoid) => {}
+            (_, f) => panic!("expected the end of the body, got {f:?}"),
+        }
+        b
     }
-    write_frame(
-        s,
-        &Frame::Response {
-            mac: auth::proof(KEY, auth::Role::Server, &hello.nonce, &nonce),
-        },
-        0,
-    );
 }
 
 #[test]
@@ -159,20 +182,19 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let tx = Sender::spawn(cfg(&a.data, &a.state, listener.local_addr().unwrap())).unwrap();
-    let (mut s, _) = listener.accept().unwrap();
+    let (s, _) = listener.accept().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    fake_receiver_handshake(&mut s);
-    match proto::read_frame(&mut s).unwrap() {
+    let mut liar = fake_receiver_handshake(&s);
+    match liar.r.frame().unwrap() {
         (_, Frame::ManifestRequest { hash_of }) if hash_of.is_empty() => {}
         (_, f) => panic!("expected a manifest request, got {f:?}"),
     }
-    write_frame(&mut s, &Frame::ManifestEnd, 0);
-    let (file_seq, size) = match proto::read_frame(&mut s).unwrap() {
+    liar.w.send(&Frame::ManifestEnd, 0).unwrap();
+    let (file_seq, size) = match liar.r.frame().unwrap() {
         (seq, Frame::FileData { path, size, .. }) if path == "mail" => (seq, size),
         (_, f) => panic!("expected the file, got {f:?}"),
     };
-    let mut body = vec![0u8; size as usize];
-    s.read_exact(&mut body).unwrap();
+    liar.body(size);
 
     // The forged errors: absolute paths, `..` walks, a sequence that was
     // never sent, and the real sequence of a write (not a rename) with a
@@ -185,15 +207,16 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
         (file_seq, "../../../../../../etc/ha/password".to_owned()),
     ];
     for (seq, path) in &forged {
-        write_frame(
-            &mut s,
-            &Frame::Error {
-                code: ErrorCode::MissingSource,
-                path: path.clone(),
-                message: "source missing".into(),
-            },
-            *seq,
-        );
+        liar.w
+            .send(
+                &Frame::Error {
+                    code: ErrorCode::MissingSource,
+                    path: path.clone(),
+                    message: "source missing".into(),
+                },
+                *seq,
+            )
+            .unwrap();
     }
     // Everything the sender sends from now on stays inside its root.
     s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -201,14 +224,13 @@ fn a_forged_missing_source_reads_nothing_outside_the_root() {
     let until = Instant::now() + Duration::from_secs(2);
     let mut resent = 0;
     while Instant::now() < until {
-        match proto::read_frame(&mut s) {
+        match liar.r.frame() {
             Ok((_, Frame::FileData { path, size, .. })) => {
                 assert_eq!(
                     path, "mail",
                     "only the file sent at that sequence is redone"
                 );
-                let mut b = vec![0u8; size as usize];
-                s.read_exact(&mut b).unwrap();
+                let b = liar.body(size);
                 assert_ne!(b, b"the cluster password");
                 resent += 1;
             }
@@ -365,63 +387,65 @@ fn failback_with_a_failure_reports_it() {
 /// A sender that knows the password and speaks raw frames.
 struct Raw {
     s: TcpStream,
+    w: proto::Writer<TcpStream>,
+    r: proto::Reader<TcpStream>,
 }
 
 impl Raw {
-    fn connect(addr: SocketAddr, purpose: proto::Purpose) -> Raw {
-        let mut s = TcpStream::connect(addr).unwrap();
+    fn connect(addr: SocketAddr, purpose: Purpose) -> Raw {
+        let s = TcpStream::connect(addr).unwrap();
+        let local = Local {
+            node: "raw",
+            cluster: 1,
+            password: KEY,
+        };
+        let est = channel::connect(&s, local, purpose, Duration::from_secs(5)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let nonce = auth::nonce();
-        write_frame(
-            &mut s,
+        let (seal, open) = est.split();
+        let mut raw = Raw {
+            w: proto::Writer::new(s.try_clone().unwrap(), seal),
+            r: proto::Reader::new(s.try_clone().unwrap(), open),
+            s,
+        };
+        raw.send(
             &Frame::Hello(Hello {
                 version: proto::VERSION,
                 purpose,
                 node: "raw".into(),
-                nonce,
                 roots: vec!["mail".into()],
                 acked_seq: 0,
             }),
             0,
         );
-        let ch = match proto::read_frame(&mut s).unwrap() {
-            (_, Frame::Challenge(h)) => h,
-            (_, f) => panic!("expected challenge, got {f:?}"),
-        };
-        write_frame(
-            &mut s,
-            &Frame::Response {
-                mac: auth::proof(KEY, auth::Role::Client, &ch.nonce, &nonce),
-            },
-            0,
-        );
-        match proto::read_frame(&mut s).unwrap() {
-            (_, Frame::Response { .. }) => {}
-            (_, f) => panic!("expected response, got {f:?}"),
-        }
-        Raw { s }
+        let _ = raw.r.frame().unwrap();
+        raw
     }
-    fn file(&mut self, seq: u64, path: &str, body: &[u8]) {
-        write_frame(
-            &mut self.s,
+    fn file_with(&mut self, seq: u64, path: &str, body: &[u8], a: proto::Attrs) {
+        self.send(
             &Frame::FileData {
                 root: 0,
                 path: path.into(),
                 size: body.len() as u64,
-                attrs: attrs(0o600),
+                attrs: a,
             },
             seq,
         );
+        let mut h = self.w.body_hasher();
+        h.update(body);
         self.s.write_all(body).unwrap();
+        self.send(&Frame::BodyEnd { hash: h.finish() }, 0);
+    }
+    fn file(&mut self, seq: u64, path: &str, body: &[u8]) {
+        self.file_with(seq, path, body, attrs(0o600));
     }
     fn send(&mut self, f: &Frame, seq: u64) {
-        write_frame(&mut self.s, f, seq);
+        let _ = self.w.send(f, seq);
     }
     /// Reads frames until the ack of `seq`; returns the sequences refused.
     fn until_ack(&mut self, seq: u64) -> Vec<(u64, ErrorCode)> {
         let mut refused = Vec::new();
         loop {
-            match proto::read_frame(&mut self.s).unwrap() {
+            match self.r.frame().unwrap() {
                 (s, Frame::Ack) if s >= seq => return refused,
                 (_, Frame::Ack) => {}
                 (s, Frame::Error { code, .. }) => refused.push((s, code)),
@@ -452,7 +476,7 @@ fn a_failback_session_only_adds_what_the_live_tree_lacks() {
     )
     .unwrap();
     let rx = receiver(&b);
-    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Failback);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), Purpose::Failback);
     raw.file(1, "cur/live", b"overwritten!");
     raw.send(
         &Frame::Delete {
@@ -514,7 +538,7 @@ fn a_spool_root_takes_its_queue_directories_only() {
     fs::create_dir_all(b.data.join("deferred/A")).unwrap();
     fs::write(b.data.join("deferred/A/Q1"), b"queued").unwrap();
     let rx = Receiver::spawn(c).unwrap();
-    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), Purpose::Replicate);
     raw.file(1, "public/pickup", b"not a fifo");
     raw.file(2, "pid/master.pid", b"1");
     raw.file(3, "etc/hosts", b"10.0.0.1 evil");
@@ -553,7 +577,7 @@ fn a_spool_root_takes_its_queue_directories_only() {
 fn a_replica_session_is_closed_when_the_node_becomes_active() {
     let b = side();
     let rx = receiver(&b);
-    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), Purpose::Replicate);
     raw.file(1, "before", b"applied");
     assert!(raw.until_ack(1).is_empty());
     // Wait until the session is registered as running.
@@ -586,34 +610,14 @@ fn a_replica_session_is_closed_when_the_node_becomes_active() {
 fn a_set_uid_file_and_an_unknown_owner_arrive_stripped_and_not_owned_by_root() {
     let b = side();
     let rx = receiver(&b);
-    let mut raw = Raw::connect(rx.local_addr().unwrap(), proto::Purpose::Replicate);
+    let mut raw = Raw::connect(rx.local_addr().unwrap(), Purpose::Replicate);
     let mut suid = attrs(0o106_755);
     suid.owner = "root".into();
-    write_frame(
-        &mut raw.s,
-        &Frame::FileData {
-            root: 0,
-            path: "bin/suid".into(),
-            size: 4,
-            attrs: suid,
-        },
-        1,
-    );
-    raw.s.write_all(b"\x7fELF").unwrap();
+    raw.file_with(1, "bin/suid", b"\x7fELF", suid);
     let mut stranger = attrs(0o100_640);
     stranger.owner = "no-such-user-ha-test".into();
     stranger.group = "#0".into();
-    write_frame(
-        &mut raw.s,
-        &Frame::FileData {
-            root: 0,
-            path: "cur/stranger".into(),
-            size: 4,
-            attrs: stranger,
-        },
-        2,
-    );
-    raw.s.write_all(b"mail").unwrap();
+    raw.file_with(2, "cur/stranger", b"mail", stranger);
     assert!(raw.until_ack(2).is_empty());
     let md = fs::metadata(b.data.join("bin/suid")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o755, "set-uid and set-gid stripped");

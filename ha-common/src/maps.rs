@@ -23,9 +23,6 @@ pub mod prog {
     pub const GATE: &str = "ha_gate";
     /// Egress fence tc program.
     pub const FENCE: &str = "ha_fence";
-    /// XDP program that passes everything (for the peer end of a veth in
-    /// native mode, where XDP_TX needs a program on both ends).
-    pub const XDP_PASS: &str = "ha_xdp_pass";
     /// Benchmark references: empty programs and programs that read the clock once.
     pub const REF_XDP_EMPTY: &str = "ref_xdp_empty";
     /// See [`REF_XDP_EMPTY`].

@@ -1,5 +1,6 @@
-//! Reference programs: an XDP program that passes everything (needed on the
-//! peer end of a veth for native XDP_TX), and the benchmark baselines.
+//! Benchmark baselines: empty programs and programs that read the clock
+//! once (`cargo xtask bench dataplane` subtracts them). The agent never
+//! loads them.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -7,11 +8,6 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-
-#[xdp]
-pub fn ha_xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
-}
 
 #[xdp]
 pub fn ref_xdp_empty(_ctx: XdpContext) -> u32 {

@@ -93,6 +93,10 @@ pub struct ClusterOpts {
     /// `local.cf` excluded (kept per node) and an `after_apply` hook that
     /// touches `<tmp>/<node>/applied`.
     pub config_sync: bool,
+    /// More TOML per node, made from the node and its directory
+    /// ([`Cluster::node_dir`]), e.g. `[backup] mta_spool` and
+    /// `[acceptance]` pointing at that node's Postfix.
+    pub node_extra: Option<fn(Node, &Path) -> String>,
     /// `cluster.promote_outdated` on both nodes.
     pub promote_outdated: bool,
 }
@@ -120,6 +124,7 @@ impl Default for ClusterOpts {
             extra: String::new(),
             mail_sync: None,
             config_sync: false,
+            node_extra: None,
             promote_outdated: false,
         }
     }
@@ -211,7 +216,11 @@ fn node_toml(o: &ClusterOpts, n: Node, topo: &Topology, dir: &Path, instance: &s
             nd.join("applied").display()
         );
     }
-    t.push_str(&o.extra);
+    // `@NODE@` in the extra TOML stands for the node's name (per-node paths).
+    t.push_str(&o.extra.replace("@NODE@", name));
+    if let Some(f) = o.node_extra {
+        t.push_str(&f(n, &nd));
+    }
     t
 }
 
@@ -249,6 +258,12 @@ impl Cluster {
             Node::A => "node-a",
             Node::B => "node-b",
         }
+    }
+
+    /// A node's own directory (state, synced trees, whatever a test puts there).
+    #[must_use]
+    pub fn node_dir(&self, n: Node) -> PathBuf {
+        self.dir.path().join(Self::name(n))
     }
 
     /// The synced mail directory of a node (with `mail_sync`).
@@ -446,6 +461,48 @@ impl Cluster {
                 self.agents[n.idx()] = None;
             }
             _ => {}
+        }
+    }
+
+    /// Sudden power loss of node `n`: every process in its namespace (the
+    /// agent, the MTA, whatever its hooks started) is frozen at one instant,
+    /// its links go down, then everything is killed. Its files stay as they
+    /// were (a disk that survives the outage). Returns the instant of the
+    /// freeze.
+    pub fn power_off(&mut self, n: Node) -> Instant {
+        let pids = crate::netns::pids_in(&self.host(n).ns);
+        for p in &pids {
+            let _ = nix::sys::signal::kill(*p, Signal::SIGSTOP);
+        }
+        let at = Instant::now();
+        let host = self.host(n);
+        let mut ifs: Vec<String> = host.hb.iter().map(|h| h.ifname.clone()).collect();
+        ifs.push(host.svc_if.clone());
+        for i in &ifs {
+            self.set_link(n, i, false);
+        }
+        // Processes started after the freeze (none expected) go too.
+        for p in pids
+            .iter()
+            .chain(crate::netns::pids_in(&self.host(n).ns).iter())
+        {
+            let _ = nix::sys::signal::kill(*p, Signal::SIGKILL);
+        }
+        if let Some(mut c) = self.agents[n.idx()].take() {
+            let _ = c.child().wait();
+        }
+        self.stopped[n.idx()] = false;
+        at
+    }
+
+    /// After [`power_off`](Self::power_off): the node's links come back up
+    /// (its agent is not started).
+    pub fn power_on_links(&self, n: Node) {
+        let host = self.host(n);
+        let mut ifs: Vec<String> = host.hb.iter().map(|h| h.ifname.clone()).collect();
+        ifs.push(host.svc_if.clone());
+        for i in &ifs {
+            self.set_link(n, i, true);
         }
     }
 

@@ -2,13 +2,18 @@
 //! helpers, the standard two-node topology that end-to-end tests use,
 //! crafted packets and privilege checks.
 
+pub mod bench_acceptance;
+pub mod bench_config;
 pub mod bench_failover;
 pub mod bench_stability;
 pub mod cluster;
+pub mod config_cluster;
 pub mod link;
 pub mod netns;
 pub mod packets;
 pub mod plane;
+pub mod postfix;
+pub mod postfix_proxy;
 pub mod privileges;
 pub mod prober;
 pub mod rawsock;

@@ -928,3 +928,26 @@ fn fence_passes_when_active_and_drops_when_lease_lapses() {
         );
     }
 }
+
+/// The benchmark references are not loaded with the data plane (the agent
+/// verifies only the programs it runs); a test run loads one on demand.
+#[test]
+fn benchmark_references_load_on_demand() {
+    let Some(mut fx) = Fx::new("benchmark_references_load_on_demand") else {
+        return;
+    };
+    let pkt = pk::eth(
+        OWN,
+        CLIENT,
+        0x0800,
+        &pk::ipv4(client4(), other4(), 17, &pk::udp(40000, 9, b"x")),
+    );
+    for kind in [ProgramKind::RefXdpEmpty, ProgramKind::RefXdpClock] {
+        assert_eq!(fx.run(kind, &pkt).0, XDP_PASS, "{kind:?}");
+        // Loaded once: a second run reuses it.
+        assert_eq!(fx.run(kind, &pkt).0, XDP_PASS, "{kind:?} again");
+    }
+    for kind in [ProgramKind::RefTcEmpty, ProgramKind::RefTcClock] {
+        assert_eq!(fx.run(kind, &pkt).0, TC_OK, "{kind:?}");
+    }
+}

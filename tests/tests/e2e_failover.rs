@@ -451,3 +451,171 @@ fn stalls_shorter_than_the_threshold_never_change_roles() {
         a.gate.stall_outages, a.gate.stall_outage_total_ms
     );
 }
+
+/// Becoming active starts the data sync sender, which sets up watches over
+/// the whole synced tree and looks at every file. With 50,000 files there,
+/// a takeover in the fast profile must not stall the new primary's control
+/// loop: the start runs off the realtime path. On a machine shared with
+/// other realtime work the loop can still be preempted for a few ms (that
+/// is reported, and costs at most a stall outage); what must never happen
+/// is a stall as long as the start itself, or a role change.
+#[test]
+fn takeover_with_50000_files_in_the_spool_never_stalls_the_control_loop() {
+    if !require_root() {
+        return;
+    }
+    let opts = ClusterOpts {
+        interval: "1ms",
+        threshold: "10ms",
+        mail_sync: Some("60s"),
+        ..ClusterOpts::default()
+    };
+    let mut c = started(&opts);
+    // The replica holds the spool (written straight into B's copy: syncing
+    // 50,000 files first would only make the test slow).
+    let files = 50_000;
+    for d in 0..100 {
+        let dir = c.mail_dir(Node::B).join(format!("q{d:02}"));
+        std::fs::create_dir_all(&dir).expect("spool dir");
+        for f in 0..files / 100 {
+            std::fs::write(dir.join(format!("m{f:04}")), b"queued mail\n").expect("spool file");
+        }
+    }
+    let log_before = c.log(Node::B).len();
+    let t0 = std::time::Instant::now();
+    c.signal(Node::A, Signal::SIGKILL);
+    c.wait_mode(Node::B, "primary", FAILOVER);
+    let b0 = c.status(Node::B).expect("B answers");
+    // Bounded wait for the sender's start to finish.
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while !c.log(Node::B)[log_before..].contains("data sync sender started") {
+        assert!(
+            std::time::Instant::now() < end,
+            "B's sync sender did not start within 120 s"
+        );
+        assert_eq!(
+            c.status(Node::B).map(|s| s.transitions),
+            Some(b0.transitions),
+            "B changed roles while its sync sender started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started_after = t0.elapsed();
+    let log = c.log(Node::B);
+    let after = &log[log_before..];
+    let gaps: Vec<u64> = after
+        .lines()
+        .filter(|l| l.contains("control loop stalled gap_ms="))
+        .filter_map(|l| {
+            l.split("gap_ms=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let longest = gaps.iter().copied().max().unwrap_or(0);
+    let b = c.status(Node::B).expect("B answers");
+    eprintln!(
+        "takeover with {files} files: sync sender started {started_after:?} after the kill; \
+         B's control loop stalls meanwhile: {} (longest {longest} ms); stall outages {}",
+        gaps.len(),
+        b.gate.stall_outages
+    );
+    assert_eq!(b.transitions, b0.transitions, "B changed roles");
+    assert_eq!(b.effective_mode, "primary");
+    assert!(
+        longest < 100,
+        "B's control loop stalled {longest} ms while the sync sender started ({started_after:?})"
+    );
+    assert!(
+        !after.contains("role transition") || after.matches("role transition").count() == 1,
+        "B made more than its takeover transition"
+    );
+}
+
+/// Brings `names` up inside the namespace at `ns_path` after `delay`, on a
+/// thread of its own (so that the agent can be started at the same time).
+fn links_up_after(
+    ns_path: std::path::PathBuf,
+    names: Vec<String>,
+    delay: Duration,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::os::fd::AsFd as _;
+        let f = std::fs::File::open(&ns_path).expect("namespace");
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(async move {
+                let (conn, h, _) = rtnetlink::new_connection().expect("netlink socket");
+                let conn = tokio::spawn(conn);
+                tokio::time::sleep(delay).await;
+                for n in &names {
+                    ha_tests::link::set_up(&h, n).await.expect("link up");
+                }
+                conn.abort();
+            });
+    })
+}
+
+/// The returning node's agent starts the instant its heartbeat links come
+/// back, again and again: the active peer's first frames still echo the
+/// returning node's old epoch, and the returning node must neither refuse
+/// its way into acting alone nor ever answer beside the active node.
+#[test]
+fn agent_start_as_the_links_come_up_never_makes_two_active_nodes() {
+    if !require_root() {
+        return;
+    }
+    let opts = ClusterOpts {
+        interval: "1ms",
+        threshold: "10ms",
+        ..ClusterOpts::default()
+    };
+    let mut c = started(&opts);
+    c.signal(Node::A, Signal::SIGKILL);
+    let b0 = c.wait_mode(Node::B, "primary", FAILOVER);
+    let probe = c.prober();
+    let gates = c.gate_watch();
+    wait_direct(&probe, Node::B, now_ns(), FAILOVER);
+    let t0 = now_ns();
+    let hb: Vec<String> = c
+        .host(Node::A)
+        .hb
+        .iter()
+        .map(|h| h.ifname.clone())
+        .collect();
+    let rounds = 12u64;
+    for i in 0..rounds {
+        for n in &hb {
+            c.set_link(Node::A, n, false);
+        }
+        // 0 to 5 ms after the agent is started: its first heartbeats and
+        // the links' return fall in the same instant.
+        let delay = Duration::from_micros((i % 6) * 1_000);
+        let up = links_up_after(c.host(Node::A).ns.path().to_owned(), hb.clone(), delay);
+        c.start(Node::A);
+        up.join().expect("links up");
+        c.wait_for(Node::A, "secondary hearing B", SETTLE, |s| {
+            s.state == "secondary" && s.peer.alive
+        });
+        c.signal(Node::A, Signal::SIGKILL);
+    }
+    let b = c.status(Node::B).expect("B answers");
+    assert_eq!(
+        b.transitions,
+        b0.transitions,
+        "B changed roles while A came back: {:?}",
+        b.last_transition.map(|t| t.reason)
+    );
+    assert_never_both(&probe, &gates, t0, "agent start with the links");
+    assert!(
+        direct(&probe, Node::A, t0).is_empty(),
+        "A answered {} probes while B served",
+        direct(&probe, Node::A, t0).len()
+    );
+}

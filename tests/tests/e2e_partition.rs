@@ -1,7 +1,7 @@
 //! End-to-end partitions of the heartbeat links: one link down is no
 //! failover; every link down with remote services as heartbeat and a
-//! serving peer is no takeover; every link down without it is the seed's
-//! documented split brain, which both nodes report loudly.
+//! serving peer is no takeover; every link down without it is the
+//! known split brain, which both nodes report loudly.
 
 use std::time::Duration;
 

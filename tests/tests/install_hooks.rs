@@ -1,6 +1,7 @@
 //! The shipped Postfix hooks run the right commands in the right order,
-//! with the role change in their environment. `postfix`, `postsuper` and
-//! `postqueue` are stand-ins on PATH that log their arguments.
+//! with the role change in their environment. `postfix`, `postsuper`,
+//! `postqueue`, `postconf` and Postfix's `master` are stand-ins that log
+//! their arguments.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
@@ -13,22 +14,33 @@ struct Stubs(PathBuf);
 
 impl Stubs {
     /// Stand-ins that append `name args` to `calls`; `postfix status`
-    /// succeeds iff `running` is true.
+    /// succeeds iff `running` is true; `postconf` answers the queue ID
+    /// setting (`long_ids`) and the daemon directory (the stubs).
     fn new(running: bool) -> Self {
+        Self::with_ids(running, false)
+    }
+
+    fn with_ids(running: bool, long_ids: bool) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
         let dir = std::env::temp_dir().join(format!("ha-hookstubs-{}-{nanos}", std::process::id()));
         fs::create_dir(&dir).unwrap();
-        for name in ["postfix", "postsuper", "postqueue"] {
-            let status = if name == "postfix" {
-                format!(
+        for name in ["postfix", "postsuper", "postqueue", "postconf", "master"] {
+            let status = match name {
+                "postfix" => format!(
                     "[ \"$3\" = status ] && exit {}\n",
                     if running { 0 } else { 1 }
-                )
-            } else {
-                String::new()
+                ),
+                "postconf" => format!(
+                    "echo {}; echo {}\nexit 0\n",
+                    if long_ids { "yes" } else { "no" },
+                    dir.display()
+                ),
+                // `master -t` succeeds when no master runs.
+                "master" => format!("[ \"$3\" = -t ] && exit {}\n", if running { 1 } else { 0 }),
+                _ => String::new(),
             };
             let script = format!(
                 "#!/bin/sh\necho \"{name} $* old=$HA_OLD_ROLE new=$HA_NEW_ROLE\" >> {}/calls\n{status}exit 0\n",
@@ -80,18 +92,35 @@ impl Drop for Stubs {
 }
 
 #[test]
-fn promote_repairs_the_queue_then_starts_postfix_then_flushes() {
+fn promote_repairs_short_queue_ids_then_starts_the_master_then_flushes() {
     let s = Stubs::new(false);
     let calls = s.run_hook("postfix-promote", "secondary", "primary");
     let tail = " old=secondary new=primary";
     assert_eq!(
         calls,
         [
+            format!("postconf -c /etc/postfix-b -h enable_long_queue_ids daemon_directory{tail}"),
             format!("postsuper -c /etc/postfix-b -s{tail}"),
-            format!("postfix -c /etc/postfix-b status{tail}"),
-            format!("postfix -c /etc/postfix-b start{tail}"),
+            format!("master -c /etc/postfix-b -t{tail}"),
+            format!("master -c /etc/postfix-b -w{tail}"),
             format!("postqueue -c /etc/postfix-b -f{tail}"),
         ]
+    );
+}
+
+#[test]
+fn promote_with_long_queue_ids_renames_nothing() {
+    let s = Stubs::with_ids(false, true);
+    let calls = s.run_hook("postfix-promote", "secondary", "primary");
+    assert!(
+        !calls.iter().any(|c| c.starts_with("postsuper")),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("master -c /etc/postfix-b -w")),
+        "{calls:?}"
     );
 }
 
@@ -99,7 +128,12 @@ fn promote_repairs_the_queue_then_starts_postfix_then_flushes() {
 fn promote_does_not_start_a_running_postfix_twice() {
     let s = Stubs::new(true);
     let calls = s.run_hook("postfix-promote", "secondary", "primary");
-    assert!(!calls.iter().any(|c| c.contains(" start")), "{calls:?}");
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.contains(" start") || c.contains(" -w")),
+        "{calls:?}"
+    );
     assert!(
         calls
             .last()

@@ -149,6 +149,45 @@ fn install_into_a_tree_then_uninstall_leaves_it_as_it_was() {
     );
     assert!(root.join("var/lib/ha/install-manifest").is_file());
 
+    // Man pages and shell completions, generated from the agent's own
+    // command-line definition.
+    let man1 = root.join("usr/local/share/man/man1");
+    for page in [
+        "ha-agent.1",
+        "ha-agent-status.1",
+        "ha-agent-switch.1",
+        "ha-agent-sync.1",
+    ] {
+        let text =
+            fs::read_to_string(man1.join(page)).unwrap_or_else(|e| panic!("man page {page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is roff"
+        );
+        assert_eq!(mode(&man1.join(page)), 0o644);
+    }
+    if Command::new("man").arg("--version").output().is_ok() {
+        let out = run(Command::new("man")
+            .arg("-l")
+            .arg(man1.join("ha-agent-sync.1"))
+            .env("MANPAGER", "cat")
+            .env("PAGER", "cat"));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("ha-agent-sync"));
+    }
+    let bash = root.join("usr/local/share/bash-completion/completions/ha-agent");
+    assert!(fs::read_to_string(&bash).unwrap().contains("check-config"));
+    if Command::new("bash").arg("--version").output().is_ok() {
+        run(Command::new("bash").arg("-n").arg(&bash));
+    }
+    assert!(
+        root.join("usr/local/share/zsh/site-functions/_ha-agent")
+            .is_file()
+    );
+    assert!(
+        root.join("usr/local/share/fish/vendor_completions.d/ha-agent.fish")
+            .is_file()
+    );
+
     // The installed config validates, with its password file pointed at the
     // staged one (the file names /etc/ha/password, which is the host's).
     let cfg = fs::read_to_string(root.join("etc/ha/ha.toml")).unwrap();

@@ -205,6 +205,10 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         let report = install_item(root, item, &binary, &mut manifest)?;
         eprintln!("  {report:<44} /{}", item.path);
     }
+    for (rel, content) in generated_docs(&binary, &Layout::LOCAL)? {
+        let report = place(root, &rel, content, 0o644, &mut manifest)?;
+        eprintln!("  {report:<44} /{rel}");
+    }
     ensure_dirs(
         root,
         Path::new(MANIFEST)
@@ -274,8 +278,16 @@ pub fn uninstall(args: &UninstallArgs) -> Result<()> {
     Ok(())
 }
 
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    )
+}
+
 /// Builds the release binary with the real eBPF object embedded.
-fn build_release() -> Result<PathBuf> {
+pub fn build_release() -> Result<PathBuf> {
     crate::setup::run(false)?;
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.args([
@@ -289,15 +301,11 @@ fn build_release() -> Result<PathBuf> {
     // A stub object (AYA_BUILD_SKIP) would install an agent without a data plane.
     c.env_remove("AYA_BUILD_SKIP");
     cmd::run(&mut c)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
-        PathBuf::from,
-    );
-    Ok(target.join("release/ha-agent"))
+    Ok(target_dir().join("release/ha-agent"))
 }
 
 /// Runs `binary --version`: refuses a file that is not a working agent.
-fn binary_version(binary: &Path) -> Result<String> {
+pub fn binary_version(binary: &Path) -> Result<String> {
     let out = Command::new(binary)
         .arg("--version")
         .output()
@@ -342,6 +350,106 @@ fn install_item(
         Source::Text(t) => t.as_bytes().to_vec(),
         Source::Password => random_password()?,
     };
+    let report = place(root, item.path, content, item.mode, manifest)?;
+    Ok(match (report, item.source) {
+        ("installed" | "updated", Source::Password) => "generated (random; copy it to the peer)",
+        (r, _) => r,
+    })
+}
+
+/// Where generated documentation goes, relative to the root.
+pub struct Layout {
+    /// Man pages (section 1).
+    pub man1: &'static str,
+    /// bash-completion's directory.
+    pub bash: &'static str,
+    /// zsh's site functions.
+    pub zsh: &'static str,
+    /// fish's vendor completions.
+    pub fish: &'static str,
+}
+
+impl Layout {
+    /// `cargo xtask install`: under `/usr/local`.
+    pub const LOCAL: Self = Self {
+        man1: "usr/local/share/man/man1",
+        bash: "usr/local/share/bash-completion/completions",
+        zsh: "usr/local/share/zsh/site-functions",
+        fish: "usr/local/share/fish/vendor_completions.d",
+    };
+    /// The Debian package: under `/usr`.
+    pub const PACKAGE: Self = Self {
+        man1: "usr/share/man/man1",
+        bash: "usr/share/bash-completion/completions",
+        zsh: "usr/share/zsh/vendor-completions",
+        fish: "usr/share/fish/vendor_completions.d",
+    };
+}
+
+/// Man pages and shell completions, made by the agent binary from its own
+/// command-line definition: `(path relative to the root, content)`.
+pub fn generated_docs(binary: &Path, layout: &Layout) -> Result<Vec<(String, Vec<u8>)>> {
+    let dir = std::env::temp_dir().join(format!("ha-docs-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let out = Command::new(binary)
+        .arg("generate-docs")
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .with_context(|| format!("running {} generate-docs", binary.display()))?;
+    let result = (|| {
+        ensure!(
+            out.status.success(),
+            "{} generate-docs failed ({}): {}",
+            binary.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut files = Vec::new();
+        let mut pages: Vec<_> = fs::read_dir(dir.join("man"))?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        pages.sort();
+        for p in pages {
+            let name = p
+                .file_name()
+                .expect("a file")
+                .to_string_lossy()
+                .into_owned();
+            files.push((format!("{}/{name}", layout.man1), fs::read(&p)?));
+        }
+        for (from, to) in [
+            ("ha-agent.bash", format!("{}/ha-agent", layout.bash)),
+            ("_ha-agent", format!("{}/_ha-agent", layout.zsh)),
+            ("ha-agent.fish", format!("{}/ha-agent.fish", layout.fish)),
+        ] {
+            let p = dir.join("completions").join(from);
+            files.push((
+                to,
+                fs::read(&p).with_context(|| format!("reading {}", p.display()))?,
+            ));
+        }
+        Ok(files)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+/// Writes a program file (replaced by every install) and records it.
+fn place(
+    root: &Path,
+    rel: &str,
+    content: Vec<u8>,
+    mode: u32,
+    manifest: &mut Manifest,
+) -> Result<&'static str> {
+    let dest = root.join(rel);
+    ensure_dirs(
+        root,
+        Path::new(rel).parent().expect("items are in directories"),
+        manifest,
+    )?;
+    let recorded = manifest.files.get(rel).cloned();
     let existed = dest.exists();
     if existed && fs::read(&dest).is_ok_and(|old| old == content) {
         // Identical content that was there before us stays not ours.
@@ -352,18 +460,11 @@ fn install_item(
         });
     }
     if existed && recorded.is_none() {
-        eprintln!(
-            "xtask: note: replacing /{} which was not installed by xtask",
-            item.path
-        );
+        eprintln!("xtask: note: replacing /{rel} which was not installed by xtask");
     }
-    write_atomically(&dest, &content, item.mode)?;
-    manifest.files.insert(item.path.to_owned(), sha256(&dest)?);
-    Ok(match (existed, item.source) {
-        (_, Source::Password) => "generated (random; copy it to the peer)",
-        (true, _) => "updated",
-        (false, _) => "installed",
-    })
+    write_atomically(&dest, &content, mode)?;
+    manifest.files.insert(rel.to_owned(), sha256(&dest)?);
+    Ok(if existed { "updated" } else { "installed" })
 }
 
 /// Creates `rel` and its missing parents under `root`, recording each

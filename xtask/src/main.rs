@@ -3,6 +3,7 @@
 //! machine before the eBPF toolchain exists.
 
 mod cmd;
+mod deb;
 mod install;
 mod setup;
 
@@ -41,7 +42,7 @@ enum Command {
     },
     /// Live demo on this machine: two nodes in network namespaces, a failover, cleanup.
     Demo,
-    /// Benchmarks that print figures: `dataplane`, `failover`, `sync`.
+    /// Benchmarks that print figures: `dataplane`, `failover`, `sync`, `acceptance`.
     Bench {
         /// Which benchmark.
         which: String,
@@ -53,6 +54,8 @@ enum Command {
     Install(install::InstallArgs),
     /// Remove what `install` put in place (never the config you edited).
     Uninstall(install::UninstallArgs),
+    /// Build a Debian package (.deb) of the agent with `dpkg-deb`.
+    Deb(deb::DebArgs),
 }
 
 fn main() -> Result<()> {
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
         // Checks the toolchain itself, only when it has to build.
         Command::Install(args) => install::install(&args),
         Command::Uninstall(args) => install::uninstall(&args),
+        Command::Deb(args) => deb::deb(&args).map(|_| ()),
     }
 }
 

@@ -9,6 +9,7 @@
 //! sessions, the task that owns the core).
 
 pub mod holds;
+pub mod postfix_check;
 pub mod session;
 pub mod smtp;
 

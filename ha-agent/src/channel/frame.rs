@@ -202,6 +202,17 @@ impl BodyHasher {
     }
 }
 
+/// A sealer and the opener that checks it, for unit tests of framed codecs.
+#[cfg(test)]
+pub(crate) fn test_pair() -> (Sealer, Opener) {
+    let k = DirKeys {
+        mac: [1; 32],
+        body: [2; 32],
+        aead: [3; 32],
+    };
+    (Sealer::new(k.clone()), Opener::new(k))
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

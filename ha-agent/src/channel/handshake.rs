@@ -169,6 +169,16 @@ struct Hello {
     name: String,
 }
 
+/// A node name as carried and bound: at most [`MAX_NAME`] bytes, cut at a
+/// character boundary (config validation keeps names shorter).
+fn wire_name(name: &str) -> &str {
+    let mut end = name.len().min(MAX_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
+}
+
 fn put_hello(
     out: &mut Vec<u8>,
     purpose: Purpose,
@@ -180,7 +190,7 @@ fn put_hello(
     out.push(purpose as u8);
     out.extend_from_slice(&cluster.to_be_bytes());
     out.extend_from_slice(nonce);
-    let name = &name.as_bytes()[..name.len().min(MAX_NAME)];
+    let name = wire_name(name).as_bytes();
     out.push(name.len() as u8);
     out.extend_from_slice(name);
 }
@@ -333,7 +343,7 @@ impl Client {
         let c = Self {
             purpose,
             cluster: local.cluster,
-            node: local.node.to_owned(),
+            node: wire_name(local.node).to_owned(),
             password: local.password.to_vec(),
             nonce,
             hello: hello.clone(),
@@ -442,14 +452,15 @@ impl Server {
                 format!("cluster id {} (this node: {})", h.cluster, local.cluster),
             ));
         }
-        if h.name == local.node {
+        let node = wire_name(local.node);
+        if h.name == node {
             return Err(refused(
                 Refusal::Identity,
                 format!("the client claims this node's own name {:?}", h.name),
             ));
         }
         let mut reply = vec![0u8];
-        put_hello(&mut reply, purpose, local.cluster, &nonce, local.node);
+        put_hello(&mut reply, purpose, local.cluster, &nonce, node);
         let ks = derive(
             local.password,
             &h.nonce,
@@ -457,7 +468,7 @@ impl Server {
             purpose,
             local.cluster,
             &h.name,
-            local.node,
+            node,
         );
         let t = transcript(hello, &reply);
         let tag = proof(&ks.s2c_auth, &[&t]);
@@ -533,7 +544,7 @@ mod tests {
         }
     }
 
-    const ALL: &[Purpose] = &[Purpose::Data, Purpose::Failback, Purpose::Config];
+    const ALL: &[Purpose] = &[Purpose::Replicate, Purpose::Failback, Purpose::Config];
 
     /// A full handshake; returns both sessions.
     fn run(
@@ -550,10 +561,10 @@ mod tests {
 
     #[test]
     fn genuine_handshake_gives_matching_keys_per_direction() {
-        let (cs, ss) = run(local("a"), local("b"), Purpose::Data).unwrap();
+        let (cs, ss) = run(local("a"), local("b"), Purpose::Replicate).unwrap();
         assert_eq!(cs.peer, "b");
         assert_eq!(ss.peer, "a");
-        assert_eq!(ss.purpose, Purpose::Data);
+        assert_eq!(ss.purpose, Purpose::Replicate);
         let (mut c_seal, mut c_open) = cs.split();
         let (mut s_seal, mut s_open) = ss.split();
         let t = c_seal.seal(b"to server");
@@ -571,7 +582,7 @@ mod tests {
             password: b"guess",
             ..local("a")
         };
-        let (client, hello) = Client::start(wrong, Purpose::Data, nonce());
+        let (client, hello) = Client::start(wrong, Purpose::Replicate, nonce());
         let (_, reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         assert!(matches!(
             client.on_server_hello(&reply),
@@ -579,7 +590,7 @@ mod tests {
         ));
         // The server does not learn whether the client knows the password
         // before the finish, which a client without it cannot make.
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let wrong_b = Local {
             password: b"guess",
             ..local("b")
@@ -595,7 +606,7 @@ mod tests {
 
     #[test]
     fn reflected_server_proof_is_no_client_proof() {
-        let (_, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (_, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let (server, reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         let tag = &reply[reply.len() - PROOF_LEN..];
         assert_eq!(server.on_client_finish(tag).unwrap_err().label(), "auth");
@@ -617,7 +628,7 @@ mod tests {
     #[test]
     fn relay_between_a_nodes_own_endpoints_fails() {
         // Node "a"'s sender, relayed to node "a"'s own receiver.
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let e = Server::on_client_hello(local("a"), ALL, &hello, nonce())
             .err()
             .unwrap();
@@ -628,7 +639,7 @@ mod tests {
         renamed[n - 1] = b'b';
         let (server, reply) = Server::on_client_hello(local("a"), ALL, &renamed, nonce()).unwrap();
         assert!(client.on_server_hello(&reply).is_err());
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let (_, genuine_reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         let (finish, _) = client.on_server_hello(&genuine_reply).unwrap();
         assert_eq!(
@@ -637,7 +648,7 @@ mod tests {
         );
         // A server answering with the client's own name is refused before
         // its proof is even looked at.
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let (_, reply) = Server::on_client_hello(local("x"), ALL, &hello, nonce()).unwrap();
         let mut forged = reply.clone();
         forged[1 + SERVER_FIXED] = b'a';
@@ -650,7 +661,7 @@ mod tests {
     #[test]
     fn purpose_is_bound() {
         // A data hello offered to a config listener is refused...
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let e = Server::on_client_hello(local("b"), &[Purpose::Config], &hello, nonce())
             .err()
             .unwrap();
@@ -660,7 +671,7 @@ mod tests {
         h[5] = Purpose::Failback as u8;
         let (server, reply) = Server::on_client_hello(local("b"), ALL, &h, nonce()).unwrap();
         assert!(client.on_server_hello(&reply).is_err());
-        let (client, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let (_, reply) = Server::on_client_hello(local("b"), ALL, &hello, nonce()).unwrap();
         let (finish, _) = client.on_server_hello(&reply).unwrap();
         assert_eq!(
@@ -671,7 +682,7 @@ mod tests {
 
     #[test]
     fn version_cluster_and_malformed_hellos_are_refused() {
-        let (_, hello) = Client::start(local("a"), Purpose::Data, nonce());
+        let (_, hello) = Client::start(local("a"), Purpose::Replicate, nonce());
         let mut h = hello.clone();
         h[4] = 1;
         let e = Server::on_client_hello(local("b"), ALL, &h, nonce())
@@ -702,7 +713,7 @@ mod tests {
 
     #[test]
     fn refusals_reach_the_client() {
-        let (client, _) = Client::start(local("a"), Purpose::Data, nonce());
+        let (client, _) = Client::start(local("a"), Purpose::Replicate, nonce());
         let e = client.on_server_hello(&Refusal::Busy.encode()).unwrap_err();
         assert_eq!(e.label(), "busy");
         assert!(on_verdict(0).is_ok());
@@ -712,7 +723,7 @@ mod tests {
     #[test]
     fn client_hello_fits_its_cap() {
         let long = "n".repeat(MAX_NAME);
-        let (_, hello) = Client::start(local(&long), Purpose::Data, nonce());
+        let (_, hello) = Client::start(local(&long), Purpose::Replicate, nonce());
         assert_eq!(hello.len(), CLIENT_HELLO_MAX);
     }
 }

@@ -32,7 +32,7 @@ pub use stream::{HANDSHAKE_DEADLINE, accept, connect};
 #[repr(u8)]
 pub enum Purpose {
     /// Replication: the primary's sender to the secondary's receiver.
-    Data = 1,
+    Replicate = 1,
     /// A returning node hands what the current primary lacks to it.
     Failback = 2,
     /// Config sync: the primary's pusher to a receiver.
@@ -43,7 +43,7 @@ impl Purpose {
     /// The value on the wire, or `None`.
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
-            1 => Some(Self::Data),
+            1 => Some(Self::Replicate),
             2 => Some(Self::Failback),
             3 => Some(Self::Config),
             _ => None,
@@ -52,7 +52,7 @@ impl Purpose {
     /// Name for logs.
     pub fn name(self) -> &'static str {
         match self {
-            Self::Data => "data",
+            Self::Replicate => "data",
             Self::Failback => "failback",
             Self::Config => "config",
         }

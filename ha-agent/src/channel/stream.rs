@@ -118,7 +118,17 @@ pub fn connect(
         let _ = d.read_exact(&mut v);
         vec![status[0], v[0]]
     };
-    let (finish, est) = client.on_server_hello(&reply)?;
+    let (finish, est) = match client.on_server_hello(&reply) {
+        Ok(x) => x,
+        Err(e @ HandshakeError::BadProof { .. }) => {
+            // Finish anyway, with a proof that cannot verify: the server
+            // then logs and counts the failure too, so that both operators
+            // see that the passwords differ.
+            let _ = d.write_all(&[0; PROOF_LEN]);
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     d.write_all(&finish)?;
     d.read_exact(&mut status)?;
     handshake::on_verdict(status[0])?;
@@ -177,7 +187,11 @@ pub fn accept(
             d.done()?;
             Ok(est)
         }
-        Err(e) => Err(refuse(&mut d, e)),
+        Err(e) => {
+            // The verdict is one byte: the refusal code alone.
+            let _ = d.write_all(&[Refusal::Auth as u8]);
+            Err(e)
+        }
     }
 }
 
@@ -202,24 +216,30 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = thread::spawn(move || {
             let (s, _) = l.accept().unwrap();
-            let ok = accept(&s, local("b"), &[Purpose::Data], HANDSHAKE_DEADLINE, |_| {});
+            let ok = accept(
+                &s,
+                local("b"),
+                &[Purpose::Replicate],
+                HANDSHAKE_DEADLINE,
+                |_| {},
+            );
             let (s2, _) = l.accept().unwrap();
             let started = Instant::now();
             let slow = accept(
                 &s2,
                 local("b"),
-                &[Purpose::Data],
+                &[Purpose::Replicate],
                 Duration::from_millis(600),
                 |_| {},
             );
             (ok.map(|e| e.peer), slow.map(|e| e.peer), started.elapsed())
         });
         let s = TcpStream::connect(addr).unwrap();
-        let est = connect(&s, local("a"), Purpose::Data, HANDSHAKE_DEADLINE).unwrap();
+        let est = connect(&s, local("a"), Purpose::Replicate, HANDSHAKE_DEADLINE).unwrap();
         assert_eq!(est.peer, "b");
         // One byte every 100 ms: each read is quick, the whole is too slow.
         let mut slow = TcpStream::connect(addr).unwrap();
-        let (_, hello) = Client::start(local("a"), Purpose::Data, handshake::nonce());
+        let (_, hello) = Client::start(local("a"), Purpose::Replicate, handshake::nonce());
         for b in &hello {
             if slow.write_all(&[*b]).is_err() {
                 break;
@@ -249,7 +269,7 @@ mod tests {
             .unwrap_err()
         });
         let s = TcpStream::connect(addr).unwrap();
-        let e = connect(&s, local("a"), Purpose::Data, HANDSHAKE_DEADLINE).unwrap_err();
+        let e = connect(&s, local("a"), Purpose::Replicate, HANDSHAKE_DEADLINE).unwrap_err();
         assert!(
             matches!(
                 e,

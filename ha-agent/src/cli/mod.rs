@@ -3,6 +3,7 @@
 mod check_config;
 mod cleanup;
 mod control;
+mod docs;
 
 use std::path::PathBuf;
 
@@ -55,7 +56,8 @@ enum Cmd {
         #[command(flatten)]
         target: control::Target,
     },
-    /// Force a full reconcile with the peer now (the seed's "start sync").
+    /// Sync with the peer now: a full reconcile of data and configuration
+    /// (run on the primary; fails when nothing was done).
     Sync {
         /// What to sync.
         #[arg(default_value = "all")]
@@ -76,6 +78,13 @@ enum Cmd {
         /// Configuration file (names the instance).
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Directory to write `man/` and `completions/` into.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -130,5 +139,6 @@ pub fn main() -> Result<()> {
             ),
         },
         Cmd::Cleanup { config } => cleanup::run(&config),
+        Cmd::GenerateDocs { out } => docs::run(&out),
     }
 }

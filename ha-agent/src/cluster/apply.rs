@@ -46,8 +46,6 @@ pub enum Outcome {
     Applied {
         /// Files differed from what was in force (`after_apply` ran).
         changed: bool,
-        /// Checksum of the files now on disk.
-        disk: String,
     },
     /// `validate` refused the staging copy; nothing was swapped.
     Invalid {
@@ -179,12 +177,15 @@ fn carry_excluded(live: &Path, stage: &Path, rel: &Path, ex: &GlobSet) -> io::Re
 
 /// Builds the staging copy of one synced path; `None` when the primary
 /// does not have that path (left alone here).
+#[expect(clippy::too_many_arguments, reason = "one staging copy's context")]
 fn build(
     st: &ApplySettings,
     store: &Store,
     live: &Path,
     root: &RootMeta,
+    prev: Option<&RootMeta>,
     ids: &mut Ids,
+    wrote: &mut usize,
 ) -> Result<Option<PathBuf>, ApplyError> {
     if !root.present {
         return Ok(None);
@@ -198,23 +199,63 @@ fn build(
     };
     if root.is_file() {
         let e = &root.entries[0];
+        if !same_file(live, e, ids) {
+            *wrote += 1;
+        }
         fs::copy(blob(&e.hash)?, &stage).map_err(io_at(&stage))?;
         set_attrs(&stage, e.mode, &e.owner, &e.group, ids).map_err(io_at(&stage))?;
+        fs::File::open(&stage)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&stage))?;
     } else {
         fs::create_dir(&stage).map_err(io_at(&stage))?;
         let mode = fs::metadata(live).map_or(0o755, |m| m.mode());
         fs::set_permissions(&stage, fs::Permissions::from_mode(mode & 0o7777))
             .map_err(io_at(&stage))?;
+        // Directories whose entries were written: made durable before the swap.
+        let mut dirs = std::collections::BTreeSet::new();
         for e in &root.entries {
             let p = stage.join(&e.rel);
             if e.dir {
                 fs::create_dir(&p).map_err(io_at(&p))?;
+                set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
+                if !live.join(&e.rel).is_dir() {
+                    *wrote += 1;
+                    dirs.insert(p.parent().map_or_else(|| stage.clone(), Path::to_path_buf));
+                }
+            } else if unchanged_since(prev, e, &live.join(&e.rel))
+                || same_file(&live.join(&e.rel), e, ids)
+                || same_with_overrides(st, store, &live.join(&e.rel), e, ids)
+            {
+                // Unchanged: the staging copy shares the live file, so an
+                // apply writes (and makes durable) only what changed.
+                fs::hard_link(live.join(&e.rel), &p).map_err(io_at(&p))?;
             } else {
+                *wrote += 1;
                 fs::copy(blob(&e.hash)?, &p).map_err(io_at(&p))?;
+                set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
+                fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_at(&p))?;
+                dirs.insert(p.parent().map_or_else(|| stage.clone(), Path::to_path_buf));
             }
-            set_attrs(&p, e.mode, &e.owner, &e.group, ids).map_err(io_at(&p))?;
+        }
+        // Something here that the version does not hold: a removal.
+        let wanted: std::collections::BTreeSet<&str> =
+            root.entries.iter().map(|e| e.rel.as_str()).collect();
+        if live_entries(live, Path::new(""), &st.exclude)
+            .iter()
+            .any(|r| !wanted.contains(r.as_str()))
+        {
+            *wrote += 1;
         }
         carry_excluded(live, &stage, Path::new(""), &st.exclude).map_err(io_at(live))?;
+        dirs.insert(stage.clone());
+        for d in dirs {
+            fs::File::open(&d)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(&d))?;
+        }
     }
     for o in &st.overrides {
         let target = if root.is_file() {
@@ -226,11 +267,111 @@ fn build(
             continue;
         };
         let text = fs::read_to_string(&target).map_err(io_at(&target))?;
-        let perms = fs::metadata(&target).map_err(io_at(&target))?.permissions();
-        fs::write(&target, manifest::set_value(&text, &o.key, &o.value)).map_err(io_at(&target))?;
-        fs::set_permissions(&target, perms).map_err(io_at(&target))?;
+        let md = fs::metadata(&target).map_err(io_at(&target))?;
+        // A new file, not a write through: the staging copy may share
+        // this inode with the live tree.
+        fs::remove_file(&target).map_err(io_at(&target))?;
+        let new = manifest::set_value(&text, &o.key, &o.value);
+        if fs::read_to_string(live.join(target.strip_prefix(&stage).unwrap_or(&target)))
+            .ok()
+            .as_deref()
+            != Some(new.as_str())
+        {
+            *wrote += 1;
+        }
+        fs::write(&target, new).map_err(io_at(&target))?;
+        let _ = std::os::unix::fs::lchown(&target, Some(md.uid()), Some(md.gid()));
+        fs::set_permissions(&target, md.permissions()).map_err(io_at(&target))?;
+        fs::File::open(&target)
+            .and_then(|f| f.sync_all())
+            .map_err(io_at(&target))?;
     }
     Ok(Some(stage))
+}
+
+/// Whether entry `e` is the same in the version in force (`prev`) and the
+/// live file is there: linked without reading it. Drift (a hand edit) is
+/// found by the periodic check and repaired with a push that does not
+/// trust `prev`.
+fn unchanged_since(prev: Option<&RootMeta>, e: &manifest::FileMeta, p: &Path) -> bool {
+    prev.and_then(|r| r.entries.iter().find(|x| x.rel == e.rel))
+        .is_some_and(|x| x == e)
+        && fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
+}
+
+/// Whether the live file at `p` is entry `e` with this member's
+/// `[[config_sync.set]]` values applied (then nothing changes there).
+fn same_with_overrides(
+    st: &ApplySettings,
+    store: &Store,
+    p: &Path,
+    e: &manifest::FileMeta,
+    ids: &mut Ids,
+) -> bool {
+    let sets: Vec<&Override> = st.overrides.iter().filter(|o| o.file == p).collect();
+    if sets.is_empty() {
+        return false;
+    }
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return false;
+    };
+    let Some(text) = store
+        .get(&e.hash)
+        .ok()
+        .and_then(|d| String::from_utf8(d).ok())
+    else {
+        return false;
+    };
+    let want = sets
+        .iter()
+        .fold(text, |t, o| manifest::set_value(&t, &o.key, &o.value));
+    md.is_file()
+        && md.mode() & 0o7777 == e.mode & 0o7777
+        && ids.user_name(md.uid()) == e.owner
+        && ids.group_name(md.gid()) == e.group
+        && fs::read(p).is_ok_and(|d| d == want.as_bytes())
+}
+
+/// Relative paths of the live tree (not excluded), without reading files.
+fn live_entries(live: &Path, rel: &Path, ex: &GlobSet) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(live.join(rel)) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        if crate::sync::path::is_temp_name(&name.to_string_lossy()) {
+            continue;
+        }
+        let r = rel.join(&name);
+        let full = live.join(&r);
+        if bundle::excluded(ex, &full) {
+            continue;
+        }
+        let Ok(md) = fs::symlink_metadata(&full) else {
+            continue;
+        };
+        if md.is_dir() || md.is_file() {
+            out.push(r.to_string_lossy().into_owned());
+        }
+        if md.is_dir() {
+            out.extend(live_entries(live, &r, ex));
+        }
+    }
+    out
+}
+
+/// Whether the live file at `p` already is entry `e` (content, mode,
+/// owner): then it can be linked into the staging copy.
+fn same_file(p: &Path, e: &manifest::FileMeta, ids: &mut Ids) -> bool {
+    let Ok(md) = fs::symlink_metadata(p) else {
+        return false;
+    };
+    md.is_file()
+        && md.mode() & 0o7777 == e.mode & 0o7777
+        && ids.user_name(md.uid()) == e.owner
+        && ids.group_name(md.gid()) == e.group
+        && fs::read(p).is_ok_and(|d| manifest::hash(&d) == e.hash)
 }
 
 /// Exchanges `stage` and `live` (or moves `stage` in when `live` is
@@ -266,7 +407,14 @@ fn sync_parent(p: &Path) {
 /// # Errors
 /// When the staging copy cannot be built or swapped; the tree in force is
 /// then the previous one.
-pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcome, ApplyError> {
+/// `prev` is the manifest in force, trusted for files it has unchanged
+/// (`None` to compare every file with the live tree, as a repair does).
+pub fn install(
+    st: &ApplySettings,
+    store: &Store,
+    m: &Manifest,
+    prev: Option<&Manifest>,
+) -> Result<Outcome, ApplyError> {
     let mut ids = Ids::default();
     let mut stages: Vec<(PathBuf, PathBuf)> = Vec::new();
     let cleanup = |stages: &[(PathBuf, PathBuf)]| {
@@ -274,8 +422,10 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
             remove_any(s);
         }
     };
-    for (root, live) in m.roots.iter().zip(&st.paths) {
-        match build(st, store, live, root, &mut ids) {
+    let mut wrote = 0usize;
+    for (i, (root, live)) in m.roots.iter().zip(&st.paths).enumerate() {
+        let prev = prev.and_then(|p| p.roots.get(i));
+        match build(st, store, live, root, prev, &mut ids, &mut wrote) {
             Ok(Some(stage)) => stages.push((stage, live.clone())),
             Ok(None) => {}
             Err(e) => {
@@ -286,26 +436,9 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
         }
     }
     // Nothing differs: nothing to swap, no hook to run.
-    let staged = {
-        let paths: Vec<PathBuf> = st.paths.clone();
-        let staged_paths: Vec<PathBuf> = paths
-            .iter()
-            .map(|p| {
-                stages
-                    .iter()
-                    .find(|(_, l)| l == p)
-                    .map_or_else(|| p.clone(), |(s, _)| s.clone())
-            })
-            .collect();
-        bundle::collect(&staged_paths, &st.exclude).map(|b| Manifest::from_bundle(&b).0.checksum())
-    };
-    let before = disk_checksum(st)?;
-    if staged.as_ref().is_ok_and(|s| *s == before) {
+    if wrote == 0 {
         cleanup(&stages);
-        return Ok(Outcome::Applied {
-            changed: false,
-            disk: before,
-        });
+        return Ok(Outcome::Applied { changed: false });
     }
     if let Some(cmd) = &st.validate {
         let dir = stages
@@ -317,12 +450,6 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
             cleanup(&stages);
             return Ok(Outcome::Invalid { detail: r });
         }
-    }
-    // One file-system sync makes every staged file durable before the swap.
-    if let Some((s, _)) = stages.first()
-        && let Ok(f) = fs::File::open(s)
-    {
-        let _ = rustix::fs::syncfs(&f);
     }
     let mut swapped: Vec<(PathBuf, PathBuf, bool)> = Vec::new();
     for (stage, live) in &stages {
@@ -356,10 +483,7 @@ pub fn install(st: &ApplySettings, store: &Store, m: &Manifest) -> Result<Outcom
         }
     }
     cleanup(&stages);
-    Ok(Outcome::Applied {
-        changed: true,
-        disk: disk_checksum(st)?,
-    })
+    Ok(Outcome::Applied { changed: true })
 }
 
 /// Time since `t` in milliseconds.
@@ -416,7 +540,7 @@ mod tests {
         });
         st.after_apply = Some(format!("touch {}", t.path().join("hook").display()));
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(
             matches!(out, Outcome::Applied { changed: true, .. }),
             "{out:?}"
@@ -435,7 +559,7 @@ mod tests {
         assert!(!staging_path(&dst).exists(), "staging removed");
         // Same again: nothing changes, the hook does not run.
         fs::remove_file(t.path().join("hook")).unwrap();
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(matches!(out, Outcome::Applied { changed: false, .. }));
         assert!(!t.path().join("hook").exists());
     }
@@ -452,7 +576,7 @@ mod tests {
         let mut st = settings(vec![dst.clone()]);
         st.validate = Some("! grep -q broken {dir}/main.cf".into());
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(matches!(out, Outcome::Invalid { .. }), "{out:?}");
         assert_eq!(fs::read_to_string(dst.join("main.cf")).unwrap(), "good\n");
         assert!(!staging_path(&dst).exists());
@@ -465,7 +589,7 @@ mod tests {
             log.display(),
             dst.display()
         ));
-        let out = install(&st, &store, &m).unwrap();
+        let out = install(&st, &store, &m, None).unwrap();
         assert!(
             matches!(&out, Outcome::HookFailed { restored, .. } if restored == "ok"),
             "{out:?}"
@@ -486,7 +610,7 @@ mod tests {
         let store = Store::open(&t.path().join("state")).unwrap();
         let st = settings(vec![dst.clone()]);
         let m = push(std::slice::from_ref(&src), &store, &st.exclude);
-        install(&st, &store, &m).unwrap();
+        install(&st, &store, &m, None).unwrap();
         assert_eq!(fs::read_to_string(&dst).unwrap(), "postmaster: root\n");
     }
 }

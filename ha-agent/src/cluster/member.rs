@@ -18,6 +18,7 @@ use super::manifest::Manifest;
 use super::plan::{self, Accept};
 use super::store::{ApplyReport, Generation, MemberState, Store, now_ms};
 use super::version::Version;
+use crate::channel;
 use crate::config::Member;
 use crate::config_sync::wire::{self, MemberReport, Msg, WireError};
 
@@ -81,6 +82,8 @@ pub struct MemberCore {
     pub superseded: AtomicBool,
     /// Installs done (for tests and metrics).
     pub installs: AtomicU64,
+    /// Written by the last install, stored by [`MemberCore::settle`].
+    pending: Mutex<(Vec<std::path::PathBuf>, Option<Generation>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -102,6 +105,7 @@ impl MemberCore {
             apply_lock: Mutex::new(()),
             superseded: AtomicBool::new(false),
             installs: AtomicU64::new(0),
+            pending: Mutex::new((Vec::new(), None)),
         }))
     }
 
@@ -177,12 +181,12 @@ impl MemberCore {
             manifest: manifest.clone(),
             at_ms: now_ms(),
         })?;
-        let disk = apply::disk_checksum(&self.st.apply).ok();
         let mut s = self.state();
         s.version = Some(version);
         s.origin = Some(self.st.node.clone());
+        // The primary's files are what it collected: no second read.
         s.content = Some(manifest.checksum());
-        s.disk = disk;
+        s.disk = Some(manifest.checksum());
         self.set_state(s);
         lock(&self.heard).drift = false;
         self.store.prune(self.st.generations, Some(version));
@@ -226,9 +230,19 @@ impl MemberCore {
             }
             _ => {}
         }
-        let outcome = apply::install(&self.st.apply, &self.store, manifest);
+        // The manifest in force, unless the files are to be compared one by
+        // one (a repair, or this node's own rollback).
+        let prev = (!repair)
+            .then(|| cur.version.and_then(|v| self.store.generation(v).ok()))
+            .flatten();
+        let outcome = apply::install(
+            &self.st.apply,
+            &self.store,
+            manifest,
+            prev.as_ref().map(|g| &g.manifest),
+        );
         let r = match outcome {
-            Ok(Outcome::Applied { changed, disk }) => {
+            Ok(Outcome::Applied { changed }) => {
                 let g = Generation {
                     version,
                     origin: origin.to_owned(),
@@ -236,9 +250,7 @@ impl MemberCore {
                     manifest: manifest.clone(),
                     at_ms: now_ms(),
                 };
-                if let Err(e) = self.store.save_generation(&g) {
-                    warn!(error = %e, %version, "generation not stored");
-                }
+                lock(&self.pending).1 = Some(g);
                 let mut s = cur.clone();
                 s.version = Some(version);
                 if s.origin.as_deref() != Some(origin) && origin != self.st.node {
@@ -249,10 +261,10 @@ impl MemberCore {
                 }
                 s.origin = Some(origin.to_owned());
                 s.content = Some(manifest.checksum());
-                s.disk = Some(disk);
-                self.set_state(s);
+                // Computed by `settle` once the primary has its answer.
+                s.disk = None;
+                *lock(&self.state) = s;
                 lock(&self.heard).drift = false;
-                self.store.prune(self.st.generations, Some(version));
                 self.installs.fetch_add(1, Ordering::Relaxed);
                 let detail = match (changed, repair) {
                     (false, _) => "unchanged",
@@ -289,8 +301,28 @@ impl MemberCore {
         };
         let mut s = self.state();
         s.last_apply = Some(r.clone());
-        self.set_state(s);
+        *lock(&self.state) = s;
         r
+    }
+
+    /// After an install was answered: the checksum of the files as now on
+    /// disk (the drift baseline), the state made durable, old generations
+    /// removed. Off the propagation path: the primary is not kept waiting.
+    pub fn settle(&self) {
+        let _g = lock(&self.apply_lock);
+        let (blobs, generation) = std::mem::take(&mut *lock(&self.pending));
+        self.store.sync(&blobs);
+        if let Some(g) = generation
+            && let Err(e) = self.store.save_generation(&g)
+        {
+            warn!(error = %e, version = %g.version, "generation not stored");
+        }
+        let mut s = self.state();
+        if s.disk.is_none() && s.version.is_some() {
+            s.disk = apply::disk_checksum(&self.st.apply).ok();
+        }
+        self.set_state(s.clone());
+        self.store.prune(self.st.generations, s.version);
     }
 
     fn refused(&self, why: String) {
@@ -367,6 +399,8 @@ impl MemberServer {
                                                         | WireError::Refused(_)
                                                         | WireError::Oversize(_)
                                                         | WireError::Decode(_)
+                                                        | WireError::Channel(_)
+                                                        | WireError::Auth(_)
                                                 ) {
                                                     core.refused(format!("{peer}: {e}"));
                                                 }
@@ -397,7 +431,7 @@ impl MemberServer {
 
 fn session(
     core: &MemberCore,
-    mut s: TcpStream,
+    s: TcpStream,
     peer: SocketAddr,
     stop: &AtomicBool,
 ) -> Result<(), WireError> {
@@ -406,18 +440,29 @@ fn session(
     // A pusher silent for longer than the down threshold is gone.
     let idle = core.st.heartbeat * (plan::DOWN_AFTER_INTERVALS + 1);
     s.set_read_timeout(Some(idle.max(Duration::from_secs(2))))?;
-    s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let name = wire::server_handshake(&mut s, &core.st.key, &core.st.node)?;
     let cluster = core.st.cluster;
-    wire::send(
-        &mut s,
-        &Msg::Member {
-            cluster,
-            report: Box::new(core.report()),
-        },
+    let local = channel::Local {
+        node: &core.st.node,
+        cluster,
+        password: &core.st.key,
+    };
+    let est = channel::accept(
+        &s,
+        local,
+        &[channel::Purpose::Config],
+        channel::HANDSHAKE_DEADLINE,
+        |_| {},
     )?;
+    s.set_read_timeout(Some(idle.max(Duration::from_secs(2))))?;
+    s.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let name = est.peer.clone();
+    let mut s = wire::Conn::new(s, est);
+    s.send(&Msg::Member {
+        cluster,
+        report: Box::new(core.report()),
+    })?;
     while !stop.load(Ordering::Relaxed) {
-        let m = wire::recv(&mut s)?;
+        let m = s.recv()?;
         let started = Instant::now();
         let theirs = match &m {
             Msg::Ping { cluster, .. } | Msg::Install { cluster, .. } => *cluster,
@@ -431,12 +476,9 @@ fn session(
         if theirs != cluster {
             let reason =
                 format!("cluster id {theirs} refused: this member is in cluster {cluster}");
-            let _ = wire::send(
-                &mut s,
-                &Msg::Refused {
-                    reason: reason.clone(),
-                },
-            );
+            let _ = s.send(&Msg::Refused {
+                reason: reason.clone(),
+            });
             return Err(WireError::Refused(reason));
         }
         match m {
@@ -454,13 +496,10 @@ fn session(
                     h.up = up;
                     h.at = Some(Instant::now());
                 }
-                wire::send(
-                    &mut s,
-                    &Msg::Member {
-                        cluster,
-                        report: Box::new(core.report()),
-                    },
-                )?;
+                s.send(&Msg::Member {
+                    cluster,
+                    report: Box::new(core.report()),
+                })?;
             }
             Msg::Install {
                 origin,
@@ -473,39 +512,34 @@ fn session(
             } => {
                 if let Err(e) = manifest.check(core.st.apply.paths.len()) {
                     let reason = format!("install {version} refused: {e}");
-                    let _ = wire::send(
-                        &mut s,
-                        &Msg::Refused {
-                            reason: reason.clone(),
-                        },
-                    );
+                    let _ = s.send(&Msg::Refused {
+                        reason: reason.clone(),
+                    });
                     return Err(WireError::Refused(reason));
                 }
                 if members.len() > crate::config::defaults::MAX_MEMBERS {
                     let reason = format!("install {version} refused: {} members", members.len());
-                    let _ = wire::send(
-                        &mut s,
-                        &Msg::Refused {
-                            reason: reason.clone(),
-                        },
-                    );
+                    let _ = s.send(&Msg::Refused {
+                        reason: reason.clone(),
+                    });
                     return Err(WireError::Refused(reason));
                 }
                 for b in &blobs {
-                    if let Err(e) = core.store.put(&b.hash, &b.data) {
+                    let put = core.store.put_unsynced(&b.hash, &b.data);
+                    if let Ok(Some(p)) = &put {
+                        lock(&core.pending).0.push(p.clone());
+                    }
+                    if let Err(e) = put {
                         let reason = format!("install {version} refused: {e}");
-                        let _ = wire::send(
-                            &mut s,
-                            &Msg::Refused {
-                                reason: reason.clone(),
-                            },
-                        );
+                        let _ = s.send(&Msg::Refused {
+                            reason: reason.clone(),
+                        });
                         return Err(WireError::Refused(reason));
                     }
                 }
                 let missing = core.store.missing(&manifest);
                 if !missing.is_empty() {
-                    wire::send(&mut s, &Msg::Missing { hashes: missing })?;
+                    s.send(&Msg::Missing { hashes: missing })?;
                     continue;
                 }
                 {
@@ -517,13 +551,10 @@ fn session(
                 }
                 let report =
                     core.install(version, &origin, members, &manifest, repair, false, started);
-                wire::send(
-                    &mut s,
-                    &Msg::Installed {
-                        report,
-                        member: Box::new(core.report()),
-                    },
-                )?;
+                s.send(&Msg::Installed {
+                    report,
+                    member: Box::new(core.report()),
+                })?;
             }
             _ => unreachable!("filtered above"),
         }
@@ -535,8 +566,6 @@ fn session(
 #[must_use]
 pub fn kind(m: &Msg) -> &'static str {
     match m {
-        Msg::Hello { .. } => "hello",
-        Msg::Proof { .. } => "proof",
         Msg::State { .. } => "state",
         Msg::Push { .. } => "push",
         Msg::Applied { .. } => "applied",

@@ -290,6 +290,7 @@ impl ConfigNode {
             true,
             Instant::now(),
         );
+        self.core.settle();
         if !r.ok {
             return Err(format!(
                 "rollback to {to} failed on this node: {}",
@@ -309,8 +310,8 @@ impl ConfigNode {
     pub fn status(&self) -> ConfigOnlyStatus {
         let s = self.core.state();
         let h = self.core.heard();
-        let primary = lock(&self.primary);
         let is_primary = self.is_primary();
+        let primary = lock(&self.primary);
         let members = primary.as_ref().map(Primary::members).unwrap_or_default();
         let up = if is_primary {
             std::iter::once(self.me.name.clone())

@@ -20,6 +20,7 @@ use super::member::{MemberCore, kind};
 use super::plan::{self, MemberView, Step};
 use super::store::{ApplyReport, now_ms};
 use super::version::Version;
+use crate::channel;
 use crate::config::Member;
 use crate::config_sync::bundle;
 use crate::config_sync::wire::{self, Blob, MemberReport, Msg, WireError};
@@ -57,7 +58,8 @@ pub struct MemberStatus {
     pub name: String,
     /// Its address on the sync network.
     pub address: String,
-    /// `in-sync`, `behind`, `failed`, `drift`, `down`, `refused`, `newer`.
+    /// `in-sync`, `applying`, `behind`, `failed`, `drift`, `down`,
+    /// `refused`, `newer`.
     pub state: String,
     /// Answered within the down threshold.
     pub up: bool,
@@ -439,6 +441,17 @@ impl From<WireError> for SessionError {
         match e {
             WireError::Refused(r) => Self::Refused(r),
             WireError::Handshake(h) => Self::Refused(h),
+            // A wrong password, another cluster id, a name clash: refused,
+            // not down.
+            WireError::Channel(h)
+                if !matches!(
+                    h,
+                    crate::channel::HandshakeError::Io(_)
+                        | crate::channel::HandshakeError::Timeout(_)
+                ) =>
+            {
+                Self::Refused(h.to_string())
+            }
             e => Self::Wire(e),
         }
     }
@@ -476,11 +489,24 @@ fn session(
 ) -> Result<(), SessionError> {
     let cluster = core.st.cluster;
     let hb = core.st.heartbeat;
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     s.set_nodelay(true)?;
+    let local = channel::Local {
+        node: &core.st.node,
+        cluster,
+        password: &core.st.key,
+    };
+    let est = channel::connect(
+        &s,
+        local,
+        channel::Purpose::Config,
+        channel::HANDSHAKE_DEADLINE,
+    )
+    .map_err(WireError::from)?;
     s.set_read_timeout(Some(hb * plan::DOWN_AFTER_INTERVALS))?;
     s.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let name = wire::client_handshake(&mut s, &core.st.key, &core.st.node)?;
+    let name = est.peer.clone();
+    let mut s = wire::Conn::new(s, est);
     if name != m.name {
         return Err(SessionError::Refused(format!(
             "answers as {name:?}, listed as {:?}",
@@ -488,7 +514,7 @@ fn session(
         )));
     }
     let mut view = MemberView::default();
-    match wire::recv(&mut s)? {
+    match s.recv()? {
         Msg::Member { cluster: c, report } if c == cluster => {
             update(&sh.rows[i], &report, &mut view)
         }
@@ -542,6 +568,7 @@ fn session(
             }
             Step::Push | Step::Repair => {
                 let repair = step == Step::Repair;
+                lock(&sh.rows[i]).status.state = "applying".into();
                 if repair && view.drift {
                     warn!(member = %m.name, version = %target.version, "drift on member: re-pushing");
                     lock(&sh.rows[i]).status.drift_repairs += 1;
@@ -573,16 +600,13 @@ fn session(
                         plan::is_up(r.heard.map(|h| h.elapsed()), hb).then(|| r.status.name.clone())
                     }))
                     .collect();
-                wire::send(
-                    &mut s,
-                    &Msg::Ping {
-                        cluster,
-                        version: Some(target.version),
-                        up,
-                        check,
-                    },
-                )?;
-                match wire::recv(&mut s)? {
+                s.send(&Msg::Ping {
+                    cluster,
+                    version: Some(target.version),
+                    up,
+                    check,
+                })?;
+                match s.recv()? {
                     Msg::Member { report, .. } => {
                         let was = view.drift;
                         update(&sh.rows[i], &report, &mut view);
@@ -622,7 +646,7 @@ fn set_state(row: &Mutex<Row>, view: &MemberView, target: &Target, report: Optio
 
 #[expect(clippy::too_many_arguments, reason = "one push's context")]
 fn push(
-    s: &mut TcpStream,
+    s: &mut wire::Conn,
     core: &MemberCore,
     st: &PrimarySettings,
     target: &Target,
@@ -633,7 +657,7 @@ fn push(
     i: usize,
     view: &mut MemberView,
 ) -> Result<ApplyReport, SessionError> {
-    s.set_read_timeout(Some(st.install_timeout))?;
+    s.stream().set_read_timeout(Some(st.install_timeout))?;
     let mut blobs: Vec<Blob> = target
         .blobs
         .iter()
@@ -645,21 +669,19 @@ fn push(
         .collect();
     // Two rounds at most: the second carries whatever the member lacked.
     for _ in 0..2 {
-        wire::send(
-            s,
-            &Msg::Install {
-                cluster,
-                origin: core.st.node.clone(),
-                version: target.version,
-                members: target.members.clone(),
-                manifest: Box::new((*target.manifest).clone()),
-                blobs: std::mem::take(&mut blobs),
-                repair,
-            },
-        )?;
-        match wire::recv(s)? {
+        s.send(&Msg::Install {
+            cluster,
+            origin: core.st.node.clone(),
+            version: target.version,
+            members: target.members.clone(),
+            manifest: Box::new((*target.manifest).clone()),
+            blobs: std::mem::take(&mut blobs),
+            repair,
+        })?;
+        match s.recv()? {
             Msg::Installed { report, member } => {
-                s.set_read_timeout(Some(core.st.heartbeat * plan::DOWN_AFTER_INTERVALS))?;
+                s.stream()
+                    .set_read_timeout(Some(core.st.heartbeat * plan::DOWN_AFTER_INTERVALS))?;
                 update(&sh.rows[i], &member, view);
                 if report.ok {
                     *known = target.manifest.hashes().map(str::to_owned).collect();

@@ -150,11 +150,38 @@ impl Store {
         if path.exists() {
             return Ok(());
         }
-        // Durability of blobs comes with the generation written after them
-        // (one syncfs in `save_generation`), not one fsync per file.
+        // Only new contents are written: one file per changed file.
+        write_atomic(&path, data)
+    }
+
+    /// Like [`Store::put`] without waiting for the disk: the content is
+    /// made durable by [`Store::sync`] before a generation names it.
+    ///
+    /// # Errors
+    /// The hash does not match, or writing fails.
+    pub fn put_unsynced(&self, h: &str, data: &[u8]) -> Result<Option<PathBuf>, StoreError> {
+        let path = self
+            .blob_path(h)
+            .ok_or_else(|| StoreError::HashMismatch(h.to_owned()))?;
+        if manifest::hash(data) != h {
+            return Err(StoreError::HashMismatch(h.to_owned()));
+        }
+        if path.exists() {
+            return Ok(None);
+        }
         let tmp = path.with_extension("tmp");
         fs::write(&tmp, data).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(Some(path))
+    }
+
+    /// Makes contents written by [`Store::put_unsynced`] durable.
+    pub fn sync(&self, paths: &[PathBuf]) {
+        for p in paths {
+            if let Ok(f) = fs::File::open(p) {
+                let _ = f.sync_all();
+            }
+        }
     }
 
     /// Reads stored content.
@@ -190,9 +217,9 @@ impl Store {
     /// # Errors
     /// Writing fails.
     pub fn save_generation(&self, g: &Generation) -> Result<(), StoreError> {
-        let blobs = self.dir.join("blobs");
-        if let Ok(d) = fs::File::open(&blobs) {
-            let _ = rustix::fs::syncfs(&d);
+        // The contents' names are durable before the generation naming them.
+        if let Ok(d) = fs::File::open(self.dir.join("blobs")) {
+            let _ = d.sync_all();
         }
         let data = serde_json::to_vec(g).expect("generation serializes");
         write_atomic(&self.gen_path(g.version), &data)

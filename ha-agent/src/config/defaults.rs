@@ -6,19 +6,20 @@ use std::time::Duration;
 
 use super::model::{Mta, OnFailure, XdpMode};
 
-/// `node.on_failure`: the seed's default — a failed node stays out until an
+/// `node.on_failure`: the cautious default — a failed node stays out until an
 /// operator has looked at it, rather than coming back on its own.
 pub const ON_FAILURE: OnFailure = OnFailure::Off;
 /// `node.priority`: the middle of nowhere in particular; only the order of
 /// the two members' values matters.
 pub const PRIORITY: u16 = 100;
-/// `cluster.base_port`: the seed's HA base port.
+/// `cluster.base_port`: the customary HA base port (as on FortiMail).
 pub const BASE_PORT: u16 = 20000;
-/// `cluster.heartbeat_interval`: the seed's cautious default.
+/// `cluster.heartbeat_interval`: the cautious default.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-/// `cluster.lost_threshold`: the seed's default (15 s).
+/// `cluster.lost_threshold`: the cautious default (15 s, compatible with
+/// FortiMail's).
 pub const LOST_THRESHOLD: Duration = Duration::from_secs(15);
-/// `cluster.remote_services_as_heartbeat`: off, as in the seed; turning it
+/// `cluster.remote_services_as_heartbeat`: off by default; turning it
 /// on needs at least one `[[monitor.remote]]` to probe.
 pub const REMOTE_SERVICES_AS_HEARTBEAT: bool = false;
 /// `cluster.promote_outdated`: never promote a replica known to be behind
@@ -38,7 +39,7 @@ pub const MAX_LAG: Duration = Duration::from_secs(1);
 pub const REMOTE_INTERVAL: Duration = Duration::from_secs(10);
 // `monitor.remote[].timeout` defaults to half the monitor's interval, so a
 // check always ends before the next one starts (see validate/monitor.rs).
-/// `monitor.*[].failures`: the seed's example; one lost probe is noise.
+/// `monitor.*[].failures`: three, because one lost probe is noise.
 pub const FAILURES: u32 = 3;
 /// `monitor.local[].interval`.
 pub const LOCAL_INTERVAL: Duration = Duration::from_secs(10);
@@ -60,8 +61,6 @@ pub const MAX_MEMBERS: usize = 25;
 pub const STATE_ROOT: &str = "/var/lib/ha";
 /// `runtime.control_socket` is this joined with `<instance>.sock`.
 pub const SOCKET_ROOT: &str = "/run/ha";
-/// The data plane pins under this joined with the instance name.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf/ha";
 /// `runtime.xdp_mode`: native where the driver has it, else generic.
 pub const XDP_MODE: XdpMode = XdpMode::Auto;
 

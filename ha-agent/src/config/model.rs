@@ -41,14 +41,14 @@ pub struct Config {
     pub acceptance: Acceptance,
 }
 
-/// Configured operating mode of a member (the seed's "mode").
+/// Configured operating mode of a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
-    /// Active-passive primary (the seed's "master").
+    /// Active-passive primary (alias `master`).
     #[serde(alias = "master")]
     Primary,
-    /// Active-passive secondary (the seed's "slave").
+    /// Active-passive secondary (alias `slave`).
     #[serde(alias = "slave")]
     Secondary,
     /// Config-only cluster: the member that pushes configuration.
@@ -74,7 +74,7 @@ impl Mode {
     }
 }
 
-/// What a node does after it has failed (the seed's "on failure").
+/// What a node does after it has failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnFailure {
@@ -425,14 +425,6 @@ pub struct Runtime {
     pub xdp_mode: XdpMode,
 }
 
-impl Runtime {
-    /// Directory where the data plane pins its maps and links.
-    #[must_use]
-    pub fn pin_dir(&self) -> PathBuf {
-        PathBuf::from(super::defaults::BPFFS_ROOT).join(&self.instance)
-    }
-}
-
 /// `[metrics]`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Metrics {
@@ -442,7 +434,7 @@ pub struct Metrics {
 
 /// The cluster-wide settings that config sync pushes to the peer.
 ///
-/// Everything else is per node: the seed never syncs mode, names,
+/// Everything else is per node: never synced are mode, names,
 /// interfaces and addresses, the HA role, backup options or monitors.
 /// `cluster.id`, `cluster.password` and `cluster.base_port` are not synced
 /// either: they define the channel that carries the push, so changing them

@@ -85,7 +85,6 @@ fn base_config_parses_with_documented_defaults() {
     assert_eq!(c.runtime.instance, "mail-a");
     assert_eq!(c.runtime.state_dir, Path::new("/var/lib/ha/mail-a"));
     assert_eq!(c.runtime.control_socket, Path::new("/run/ha/mail-a.sock"));
-    assert_eq!(c.runtime.pin_dir(), Path::new("/sys/fs/bpf/ha/mail-a"));
     assert_eq!(c.runtime.xdp_mode, XdpMode::Auto);
     assert_eq!(c.backup.max_lag, ms(1000));
     assert_eq!(c.backup.mta, Mta::Postfix);
@@ -93,7 +92,7 @@ fn base_config_parses_with_documented_defaults() {
 }
 
 #[test]
-fn seed_words_master_and_slave_are_aliases() {
+fn master_and_slave_are_aliases() {
     assert_eq!(
         parse(&edit("\"primary\"", "\"master\""), None)
             .expect("valid")

@@ -262,7 +262,7 @@ mod tests {
 
     #[test]
     fn cautious_profile_derives_a_safe_lease() {
-        let t = Timing::resolve(ms(1000), ms(15_000), None).expect("seed defaults are valid");
+        let t = Timing::resolve(ms(1000), ms(15_000), None).expect("cautious defaults are valid");
         assert_eq!(t.lease, ms(12_000));
         assert_eq!(t.margin(), ms(1000));
     }

@@ -1,4 +1,4 @@
-//! Config sync (issue 4): the primary pushes the application configuration
+//! Config sync: the primary pushes the application configuration
 //! (`[config_sync] paths`, minus the per-node `exclude` globs) and the
 //! cluster keys of the agent's own configuration ([`SyncedView`]) to its
 //! peer on every change and on demand; the peer applies them, runs
@@ -7,10 +7,10 @@
 //! Own channel on `cluster.config_sync_port()` (base + 2) rather than the
 //! data channel: a configuration change must not queue behind a gigabyte
 //! of mail in the data stream, and config-only clusters have no data
-//! stream at all. It reuses the data channel's authentication
-//! (`sync::auth`, mutual HMAC challenge–response) and its confined file
-//! operations (`sync::fsops`: temporary name, fsync, rename, no symlink
-//! followed).
+//! stream at all. It speaks over the same authenticated channel
+//! (`crate::channel`, purpose `config`: a data sender's proof is worthless
+//! here) and reuses the data sync's confined file operations
+//! (`sync::fsops`: temporary name, fsync, rename, no symlink followed).
 //!
 //! Change detection polls: every `poll` the pusher collects the paths and
 //! compares the checksum with the last one the peer acknowledged. Config
@@ -26,6 +26,8 @@ pub mod bundle;
 pub mod plan;
 pub mod wire;
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,15 +39,21 @@ use globset::GlobSet;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::channel::{self, Gate, Purpose, listen::Backoff};
 use crate::config::{Config, SyncedView};
 use bundle::Bundle;
 use wire::{Msg, WireError};
 
+/// What a config-sync connection reads and writes on.
+type Conn = wire::Conn<TcpStream>;
+
 /// Settings of config sync on one node.
 #[derive(Debug, Clone)]
 pub struct ConfigSyncConfig {
-    /// This node's name (logs and handshake).
+    /// This node's name, proved in the channel handshake.
     pub node: String,
+    /// `[cluster] id`, bound into the channel's keys.
+    pub cluster_id: u32,
     /// Absolute paths synced (the same on both nodes).
     pub paths: Vec<PathBuf>,
     /// Per-node exclusions, matched against absolute paths.
@@ -56,7 +64,8 @@ pub struct ConfigSyncConfig {
     pub key: Vec<u8>,
     /// Receiver: where to listen.
     pub listen: SocketAddr,
-    /// Pusher: the peers' receivers.
+    /// Pusher: the peers' receivers. Receiver: only these addresses (the
+    /// port aside) may connect.
     pub peers: Vec<SocketAddr>,
     /// How often the pusher looks for changes (and the receiver refreshes
     /// its checksum).
@@ -82,6 +91,7 @@ impl ConfigSyncConfig {
         };
         Ok(Self {
             node: cfg.node.name.clone(),
+            cluster_id: cfg.cluster.id,
             paths: cfg.config_sync.paths.clone(),
             exclude: cfg.config_sync.exclude_matcher()?,
             after_apply: cfg.config_sync.after_apply.clone(),
@@ -149,6 +159,15 @@ impl ConfigSyncConfig {
         self.exclude = b.build()?;
         Ok(())
     }
+
+    /// What this node proves in the channel handshake.
+    pub fn local(&self) -> channel::Local<'_> {
+        channel::Local {
+            node: &self.node,
+            cluster: self.cluster_id,
+            password: &self.key,
+        }
+    }
 }
 
 /// What `ha-agent status` shows about config sync.
@@ -166,6 +185,9 @@ pub struct ConfigSyncStatus {
     pub errors: u64,
     /// The last error, for the operator.
     pub last_error: Option<String>,
+    /// Connections and messages refused, by kind (`peer_address`, `busy`,
+    /// `auth`, `identity`, `handshake_timeout`, `frame_auth`, ...).
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl ConfigSyncStatus {
@@ -191,6 +213,14 @@ impl Shared {
     fn error(&self, e: String) {
         warn!(error = %e, "config sync failed");
         self.with(|s| {
+            s.errors += 1;
+            s.last_error = Some(e);
+        });
+    }
+    /// Counts a refused connection or message (logged by the caller).
+    fn reject(&self, kind: &str, e: String) {
+        self.with(|s| {
+            *s.rejected.entry(kind.to_owned()).or_default() += 1;
             s.errors += 1;
             s.last_error = Some(e);
         });
@@ -337,11 +367,13 @@ fn push_one(
     force: bool,
     on_step: &OnStep,
 ) -> Result<String, PushError> {
-    let mut s = TcpStream::connect_timeout(&peer, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(st.hook_timeout + Duration::from_secs(10)))?;
+    let s = TcpStream::connect_timeout(&peer, Duration::from_secs(3))?;
     s.set_nodelay(true)?;
-    wire::client_handshake(&mut s, &st.key, &st.node)?;
-    let (peer_view, peer_sum) = match wire::recv(&mut s)? {
+    let est = channel::connect(&s, st.local(), Purpose::Config, channel::HANDSHAKE_DEADLINE)
+        .map_err(WireError::from)?;
+    s.set_read_timeout(Some(st.hook_timeout + Duration::from_secs(10)))?;
+    let mut s = Conn::new(s, est);
+    let (peer_view, peer_sum) = match s.recv()? {
         Msg::State { view, checksum } => (view, checksum),
         m => return Err(WireError::Handshake(format!("expected state, got {m:?}")).into()),
     };
@@ -352,14 +384,11 @@ fn push_one(
     let steps = plan::timing_steps(running, &[running.synced_view(), peer_view], &want)?;
     let mut theirs = peer_sum;
     for (i, view) in steps.iter().enumerate() {
-        wire::send(
-            &mut s,
-            &Msg::Push {
-                view: view.clone(),
-                bundle: (i == 0).then(|| bundle.clone()),
-            },
-        )?;
-        match wire::recv(&mut s)? {
+        s.send(&Msg::Push {
+            view: view.clone(),
+            bundle: (i == 0).then(|| bundle.clone()),
+        })?;
+        match s.recv()? {
             Msg::Applied { checksum, hook, .. } => {
                 if let Some(h) = hook {
                     info!(%peer, hook = %h, "peer ran after_apply");
@@ -416,37 +445,109 @@ impl ConfigReceiver {
         let sh = shared.clone();
         let thread = thread::Builder::new()
             .name("config-recv".into())
-            .spawn(move || {
-                let mut cfg = cfg;
-                let mut next_refresh = Instant::now();
-                while !sh.stopping() {
-                    if Instant::now() >= next_refresh {
-                        refresh(&settings, &cfg, &sh);
-                        next_refresh = Instant::now() + settings.poll;
-                    }
-                    match listener.accept() {
-                        Ok((s, peer)) => {
-                            let _ = s.set_nonblocking(false);
-                            if let Err(e) = serve(&settings, s, &mut cfg, &on_apply, &sh) {
-                                sh.error(format!("from {peer}: {e}"));
-                            }
-                            refresh(&settings, &cfg, &sh);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            thread::sleep(Duration::from_millis(20))
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "config sync accept failed");
-                            thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || accept_loop(&Arc::new(settings), &listener, cfg, on_apply, &sh))?;
         Ok(ConfigSyncHandle {
             shared,
             thread: Some(thread),
             local_addr: Some(local),
         })
+    }
+}
+
+/// Accepts pushers: the handshake of each runs on its own thread (so a slow
+/// or idle connection holds up nobody), the pushes one at a time.
+fn accept_loop(
+    st: &Arc<ConfigSyncConfig>,
+    listener: &TcpListener,
+    cfg: Config,
+    on_apply: OnApply,
+    sh: &Arc<Shared>,
+) {
+    let applied = Arc::new(Mutex::new((cfg, on_apply)));
+    let gate = Gate::new(st.peers.iter().map(SocketAddr::ip));
+    let mut backoff = Backoff::default();
+    let mut next_refresh = Instant::now();
+    let mut sessions: Vec<JoinHandle<()>> = Vec::new();
+    while !sh.stopping() {
+        if Instant::now() >= next_refresh {
+            if let Ok(a) = applied.try_lock() {
+                refresh(st, &a.0, sh);
+            }
+            next_refresh = Instant::now() + st.poll;
+        }
+        match listener.accept() {
+            Ok((s, peer)) => {
+                backoff.ok();
+                sessions.retain(|h| !h.is_finished());
+                let ticket = match gate.admit(&s, peer) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if e == channel::listen::Rejection::Busy {
+                            let _ = (&s).write(&channel::Refusal::Busy.encode());
+                        }
+                        if let Some(held) = gate.may_log() {
+                            warn!(%peer, error = %e, held_back = held, "config sync connection refused before authentication");
+                        }
+                        sh.reject(e.label(), e.to_string());
+                        continue;
+                    }
+                };
+                let (st, sh, gate, applied) =
+                    (st.clone(), sh.clone(), gate.clone(), applied.clone());
+                let h = thread::Builder::new()
+                    .name("config-serve".into())
+                    .spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let est = channel::accept(
+                            &s,
+                            st.local(),
+                            &[Purpose::Config],
+                            channel::HANDSHAKE_DEADLINE,
+                            |_| ticket.hello_seen(),
+                        );
+                        let evicted = ticket.evicted();
+                        drop(ticket);
+                        let est = match est {
+                            Ok(est) => est,
+                            Err(e) => {
+                                let kind = if evicted { "evicted" } else { e.label() };
+                                if let Some(held) = gate.may_log() {
+                                    warn!(%peer, error = %e, kind, held_back = held, "config sync handshake failed");
+                                }
+                                sh.reject(kind, format!("from {peer}: {e}"));
+                                return;
+                            }
+                        };
+                        let mut a = applied.lock().unwrap_or_else(|p| p.into_inner());
+                        let (cfg, on_apply) = &mut *a;
+                        if let Err(e) = serve(&st, Conn::new(s, est), cfg, on_apply, &sh) {
+                            if matches!(e, WireError::Auth(_)) {
+                                warn!(%peer, error = %e, "config sync message failed authentication");
+                                sh.reject(e.label(), format!("from {peer}: {e}"));
+                            } else {
+                                sh.error(format!("from {peer}: {e}"));
+                            }
+                        }
+                        refresh(&st, cfg, &sh);
+                    });
+                if let Ok(h) = h {
+                    sessions.push(h);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                // EMFILE and the like: retrying at once would spin.
+                let pause = backoff.failed();
+                warn!(error = %e, pause_ms = pause.as_millis() as u64, "config sync accept failed");
+                sh.reject("accept", e.to_string());
+                thread::sleep(pause);
+            }
+        }
+    }
+    for h in sessions {
+        let _ = h.join();
     }
 }
 
@@ -466,23 +567,20 @@ fn refresh(st: &ConfigSyncConfig, cfg: &Config, sh: &Shared) {
 
 fn serve(
     st: &ConfigSyncConfig,
-    mut s: TcpStream,
+    mut s: Conn,
     cfg: &mut Config,
     on_apply: &OnApply,
     sh: &Shared,
 ) -> Result<(), WireError> {
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let peer = wire::server_handshake(&mut s, &st.key, &st.node)?;
+    s.stream().set_read_timeout(Some(Duration::from_secs(10)))?;
+    let peer = s.peer.clone();
     let sum = local_checksum(st, cfg).unwrap_or_default();
-    wire::send(
-        &mut s,
-        &Msg::State {
-            view: cfg.synced_view(),
-            checksum: sum,
-        },
-    )?;
+    s.send(&Msg::State {
+        view: cfg.synced_view(),
+        checksum: sum,
+    })?;
     loop {
-        let (view, bundle) = match wire::recv(&mut s) {
+        let (view, bundle) = match s.recv() {
             Ok(Msg::Push { view, bundle }) => (view, bundle),
             Ok(m) => return Err(WireError::Handshake(format!("expected push, got {m:?}"))),
             // The pusher closes the connection after its last step.
@@ -494,12 +592,9 @@ fn serve(
             Ok(c) => c,
             Err(e) => {
                 let reason = format!("cluster settings refused: {e}");
-                wire::send(
-                    &mut s,
-                    &Msg::Refused {
-                        reason: reason.clone(),
-                    },
-                )?;
+                s.send(&Msg::Refused {
+                    reason: reason.clone(),
+                })?;
                 return Err(WireError::Refused(reason));
             }
         };
@@ -519,12 +614,9 @@ fn serve(
                 }
                 Err(e) => {
                     let reason = e.to_string();
-                    wire::send(
-                        &mut s,
-                        &Msg::Refused {
-                            reason: reason.clone(),
-                        },
-                    )?;
+                    s.send(&Msg::Refused {
+                        reason: reason.clone(),
+                    })?;
                     return Err(WireError::Refused(reason));
                 }
             }
@@ -545,14 +637,11 @@ fn serve(
             s.peer_checksum = Some(theirs);
             s.last_sync = Some(SystemTime::now());
         });
-        wire::send(
-            &mut s,
-            &Msg::Applied {
-                view: cfg.synced_view(),
-                checksum,
-                hook,
-            },
-        )?;
+        s.send(&Msg::Applied {
+            view: cfg.synced_view(),
+            checksum,
+            hook,
+        })?;
     }
 }
 

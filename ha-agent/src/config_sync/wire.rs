@@ -1,37 +1,33 @@
-//! Messages of the config-sync channel: a 4-byte big-endian length, then a
-//! JSON message. Configuration is small (`bundle::MAX_BUNDLE_BYTES`), so
-//! the simplicity of JSON wins over the data channel's binary framing.
+//! Messages of the config-sync channel, spoken after the channel handshake
+//! (`crate::channel`, purpose `config`): a 4-byte big-endian length, a JSON
+//! message, and a tag over both (`channel::frame`). Configuration is small
+//! (`bundle::MAX_BUNDLE_BYTES`), so the simplicity of JSON wins over the
+//! data channel's binary framing.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::bundle::Bundle;
+use crate::channel::{Established, FrameError, HandshakeError, Opener, Sealer, TAG_LEN};
 use crate::cluster::manifest::Manifest;
 use crate::cluster::store::ApplyReport;
 use crate::cluster::version::Version;
 use crate::config::{Member, SyncedView};
-use crate::sync::auth::{self, Role};
-use crate::sync::proto::NONCE_LEN;
 
-/// Protocol version; a peer with another one is refused.
-pub const VERSION: u8 = 1;
-/// Largest message accepted (a full bundle as JSON).
+/// Protocol version of the messages (the channel has its own); bumped with
+/// the channel's authentication.
+pub const VERSION: u8 = 2;
+/// Largest message accepted (a full bundle as JSON). Only an authenticated
+/// peer gets this far: the handshake before it reads a hundred bytes.
 pub const MAX_MSG: usize = 80 << 20;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Msg {
-    /// Opening of each side: version, node name, challenge.
-    Hello {
-        version: u8,
-        node: String,
-        nonce: [u8; NONCE_LEN],
-    },
-    /// HMAC proof over both nonces (see `sync::auth`).
-    Proof { mac: [u8; 32] },
     /// Receiver → pusher after authentication: what it runs now.
     State { view: SyncedView, checksum: String },
     /// One step: cluster view to run, and the files (first step only).
@@ -143,146 +139,124 @@ pub enum WireError {
     /// A message that does not decode.
     #[error("undecodable message: {0}")]
     Decode(#[from] serde_json::Error),
-    /// The peer is not who it should be, or speaks another version.
+    /// The channel handshake failed.
     #[error("handshake: {0}")]
+    Channel(#[from] HandshakeError),
+    /// A message failed authentication.
+    #[error("{0}")]
+    Auth(#[from] FrameError),
+    /// The peer sent a message that has no place here.
+    #[error("protocol: {0}")]
     Handshake(String),
     /// The peer refused a push.
     #[error("peer refused: {0}")]
     Refused(String),
 }
 
-/// Writes one message.
-pub fn send(w: &mut impl Write, m: &Msg) -> Result<(), WireError> {
+impl WireError {
+    /// Counter label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "connection",
+            Self::Oversize(_) => "oversize",
+            Self::Decode(_) => "decode",
+            Self::Channel(e) => e.label(),
+            Self::Auth(e) => e.label(),
+            Self::Handshake(_) => "protocol",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
+/// An authenticated config-sync connection.
+pub struct Conn<S = TcpStream> {
+    s: S,
+    seal: Sealer,
+    open: Opener,
+    /// The peer's proved node name.
+    pub peer: String,
+}
+
+impl<S: Read + Write> Conn<S> {
+    /// Wraps a stream whose channel handshake gave `est`.
+    pub fn new(s: S, est: Established) -> Self {
+        let peer = est.peer.clone();
+        let (seal, open) = est.split();
+        Self {
+            s,
+            seal,
+            open,
+            peer,
+        }
+    }
+
+    /// The stream (timeouts, shutdown).
+    pub fn stream(&self) -> &S {
+        &self.s
+    }
+
+    /// Writes one message.
+    ///
+    /// # Errors
+    /// The message is too large or the connection failed.
+    pub fn send(&mut self, m: &Msg) -> Result<(), WireError> {
+        let out = encode(m, &mut self.seal)?;
+        self.s.write_all(&out)?;
+        Ok(())
+    }
+
+    /// Reads one message; the length is checked before anything is
+    /// allocated, the tag before anything is parsed.
+    ///
+    /// # Errors
+    /// The connection failed, or the message is oversize, forged or
+    /// undecodable.
+    pub fn recv(&mut self) -> Result<Msg, WireError> {
+        decode(&mut self.s, &mut self.open)
+    }
+}
+
+fn encode(m: &Msg, seal: &mut Sealer) -> Result<Vec<u8>, WireError> {
     let body = serde_json::to_vec(m)?;
     if body.len() > MAX_MSG {
         return Err(WireError::Oversize(body.len()));
     }
-    let mut out = Vec::with_capacity(4 + body.len());
+    let mut out = Vec::with_capacity(4 + body.len() + TAG_LEN);
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
-    w.write_all(&out)?;
-    Ok(())
+    let tag = seal.seal(&out);
+    out.extend_from_slice(&tag);
+    Ok(out)
 }
 
-/// Reads one message; the length is checked before anything is allocated.
-pub fn recv(r: &mut impl Read) -> Result<Msg, WireError> {
+fn decode(r: &mut impl Read, open: &mut Opener) -> Result<Msg, WireError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MSG {
-        return Err(WireError::Oversize(len));
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_MSG {
+        return Err(WireError::Oversize(n));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    Ok(serde_json::from_slice(&body)?)
-}
-
-fn expect_hello(m: Msg) -> Result<(String, [u8; NONCE_LEN]), WireError> {
-    match m {
-        Msg::Hello {
-            version,
-            node,
-            nonce,
-        } if version == VERSION => Ok((node, nonce)),
-        Msg::Hello { version, .. } => Err(WireError::Handshake(format!(
-            "protocol version mismatch: peer speaks v{version}, this node v{VERSION}"
-        ))),
-        Msg::Refused { reason } => Err(WireError::Refused(reason)),
-        m => Err(WireError::Handshake(format!("expected hello, got {m:?}"))),
-    }
-}
-
-/// Pusher side of the mutual challenge–response. Returns the peer's name.
-pub fn client_handshake<S: Read + Write>(
-    s: &mut S,
-    key: &[u8],
-    node: &str,
-) -> Result<String, WireError> {
-    let mine = auth::nonce();
-    send(
-        s,
-        &Msg::Hello {
-            version: VERSION,
-            node: node.to_owned(),
-            nonce: mine,
-        },
-    )?;
-    let (peer, theirs) = expect_hello(recv(s)?)?;
-    send(
-        s,
-        &Msg::Proof {
-            mac: auth::proof(key, Role::Client, &theirs, &mine),
-        },
-    )?;
-    match recv(s)? {
-        Msg::Proof { mac } if auth::verify(key, Role::Server, &mine, &theirs, &mac) => Ok(peer),
-        Msg::Proof { .. } => Err(WireError::Handshake(format!(
-            "peer {peer:?} failed to prove the password"
-        ))),
-        Msg::Refused { reason } => Err(WireError::Refused(reason)),
-        m => Err(WireError::Handshake(format!("expected proof, got {m:?}"))),
-    }
-}
-
-/// Receiver side. Returns the pusher's name.
-pub fn server_handshake<S: Read + Write>(
-    s: &mut S,
-    key: &[u8],
-    node: &str,
-) -> Result<String, WireError> {
-    let hello = recv(s)?;
-    let (peer, theirs) = match expect_hello(hello) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = send(
-                s,
-                &Msg::Refused {
-                    reason: e.to_string(),
-                },
-            );
-            return Err(e);
-        }
-    };
-    let mine = auth::nonce();
-    send(
-        s,
-        &Msg::Hello {
-            version: VERSION,
-            node: node.to_owned(),
-            nonce: mine,
-        },
-    )?;
-    match recv(s)? {
-        Msg::Proof { mac } if auth::verify(key, Role::Client, &mine, &theirs, &mac) => {}
-        _ => {
-            let _ = send(
-                s,
-                &Msg::Refused {
-                    reason: "authentication failed".into(),
-                },
-            );
-            return Err(WireError::Handshake(format!(
-                "bad proof from {peer:?} (wrong password?)"
-            )));
-        }
-    }
-    send(
-        s,
-        &Msg::Proof {
-            mac: auth::proof(key, Role::Server, &theirs, &mine),
-        },
-    )?;
-    Ok(peer)
+    let mut buf = vec![0u8; 4 + n + TAG_LEN];
+    buf[..4].copy_from_slice(&len);
+    r.read_exact(&mut buf[4..])?;
+    let (msg, tag) = buf.split_at(4 + n);
+    open.open(msg, tag)?;
+    Ok(serde_json::from_slice(&msg[4..])?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::frame::test_pair;
 
     #[test]
     fn oversize_length_is_refused_before_reading() {
         let b = u32::MAX.to_be_bytes();
-        assert!(matches!(recv(&mut &b[..]), Err(WireError::Oversize(_))));
+        let (_, mut open) = test_pair();
+        assert!(matches!(
+            decode(&mut &b[..], &mut open),
+            Err(WireError::Oversize(_))
+        ));
     }
 
     #[test]
@@ -297,18 +271,30 @@ mod tests {
         assert_eq!(serde_json::from_str::<Blob>(&j).unwrap(), b);
         assert!(serde_json::from_str::<Blob>(r#"{"hash":"h","data":"0g"}"#).is_err());
         assert!(serde_json::from_str::<Blob>(r#"{"hash":"h","data":"abc"}"#).is_err());
-        let mut buf = Vec::new();
-        send(&mut buf, &m).unwrap();
-        assert_eq!(recv(&mut &buf[..]).unwrap(), m);
+        let (mut seal, mut open) = test_pair();
+        let buf = encode(&m, &mut seal).unwrap();
+        assert_eq!(decode(&mut &buf[..], &mut open).unwrap(), m);
     }
 
     #[test]
-    fn message_round_trip() {
+    fn message_round_trip_and_forgery() {
         let m = Msg::Refused {
             reason: "no".into(),
         };
-        let mut b = Vec::new();
-        send(&mut b, &m).unwrap();
-        assert_eq!(recv(&mut &b[..]).unwrap(), m);
+        let (mut seal, mut open) = test_pair();
+        let b = encode(&m, &mut seal).unwrap();
+        assert_eq!(decode(&mut &b[..], &mut open).unwrap(), m);
+        // The same bytes again (a replay) and an altered copy both fail.
+        assert!(matches!(
+            decode(&mut &b[..], &mut open),
+            Err(WireError::Auth(_))
+        ));
+        let (_, mut open) = test_pair();
+        let mut bad = b.clone();
+        bad[6] ^= 1;
+        assert!(matches!(
+            decode(&mut &bad[..], &mut open),
+            Err(WireError::Auth(_))
+        ));
     }
 }

@@ -1,4 +1,4 @@
-//! The status page (the seed's HA status): what `ha-agent status` shows.
+//! The HA status page: what `ha-agent status` shows.
 
 use std::collections::BTreeMap;
 

@@ -24,6 +24,8 @@ pub struct Acceptance {
     reported: Option<bool>,
     /// The bridge from the current sender's acknowledgements is running.
     bridged: Option<Arc<AtomicBool>>,
+    /// The sync connection reached "in sync" since it last connected.
+    reconciled: bool,
 }
 
 impl Acceptance {
@@ -57,6 +59,7 @@ impl Acceptance {
             feed,
             reported: None,
             bridged: None,
+            reconciled: false,
         }))
     }
 
@@ -102,7 +105,14 @@ impl Acceptance {
                 Err(e) => warn!(error = %e, "acceptance: cannot start the acknowledgement thread"),
             }
         }
-        let available = active && peer_alive && self.bridged.is_some() && sync.peer_confirms();
+        // The peer confirms once its replica is connected and reconciled.
+        // A failed operation (a rename whose source the peer never had:
+        // cleanup's temporary name, say) takes the sync out of "in sync"
+        // for a moment and is retried; it does not make the peer away: the
+        // message's own acknowledgement decides.
+        let (connected, in_sync) = sync.sender_link().unwrap_or((false, false));
+        self.reconciled = connected && (self.reconciled || in_sync);
+        let available = active && peer_alive && self.bridged.is_some() && self.reconciled;
         self.peer(available);
     }
 

@@ -30,8 +30,8 @@ use crate::{
     dataplane::{DataPlane, GateControl, LinkSpec as DpLinkSpec, Options, XdpAttachMode},
     fsm::{Action, EffectiveMode, Event, Fsm, StateName, SwitchTarget},
     heartbeat::{
-        self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, SenderOptions,
-        clock::now_ns,
+        self, HbKey, HbShared, HeartbeatEvent, LinkSocket, LinkSpec, ReceiverHandle, RefusalKind,
+        SenderOptions, clock::now_ns,
     },
     lease::{Lapse, Lease, Renewal},
     metrics::Metrics,
@@ -54,6 +54,7 @@ enum Wake {
     Command(Command),
     HandBack(HandBackDone),
     Lapse(Lapse),
+    ConfigFile(Result<Box<Config>, String>),
     Timer,
 }
 
@@ -87,9 +88,8 @@ pub(super) struct Agent {
     pub sync_polled: Instant,
     /// Configuration sync, when `[config_sync] paths` lists anything.
     pub config_sync: Option<ConfigSync>,
-    /// The configuration file and its last seen modification time.
+    /// The configuration file (watched on the I/O runtime).
     pub config_path: std::path::PathBuf,
-    pub config_mtime: Option<SystemTime>,
     /// The peer's newest accepted advert (for liveness read from the kernel ring).
     pub last_view: Option<crate::fsm::PeerView>,
     /// Epoch and sequence number of the newest peer frame given to the state machine.
@@ -335,6 +335,13 @@ pub(super) async fn run(
     // (mlockall faults the whole process in; ~10 ms for a debug build here).
     // Counting from before it let a restarted node claim the role while its
     // active peer's frames were still refused as echoing the old epoch.
+    // The configuration file is read on the I/O runtime; changes come in
+    // as messages.
+    let (cfgfile_tx, mut cfgfile_rx) = mpsc::channel(4);
+    let mtime = std::fs::metadata(&config_path)
+        .and_then(|m| m.modified())
+        .ok();
+    io.spawn(watch_config_file(config_path.clone(), mtime, cfgfile_tx));
     let first_send_by = Instant::now() + FIRST_SEND_WAIT;
     while sender.stats().first_send_ns.load(Ordering::Acquire) == 0 {
         if Instant::now() >= first_send_by {
@@ -357,6 +364,7 @@ pub(super) async fn run(
     }
     let actions = fsm.handle(Event::Start { now: start_ns })?;
     let hooks_cfg = cfg.hooks.clone();
+    let before_primary = promotion_prep(&cfg);
     let mut agent = Agent {
         cfg,
         fsm,
@@ -379,19 +387,25 @@ pub(super) async fn run(
         acceptance,
         sync_polled: Instant::now(),
         config_sync,
-        config_mtime: std::fs::metadata(&config_path)
-            .and_then(|m| m.modified())
-            .ok(),
         config_path,
         last_view: None,
         newest_seq: None,
         times: dp_times,
         transitions_seen: 0,
         metrics_refreshed: Instant::now(),
-        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT)?,
+        role_hooks: hooks::RoleHooks::spawn(hooks_cfg, hooks::ROLE_HOOK_TIMEOUT, before_primary)?,
         lapse_hook: None,
     };
     agent.apply(actions).await;
+    // Whatever ran before this agent (a crash, a power loss), the node's
+    // services follow the role it starts in: a passive node's MTA is
+    // stopped even when no transition asks for it.
+    if !agent.fsm.is_active() {
+        let eff = agent.fsm.effective();
+        agent
+            .role_hooks
+            .request(eff, eff, "agent started".into(), None);
+    }
     notify::ready();
     info!(node = %agent.cfg.node.name, "ha-agent ready");
 
@@ -420,6 +434,7 @@ pub(super) async fn run(
             Some(cmd) = ctl_rx.recv() => Wake::Command(cmd),
             Some(done) = sync_rx.recv() => Wake::HandBack(done),
             Some(l) = lapse_rx.recv() => Wake::Lapse(l),
+            Some(c) = cfgfile_rx.recv() => Wake::ConfigFile(c),
             () = tokio::time::sleep(sleep) => Wake::Timer,
         };
         // This loop never sleeps longer than an interval (< threshold / 2):
@@ -448,6 +463,7 @@ pub(super) async fn run(
             Wake::Command(cmd) => agent.on_command(cmd).await,
             Wake::HandBack(done) => agent.on_hand_back_done(done).await,
             Wake::Lapse(l) => agent.on_lapse(l).await,
+            Wake::ConfigFile(c) => agent.on_config_file(c),
             Wake::Timer => {}
         }
         // Every heartbeat already received goes in before time is judged.
@@ -467,6 +483,43 @@ pub(super) async fn run(
     agent.shutdown().await;
     let _ = metrics_stop_tx.send(());
     Ok(())
+}
+
+/// Before the promote hook, once the runner has ended the replica sessions
+/// (nothing more is written into the spool the MTA is about to run on):
+/// each MTA spool is made deliverable once (`sync::spool::prepare_promotion`)
+/// and the queue IDs taken on are recorded for the failback rules.
+fn promotion_prep(cfg: &Config) -> Option<hooks::BeforePrimary> {
+    let state_dir = cfg.runtime.state_dir.clone();
+    let spools: Vec<(String, std::path::PathBuf)> = crate::sync::SyncConfig::from_config(cfg)
+        .map(|s| s.roots)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.kind == crate::sync::RootKind::PostfixSpool)
+        .map(|r| (r.name, r.path))
+        .collect();
+    if spools.is_empty() {
+        return None;
+    }
+    Some(Box::new(move || {
+        let t = Instant::now();
+        for (name, root) in &spools {
+            match crate::sync::spool::prepare_promotion(root) {
+                Ok(r) => {
+                    // A failback hand-in never brings these back: this node
+                    // delivers them (or has), whatever the returning peer holds.
+                    if let Err(e) = crate::sync::spool::save_promoted_ids(&state_dir, name, &r.ids)
+                    {
+                        error!(spool = %root.display(), error = %e, "cannot record the promoted queue IDs; a hand-back may bring some back");
+                    }
+                    info!(spool = %root.display(), messages = r.messages, duplicates_removed = r.duplicates.len(), temps_removed = r.temps, ms = t.elapsed().as_millis() as u64, "spool ready for promotion");
+                }
+                Err(e) => {
+                    error!(spool = %root.display(), error = %e, "spool could not be prepared for promotion");
+                }
+            }
+        }
+    }))
 }
 
 impl Agent {
@@ -490,7 +543,7 @@ impl Agent {
         if self.lapse_hook.is_some()
             && !matches!(
                 self.fsm.status().state,
-                StateName::Starting | StateName::Primary
+                StateName::Starting | StateName::Promoting | StateName::Primary
             )
             && let Some((from, _, reason)) = self.lapse_hook.take()
         {
@@ -602,18 +655,12 @@ impl Agent {
         self.apply_result(r).await;
     }
 
-    /// Watches the configuration file: a valid change is pushed to the peer
+    /// The configuration file changed: a valid change is pushed to the peer
     /// by config sync; an invalid one is reported and ignored.
-    fn check_config_file(&mut self) {
-        let m = std::fs::metadata(&self.config_path)
-            .and_then(|m| m.modified())
-            .ok();
-        if m == self.config_mtime {
-            return;
-        }
-        self.config_mtime = m;
-        match crate::config::load(&self.config_path) {
+    fn on_config_file(&mut self, loaded: Result<Box<Config>, String>) {
+        match loaded {
             Ok(new) => {
+                let new = *new;
                 let timing_changed = new.synced_view() != self.cfg.synced_view();
                 info!(config = %self.config_path.display(), timing_changed, "configuration file changed; cluster settings go to the peer, this agent uses new timing from its next start");
                 if let Some(c) = self.config_sync.as_mut() {
@@ -632,14 +679,22 @@ impl Agent {
             return;
         }
         self.sync_polled = Instant::now();
-        self.check_config_file();
         let active = self.fsm.is_active();
         if let Some(c) = self.config_sync.as_mut() {
             c.set_active(active);
         }
         let fs = self.fsm.status();
         let peer_active = fs.peer.alive && fs.peer.active;
+        let state = fs.state;
         let Some(s) = self.sync.as_mut() else { return };
+        // Passive and settled: a hand-back, if one was due, has been
+        // asked for by now (it holds replica sessions itself).
+        if matches!(
+            state,
+            StateName::Secondary | StateName::Failed | StateName::HeldOff | StateName::Off
+        ) {
+            s.release_replicas(active);
+        }
         s.set_active(active);
         if let Some(a) = self.acceptance.as_mut() {
             a.poll(Some(s), active, fs.peer.alive);
@@ -696,6 +751,12 @@ impl Agent {
             } => (link, heartbeat, rx_ns, fresh),
             HeartbeatEvent::Refused { kind, .. } => {
                 self.metrics.heartbeat_rejected(kind);
+                // Authentic, from a peer epoch not confirmed yet: the peer
+                // is there (see `Event::PeerUnconfirmed`).
+                if matches!(kind, RefusalKind::Unconfirmed | RefusalKind::StaleEpoch) {
+                    let r = self.fsm.handle(Event::PeerUnconfirmed { at: now_ns() });
+                    self.apply_result(r).await;
+                }
                 return;
             }
         };
@@ -708,9 +769,9 @@ impl Agent {
             return;
         }
         // Each link's receiver queues its fresh frames on one channel, so a
-        // frame can land behind a newer one from the other link (seen after
-        // a SIGSTOP: the peer's old "secondary, handover" advert delivered
-        // after its "active" one made this become-secondary node claim the
+        // frame can land behind a newer one from the other link (after a
+        // stall, an old "secondary, handover" advert would arrive after the
+        // peer's "active" one and make a become-secondary node claim the
         // role back). The state machine must see adverts in order.
         if self
             .newest_seq
@@ -819,6 +880,14 @@ impl Agent {
 
     /// Carries out the state machine's actions, in order.
     async fn apply(&mut self, actions: Vec<Action>) {
+        // A hand-back follows the step that deactivates: replica sessions
+        // are held before the gate closes, so that the peer's reconcile
+        // cannot delete what is about to be handed back.
+        if actions.iter().any(|a| matches!(a, Action::HandBackData))
+            && let Some(s) = self.sync.as_mut()
+        {
+            s.hold_replicas();
+        }
         for a in actions {
             match a {
                 Action::Activate { reason, at } => {
@@ -921,5 +990,36 @@ impl Agent {
             c.stop();
         }
         info!(node = %self.cfg.node.name, "ha-agent stopped: gate closed, VIPs released, peer told");
+    }
+}
+
+/// Polls the configuration file's modification time on the I/O runtime and
+/// sends each change, loaded and validated, to the control loop.
+async fn watch_config_file(
+    path: std::path::PathBuf,
+    mut seen: Option<SystemTime>,
+    tx: mpsc::Sender<Result<Box<Config>, String>>,
+) {
+    let mut every = tokio::time::interval(datasync::POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let m = tokio::fs::metadata(&path)
+            .await
+            .and_then(|m| m.modified())
+            .ok();
+        if m == seen {
+            continue;
+        }
+        seen = m;
+        let p = path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || crate::config::load(&p)).await {
+            Ok(Ok(c)) => Ok(Box::new(c)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("reading the configuration failed: {e}")),
+        };
+        if tx.send(loaded).await.is_err() {
+            return;
+        }
     }
 }

@@ -33,6 +33,11 @@ pub struct DataSync {
     cfg: SyncConfig,
     receiver: Option<SyncHandle>,
     sender: Option<SyncHandle>,
+    /// A sender being started on its own thread (it sets up watches over
+    /// the whole tree first: never on the control loop).
+    starting: Option<std::sync::mpsc::Receiver<std::io::Result<SyncHandle>>>,
+    /// The role last given to [`set_active`](Self::set_active).
+    active: bool,
     /// Whether the replica may be trusted (the rule lives in `sync`).
     freshness: Freshness,
     /// The last hand-back left data here that the peer does not hold:
@@ -46,6 +51,11 @@ pub struct DataSync {
     done_tx: mpsc::Sender<HandBackDone>,
     /// Failback running in the background.
     handing_back: bool,
+    /// Replica sessions are held off until the state machine has decided
+    /// whether this node hands data back: the active peer's reconcile
+    /// would otherwise delete, as extra, the messages only this node holds
+    /// before the hand-back could send them.
+    hold_replicas: bool,
     /// Counters of the sender and receiver already added to the metrics.
     fed: [super::metrics::SyncSeen; 2],
 }
@@ -70,6 +80,7 @@ impl DataSync {
         }
         let receiver = Receiver::spawn(sc.clone())
             .map_err(|e| anyhow::anyhow!("sync receiver on {}: {e}", sc.listen))?;
+        receiver.refuse_replicas(true);
         info!(listen = %sc.listen, peer = %sc.peer, roots = sc.roots.len(), "data sync receiver started");
         let marked = freshness::load_mark(&sc.state_dir);
         if marked {
@@ -82,9 +93,12 @@ impl DataSync {
             cfg: sc,
             receiver: Some(receiver),
             sender: None,
+            starting: None,
+            active: false,
             reported: None,
             done_tx,
             handing_back: false,
+            hold_replicas: true,
             fed: Default::default(),
         }))
     }
@@ -93,7 +107,7 @@ impl DataSync {
     /// replica sessions; the passive node only receives.
     pub fn set_active(&mut self, active: bool) {
         if let Some(r) = &self.receiver {
-            r.refuse_replicas(active || self.hand_back_failed.is_some());
+            r.refuse_replicas(active || self.hold_replicas || self.hand_back_failed.is_some());
         }
         if !active
             && !self.handing_back
@@ -104,15 +118,25 @@ impl DataSync {
             info!("retrying the hand-back of data the peer does not hold yet");
             self.hand_back();
         }
-        match (active, self.sender.is_some()) {
-            (true, false) => match Sender::spawn(self.cfg.clone()) {
-                Ok(h) => {
-                    info!(peer = %self.cfg.peer, "data sync sender started");
-                    self.fed[0] = super::metrics::SyncSeen::default();
-                    self.sender = Some(h);
+        self.active = active;
+        self.poll_start();
+        match (active, self.sender.is_some() || self.starting.is_some()) {
+            (true, false) => {
+                // Starting walks the synced tree: a plain thread, so that
+                // neither the control loop nor its runtime waits for it.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let cfg = self.cfg.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("sync-start".into())
+                        .spawn(move || {
+                            let _ = tx.send(Sender::spawn(cfg));
+                        });
+                match spawned {
+                    Ok(_) => self.starting = Some(rx),
+                    Err(e) => error!(error = %e, "data sync sender could not start"),
                 }
-                Err(e) => error!(error = %e, "data sync sender could not start"),
-            },
+            }
             (false, true) => {
                 if let Some(h) = self.sender.take() {
                     info!("data sync sender stopped (node passive)");
@@ -120,6 +144,29 @@ impl DataSync {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Takes a sender that finished starting; stops it if the node has
+    /// become passive meanwhile.
+    fn poll_start(&mut self) {
+        let Some(rx) = &self.starting else { return };
+        let r = match rx.try_recv() {
+            Ok(r) => r,
+            Err(std::sync::mpsc::TryRecvError::Empty) => return,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => Err(std::io::Error::other(
+                "the start thread ended without a result",
+            )),
+        };
+        self.starting = None;
+        match r {
+            Ok(h) if self.active => {
+                info!(peer = %self.cfg.peer, "data sync sender started");
+                self.fed[0] = super::metrics::SyncSeen::default();
+                self.sender = Some(h);
+            }
+            Ok(h) => stop_in_background(h),
+            Err(e) => error!(error = %e, "data sync sender could not start"),
         }
     }
 
@@ -133,6 +180,7 @@ impl DataSync {
     /// Hands the peer what only this node holds, in the background; the
     /// result comes back on the channel given to [`start`](Self::start).
     pub fn hand_back(&mut self) {
+        self.hold_replicas();
         if self.handing_back {
             return;
         }
@@ -157,9 +205,29 @@ impl DataSync {
         }
     }
 
+    /// A hand-back is due: no replica session until it is done (the peer's
+    /// reconcile would delete what it is about to send).
+    pub fn hold_replicas(&mut self) {
+        self.hold_replicas = true;
+        if let Some(r) = &self.receiver {
+            r.refuse_replicas(true);
+        }
+    }
+
+    /// The state machine has settled without a hand-back pending: replica
+    /// sessions may come in (unless active).
+    pub fn release_replicas(&mut self, active: bool) {
+        if self.hold_replicas && !self.handing_back {
+            self.hold_replicas = false;
+            info!("replica sessions accepted");
+            self.set_active(active);
+        }
+    }
+
     /// A hand-back finished.
     pub fn hand_back_done(&mut self, d: &HandBackDone) {
         self.handing_back = false;
+        self.hold_replicas = false;
         match &d.result {
             Ok((files, bytes, conflicts)) => {
                 info!(
@@ -227,6 +295,7 @@ impl DataSync {
     /// rule is [`Freshness`]'s; a change of the outdated mark is persisted.
     /// `peer_active`: the peer is alive and active (the source writes).
     pub fn poll_state(&mut self, active: bool, peer_active: bool) -> Option<(bool, bool)> {
+        self.poll_start();
         let v = if active {
             let s = self.sender_status().unwrap_or_default();
             self.freshness
@@ -327,11 +396,10 @@ impl DataSync {
         self.sender.as_ref().map(SyncHandle::subscribe_acks)
     }
 
-    /// This node sends and the peer's replica is connected and in sync: it
-    /// can confirm new messages.
-    pub fn peer_confirms(&self) -> bool {
-        self.sender_status()
-            .is_some_and(|s| s.connected && s.in_sync)
+    /// While this node sends: whether the peer's replica is connected, and
+    /// whether it is in sync (reconcile durable, no failed operation).
+    pub fn sender_link(&self) -> Option<(bool, bool)> {
+        self.sender_status().map(|s| (s.connected, s.in_sync))
     }
 
     /// The kind of each root, by index (acknowledgements name roots so).

@@ -305,6 +305,9 @@ pub struct RoleHookStatus {
     pub last: Option<Outcome>,
 }
 
+/// Work done before the promote hook (see [`RoleHooks::spawn`]).
+pub type BeforePrimary = Box<dyn Fn() + Send>;
+
 /// Serialized role hooks of one node (see the module comment).
 pub struct RoleHooks {
     q: Arc<(Mutex<Queue>, Condvar)>,
@@ -316,14 +319,22 @@ impl RoleHooks {
     ///
     /// # Errors
     /// The thread could not be created.
-    pub fn spawn(hooks: Hooks, timeout: Duration) -> std::io::Result<Self> {
+    /// `before_primary` runs on the worker before the `on_primary` hook (and
+    /// in its place when none is configured): what must be true before the
+    /// node's services start (the replica sessions ended, the spool made
+    /// deliverable).
+    pub fn spawn(
+        hooks: Hooks,
+        timeout: Duration,
+        before_primary: Option<BeforePrimary>,
+    ) -> std::io::Result<Self> {
         let q: Arc<(Mutex<Queue>, Condvar)> = Arc::default();
         let qq = q.clone();
         // A plain thread: the hook's children must not inherit a realtime
         // runtime's priority, and waiting on them blocks.
         let worker = thread::Builder::new()
             .name("role-hooks".into())
-            .spawn(move || worker(&qq, &hooks, timeout))?;
+            .spawn(move || worker(&qq, &hooks, timeout, before_primary.as_deref()))?;
         Ok(Self {
             q,
             worker: Some(worker),
@@ -388,7 +399,12 @@ impl Drop for RoleHooks {
     }
 }
 
-fn worker(q: &(Mutex<Queue>, Condvar), hooks: &Hooks, timeout: Duration) {
+fn worker(
+    q: &(Mutex<Queue>, Condvar),
+    hooks: &Hooks,
+    timeout: Duration,
+    before_primary: Option<&(dyn Fn() + Send)>,
+) {
     let (m, cv) = q;
     loop {
         let req = {
@@ -414,6 +430,11 @@ fn worker(q: &(Mutex<Queue>, Condvar), hooks: &Hooks, timeout: Duration) {
             if !r.wait_stopped(REPLICA_STOP_WAIT) {
                 error!(from = %req.from, to = %req.to, wait = ?REPLICA_STOP_WAIT, "a replica session is still running; the hook runs anyway");
             }
+        }
+        if req.to == EffectiveMode::Primary
+            && let Some(f) = before_primary
+        {
+            f();
         }
         let outcome = command_for(hooks, req.to).map(|cmd| {
             info!(hook = role_key(req.to), from = %req.from, to = %req.to, reason = %req.reason, "role hook starting");
@@ -505,7 +526,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ha-hooks-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join("log"));
-        let h = RoleHooks::spawn(hooks(&dir), Duration::from_secs(10)).unwrap();
+        let h = RoleHooks::spawn(hooks(&dir), Duration::from_secs(10), None).unwrap();
         use EffectiveMode::{Primary, Secondary};
         h.request(Secondary, Primary, "a".into(), None);
         thread::sleep(Duration::from_millis(100));
@@ -531,6 +552,7 @@ mod tests {
                 ..Hooks::default()
             },
             Duration::from_secs(10),
+            None,
         )
         .unwrap();
         h.request(

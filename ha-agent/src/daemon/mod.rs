@@ -45,6 +45,7 @@ pub fn run(path: &Path) -> Result<()> {
         }
     };
     init_logging();
+    crate::sync::check_fd_limit();
     if cfg.node.mode.is_config_only() {
         // No realtime work in this mode: one ordinary runtime.
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -132,21 +132,19 @@ impl HeartbeatTimes {
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut best: Option<(u64, u64)> = None;
+        let mut records = Vec::new();
         for slot in 0..HB_RING_SLOTS {
             let Ok(values) = m.ring.get(&(link * HB_RING_SLOTS + slot), 0) else {
                 continue;
             };
-            for r in values
-                .iter()
-                .filter(|r| r.epoch == epoch && r.ktime_ns != 0)
-            {
-                if best.is_none_or(|(_, t)| r.ktime_ns > t) {
-                    best = Some((r.seq, r.ktime_ns));
-                }
-            }
+            records.extend(
+                values
+                    .iter()
+                    .filter(|r| r.epoch == epoch && r.ktime_ns != 0)
+                    .map(|r| (r.seq, r.ktime_ns)),
+            );
         }
-        best
+        newest_of(&records)
     }
 
     /// The kernel receive time (CLOCK_MONOTONIC ns) of the frame `(epoch, seq)`
@@ -167,5 +165,34 @@ impl HeartbeatTimes {
             .filter(|r| r.epoch == epoch && r.seq == seq)
             .map(|r| r.ktime_ns)
             .min()
+    }
+}
+
+/// The newest receive among `(seq, ktime)` records of one epoch: the
+/// earliest record of each sequence number counts (a copy recorded later on
+/// another CPU, e.g. a replay, does not make that frame look fresher), as
+/// in `rx_time`; then the latest of those.
+fn newest_of(records: &[(u64, u64)]) -> Option<(u64, u64)> {
+    let mut first: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    for &(seq, t) in records {
+        first
+            .entry(seq)
+            .and_modify(|e| *e = (*e).min(t))
+            .or_insert(t);
+    }
+    first.into_iter().max_by_key(|&(seq, t)| (t, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::newest_of;
+
+    #[test]
+    fn a_later_copy_of_a_frame_on_another_cpu_does_not_count_as_newer() {
+        // seq 7 arrived at 100 on one CPU; a replayed copy was recorded at
+        // 900 on another. seq 8 arrived at 200.
+        assert_eq!(newest_of(&[(7, 100), (8, 200), (7, 900)]), Some((8, 200)));
+        assert_eq!(newest_of(&[(7, 900), (7, 100)]), Some((7, 100)));
+        assert_eq!(newest_of(&[]), None);
     }
 }

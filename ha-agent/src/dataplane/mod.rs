@@ -95,7 +95,7 @@ impl DataPlane {
             .default_map_pin_directory(pin_dir)
             .load(OBJECT)
             .map_err(|e| DataPlaneError::Load(Box::new(e)))?;
-        testrun::load_all(&mut ebpf)?;
+        testrun::load(&mut ebpf, &ProgramKind::PRODUCT)?;
         let gate = GateControl::take(&mut ebpf)?;
         let times = HeartbeatTimes::take(&mut ebpf)?;
         let counters = Counters::take(&mut ebpf)?;
@@ -171,21 +171,6 @@ impl DataPlane {
         attach::tc_egress(&mut self.ebpf, ha_common::prog::FENCE, iface, &self.pin_dir)
     }
 
-    /// Attaches a pass-everything XDP program (for the far end of a veth,
-    /// where native XDP_TX needs a program attached).
-    ///
-    /// # Errors
-    /// Unknown interface, or the kernel refuses the attachment.
-    pub fn attach_pass(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), DataPlaneError> {
-        attach::xdp(
-            &mut self.ebpf,
-            ha_common::prog::XDP_PASS,
-            iface,
-            mode,
-            &self.pin_dir,
-        )
-    }
-
     /// Runs one program on a crafted packet (BPF_PROG_TEST_RUN).
     ///
     /// # Errors
@@ -198,17 +183,6 @@ impl DataPlane {
         repeat: u32,
     ) -> Result<TestOutcome, DataPlaneError> {
         testrun::run(&mut self.ebpf, prog, packet, ifindex, repeat)
-    }
-
-    /// Detaches every program of this instance and removes its pins: the
-    /// gate is gone afterwards, so VIP traffic is no longer filtered.
-    /// Used by `ha-agent cleanup` and by tests.
-    ///
-    /// # Errors
-    /// The pin directory cannot be removed.
-    pub fn destroy(self, opts: &Options) -> Result<(), DataPlaneError> {
-        drop(self);
-        remove_pins(opts)
     }
 }
 

@@ -1,4 +1,4 @@
-//! Loading every program, and running one on a crafted packet with
+//! Loading programs, and running one on a crafted packet with
 //! BPF_PROG_TEST_RUN (tests and `cargo xtask bench dataplane`).
 
 use std::time::Duration;
@@ -20,8 +20,6 @@ pub enum ProgramKind {
     Gate,
     /// Egress fence (tc).
     Fence,
-    /// Pass-everything XDP program.
-    XdpPass,
     /// Benchmark reference: empty XDP program.
     RefXdpEmpty,
     /// Benchmark reference: XDP program that reads the clock once.
@@ -34,16 +32,19 @@ pub enum ProgramKind {
 
 impl ProgramKind {
     /// Every program.
-    pub const ALL: [ProgramKind; 8] = [
+    pub const ALL: [ProgramKind; 7] = [
         Self::Heartbeat,
         Self::Gate,
         Self::Fence,
-        Self::XdpPass,
         Self::RefXdpEmpty,
         Self::RefXdpClock,
         Self::RefTcEmpty,
         Self::RefTcClock,
     ];
+
+    /// The programs the agent runs; the others are benchmark references,
+    /// loaded only when a test run asks for them.
+    pub const PRODUCT: [ProgramKind; 3] = [Self::Heartbeat, Self::Gate, Self::Fence];
 
     /// Name in the object file.
     pub const fn name(self) -> &'static str {
@@ -51,7 +52,6 @@ impl ProgramKind {
             Self::Heartbeat => prog::HEARTBEAT,
             Self::Gate => prog::GATE,
             Self::Fence => prog::FENCE,
-            Self::XdpPass => prog::XDP_PASS,
             Self::RefXdpEmpty => prog::REF_XDP_EMPTY,
             Self::RefXdpClock => prog::REF_XDP_CLOCK,
             Self::RefTcEmpty => prog::REF_TC_EMPTY,
@@ -76,8 +76,10 @@ pub struct TestOutcome {
     pub per_run: Duration,
 }
 
-pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), DataPlaneError> {
-    for kind in ProgramKind::ALL {
+/// Loads (verifies) `kinds` into the kernel; one already loaded is left as
+/// it is.
+pub(super) fn load(ebpf: &mut Ebpf, kinds: &[ProgramKind]) -> Result<(), DataPlaneError> {
+    for &kind in kinds {
         let name = kind.name();
         let p = ebpf
             .program_mut(name)
@@ -86,13 +88,17 @@ pub(super) fn load_all(ebpf: &mut Ebpf) -> Result<(), DataPlaneError> {
                 iface: String::new(),
                 reason: "missing from the object".into(),
             })?;
-        if kind.is_tc() {
+        let loaded = if kind.is_tc() {
             let p: &mut SchedClassifier =
                 p.try_into().map_err(|e| DataPlaneError::prog(name, e))?;
-            p.load().map_err(|e| DataPlaneError::prog(name, e))?;
+            p.load()
         } else {
             let p: &mut Xdp = p.try_into().map_err(|e| DataPlaneError::prog(name, e))?;
-            p.load().map_err(|e| DataPlaneError::prog(name, e))?;
+            p.load()
+        };
+        match loaded {
+            Ok(()) | Err(aya::programs::ProgramError::AlreadyLoaded) => {}
+            Err(e) => return Err(DataPlaneError::prog(name, e)),
         }
     }
     Ok(())
@@ -114,6 +120,7 @@ pub(super) fn run(
     ifindex: Option<u32>,
     repeat: u32,
 ) -> Result<TestOutcome, DataPlaneError> {
+    load(ebpf, &[kind])?;
     let name = kind.name();
     let p = ebpf
         .program_mut(name)

@@ -170,6 +170,8 @@ struct Peer {
     reported_active: bool,
     vip_answered: Option<Nanos>,
     vip_silent: Option<Nanos>,
+    /// Newest authenticated frame of a peer epoch not confirmed yet.
+    unconfirmed: Option<Nanos>,
 }
 
 /// The role state machine of one node. Pure: no I/O, no clock.
@@ -237,6 +239,7 @@ impl Fsm {
                 reported_active: false,
                 vip_answered: None,
                 vip_silent: None,
+                unconfirmed: None,
             },
             failing: BTreeSet::new(),
             lag_zero: true,
@@ -301,6 +304,9 @@ impl Fsm {
             Event::Start { now } => self.start(now, &mut out),
             Event::Tick { .. } => {}
             Event::PeerHeard { at, link, view } => self.heard(at, link, view),
+            Event::PeerUnconfirmed { at } => {
+                self.peer.unconfirmed = Some(self.peer.unconfirmed.map_or(at, |t| t.max(at)));
+            }
             Event::LocalCheck { ok, what, .. } => self.local_check(ok, what),
             Event::SyncState {
                 lag_zero, outdated, ..
@@ -449,6 +455,12 @@ impl Fsm {
             }
             _ => {}
         }
+        if let Some(t) = self.peer.unconfirmed {
+            let clear_at = t.saturating_add(self.threshold).saturating_add(1);
+            if clear_at > self.now {
+                consider(clear_at);
+            }
+        }
         if matches!(
             self.state,
             State::Secondary { .. }
@@ -473,7 +485,7 @@ impl Fsm {
         next
     }
 
-    /// The status (the seed's status page plus what an operator must see).
+    /// The status (the HA status page plus what an operator must see).
     #[must_use]
     pub fn status(&self) -> FsmStatus {
         let now = self.now;
@@ -759,6 +771,14 @@ impl Fsm {
         }
     }
 
+    /// Authentic frames of an unconfirmed peer epoch arrived within the
+    /// threshold: the peer is there, the handshake not complete.
+    fn unconfirmed_recently(&self) -> bool {
+        self.peer
+            .unconfirmed
+            .is_some_and(|t| self.now.saturating_sub(t) <= self.threshold)
+    }
+
     fn detection(&self) -> Option<Nanos> {
         self.peer.last_heard.map(|t| self.now.saturating_sub(t))
     }
@@ -842,6 +862,7 @@ impl Fsm {
                         Some(step)
                     }
                     Some(a) if heard => Some(self.passive(a)),
+                    _ if self.unconfirmed_recently() => None,
                     _ if now.saturating_sub(since) >= self.startup_wait => {
                         let reason = Reason::StartupAlone {
                             waited_ns: now.saturating_sub(since),
@@ -1092,7 +1113,8 @@ impl Fsm {
 
     /// Rules of a passive node whose peer is silent on every link.
     fn lost(&self) -> Option<Step> {
-        if self.vip_objection().is_some() || self.eligible().is_err() {
+        if self.vip_objection().is_some() || self.eligible().is_err() || self.unconfirmed_recently()
+        {
             return None;
         }
         let mut sign = self.peer.last_heard.unwrap_or(self.started_at);

@@ -1,6 +1,5 @@
-//! The role state machine (issue 3): a pure module in the shape of holo's
-//! VRRP instance. Events come in with monotonic nanosecond times, actions
-//! go out; no sockets, clocks or files. See `docs/fsm.md` for the states,
+//! The role state machine: a pure module. Events come in with monotonic
+//! nanosecond times, actions go out; no sockets, clocks or files. See `docs/fsm.md` for the states,
 //! the transition table and why the pair never has two gates open while a
 //! path joins it.
 //!

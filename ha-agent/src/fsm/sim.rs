@@ -347,6 +347,8 @@ impl Sim {
                 n.heard_sent = n.heard_sent.max(sent);
                 if n.accepted_epoch != Some(view.epoch) {
                     if echo != n.epoch {
+                        // Authentic but unconfirmed: the peer is there.
+                        self.feed(to, Event::PeerUnconfirmed { at: now });
                         return;
                     }
                     n.accepted_epoch = Some(view.epoch);

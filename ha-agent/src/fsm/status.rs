@@ -1,4 +1,4 @@
-//! What the state machine reports: status (the seed's status page, plus the
+//! What the state machine reports: status (the HA status page, plus the
 //! flags an operator must see) and the transition record.
 
 use std::fmt;

@@ -826,3 +826,35 @@ fn history_is_bounded() {
     assert_eq!(f.history().count(), 32);
     assert!(f.status().transitions > 32);
 }
+
+#[test]
+fn authentic_unconfirmed_frames_keep_a_starting_node_from_acting_alone() {
+    let mut f = started(ConfiguredMode::Primary);
+    // The peer's frames arrive but never confirm (they echo our old epoch,
+    // or a replay keeps the handshake from completing).
+    for t in (1..40).map(|i| i * MS) {
+        let actions = f
+            .handle(Event::PeerUnconfirmed { at: t })
+            .expect("unconfirmed");
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Activate { .. })),
+            "activated alone at {t} beside a peer it hears"
+        );
+        f.handle(Event::Tick { now: t }).expect("tick");
+    }
+    assert!(!f.is_active());
+    // Once they stop for a threshold, the start-up-alone rule applies again.
+    let mut opened = None;
+    for t in (40..60).map(|i| i * MS) {
+        let actions = f.handle(Event::Tick { now: t }).expect("tick");
+        if actions.iter().any(|a| matches!(a, Action::Activate { .. })) {
+            opened = Some(t);
+            break;
+        }
+    }
+    assert_eq!(
+        opened,
+        Some(46 * MS),
+        "a threshold after the last such frame"
+    );
+}

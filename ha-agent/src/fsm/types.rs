@@ -255,6 +255,16 @@ pub enum Event {
         /// What the peer advertised.
         view: PeerView,
     },
+    /// An authenticated heartbeat of a peer epoch that is not confirmed
+    /// yet (it does not echo our current epoch, or echoes an old one): the
+    /// peer is there but cannot be heard as a view yet. While such frames
+    /// keep coming, a starting node does not act alone and a passive node
+    /// does not call the peer lost; a replay that keeps the handshake from
+    /// completing can delay service, never open a second gate.
+    PeerUnconfirmed {
+        /// When it arrived.
+        at: Nanos,
+    },
     /// A local monitor result (interface link, disk, ...).
     LocalCheck {
         /// Current time.
@@ -332,7 +342,9 @@ impl Event {
             | Self::LeaseLapsed { now, .. }
             | Self::Resumed { now }
             | Self::Shutdown { now } => *now,
-            Self::PeerHeard { at, .. } | Self::VipProbe { at, .. } => *at,
+            Self::PeerHeard { at, .. }
+            | Self::PeerUnconfirmed { at }
+            | Self::VipProbe { at, .. } => *at,
         }
     }
 }

@@ -12,6 +12,11 @@
 //!    epoch with a recent sequence (sent by us within our lost threshold).
 //!    Until then the frame only teaches us the epoch, so that we can echo it.
 //! 6. An epoch once replaced is never accepted again.
+//! 7. A learned (not yet accepted) epoch that keeps progressing is not
+//!    displaced by frames of another epoch: only one that progresses for
+//!    [`LocalIdentity::max_echo_lag`] frames in a row while the learned one
+//!    stays silent takes its place. A replayed frame of an old epoch,
+//!    re-injected between genuine ones, cannot change what we echo.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
@@ -242,6 +247,9 @@ pub struct PeerState {
     current: Option<EpochState>,
     /// Newest verified frame of a peer epoch not (yet) accepted.
     learned: Option<(u64, u64)>,
+    /// Another unaccepted epoch seen meanwhile: its newest sequence and how
+    /// many of its frames progressed in a row while `learned` did not.
+    challenger: Option<(u64, u64, u64)>,
     retired: VecDeque<u64>,
     /// Epoch and highest sequence whose kernel token has been announced.
     announced: Option<(u64, u64)>,
@@ -255,6 +263,7 @@ impl PeerState {
             me,
             current: None,
             learned: None,
+            challenger: None,
             retired: VecDeque::new(),
             announced: None,
         }
@@ -353,6 +362,7 @@ impl PeerState {
             self.retired.push_back(old.epoch);
         }
         self.learned = None;
+        self.challenger = None;
         self.current = Some(EpochState {
             epoch: hb.epoch,
             newest: hb.seq,
@@ -390,8 +400,31 @@ impl PeerState {
 
     fn learn(&mut self, hb: &Heartbeat) {
         match &mut self.learned {
-            Some((e, s)) if *e == hb.epoch => *s = (*s).max(hb.seq),
-            l => *l = Some((hb.epoch, hb.seq)),
+            None => self.learned = Some((hb.epoch, hb.seq)),
+            Some((e, s)) if *e == hb.epoch => {
+                if hb.seq > *s {
+                    *s = hb.seq;
+                    self.challenger = None;
+                }
+            }
+            Some(_) => {
+                let c = match self.challenger {
+                    Some((e, seq, n)) if e == hb.epoch => {
+                        if hb.seq > seq {
+                            (e, hb.seq, n + 1)
+                        } else {
+                            (e, seq, n)
+                        }
+                    }
+                    _ => (hb.epoch, hb.seq, 1),
+                };
+                if c.2 >= self.me.max_echo_lag() {
+                    self.learned = Some((c.0, c.1));
+                    self.challenger = None;
+                } else {
+                    self.challenger = Some(c);
+                }
+            }
         }
     }
 }
@@ -691,6 +724,35 @@ mod tests {
         for _ in 0..3 {
             assert!(p.on_frame(0, &recorded, 3).is_err());
         }
+    }
+
+    #[test]
+    fn a_one_off_frame_of_another_epoch_does_not_displace_a_progressing_learned_one() {
+        // Restarting: the live peer (PEER2) has not heard us yet; an old
+        // recording of PEER1 is re-injected after each genuine frame.
+        let mut p = PeerState::new(me());
+        let old = hb(PEER1, 900, (0xAAAA, 5));
+        for seq in 1..=50 {
+            assert!(p.on_frame(0, &hb(PEER2, seq, (0, 0)), 3).is_err());
+            assert!(p.on_frame(0, &old, 3).is_err());
+            assert_eq!(p.echo(), (PEER2, seq), "we keep echoing the live peer");
+        }
+        // The live peer hears our echo and echoes us: accepted.
+        assert!(p.on_frame(0, &hb(PEER2, 51, (US, 3)), 3).is_ok());
+        assert_eq!(p.peer_epoch(), Some(PEER2));
+    }
+
+    #[test]
+    fn a_learned_epoch_that_fell_silent_gives_way_to_one_that_progresses() {
+        let mut p = PeerState::new(me());
+        assert!(p.on_frame(0, &hb(PEER1, 1, (0, 0)), 3).is_err());
+        let lag = me().max_echo_lag();
+        for seq in 1..lag {
+            assert!(p.on_frame(0, &hb(PEER2, seq, (0, 0)), 3).is_err());
+            assert_eq!(p.echo().0, PEER1);
+        }
+        assert!(p.on_frame(0, &hb(PEER2, lag, (0, 0)), 3).is_err());
+        assert_eq!(p.echo(), (PEER2, lag));
     }
 
     #[test]

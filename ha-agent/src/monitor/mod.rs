@@ -1,4 +1,4 @@
-//! Service monitors (the seed's "service monitors"):
+//! Service monitors:
 //!
 //! - local, checked by the primary on itself: [`link`] state of an
 //!   interface, [`disk`] space and writability;

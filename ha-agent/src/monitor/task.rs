@@ -140,12 +140,6 @@ impl Monitors {
     pub fn status(&self) -> Vec<MonitorStatus> {
         self.status.borrow().clone()
     }
-
-    /// A receiver that sees every status update.
-    #[must_use]
-    pub fn subscribe(&self) -> watch::Receiver<Vec<MonitorStatus>> {
-        self.status.clone()
-    }
 }
 
 impl Drop for Monitors {

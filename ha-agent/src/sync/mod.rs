@@ -1,8 +1,8 @@
-//! Mail data and spool sync (issue 4): the primary streams every change of
+//! Mail data and spool sync: the primary streams every change of
 //! its mail directories and MTA spool to the secondary, durably, over an
-//! authenticated TCP channel; see `docs/sync.md`.
+//! authenticated TCP channel (`crate::channel`); see `docs/sync.md`.
 //!
-//! Pure parts: [`proto`] (wire format), [`auth`], [`path`], [`plan`]
+//! Pure parts: [`proto`] (wire format), [`path`], [`plan`]
 //! (reconcile and failback planning), [`spool`]. I/O: [`fsops`] (receiver
 //! file operations confined to a root), [`manifest`] (scans), [`watcher`]
 //! (inotify), [`sender`], [`receiver`], [`state`].
@@ -12,7 +12,6 @@
 //! loop; neither gains from an async runtime. The daemon keeps a
 //! [`SyncHandle`] and reads [`SyncHandle::status`].
 
-pub mod auth;
 pub mod freshness;
 pub mod fsops;
 pub mod ids;
@@ -39,9 +38,40 @@ pub use sender::{FailbackReport, Sender, failback};
 pub use spool::RootKind;
 pub use status::SyncStatus;
 
-/// The sync port: one above the HA base port.
-pub fn default_port(base_port: u16) -> u16 {
-    base_port.wrapping_add(1)
+/// Descriptors a bulk sync may hold at once: a receiver's batch keeps a
+/// file and its directory open per pending file (512 files), plus the
+/// sessions in their handshake, the listeners, watches and the rest of the
+/// agent, with room to spare. The systemd unit sets `LimitNOFILE=65536`.
+pub const NOFILE_NEEDED: u64 = 16_384;
+
+/// Raises the soft descriptor limit towards [`NOFILE_NEEDED`] (as far as
+/// the hard limit allows) and warns when it stays below: a bulk sync would
+/// then fail with `EMFILE`.
+pub fn check_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let l = getrlimit(Resource::Nofile);
+    let cur = l.current.unwrap_or(u64::MAX);
+    if cur >= NOFILE_NEEDED {
+        return;
+    }
+    let want = l.maximum.map_or(NOFILE_NEEDED, |m| m.min(NOFILE_NEEDED));
+    let raised = want > cur
+        && setrlimit(
+            Resource::Nofile,
+            rustix::process::Rlimit {
+                current: Some(want),
+                maximum: l.maximum,
+            },
+        )
+        .is_ok();
+    let now = if raised { want } else { cur };
+    if now < NOFILE_NEEDED {
+        tracing::warn!(
+            limit = now,
+            needed = NOFILE_NEEDED,
+            "descriptor limit below what a bulk sync needs (set LimitNOFILE in the unit)"
+        );
+    }
 }
 
 /// One synced directory tree. Both nodes name their roots alike; the
@@ -57,12 +87,16 @@ pub struct SyncRoot {
 /// Settings of one side.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// This node's name (logs and hello only).
+    /// This node's name, proved in the channel handshake (the peer's must
+    /// differ).
     pub node: String,
+    /// `[cluster] id`, bound into the channel's keys.
+    pub cluster_id: u32,
     pub roots: Vec<SyncRoot>,
     /// Receiver: where to listen.
     pub listen: SocketAddr,
-    /// Sender: the peer's receiver.
+    /// Sender: the peer's receiver. Receiver: only this address (the port
+    /// aside) may connect.
     pub peer: SocketAddr,
     /// The shared cluster password.
     pub key: Vec<u8>,
@@ -75,6 +109,15 @@ pub struct SyncConfig {
 }
 
 impl SyncConfig {
+    /// What this node proves in the channel handshake.
+    pub fn local(&self) -> crate::channel::Local<'_> {
+        crate::channel::Local {
+            node: &self.node,
+            cluster: self.cluster_id,
+            password: &self.key,
+        }
+    }
+
     /// The data-sync settings of an agent configuration, or `None` when
     /// `[backup]` syncs nothing. Roots are named by their key and index
     /// (`mail_data.0`, `mta_spool.0`), so both nodes pair them by position
@@ -111,6 +154,7 @@ impl SyncConfig {
         let port = cfg.cluster.sync_port();
         Some(Self {
             node: cfg.node.name.clone(),
+            cluster_id: cfg.cluster.id,
             roots,
             listen: SocketAddr::new(link.local, port),
             peer: SocketAddr::new(link.peer, port),

@@ -1,4 +1,5 @@
-//! Wire protocol of the data-sync channel.
+//! Wire protocol of the data-sync channel, spoken after the channel
+//! handshake (`crate::channel`).
 //!
 //! Every frame starts with a fixed 16-byte header:
 //!
@@ -6,9 +7,13 @@
 //! magic u16 "HS" | version u8 | kind u8 | payload length u32 | sequence u64
 //! ```
 //!
-//! (big endian), followed by a payload of at most [`MAX_PAYLOAD`] bytes. A
-//! `FileData` frame is followed by `size` raw body bytes that are not part of
-//! the payload: the sender puts them on the socket with `sendfile(2)`.
+//! (big endian), followed by a payload of at most [`MAX_PAYLOAD`] bytes and
+//! a [`TAG_LEN`]-byte tag over both (`channel::frame`: keyed, with an
+//! implicit per-direction counter). A `FileData` frame is followed by `size`
+//! raw body bytes that are not part of the payload: the sender puts them on
+//! the socket with `sendfile(2)`, then sends `BodyEnd` with the body's
+//! keyed hash (or `BodyVoid` when the file changed while it was sent). The
+//! receiver checks the hash before the file can be committed.
 //! Operations (file data, rename, delete, mkdir, setattr) carry their
 //! sequence number in the header; `Ack` carries the highest durable one.
 
@@ -16,19 +21,19 @@ use bytes::{Buf, BufMut, BytesMut};
 use thiserror::Error;
 
 use super::path::{self, PathError};
+use crate::channel::frame::BODY_HASH_LEN;
+pub use crate::channel::{FrameError, Opener, Purpose, Sealer, TAG_LEN};
 
 /// `"HS"`: ha sync.
 pub const MAGIC: u16 = 0x4853;
 /// Protocol version; a peer with another one is refused in the handshake.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of the fixed header.
 pub const HEADER_LEN: usize = 16;
 /// Largest payload (not counting a file body).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Largest file body accepted (1 TiB): a sanity bound, not a quota.
 pub const MAX_BODY: u64 = 1 << 40;
-/// Length of the handshake nonces and of the HMAC tags.
-pub const NONCE_LEN: usize = 32;
 /// Most manifest entries in one frame (keeps frames below `MAX_PAYLOAD`).
 pub const MAX_ENTRIES_PER_FRAME: usize = 12;
 /// Most sync roots per connection.
@@ -39,8 +44,7 @@ pub const MAX_ROOTS: usize = 16;
 #[repr(u8)]
 pub enum Kind {
     Hello = 1,
-    Challenge = 2,
-    Response = 3,
+    Welcome = 2,
     ManifestRequest = 4,
     ManifestEntries = 5,
     ManifestEnd = 6,
@@ -52,6 +56,8 @@ pub enum Kind {
     InSync = 12,
     Ack = 13,
     Error = 14,
+    BodyEnd = 15,
+    BodyVoid = 16,
 }
 
 impl Kind {
@@ -59,8 +65,7 @@ impl Kind {
         use Kind::*;
         Some(match v {
             1 => Hello,
-            2 => Challenge,
-            3 => Response,
+            2 => Welcome,
             4 => ManifestRequest,
             5 => ManifestEntries,
             6 => ManifestEnd,
@@ -72,6 +77,8 @@ impl Kind {
             12 => InSync,
             13 => Ack,
             14 => Error,
+            15 => BodyEnd,
+            16 => BodyVoid,
             _ => return None,
         })
     }
@@ -85,18 +92,9 @@ pub struct Header {
     pub seq: u64,
 }
 
-/// What a session is for (sent in the hello).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Purpose {
-    /// Full reconcile then streaming: primary → secondary.
-    Replicate = 1,
-    /// A returning node hands over only what it wrote after the last ack.
-    Failback = 2,
-}
-
-/// Opening frame of each side (`Hello` from the connecting sender,
-/// `Challenge` from the receiver).
+/// First frame of each side after the channel handshake (`Hello` from the
+/// connecting sender, `Welcome` from the receiver). Purpose and node repeat
+/// what the handshake proved; a mismatch ends the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     /// Protocol version spoken (also in the header; repeated for the log).
@@ -104,8 +102,6 @@ pub struct Hello {
     pub purpose: Purpose,
     /// Node name, for logs only.
     pub node: String,
-    /// Random challenge for the peer to sign.
-    pub nonce: [u8; NONCE_LEN],
     /// Root names in the order the sender numbers them (empty from the receiver).
     pub roots: Vec<String>,
     /// Highest sequence this side knows to be acknowledged.
@@ -191,10 +187,7 @@ impl ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
     Hello(Hello),
-    Challenge(Hello),
-    Response {
-        mac: [u8; NONCE_LEN],
-    },
+    Welcome(Hello),
     /// Empty list: the whole manifest; otherwise content hashes of these paths.
     ManifestRequest {
         hash_of: Vec<(u8, String)>,
@@ -235,14 +228,20 @@ pub enum Frame {
         path: String,
         message: String,
     },
+    /// Ends a file body: its keyed hash.
+    BodyEnd {
+        hash: [u8; BODY_HASH_LEN],
+    },
+    /// Ends a file body that changed while it was sent: discard it (the
+    /// sender sends the file again).
+    BodyVoid,
 }
 
 impl Frame {
     pub fn kind(&self) -> Kind {
         match self {
             Self::Hello(_) => Kind::Hello,
-            Self::Challenge(_) => Kind::Challenge,
-            Self::Response { .. } => Kind::Response,
+            Self::Welcome(_) => Kind::Welcome,
             Self::ManifestRequest { .. } => Kind::ManifestRequest,
             Self::ManifestEntries(_) => Kind::ManifestEntries,
             Self::ManifestEnd => Kind::ManifestEnd,
@@ -254,6 +253,8 @@ impl Frame {
             Self::InSync => Kind::InSync,
             Self::Ack => Kind::Ack,
             Self::Error { .. } => Kind::Error,
+            Self::BodyEnd { .. } => Kind::BodyEnd,
+            Self::BodyVoid => Kind::BodyVoid,
         }
     }
 }
@@ -354,18 +355,17 @@ pub fn encode(frame: &Frame, seq: u64, out: &mut BytesMut) {
     out.put_u64(seq);
     let body = out.len();
     match frame {
-        Frame::Hello(h) | Frame::Challenge(h) => {
+        Frame::Hello(h) | Frame::Welcome(h) => {
             out.put_u8(h.version);
             out.put_u8(h.purpose as u8);
             put_str(out, &h.node);
-            out.put_slice(&h.nonce);
             out.put_u8(h.roots.len() as u8);
             for r in &h.roots {
                 put_str(out, r);
             }
             out.put_u64(h.acked_seq);
         }
-        Frame::Response { mac } => out.put_slice(mac),
+        Frame::BodyEnd { hash } => out.put_slice(hash),
         Frame::ManifestRequest { hash_of } => {
             out.put_u32(hash_of.len() as u32);
             for (root, p) in hash_of {
@@ -391,7 +391,7 @@ pub fn encode(frame: &Frame, seq: u64, out: &mut BytesMut) {
                 }
             }
         }
-        Frame::ManifestEnd | Frame::InSync | Frame::Ack => {}
+        Frame::ManifestEnd | Frame::InSync | Frame::Ack | Frame::BodyVoid => {}
         Frame::FileData {
             root,
             path,
@@ -529,7 +529,7 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
         kind: h.kind,
     };
     let f = match h.kind {
-        Kind::Hello | Kind::Challenge => {
+        Kind::Hello | Kind::Welcome => {
             let version = r.u8()?;
             if version != VERSION {
                 return Err(DecodeError::Version {
@@ -548,7 +548,6 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
                 }
             };
             let node = r.string()?;
-            let nonce = r.bytes::<NONCE_LEN>()?;
             let n = r.u8()? as usize;
             if n > MAX_ROOTS {
                 return Err(DecodeError::TooMany(n));
@@ -558,19 +557,19 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
                 version,
                 purpose,
                 node,
-                nonce,
                 roots,
                 acked_seq: r.u64()?,
             };
             if h.kind == Kind::Hello {
                 Frame::Hello(hello)
             } else {
-                Frame::Challenge(hello)
+                Frame::Welcome(hello)
             }
         }
-        Kind::Response => Frame::Response {
-            mac: r.bytes::<NONCE_LEN>()?,
+        Kind::BodyEnd => Frame::BodyEnd {
+            hash: r.bytes::<BODY_HASH_LEN>()?,
         },
+        Kind::BodyVoid => Frame::BodyVoid,
         Kind::ManifestRequest => {
             let n = r.u32()? as usize;
             // Each element takes at least 3 bytes: bounds the allocation.
@@ -668,15 +667,38 @@ pub fn decode_payload(h: &Header, payload: &[u8]) -> Result<Frame, DecodeError> 
     Ok(f)
 }
 
-/// Reads one frame (header + payload) from a blocking reader. A `FileData`
-/// body is left on the reader for the caller.
-pub fn read_frame<R: std::io::Read>(r: &mut R) -> Result<(u64, Frame), ReadError> {
+/// Appends one encoded frame with its tag to `out`.
+pub fn encode_sealed(frame: &Frame, seq: u64, out: &mut BytesMut, seal: &mut Sealer) {
+    let start = out.len();
+    encode(frame, seq, out);
+    let tag = seal.seal(&out[start..]);
+    out.put_slice(&tag);
+}
+
+/// Reads one frame (header, payload, tag) from a blocking reader and checks
+/// its tag before decoding anything but the length. A `FileData` body is
+/// left on the reader for the caller.
+pub fn read_frame<R: std::io::Read>(
+    r: &mut R,
+    open: &mut Opener,
+) -> Result<(u64, Frame), ReadError> {
     let mut hb = [0u8; HEADER_LEN];
     r.read_exact(&mut hb)?;
+    let len = u32::from_be_bytes(hb[4..8].try_into().expect("4 bytes")) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(DecodeError::Oversize {
+            len,
+            max: MAX_PAYLOAD,
+        }
+        .into());
+    }
+    let mut rest = vec![0u8; HEADER_LEN + len + TAG_LEN];
+    rest[..HEADER_LEN].copy_from_slice(&hb);
+    r.read_exact(&mut rest[HEADER_LEN..])?;
+    let (msg, tag) = rest.split_at(HEADER_LEN + len);
+    open.open(msg, tag)?;
     let h = decode_header(&hb)?;
-    let mut payload = vec![0u8; h.len as usize];
-    r.read_exact(&mut payload)?;
-    Ok((h.seq, decode_payload(&h, &payload)?))
+    Ok((h.seq, decode_payload(&h, &msg[HEADER_LEN..])?))
 }
 
 /// Reading a frame failed.
@@ -688,6 +710,85 @@ pub enum ReadError {
     /// The peer sent bytes that do not decode.
     #[error("decode: {0}")]
     Decode(#[from] DecodeError),
+    /// The frame failed authentication.
+    #[error("{0}")]
+    Auth(#[from] FrameError),
+}
+
+/// The reading half of a session: frames are checked in order.
+pub struct Reader<R> {
+    /// The byte stream (a body is read from it directly).
+    pub inner: R,
+    open: Opener,
+}
+
+impl<R: std::io::Read> Reader<R> {
+    pub fn new(inner: R, open: Opener) -> Self {
+        Self { inner, open }
+    }
+    /// The next frame.
+    ///
+    /// # Errors
+    /// I/O, decoding or authentication failed: the session must end.
+    pub fn frame(&mut self) -> Result<(u64, Frame), ReadError> {
+        read_frame(&mut self.inner, &mut self.open)
+    }
+    /// Hasher of a body being received (checked against the next frame).
+    pub fn body_hasher(&self) -> crate::channel::BodyHasher {
+        self.open.body_hasher()
+    }
+}
+
+/// The writing half of a session, with a small frame buffer.
+pub struct Writer<W> {
+    /// The byte stream (a body is sent to it directly).
+    pub inner: W,
+    seal: Sealer,
+    out: BytesMut,
+}
+
+impl<W: std::io::Write> Writer<W> {
+    pub fn new(inner: W, seal: Sealer) -> Self {
+        Self {
+            inner,
+            seal,
+            out: BytesMut::new(),
+        }
+    }
+    /// Buffers a frame (written once 64 KiB are pending, or on flush).
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn frame(&mut self, f: &Frame, seq: u64) -> std::io::Result<()> {
+        encode_sealed(f, seq, &mut self.out, &mut self.seal);
+        if self.out.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+    /// Writes what is buffered.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            self.inner.write_all(&self.out)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+    /// A frame, written at once.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn send(&mut self, f: &Frame, seq: u64) -> std::io::Result<()> {
+        self.frame(f, seq)?;
+        self.flush()
+    }
+    /// Hasher of a body about to be sent (its hash goes in the next frame).
+    pub fn body_hasher(&self) -> crate::channel::BodyHasher {
+        self.seal.body_hasher()
+    }
 }
 
 #[cfg(test)]
@@ -708,20 +809,18 @@ mod tests {
             version: VERSION,
             purpose: Purpose::Replicate,
             node: "mail-a".into(),
-            nonce: [7; NONCE_LEN],
             roots: vec!["mail".into(), "spool".into()],
             acked_seq: 42,
         };
         vec![
             Frame::Hello(hello.clone()),
-            Frame::Challenge(Hello {
+            Frame::Welcome(Hello {
                 purpose: Purpose::Failback,
                 roots: vec![],
                 ..hello
             }),
-            Frame::Response {
-                mac: [9; NONCE_LEN],
-            },
+            Frame::BodyEnd { hash: [9; 32] },
+            Frame::BodyVoid,
             Frame::ManifestRequest { hash_of: vec![] },
             Frame::ManifestRequest {
                 hash_of: vec![(1, "a/b".into())],
@@ -784,13 +883,45 @@ mod tests {
 
     #[test]
     fn every_frame_round_trips() {
+        let (mut seal, mut open) = crate::channel::frame::test_pair();
+        let mut b = BytesMut::new();
         for (i, f) in all_frames().into_iter().enumerate() {
-            let mut b = BytesMut::new();
-            encode(&f, i as u64 * 1000, &mut b);
-            let (seq, back) = read_frame(&mut &b[..]).unwrap();
+            encode_sealed(&f, i as u64 * 1000, &mut b, &mut seal);
+        }
+        let mut r = &b[..];
+        for (i, f) in all_frames().into_iter().enumerate() {
+            let (seq, back) = read_frame(&mut r, &mut open).unwrap();
             assert_eq!(seq, i as u64 * 1000);
             assert_eq!(back, f);
         }
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_flipped_byte_anywhere_fails_authentication() {
+        let f = Frame::Rename {
+            root: 0,
+            from: "tmp/1".into(),
+            to: "new/1".into(),
+        };
+        let (mut seal, _) = crate::channel::frame::test_pair();
+        let mut b = BytesMut::new();
+        encode_sealed(&f, 5, &mut b, &mut seal);
+        for i in 0..b.len() {
+            let mut bad = b.to_vec();
+            bad[i] ^= 0x20;
+            let (_, mut open) = crate::channel::frame::test_pair();
+            assert!(read_frame(&mut &bad[..], &mut open).is_err(), "byte {i}");
+        }
+        // A frame without its tag, as before authentication existed.
+        let mut plain = BytesMut::new();
+        encode(&f, 5, &mut plain);
+        plain.put_slice(&[0; TAG_LEN]);
+        let (_, mut open) = crate::channel::frame::test_pair();
+        assert!(matches!(
+            read_frame(&mut &plain[..], &mut open),
+            Err(ReadError::Auth(_))
+        ));
     }
 
     fn header(kind: u8, len: u32) -> [u8; HEADER_LEN] {
@@ -921,17 +1052,16 @@ mod tests {
             version: VERSION,
             purpose: Purpose::Replicate,
             node: String::new(),
-            nonce: [0; 32],
             roots: vec![],
             acked_seq: 0,
         };
         let (h, mut p) = payload_of(&Frame::Hello(hello.clone()));
-        p[0] = 2;
+        p[0] = 9;
         assert_eq!(
             decode_payload(&h, &p),
             Err(DecodeError::Version {
                 ours: VERSION,
-                theirs: 2
+                theirs: 9
             })
         );
         let (h, mut p) = payload_of(&Frame::Hello(hello.clone()));
@@ -944,7 +1074,7 @@ mod tests {
             })
         ));
         let (h, mut p) = payload_of(&Frame::Hello(hello));
-        p[2 + 2 + 32] = (MAX_ROOTS + 1) as u8;
+        p[2 + 2] = (MAX_ROOTS + 1) as u8;
         assert_eq!(
             decode_payload(&h, &p),
             Err(DecodeError::TooMany(MAX_ROOTS + 1))
@@ -961,7 +1091,8 @@ mod tests {
     #[test]
     fn read_frame_reports_oversize_before_reading_payload() {
         let h = header(Kind::FileData as u8, u32::MAX);
-        let err = read_frame(&mut &h[..]).unwrap_err();
+        let (_, mut open) = crate::channel::frame::test_pair();
+        let err = read_frame(&mut &h[..], &mut open).unwrap_err();
         assert!(matches!(
             err,
             ReadError::Decode(DecodeError::Oversize { .. })

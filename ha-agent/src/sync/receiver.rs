@@ -15,32 +15,35 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
 use rustix::event::{PollFd, PollFlags};
 use tracing::{debug, error, info, warn};
 
-use super::auth::{self, Role};
 use super::fsops::{FsError, TempFile, Tree};
 use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::path;
-use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError, WireEntry};
+use super::proto::{
+    self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError, WireEntry,
+};
 use super::spool::{self, QueueIndex, RootKind};
 use super::state::{StateFile, SyncState};
 use super::{Shared, SyncConfig, SyncHandle};
+use crate::channel::{self, Gate, HandshakeError, listen::Backoff};
 
 /// Files per batch before a commit is forced.
 const BATCH_FILES: usize = 512;
 /// Body bytes per batch before a commit is forced.
 const BATCH_BYTES: u64 = 64 << 20;
 /// Handshake must complete within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = channel::HANDSHAKE_DEADLINE;
 /// The receiver's acked sequence is persisted at most this often (and at
 /// the end of each session): it only seeds the sender's numbering, the
 /// data itself is reconciled by manifest.
@@ -108,6 +111,8 @@ impl Receiver {
 fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
     let mut sessions: Vec<thread::JoinHandle<()>> = Vec::new();
     let _ = listener.set_nonblocking(true);
+    let gate = Gate::new([ctx.cfg.peer.ip()]);
+    let mut backoff = Backoff::default();
     while !ctx.shared.stopping() {
         let mut fds = [PollFd::new(listener, PollFlags::IN)];
         let timeout = rustix::fs::Timespec {
@@ -120,19 +125,42 @@ fn accept_loop(ctx: &Arc<Ctx>, listener: &TcpListener) {
         }
         match listener.accept() {
             Ok((stream, peer)) => {
-                let ctx = ctx.clone();
+                backoff.ok();
+                let ticket = match gate.admit(&stream, peer) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        if e == channel::listen::Rejection::Busy {
+                            let _ = (&stream).write(&channel::Refusal::Busy.encode());
+                        }
+                        if let Some(held) = gate.may_log() {
+                            warn!(%peer, error = %e, held_back = held, "sync connection refused before authentication");
+                        }
+                        ctx.shared
+                            .with_status(|s| s.count_error(e.label(), e.to_string()));
+                        continue;
+                    }
+                };
+                sessions.retain(|h| !h.is_finished());
+                let (ctx, gate) = (ctx.clone(), gate.clone());
                 let h = thread::Builder::new()
                     .name("sync-recv".into())
                     .spawn(move || {
                         let _ = stream.set_nonblocking(false);
-                        session(&ctx, stream, peer.to_string());
+                        session(&ctx, &gate, stream, peer, ticket);
                     });
                 if let Ok(h) = h {
                     sessions.push(h);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => warn!(error = %e, "sync accept failed"),
+            Err(e) => {
+                // EMFILE and the like: retrying at once would spin.
+                let pause = backoff.failed();
+                warn!(error = %e, pause_ms = pause.as_millis() as u64, "sync accept failed");
+                ctx.shared
+                    .with_status(|s| s.count_error("accept", e.to_string()));
+                thread::sleep(pause);
+            }
         }
     }
     if let Some(s) = ctx.active.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -186,6 +214,9 @@ enum SessionEnd {
     Refused(String),
     #[error("replica file system full: {0}")]
     NoSpace(String),
+    /// A frame or body failed authentication.
+    #[error("{0}")]
+    Auth(#[from] FrameError),
 }
 
 impl From<ReadError> for SessionEnd {
@@ -193,37 +224,72 @@ impl From<ReadError> for SessionEnd {
         match e {
             ReadError::Io(e) => Self::Io(e),
             ReadError::Decode(e) => Self::Decode(e),
+            ReadError::Auth(e) => Self::Auth(e),
         }
     }
 }
 
-fn send(w: &mut impl Write, f: &Frame, seq: u64) -> io::Result<()> {
-    let mut b = BytesMut::new();
-    proto::encode(f, seq, &mut b);
-    w.write_all(&b)
+/// The session's writing half (frames are sealed).
+type Out = proto::Writer<TcpStream>;
+/// The session's reading half (frames are checked).
+type Rx = proto::Reader<BufReader<TcpStream>>;
+
+fn send(w: &mut Out, f: &Frame, seq: u64) -> io::Result<()> {
+    w.send(f, seq)
 }
 
-fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
+fn session(
+    ctx: &Arc<Ctx>,
+    gate: &Gate,
+    stream: TcpStream,
+    peer_addr: SocketAddr,
+    ticket: channel::Ticket,
+) {
+    let peer = peer_addr.to_string();
     let span = tracing::info_span!("sync_session", %peer);
     let _g = span.enter();
+    let _ = stream.set_nodelay(true);
+    let serves = [Purpose::Replicate, Purpose::Failback];
+    let est = channel::accept(&stream, ctx.cfg.local(), &serves, HANDSHAKE_TIMEOUT, |_| {
+        ticket.hello_seen();
+    });
+    let evicted = ticket.evicted();
+    drop(ticket);
+    let est = match est {
+        Ok(est) => est,
+        Err(e) => {
+            let kind = if evicted { "evicted" } else { e.label() };
+            // A flood of refused handshakes is logged once a second.
+            if !matches!(e, HandshakeError::Io(_)) || !evicted {
+                if let Some(held) = gate.may_log() {
+                    warn!(error = %e, kind, held_back = held, "sync handshake failed");
+                }
+            }
+            ctx.shared
+                .with_status(|s| s.count_error(kind, e.to_string()));
+            return;
+        }
+    };
+    let (peer_node, purpose) = (est.peer.clone(), est.purpose);
+    let (seal, open) = est.split();
     let mut w = match stream.try_clone() {
-        Ok(w) => w,
+        Ok(w) => proto::Writer::new(w, seal),
         Err(e) => {
             warn!(error = %e, "cannot clone sync socket");
             return;
         }
     };
-    let _ = stream.set_nodelay(true);
-    let mut r = BufReader::with_capacity(256 * 1024, stream);
-    let hello = match handshake(ctx, &mut r, &mut w) {
+    let mut r = proto::Reader::new(BufReader::with_capacity(256 * 1024, stream), open);
+    let hello = match handshake(ctx, &peer_node, purpose, &mut r, &mut w) {
         Ok(h) => h,
         Err(e) => {
             let kind = match &e {
                 SessionEnd::Decode(d) => d.label(),
-                SessionEnd::Refused(_) => "auth",
+                SessionEnd::Auth(a) => a.label(),
+                SessionEnd::Refused(_) => "protocol",
                 _ => "handshake_io",
             };
-            warn!(error = %e, "sync handshake failed");
+            warn!(error = %e, "sync session refused after authentication");
             ctx.shared
                 .with_status(|s| s.count_error(kind, e.to_string()));
             return;
@@ -247,7 +313,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     }
     // Take over from an older session (a sender that reconnected after a
     // failure we have not noticed yet).
-    if let Ok(clone) = w.try_clone()
+    if let Ok(clone) = w.inner.try_clone()
         && let Some(old) = ctx
             .active
             .lock()
@@ -260,7 +326,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     let _running = if replicate {
         // Registered, then checked again: a refusal set in between either
         // sees the socket or is seen here.
-        if let Ok(c) = w.try_clone() {
+        if let Ok(c) = w.inner.try_clone() {
             *ctx.shared
                 .replica_conn
                 .lock()
@@ -291,11 +357,14 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         insync_seq: None,
         replicate,
         queues: Vec::new(),
+        handin: Vec::new(),
         failed: HashMap::new(),
         fd_budget: fd_budget(),
     };
     if replicate {
         sess.index_queues();
+    } else {
+        sess.load_taken();
     }
     for name in &hello.roots {
         // Checked in the handshake: every name exists here.
@@ -316,6 +385,9 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         info!(discarded = n, "replica session closed: this node is active");
     } else {
         let _ = sess.commit(&mut w);
+    }
+    if !replicate {
+        sess.wake_queue_managers();
     }
     sess.persist(true);
     match &end {
@@ -339,10 +411,10 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
         }
         e => {
             warn!(error = %e, "sync session aborted");
-            let kind = if let SessionEnd::Decode(d) = e {
-                d.label()
-            } else {
-                "protocol"
+            let kind = match e {
+                SessionEnd::Decode(d) => d.label(),
+                SessionEnd::Auth(a) => a.label(),
+                _ => "protocol",
             };
             ctx.shared
                 .with_status(|s| s.count_error(kind, e.to_string()));
@@ -357,7 +429,7 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
             );
         }
     }
-    let _ = w.shutdown(std::net::Shutdown::Both);
+    let _ = w.inner.shutdown(std::net::Shutdown::Both);
     if replicate {
         ctx.shared.with_status(|s| {
             s.connected = false;
@@ -367,69 +439,27 @@ fn session(ctx: &Arc<Ctx>, stream: TcpStream, peer: String) {
     }
 }
 
+/// The sync hello after the channel handshake: the sender's roots and
+/// acknowledged sequence; answered with this side's.
 fn handshake(
     ctx: &Ctx,
-    r: &mut BufReader<TcpStream>,
-    w: &mut TcpStream,
+    peer_node: &str,
+    purpose: Purpose,
+    r: &mut Rx,
+    w: &mut Out,
 ) -> Result<Hello, SessionEnd> {
-    r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let hello = match proto::read_frame(r) {
-        Ok((_, Frame::Hello(h))) => h,
-        Ok((_, f)) => {
-            return Err(SessionEnd::Refused(format!(
-                "expected hello, got {:?}",
-                f.kind()
-            )));
-        }
-        Err(ReadError::Decode(e @ DecodeError::Version { .. })) => {
-            let _ = send(
-                w,
-                &Frame::Error {
-                    code: ErrorCode::Version,
-                    path: String::new(),
-                    message: e.to_string(),
-                },
-                0,
-            );
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let nonce = auth::nonce();
-    let acked = ctx.shared.with_status(|s| s.acked_seq);
-    let challenge = Hello {
-        version: proto::VERSION,
-        purpose: hello.purpose,
-        node: ctx.cfg.node.clone(),
-        nonce,
-        roots: Vec::new(),
-        acked_seq: acked,
-    };
-    send(w, &Frame::Challenge(challenge), 0)?;
-    let mac = match proto::read_frame(r)? {
-        (_, Frame::Response { mac }) => mac,
+    r.inner
+        .get_ref()
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let hello = match r.frame()? {
+        (_, Frame::Hello(h)) if h.node == peer_node && h.purpose == purpose => h,
         (_, f) => {
             return Err(SessionEnd::Refused(format!(
-                "expected response, got {:?}",
+                "expected hello for {peer_node:?}/{purpose:?}, got {:?}",
                 f.kind()
             )));
         }
     };
-    if !auth::verify(&ctx.cfg.key, Role::Client, &nonce, &hello.nonce, &mac) {
-        let _ = send(
-            w,
-            &Frame::Error {
-                code: ErrorCode::Auth,
-                path: String::new(),
-                message: "authentication failed".into(),
-            },
-            0,
-        );
-        return Err(SessionEnd::Refused(format!(
-            "bad proof from node {:?} (wrong password?)",
-            hello.node
-        )));
-    }
     let unknown: Vec<&String> = hello
         .roots
         .iter()
@@ -448,9 +478,16 @@ fn handshake(
         );
         return Err(SessionEnd::Refused(msg));
     }
-    let mac = auth::proof(&ctx.cfg.key, Role::Server, &hello.nonce, &nonce);
-    send(w, &Frame::Response { mac }, 0)?;
-    r.get_ref().set_read_timeout(None)?;
+    let acked = ctx.shared.with_status(|s| s.acked_seq);
+    let welcome = Hello {
+        version: proto::VERSION,
+        purpose,
+        node: ctx.cfg.node.clone(),
+        roots: Vec::new(),
+        acked_seq: acked,
+    };
+    send(w, &Frame::Welcome(welcome), 0)?;
+    r.inner.get_ref().set_read_timeout(None)?;
     Ok(hello)
 }
 
@@ -473,6 +510,14 @@ impl Batch {
     }
 }
 
+/// A failback session's view of one Postfix spool root.
+struct HandIn {
+    /// Queue IDs held now or taken on at the last promotion.
+    taken: std::collections::HashSet<String>,
+    /// Queue IDs handed in by this session.
+    handed: std::collections::HashSet<String>,
+}
+
 struct Session<'a> {
     ctx: &'a Ctx,
     /// Wire root index → configured root index.
@@ -485,6 +530,10 @@ struct Session<'a> {
     /// Per configured root: where each message of a Postfix spool is (replica
     /// sessions only; see [`spool::QueueIndex`]).
     queues: Vec<Option<QueueIndex>>,
+    /// Failback sessions, per configured Postfix spool root: the queue IDs
+    /// this node holds or took on at its promotion (a hand-in never brings
+    /// one back), and how many messages were handed in.
+    handin: Vec<Option<HandIn>>,
     /// Most descriptors a batch may hold before it is committed.
     fd_budget: usize,
     /// Operations that failed in this session and were not redone since,
@@ -504,7 +553,7 @@ impl<'a> Session<'a> {
         Ok((i, &ctx.trees[i]))
     }
 
-    fn run(&mut self, r: &mut BufReader<TcpStream>, w: &mut TcpStream) -> SessionEnd {
+    fn run(&mut self, r: &mut Rx, w: &mut Out) -> SessionEnd {
         loop {
             if self.ctx.shared.stopping() {
                 return SessionEnd::Io(io::Error::other("receiver stopping"));
@@ -513,12 +562,12 @@ impl<'a> Session<'a> {
                 return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
-                && input_idle(r)
+                && input_idle(&r.inner)
                 && let Err(e) = self.commit(w)
             {
                 return e;
             }
-            let (seq, frame) = match proto::read_frame(r) {
+            let (seq, frame) = match r.frame() {
                 Ok(x) => x,
                 Err(e) => return e.into(),
             };
@@ -539,8 +588,8 @@ impl<'a> Session<'a> {
         &mut self,
         seq: u64,
         frame: Frame,
-        r: &mut BufReader<TcpStream>,
-        w: &mut TcpStream,
+        r: &mut Rx,
+        w: &mut Out,
     ) -> Result<(), SessionEnd> {
         let is_op = matches!(
             frame,
@@ -554,7 +603,9 @@ impl<'a> Session<'a> {
         if let Some(refused) = self.refusal(&frame) {
             if let Frame::FileData { size, .. } = &frame {
                 // Keep the stream in step: the body is read away.
-                io::copy(&mut r.by_ref().take(*size), &mut io::sink())?;
+                let mut hash = r.body_hasher();
+                drain(r, *size, &mut hash)?;
+                body_end(r, &hash)?;
             }
             let key = refused_key(&frame);
             self.batch.max_seq = self.batch.max_seq.max(seq);
@@ -597,7 +648,18 @@ impl<'a> Session<'a> {
                 attrs,
             } => {
                 let (ri, _) = self.tree(root)?;
-                self.receive_file(ri, seq, &path, size, &attrs, r)?
+                match self.handin_target(ri, &path) {
+                    Some(None) => {
+                        // The live queue has, or had, this message.
+                        let mut hash = r.body_hasher();
+                        drain(r, size, &mut hash)?;
+                        body_end(r, &hash)?;
+                        debug!(%path, "hand-in skipped: message known here");
+                        Ok(())
+                    }
+                    Some(Some(to)) => self.receive_file(ri, seq, &to, size, &attrs, r)?,
+                    None => self.receive_file(ri, seq, &path, size, &attrs, r)?,
+                }
             }
             Frame::Rename { root, from, to } => {
                 let (ri, t) = self.tree(root)?;
@@ -750,6 +812,75 @@ impl<'a> Session<'a> {
             .collect();
     }
 
+    /// Failback sessions: the queue IDs each Postfix spool root holds now
+    /// or took on at its last promotion.
+    fn load_taken(&mut self) {
+        let ctx = self.ctx;
+        self.handin = (ctx.cfg.roots.iter())
+            .map(|r| {
+                if r.kind != RootKind::PostfixSpool {
+                    return None;
+                }
+                let mut taken = spool::load_promoted_ids(&ctx.cfg.state_dir, &r.name);
+                if let Ok(m) = manifest::scan(&r.path, r.kind, &mut self.ids) {
+                    let (ix, _) = QueueIndex::from_manifest(&m);
+                    taken.extend(ix.ids().map(str::to_owned));
+                }
+                Some(HandIn {
+                    taken,
+                    handed: std::collections::HashSet::new(),
+                })
+            })
+            .collect();
+    }
+
+    /// Failback sessions into a Postfix spool: `Some(None)` = skip (the
+    /// message is known here), `Some(Some(path))` = write there instead
+    /// (a handed-in queue file goes to `incoming/`), `None` = as sent.
+    fn handin_target(&mut self, ri: usize, rel: &str) -> Option<Option<String>> {
+        let h = self.handin.get_mut(ri)?.as_mut()?;
+        match spool::classify(RootKind::PostfixSpool, rel) {
+            spool::SpoolEntry::Queue { id } => {
+                if h.taken.contains(id) || !h.handed.insert(id.to_owned()) {
+                    return Some(None);
+                }
+                Some(Some(spool::handin_path(id)))
+            }
+            // A message's logs come with it, never for a message known here.
+            spool::SpoolEntry::Log { id } if h.taken.contains(id) && !h.handed.contains(id) => {
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+
+    /// After a failback session: the queue manager of each spool that
+    /// received messages is told to look at `incoming/` now (as
+    /// `postqueue -f` does, one byte on its trigger FIFO).
+    fn wake_queue_managers(&self) {
+        for (ri, h) in self.handin.iter().enumerate() {
+            let Some(h) = h else { continue };
+            let n = h.handed.len();
+            if n == 0 {
+                continue;
+            }
+            let fifo = self.ctx.cfg.roots[ri].path.join("public/qmgr");
+            let r = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .and_then(|mut f| f.write_all(b"I"));
+            match r {
+                Ok(()) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, "handed-in messages queued; queue manager woken")
+                }
+                Err(e) => {
+                    info!(root = %self.ctx.cfg.roots[ri].name, messages = n, error = %e, "handed-in messages queued; queue manager not reachable (it scans incoming/ on its own)")
+                }
+            }
+        }
+    }
+
     /// Where the replica holds the message of queue file `rel`, if indexed.
     fn queue_file(&self, ri: usize, rel: &str) -> Option<String> {
         let ix = self.queues.get(ri)?.as_ref()?;
@@ -866,7 +997,7 @@ impl<'a> Session<'a> {
         seq: u64,
         key: Option<(u8, String)>,
         result: Result<(), FsError>,
-        w: &mut TcpStream,
+        w: &mut Out,
     ) -> Result<(), SessionEnd> {
         if let Some(k) = &key {
             if result.is_ok() {
@@ -927,9 +1058,10 @@ impl<'a> Session<'a> {
         rel: &str,
         size: u64,
         attrs: &proto::Attrs,
-        r: &mut BufReader<TcpStream>,
+        r: &mut Rx,
     ) -> Result<Result<(), FsError>, SessionEnd> {
         let tree = &self.ctx.trees[ri];
+        let mut hash = r.body_hasher();
         let mut t = match tree.begin_file(rel, seq) {
             Ok(mut t) => {
                 t.no_replace = !self.replicate;
@@ -937,7 +1069,8 @@ impl<'a> Session<'a> {
             }
             Err(e @ FsError::NoSpace { .. }) => return Ok(Err(e)),
             Err(e) => {
-                io::copy(&mut r.by_ref().take(size), &mut io::sink())?;
+                drain(r, size, &mut hash)?;
+                body_end(r, &hash)?;
                 return Ok(Err(e));
             }
         };
@@ -945,18 +1078,33 @@ impl<'a> Session<'a> {
         let mut buf = vec![0u8; 256 * 1024];
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
-            let n = r.read(&mut buf[..want])?;
+            let n = r.inner.read(&mut buf[..want])?;
             if n == 0 {
                 Tree::discard(&t);
                 return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
             }
+            hash.update(&buf[..n]);
             left -= n as u64;
             if let Err(e) = t.file.write_all(&buf[..n]) {
                 Tree::discard(&t);
                 // The rest of the body is still on the wire: read it away,
-                // so that it is never taken for frames.
-                io::copy(&mut r.by_ref().take(left), &mut io::sink())?;
+                // so that it is never taken for frames, and check it.
+                drain(r, left, &mut hash)?;
+                body_end(r, &hash)?;
                 return Ok(Err(FsError::from_io(rel, e)));
+            }
+        }
+        // The body counts only once its hash checks: a forged or altered
+        // body is dropped before it can be committed, and ends the session.
+        match body_end(r, &hash) {
+            Ok(true) => {}
+            Ok(false) => {
+                Tree::discard(&t);
+                return Ok(Ok(()));
+            }
+            Err(e) => {
+                Tree::discard(&t);
+                return Err(e);
             }
         }
         // Start writeback now, so that the commit's fsync finds the data on
@@ -977,7 +1125,7 @@ impl<'a> Session<'a> {
 
     /// Makes the batch durable, renames files into place, fsyncs the
     /// directories, acknowledges.
-    fn commit(&mut self, w: &mut TcpStream) -> Result<(), SessionEnd> {
+    fn commit(&mut self, w: &mut Out) -> Result<(), SessionEnd> {
         if self.batch.is_empty() {
             return Ok(());
         }
@@ -1076,40 +1224,27 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn send_manifest(
-        &mut self,
-        hash_of: &[(u8, String)],
-        w: &mut TcpStream,
-    ) -> Result<(), SessionEnd> {
-        let mut out = BytesMut::new();
+    fn send_manifest(&mut self, hash_of: &[(u8, String)], w: &mut Out) -> Result<(), SessionEnd> {
         let mut chunk: Vec<WireEntry> = Vec::new();
         let mut chunk_bytes = 0usize;
-        let flush = |chunk: &mut Vec<WireEntry>,
-                     chunk_bytes: &mut usize,
-                     out: &mut BytesMut,
-                     w: &mut TcpStream|
-         -> io::Result<()> {
-            if !chunk.is_empty() {
-                proto::encode(&Frame::ManifestEntries(std::mem::take(chunk)), 0, out);
-                *chunk_bytes = 0;
-            }
-            if out.len() > 256 * 1024 {
-                w.write_all(out)?;
-                out.clear();
-            }
-            Ok(())
-        };
+        let flush =
+            |chunk: &mut Vec<WireEntry>, chunk_bytes: &mut usize, w: &mut Out| -> io::Result<()> {
+                if !chunk.is_empty() {
+                    w.frame(&Frame::ManifestEntries(std::mem::take(chunk)), 0)?;
+                    *chunk_bytes = 0;
+                }
+                Ok(())
+            };
         let push = |e: WireEntry,
                     chunk: &mut Vec<WireEntry>,
                     chunk_bytes: &mut usize,
-                    out: &mut BytesMut,
-                    w: &mut TcpStream|
+                    w: &mut Out|
          -> io::Result<()> {
             let sz = 64 + e.path.len() + e.attrs.owner.len() + e.attrs.group.len();
             if chunk.len() >= proto::MAX_ENTRIES_PER_FRAME * 40
                 || *chunk_bytes + sz > proto::MAX_PAYLOAD - 1024
             {
-                flush(chunk, chunk_bytes, out, w)?;
+                flush(chunk, chunk_bytes, w)?;
             }
             *chunk_bytes += sz;
             chunk.push(e);
@@ -1124,7 +1259,6 @@ impl<'a> Session<'a> {
                         manifest::to_wire(wire as u8, p, e),
                         &mut chunk,
                         &mut chunk_bytes,
-                        &mut out,
                         w,
                     )?;
                 }
@@ -1145,14 +1279,12 @@ impl<'a> Session<'a> {
                     manifest::to_wire(*root, p, &e),
                     &mut chunk,
                     &mut chunk_bytes,
-                    &mut out,
                     w,
                 )?;
             }
         }
-        flush(&mut chunk, &mut chunk_bytes, &mut out, w)?;
-        proto::encode(&Frame::ManifestEnd, 0, &mut out);
-        w.write_all(&out)?;
+        flush(&mut chunk, &mut chunk_bytes, w)?;
+        w.send(&Frame::ManifestEnd, 0)?;
         Ok(())
     }
 }
@@ -1192,6 +1324,38 @@ fn fd_budget() -> usize {
         .unwrap_or(u64::MAX);
     let budget = soft.saturating_sub(FD_RESERVE) / 4 * 3;
     usize::try_from(budget.clamp(8, 4 * BATCH_FILES as u64)).unwrap_or(8)
+}
+
+/// Reads and hashes a body that is not kept.
+fn drain(r: &mut Rx, size: u64, hash: &mut channel::BodyHasher) -> Result<(), SessionEnd> {
+    let mut left = size;
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = r.inner.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
+        }
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// Reads the frame that ends a body: `true` when the body is genuine,
+/// `false` when the sender voided it.
+fn body_end(r: &mut Rx, hash: &channel::BodyHasher) -> Result<bool, SessionEnd> {
+    match r.frame()? {
+        (_, Frame::BodyEnd { hash: h }) => {
+            hash.verify(&h)?;
+            Ok(true)
+        }
+        (_, Frame::BodyVoid) => Ok(false),
+        (_, f) => Err(SessionEnd::Refused(format!(
+            "expected the end of a file body, got {:?}",
+            f.kind()
+        ))),
+    }
 }
 
 /// Concurrent fsyncs of one batch (bounded threads).

@@ -13,27 +13,26 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use super::auth::{self, Role};
 use super::fsops::{FsError, Tree};
 use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::plan::{self, Op, Plan};
-use super::proto::{self, DecodeError, ErrorCode, Frame, Hello, Purpose, ReadError};
+use super::proto::{self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError};
 use super::spool::{MoveCoalescer, RootKind};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
 use super::{AckedOp, Shared, SyncConfig, SyncHandle};
+use crate::channel::{self, HandshakeError};
 
 /// The failback watermark stays this far behind the oldest pending change:
 /// covers inotify delivery latency and the coarse clock of file times (one
@@ -45,7 +44,7 @@ const WATERMARK_MARGIN_NS: i64 = 100_000_000;
 /// Files modified this close to a scan are compared by hash.
 const RACY_NS: i64 = 2_000_000_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = channel::HANDSHAKE_DEADLINE;
 /// A peer that stops reading for this long is given up (TCP_USER_TIMEOUT).
 const USER_TIMEOUT_MS: u32 = 10_000;
 const STATE_EVERY: Duration = Duration::from_millis(200);
@@ -69,7 +68,13 @@ pub enum SyncError {
     /// The peer sent bytes that do not decode.
     #[error("peer sent undecodable data: {0}")]
     Decode(#[from] DecodeError),
-    /// The peer refused us or proved nothing.
+    /// The channel handshake failed (refused, bad proof, too slow).
+    #[error("handshake: {0}")]
+    Channel(#[from] HandshakeError),
+    /// A frame or body from the peer failed authentication.
+    #[error("{0}")]
+    Auth(#[from] FrameError),
+    /// The peer sent a frame that has no place here.
     #[error("handshake: {0}")]
     Handshake(String),
     /// The peer reported an error that ends the session.
@@ -90,7 +95,9 @@ impl SyncError {
             Self::Connect { .. } => "connect",
             Self::Io(_) => "connection",
             Self::Decode(d) => d.label(),
-            Self::Handshake(_) => "auth",
+            Self::Channel(e) => e.label(),
+            Self::Auth(e) => e.label(),
+            Self::Handshake(_) => "protocol",
             Self::Peer { code, .. } => code.label(),
             Self::FileShrank(_) => "file_shrank",
             Self::HandBackIncomplete { .. } => "hand_back_incomplete",
@@ -103,6 +110,7 @@ impl From<ReadError> for SyncError {
         match e {
             ReadError::Io(e) => Self::Io(e),
             ReadError::Decode(e) => Self::Decode(e),
+            ReadError::Auth(e) => Self::Auth(e),
         }
     }
 }
@@ -270,43 +278,26 @@ fn run(ctx: &Arc<Ctx>) {
     }
 }
 
-/// The connection's writing half with a small frame buffer.
-struct Conn {
-    w: TcpStream,
-    out: BytesMut,
-}
+/// The connection's writing half (frames are sealed and buffered).
+type Conn = proto::Writer<TcpStream>;
+/// The connection's reading half (frames are checked).
+type Rx = proto::Reader<BufReader<TcpStream>>;
 
-impl Conn {
-    fn frame(&mut self, f: &Frame, seq: u64) -> io::Result<()> {
-        proto::encode(f, seq, &mut self.out);
-        if self.out.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.w.write_all(&self.out)?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-}
-
-fn connect(ctx: &Ctx, purpose: Purpose) -> Result<(Conn, BufReader<TcpStream>, Hello), SyncError> {
+fn connect(ctx: &Ctx, purpose: Purpose) -> Result<(Conn, Rx, Hello), SyncError> {
     let addr = ctx.cfg.peer;
     let s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|source| SyncError::Connect { addr, source })?;
     s.set_nodelay(true)?;
     let _ = rustix::net::sockopt::set_socket_keepalive(&s, true);
     let _ = rustix::net::sockopt::set_tcp_user_timeout(&s, USER_TIMEOUT_MS);
-    let mut r = BufReader::with_capacity(256 * 1024, s.try_clone()?);
-    let mut c = Conn {
-        w: s,
-        out: BytesMut::new(),
-    };
-    r.get_ref().set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
-    let nonce = auth::nonce();
+    let est = channel::connect(&s, ctx.cfg.local(), purpose, HANDSHAKE_TIMEOUT)?;
+    let peer_node = est.peer.clone();
+    let (seal, open) = est.split();
+    let mut r = proto::Reader::new(BufReader::with_capacity(256 * 1024, s.try_clone()?), open);
+    let mut c = proto::Writer::new(s, seal);
+    r.inner
+        .get_ref()
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let acked = ctx
         .persisted
         .lock()
@@ -316,43 +307,27 @@ fn connect(ctx: &Ctx, purpose: Purpose) -> Result<(Conn, BufReader<TcpStream>, H
         version: proto::VERSION,
         purpose,
         node: ctx.cfg.node.clone(),
-        nonce,
         roots: ctx.cfg.root_names(),
         acked_seq: acked,
     };
-    c.frame(&Frame::Hello(hello), 0)?;
-    c.flush()?;
-    let peer = match proto::read_frame(&mut r)? {
-        (_, Frame::Challenge(h)) => h,
+    c.send(&Frame::Hello(hello), 0)?;
+    let peer = match r.frame()? {
+        (_, Frame::Welcome(h)) if h.node == peer_node && h.purpose == purpose => h,
+        (_, Frame::Welcome(h)) => {
+            return Err(SyncError::Handshake(format!(
+                "welcome names {:?}/{:?}, the channel proved {peer_node:?}/{purpose:?}",
+                h.node, h.purpose
+            )));
+        }
         (_, Frame::Error { code, message, .. }) => return Err(SyncError::Peer { code, message }),
         (_, f) => {
             return Err(SyncError::Handshake(format!(
-                "expected challenge, got {:?}",
+                "expected welcome, got {:?}",
                 f.kind()
             )));
         }
     };
-    let mac = auth::proof(&ctx.cfg.key, Role::Client, &peer.nonce, &nonce);
-    c.frame(&Frame::Response { mac }, 0)?;
-    c.flush()?;
-    match proto::read_frame(&mut r)? {
-        (_, Frame::Response { mac })
-            if auth::verify(&ctx.cfg.key, Role::Server, &nonce, &peer.nonce, &mac) => {}
-        (_, Frame::Response { .. }) => {
-            return Err(SyncError::Handshake(format!(
-                "peer {:?} failed to prove the password",
-                peer.node
-            )));
-        }
-        (_, Frame::Error { code, message, .. }) => return Err(SyncError::Peer { code, message }),
-        (_, f) => {
-            return Err(SyncError::Handshake(format!(
-                "expected response, got {:?}",
-                f.kind()
-            )));
-        }
-    }
-    r.get_ref().set_read_timeout(None)?;
+    r.inner.get_ref().set_read_timeout(None)?;
     // Sequences stay above anything either side has seen acknowledged.
     ctx.next_seq
         .fetch_max(peer.acked_seq.max(acked) + 1, Ordering::Relaxed);
@@ -363,7 +338,7 @@ fn connect(ctx: &Ctx, purpose: Purpose) -> Result<(Conn, BufReader<TcpStream>, H
 fn fetch_manifest(
     ctx: &Ctx,
     c: &mut Conn,
-    r: &mut BufReader<TcpStream>,
+    r: &mut Rx,
     hash_of: Vec<(u8, String)>,
 ) -> Result<Vec<Manifest>, SyncError> {
     // Hash requests are split so each frame stays under the payload limit.
@@ -377,7 +352,7 @@ fn fetch_manifest(
         c.frame(&Frame::ManifestRequest { hash_of: ch }, 0)?;
         c.flush()?;
         loop {
-            match proto::read_frame(r)? {
+            match r.frame()? {
                 (_, Frame::ManifestEntries(es)) => {
                     for w in es {
                         let (root, p, e) = manifest::from_wire(w);
@@ -406,7 +381,7 @@ fn fetch_manifest(
 fn plan_all(
     ctx: &Ctx,
     c: &mut Conn,
-    r: &mut BufReader<TcpStream>,
+    r: &mut Rx,
     local: &mut [Manifest],
     remote: &mut [Manifest],
     f: impl Fn(&Manifest, &Manifest, bool) -> Plan,
@@ -595,7 +570,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
         }
         Ok(())
     })();
-    let _ = c.w.shutdown(std::net::Shutdown::Both);
+    let _ = c.inner.shutdown(std::net::Shutdown::Both);
     let _ = reader.join();
     if result.is_ok() {
         let err = ctx.shared.with_status(|s| s.paused.clone());
@@ -708,24 +683,59 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
     c.frame(&frame, seq)?;
     if let Some((f, size)) = body {
         c.flush()?;
-        // The body goes from the page cache to the socket: no userspace copy.
+        // The body is hashed through a memory map and goes from the page
+        // cache to the socket: no userspace copy.
+        let before = stamp(&f)?;
+        let mut h = c.body_hasher();
+        h.update_file(&f, size).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                SyncError::FileShrank(op.path().to_owned())
+            } else {
+                SyncError::Io(e)
+            }
+        })?;
         let mut off = 0u64;
         while off < size {
             let want = (size - off).min(1 << 30) as usize;
-            match rustix::fs::sendfile(&c.w, &f, Some(&mut off), want) {
+            match rustix::fs::sendfile(&c.inner, &f, Some(&mut off), want) {
                 Ok(0) => return Err(SyncError::FileShrank(op.path().to_owned())),
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
                 Err(e) => return Err(SyncError::Io(e.into())),
             }
         }
+        if stamp(&f)? == before {
+            c.frame(&Frame::BodyEnd { hash: h.finish() }, seq)?;
+        } else {
+            // Written to while it was sent: what went out may not match the
+            // hash. The receiver drops it; the file goes again.
+            debug!(path = %op.path(), "file changed while sent: sending it again");
+            c.frame(&Frame::BodyVoid, seq)?;
+            ctx.queue.push(Event::Op {
+                root,
+                op: Op::Write(op.path().to_owned()),
+                at,
+            });
+        }
     }
     Ok(true)
 }
 
-fn read_acks<R: io::Read>(ctx: &Ctx, r: &mut R) -> Result<(), SyncError> {
+/// What changes when a file is written to: size, mtime, ctime.
+fn stamp(f: &File) -> io::Result<(u64, i64, i64, i64, i64)> {
+    let st = rustix::fs::fstat(f)?;
+    Ok((
+        st.st_size as u64,
+        st.st_mtime as i64,
+        st.st_mtime_nsec as i64,
+        st.st_ctime as i64,
+        st.st_ctime_nsec as i64,
+    ))
+}
+
+fn read_acks(ctx: &Ctx, r: &mut Rx) -> Result<(), SyncError> {
     loop {
-        let (seq, f) = proto::read_frame(r)?;
+        let (seq, f) = r.frame()?;
         match f {
             Frame::Ack => on_ack(ctx, seq),
             Frame::Error {
@@ -1070,7 +1080,7 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
     let mut failed: Vec<String> = Vec::new();
     if !sent.is_empty() {
         loop {
-            match proto::read_frame(&mut r)? {
+            match r.frame()? {
                 (seq, Frame::Ack) if seq >= last => break,
                 (_, Frame::Ack) => {}
                 (
@@ -1115,10 +1125,10 @@ pub fn failback(cfg: &SyncConfig) -> Result<FailbackReport, SyncError> {
     report.bytes = handed.iter().map(|s| s.bytes).sum();
     if let Some(e) = FailbackReport::failed_error(&failed) {
         error!(peer_node = %peer.node, failed = failed.len(), handed = report.files, "failback incomplete: data not handed back stays here");
-        let _ = c.w.shutdown(std::net::Shutdown::Both);
+        let _ = c.inner.shutdown(std::net::Shutdown::Both);
         return Err(e);
     }
     info!(peer_node = %peer.node, files = report.files, bytes = report.bytes, conflicts = report.conflicts.len(), "failback handed over");
-    let _ = c.w.shutdown(std::net::Shutdown::Both);
+    let _ = c.inner.shutdown(std::net::Shutdown::Both);
     Ok(report)
 }

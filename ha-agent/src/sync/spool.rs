@@ -169,6 +169,11 @@ impl QueueIndex {
         self.by_id.len()
     }
 
+    /// Every queue ID indexed.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_id.keys().map(String::as_str)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }
@@ -272,9 +277,12 @@ impl MoveCoalescer {
                 to: m.to.clone(),
             });
         }
-        if m.attrs {
-            out.push(Op::Attr(m.to));
-        }
+        // Attributes alone are not sent: the content write carried them
+        // (cleanup makes a queue file 0700 before closing it), and what
+        // changes later is qmgr's retry stamp in the mtime, which the
+        // promotion does not need; an attribute change for a file the
+        // replica holds under another name could not be applied either.
+        let _ = m.attrs;
         out
     }
 
@@ -320,6 +328,98 @@ impl MoveCoalescer {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// What [`prepare_promotion`] found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromotionReport {
+    /// Messages in the queues (one file each now).
+    pub messages: usize,
+    /// Extra files of a message held twice, removed.
+    pub duplicates: Vec<String>,
+    /// Temporary files of an interrupted transfer, removed.
+    pub temps: usize,
+    /// Queue IDs of the messages this node took on.
+    pub ids: Vec<String>,
+}
+
+/// Turns a replica spool into a queue its MTA delivers exactly once: no
+/// temporary file of the sync left, one file per queue ID (the newest
+/// kept). Run after the replica sessions ended and before the MTA starts.
+/// Moving `active/` back is Postfix's own job: its queue manager moves
+/// every `active/` file to `incoming/` when it starts.
+pub fn prepare_promotion(root: &std::path::Path) -> std::io::Result<PromotionReport> {
+    let temps = super::fsops::Tree::open(root)?.clean_temps()?;
+    let m = super::manifest::scan(
+        root,
+        RootKind::PostfixSpool,
+        &mut super::ids::Ids::default(),
+    )?;
+    let (ix, duplicates) = QueueIndex::from_manifest(&m);
+    for p in &duplicates {
+        match std::fs::remove_file(root.join(p)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut ids: Vec<String> = ix.by_id.keys().cloned().collect();
+    ids.sort();
+    Ok(PromotionReport {
+        messages: ix.len(),
+        duplicates,
+        temps,
+        ids,
+    })
+}
+
+/// The file that lists the queue IDs a node took on when it was promoted
+/// (root `root_name`): a failback hand-in never brings one of them back,
+/// whether this node still holds it or has delivered it since.
+pub fn promoted_ids_path(state_dir: &std::path::Path, root_name: &str) -> std::path::PathBuf {
+    state_dir.join(format!("promoted-ids.{root_name}"))
+}
+
+/// Records the IDs of a promotion (atomic replace, durable).
+pub fn save_promoted_ids(
+    state_dir: &std::path::Path,
+    root_name: &str,
+    ids: &[String],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(state_dir)?;
+    let path = promoted_ids_path(state_dir, root_name);
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    for id in ids {
+        writeln!(f, "{id}")?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+/// The IDs of the last promotion (none when never promoted).
+pub fn load_promoted_ids(
+    state_dir: &std::path::Path,
+    root_name: &str,
+) -> std::collections::HashSet<String> {
+    std::fs::read_to_string(promoted_ids_path(state_dir, root_name))
+        .map(|s| {
+            s.lines()
+                .filter(|l| is_queue_id(l))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where a handed-back queue file goes in the live queue: `incoming/ID`,
+/// the queue Postfix's queue manager takes new complete files from (it
+/// never looks for files appearing in `active/` or in a deferred
+/// directory it has already scanned).
+pub fn handin_path(id: &str) -> String {
+    format!("incoming/{id}")
 }
 
 #[cfg(test)]
@@ -462,10 +562,7 @@ mod tests {
         assert!(c.due(t, d).is_empty());
         let mut out = c.due(t + d, d);
         out.sort_by(|a, b| a.path().cmp(b.path()));
-        assert_eq!(
-            out,
-            vec![Op::Write("defer/A/AAAAAA1".into()), Op::Attr(q.into())]
-        );
+        assert_eq!(out, vec![Op::Write("defer/A/AAAAAA1".into())]);
         assert!(c.is_empty());
     }
 

@@ -15,9 +15,13 @@ fn main() -> Result<()> {
         Some("dataplane") => dataplane(&args[1..]),
         Some("failover") => ha_tests::bench_failover::run(&args[1..]),
         Some("sync") => bench_sync::run(&args[1..]),
-        Some(other) => bail!("unknown benchmark {other:?}; known: dataplane, failover, sync"),
+        Some("config-sync") => ha_tests::bench_config::run(&args[1..]),
+        Some("acceptance") => ha_tests::bench_acceptance::run(&args[1..]),
+        Some(other) => bail!(
+            "unknown benchmark {other:?}; known: dataplane, failover, sync, config-sync, acceptance"
+        ),
         None => bail!(
-            "usage: ha-bench dataplane [--repeat N] | failover [--runs N] [--stability] | sync [--small]"
+            "usage: ha-bench dataplane [--repeat N] | failover [--runs N] [--stability] | sync [--small] | config-sync [--members N] [--changes N] | acceptance [--rates 50,200,500] [--secs N]"
         ),
     }
 }

@@ -12,7 +12,7 @@ use crate::config::error::Problems;
 use crate::config::model::{HeartbeatLink, Interface, VipAction, VipEntry};
 use crate::config::raw::{RawHeartbeat, RawInterface, RawVip};
 
-/// The seed's primary and secondary heartbeat link.
+/// The primary and secondary heartbeat link.
 const MAX_LINKS: usize = 2;
 
 pub(super) fn heartbeat(
