@@ -53,6 +53,7 @@ fn ten_thousand_files_under_ulimit_n_256() {
     )
     .unwrap();
     let rx = Receiver::spawn(cfg(
+        "replica",
         &b,
         &d.path().join("sb"),
         "127.0.0.1:1".parse().unwrap(),
