@@ -7,10 +7,14 @@ use std::time::{Duration, Instant};
 
 use ha_agent::sync::{Receiver, RootKind, Sender, SyncConfig, SyncRoot};
 
-fn cfg(root: &std::path::Path, state: &std::path::Path, peer: std::net::SocketAddr) -> SyncConfig {
+fn cfg(
+    node: &str,
+    root: &std::path::Path,
+    state: &std::path::Path,
+    peer: std::net::SocketAddr,
+) -> SyncConfig {
     SyncConfig {
-        node: "test".into(),
-        cluster_id: 1,
+        node: node.into(),
         roots: vec![SyncRoot {
             name: "mail".into(),
             path: root.to_owned(),
@@ -19,6 +23,7 @@ fn cfg(root: &std::path::Path, state: &std::path::Path, peer: std::net::SocketAd
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"test-password".to_vec(),
+        cluster_id: 1,
         state_dir: state.to_owned(),
         max_lag: Duration::from_secs(5),
         retry: Duration::from_millis(100),
@@ -48,12 +53,19 @@ fn ten_thousand_files_under_ulimit_n_256() {
     )
     .unwrap();
     let rx = Receiver::spawn(cfg(
+        "replica",
         &b,
         &d.path().join("sb"),
         "127.0.0.1:1".parse().unwrap(),
     ))
     .unwrap();
-    let tx = Sender::spawn(cfg(&a, &d.path().join("sa"), rx.local_addr().unwrap())).unwrap();
+    let tx = Sender::spawn(cfg(
+        "primary",
+        &a,
+        &d.path().join("sa"),
+        rx.local_addr().unwrap(),
+    ))
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(300);
     while !(tx.status().in_sync && rx.status().in_sync) {
         assert!(Instant::now() < deadline, "not in sync: {:?}", tx.status());

@@ -104,7 +104,62 @@ impl ConfigSyncConfig {
     }
 }
 
+/// Paths config sync never writes nor removes on either node, whatever
+/// `[config_sync] paths` says: the agent's own configuration file, its
+/// password file, its state directory and the programs its hooks run. A
+/// push must not be able to change how the peer authenticates, decides or
+/// what it executes as root.
+pub fn protected_paths(cfg: &Config, config_path: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![config_path.to_owned(), cfg.runtime.state_dir.clone()];
+    // The model keeps the password, not where it came from: read the key.
+    if let Ok(text) = std::fs::read_to_string(config_path)
+        && let Ok(v) = text.parse::<toml::Table>()
+        && let Some(p) = v
+            .get("cluster")
+            .and_then(|c| c.get("password_file"))
+            .and_then(|p| p.as_str())
+    {
+        out.push(PathBuf::from(p));
+    }
+    let hooks = &cfg.hooks;
+    for cmd in [
+        &hooks.on_primary,
+        &hooks.on_secondary,
+        &hooks.on_failed,
+        &hooks.on_off,
+        &cfg.config_sync.after_apply,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        out.extend(
+            cmd.split_whitespace()
+                .filter(|w| w.starts_with('/'))
+                .map(PathBuf::from),
+        );
+    }
+    out
+}
+
 impl ConfigSyncConfig {
+    /// Adds `paths` (and everything below them) to what is never synced.
+    ///
+    /// # Errors
+    /// A pattern does not compile (never for a validated config).
+    pub fn protect(&mut self, cfg: &Config, paths: &[PathBuf]) -> Result<(), globset::Error> {
+        let mut b = globset::GlobSetBuilder::new();
+        for p in &cfg.config_sync.exclude {
+            b.add(globset::Glob::new(p)?);
+        }
+        for p in paths {
+            let lit = globset::escape(&p.to_string_lossy());
+            b.add(globset::Glob::new(&lit)?);
+            b.add(globset::Glob::new(&format!("{lit}/**"))?);
+        }
+        self.exclude = b.build()?;
+        Ok(())
+    }
+
     /// What this node proves in the channel handshake.
     pub fn local(&self) -> channel::Local<'_> {
         channel::Local {
@@ -594,4 +649,49 @@ fn serve(
 /// process group killed after `timeout`). Returns a one-line result.
 pub(crate) fn run_hook(cmd: &str, timeout: Duration) -> String {
     crate::daemon::hooks::run("after_apply", cmd, &[], timeout).summary()
+}
+
+#[cfg(test)]
+mod protect_tests {
+    use super::*;
+
+    #[test]
+    fn the_agents_own_files_are_never_synced() {
+        let d = tempfile::tempdir().unwrap();
+        let etc = d.path().join("etc");
+        std::fs::create_dir_all(etc.join("hooks")).unwrap();
+        let pw = etc.join("password");
+        std::fs::write(&pw, "pw\n").unwrap();
+        std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let conf = etc.join("ha.toml");
+        let text = format!(
+            "[node]\nname = \"a\"\nmode = \"primary\"\n[cluster]\nid = 1\npassword_file = \"{pw}\"\n\
+             [[heartbeat]]\ninterface = \"hb0\"\nlocal = \"10.200.1.1\"\npeer = \"10.200.1.2\"\n\
+             [runtime]\nstate_dir = \"{state}\"\n[hooks]\non_primary = \"{hook} --now\"\n\
+             [config_sync]\npaths = [\"{etc}\"]\n",
+            pw = pw.display(),
+            state = d.path().join("state").display(),
+            hook = etc.join("hooks/promote").display(),
+            etc = etc.display(),
+        );
+        std::fs::write(&conf, &text).unwrap();
+        std::fs::write(etc.join("hooks/promote"), "#!/bin/sh\n").unwrap();
+        std::fs::write(etc.join("main.cf"), "synced").unwrap();
+        let cfg = crate::config::parse(&text, None).unwrap();
+        let mut st = ConfigSyncConfig::from_config(&cfg).unwrap();
+        st.protect(&cfg, &protected_paths(&cfg, &conf)).unwrap();
+        let b = bundle::collect(&cfg.config_sync.paths, &st.exclude).unwrap();
+        let names: Vec<String> = b
+            .roots
+            .iter()
+            .flat_map(|r| r.entries.iter().map(|e| e.rel.clone()))
+            .collect();
+        assert!(names.iter().any(|n| n == "main.cf"), "{names:?}");
+        for never in ["ha.toml", "password", "hooks/promote"] {
+            assert!(
+                !names.iter().any(|n| n == never),
+                "{never} synced: {names:?}"
+            );
+        }
+    }
 }

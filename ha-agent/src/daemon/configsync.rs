@@ -34,8 +34,16 @@ impl ConfigSync {
         if cfg.config_sync.paths.is_empty() {
             return Ok(None);
         }
-        let settings = ConfigSyncConfig::from_config(cfg)
+        let mut settings = ConfigSyncConfig::from_config(cfg)
             .map_err(|e| anyhow::anyhow!("config_sync.exclude: {e}"))?;
+        let protected = crate::config_sync::protected_paths(cfg, path);
+        settings
+            .protect(cfg, &protected)
+            .map_err(|e| anyhow::anyhow!("config_sync protected paths: {e}"))?;
+        tracing::info!(
+            ?protected,
+            "config sync never touches the agent's own files"
+        );
         Ok(Some(Self {
             settings,
             cfg: cfg.clone(),
