@@ -330,7 +330,7 @@ async fn client_leaving_while_held_keeps_the_message_and_the_proxy_serves_on() {
     c.start_message().await;
     c.send(BODY).await;
     wait_held(&p).await;
-    p.feed().durable("Q2", now_ns());
+    p.feed().durable("Q00002", now_ns());
     assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as Q00002"));
 }
 
