@@ -218,7 +218,11 @@ async fn reply_waits_for_the_peer_and_is_released_by_its_ack() {
     assert!(early.is_err(), "released by a copy older than the dot");
     p.feed().durable("Q00001", now_ns());
     assert_eq!(c.reply().await, "250 2.0.0 Ok: queued as Q00001\r\n");
-    assert_eq!(c.reply().await, "221 2.0.0 Bye\r\n", "pipelined reply after it");
+    assert_eq!(
+        c.reply().await,
+        "221 2.0.0 Bye\r\n",
+        "pipelined reply after it"
+    );
     // The body went through untouched, dot-stuffing included.
     assert_eq!(
         af.bodies.lock().unwrap()[0],
@@ -243,7 +247,10 @@ async fn strict_answers_451_after_the_timeout_and_removes_the_local_copy() {
     let r = c.reply().await;
     let took = t0.elapsed();
     assert!(r.starts_with("451 4.3.0 "), "{r}");
-    assert!(took >= timeout, "answered after {took:?}, before the timeout");
+    assert!(
+        took >= timeout,
+        "answered after {took:?}, before the timeout"
+    );
     let until = Instant::now() + BOUND;
     while !ps.calls().contains("-d Q00001") && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -331,7 +338,11 @@ async fn client_leaving_while_held_keeps_the_message_and_the_proxy_serves_on() {
     c.send(BODY).await;
     wait_held(&p).await;
     p.feed().durable("Q00002", now_ns());
-    assert!(c.reply().await.starts_with("250 2.0.0 Ok: queued as Q00002"));
+    assert!(
+        c.reply()
+            .await
+            .starts_with("250 2.0.0 Ok: queued as Q00002")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,10 +358,7 @@ async fn after_filter_down_gets_421() {
     let r = c.reply().await;
     assert!(r.starts_with("421 4.3.0 "), "{r}");
     assert_eq!(c.reply().await, "", "then closed");
-    assert_eq!(
-        p.status().errors.get("after_filter_unreachable"),
-        Some(&1)
-    );
+    assert_eq!(p.status().errors.get("after_filter_unreachable"), Some(&1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +371,9 @@ async fn oversize_message_is_refused_at_once_by_the_after_filter() {
     c.start_message().await;
     let mut big = Vec::new();
     while big.len() <= SIZE_LIMIT * 3 {
-        big.extend_from_slice(b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+        big.extend_from_slice(
+            b"0123456789012345678901234567890123456789012345678901234567890123456789\r\n",
+        );
     }
     big.extend_from_slice(b".\r\n");
     c.send(&big).await;
