@@ -83,6 +83,27 @@ fn exercise(m: &Metrics) {
     m.sync_completed(SyncKind::Data, SystemTime::now());
     m.set_outdated(false);
     m.add_monitor("smtp 10.200.0.100:25");
+    m.acceptance_held();
+    m.acceptance_answered("released", "acknowledged", Some(Duration::from_millis(2)));
+    m.set_acceptance_waiting(1);
+    m.set_acceptance_alarm(false);
+    m.acceptance_error("after_filter_down");
+    // A config primary with one member that applied a version.
+    let c: ha_agent::cluster::status::ConfigOnlyStatus = serde_json::from_value(serde_json::json!({
+        "role": "primary", "version": "1.2", "checksum": null, "origin": "mail-a",
+        "last_apply": null, "drift": false, "generations": ["1.2"], "primary": null,
+        "primary_version": null, "primary_up": false, "primary_last_heard_ms_ago": null,
+        "up": ["mail-a", "mail-b"], "refused_sessions": 0, "last_refused": null,
+        "superseded_by": null,
+        "members": [{
+            "name": "mail-b", "address": "10.200.9.2", "state": "in-sync", "up": true,
+            "last_heard_ms_ago": 5.0, "version": "1.2", "checksum": null,
+            "last_apply": {"version": {"epoch": 1, "counter": 2}, "ok": true, "detail": "applied", "at_ms": 1, "took_ms": 12.0},
+            "drift": false, "drift_repairs": 0, "refused": null, "error": null
+        }]
+    }))
+    .expect("config-only status decodes");
+    m.set_config_only(&c);
 }
 
 fn sample_names(s: &Scrape) -> BTreeSet<String> {

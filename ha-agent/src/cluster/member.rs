@@ -261,8 +261,10 @@ impl MemberCore {
                 }
                 s.origin = Some(origin.to_owned());
                 s.content = Some(manifest.checksum());
-                // Computed by `settle` once the primary has its answer.
-                s.disk = None;
+                // The drift baseline is read now, under the apply lock: read
+                // later, it could take in a hand edit made right after the
+                // install, and that drift would never be found.
+                s.disk = apply::disk_checksum(&self.st.apply).ok();
                 *lock(&self.state) = s;
                 lock(&self.heard).drift = false;
                 self.installs.fetch_add(1, Ordering::Relaxed);
@@ -555,6 +557,7 @@ fn session(
                     report,
                     member: Box::new(core.report()),
                 })?;
+                core.settle();
             }
             _ => unreachable!("filtered above"),
         }
