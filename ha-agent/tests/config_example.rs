@@ -59,7 +59,9 @@ fn example_postfix_lines_route_through_the_example_proxy() {
         None,
     )
     .expect("examples/ha.toml");
-    assert!(c.acceptance.enabled);
+    // Shipped off (an install must pass check-config before Postfix is set
+    // up); the addresses it names are the ones the example Postfix uses.
+    assert!(!c.acceptance.enabled);
     let findings = check(
         &read("acceptance/main.cf"),
         &read("acceptance/master.cf"),

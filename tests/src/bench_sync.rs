@@ -227,7 +227,7 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 /// The channel's authentication, measured on its own over the same tree:
-/// the keyed hash of every body through a memory map (what the sender adds
+/// the keyed hash of every body read with pread (what the sender adds
 /// per file) and the tag of a typical frame. ha has no switch to turn
 /// authentication off, so the cost is measured as the work it adds, and
 /// set against the bulk run's time.

@@ -399,7 +399,7 @@ pub fn send_here(addr: SocketAddr, token: &str, bound: Duration) -> Result<Sent,
     if c != 220 {
         return Ok(fail(c, t));
     }
-    let mut say = |w: &mut TcpStream, line: &str| w.write_all(line.as_bytes());
+    let say = |w: &mut TcpStream, line: &str| w.write_all(line.as_bytes());
     say(&mut w, "EHLO client.ha-test\r\n").map_err(|e| e.to_string())?;
     let (c, t) = reply()?;
     if c != 250 {

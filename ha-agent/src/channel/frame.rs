@@ -133,6 +133,9 @@ impl Opener {
     }
 }
 
+/// Read size when hashing a file body.
+const HASH_CHUNK: usize = 256 * 1024;
+
 /// Keyed hash of a file body.
 pub struct BodyHasher {
     h: blake3::Hasher,
@@ -151,33 +154,30 @@ impl BodyHasher {
         self.h.update(b);
     }
 
-    /// Adds the first `len` bytes of `file`, read through a memory map: the
-    /// body is hashed where the page cache holds it, never copied into a
-    /// buffer of ours.
+    /// Adds the first `len` bytes of `file`, read with `pread` through one
+    /// small buffer (the body itself still goes to the socket by
+    /// `sendfile`). Not a memory map: a queue file truncated by its writer
+    /// while it is hashed would raise SIGBUS and kill the agent; a read
+    /// just comes up short, and the body is voided and sent again.
     ///
     /// # Errors
-    /// The file cannot be mapped, or is shorter than `len`.
+    /// The file cannot be read, or is shorter than `len`.
     pub fn update_file(&mut self, file: &File, len: u64) -> io::Result<()> {
-        if len == 0 {
-            return Ok(());
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; HASH_CHUNK.min(usize::try_from(len).unwrap_or(HASH_CHUNK))];
+        let mut off = 0u64;
+        while off < len {
+            let want = usize::try_from((len - off).min(buf.len() as u64)).unwrap_or(buf.len());
+            let n = file.read_at(&mut buf[..want], off)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank before it was hashed",
+                ));
+            }
+            self.h.update(&buf[..n]);
+            off += n as u64;
         }
-        if file.metadata()?.len() < len {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "file shrank before it was hashed",
-            ));
-        }
-        let len = usize::try_from(len).map_err(io::Error::other)?;
-        // SAFETY: the map is read-only, private to this call and dropped
-        // before it returns. A synced file is written under a temporary name
-        // and renamed (Maildir), or appended to and rewritten whole (Postfix
-        // queue files); a truncation of the mapped range by another process
-        // while it is hashed would raise SIGBUS, which no writer of the
-        // synced trees does.
-        #[allow(unsafe_code, reason = "memory map of the body for hashing")]
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(file)? };
-        let _ = map.advise(memmap2::Advice::Sequential);
-        self.h.update(&map);
         Ok(())
     }
 

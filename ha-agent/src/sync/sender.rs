@@ -683,8 +683,8 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
     c.frame(&frame, seq)?;
     if let Some((f, size)) = body {
         c.flush()?;
-        // The body is hashed through a memory map and goes from the page
-        // cache to the socket: no userspace copy.
+        // The body is hashed with pread, then goes from the page cache to
+        // the socket by sendfile: the stream carries no userspace copy.
         let before = stamp(&f)?;
         let mut h = c.body_hasher();
         h.update_file(&f, size).map_err(|e| {
