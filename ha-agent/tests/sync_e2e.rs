@@ -195,6 +195,10 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
 
 #[test]
 fn reconciles_10k_small_and_some_large_files_exactly_then_streams_maildir_delivery() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("ha_agent=info")
+        .with_test_writer()
+        .try_init();
     let (a, b) = (side(), side());
     // Replica starts with a stale file, a wrong one and an extra one.
     let t0 = Instant::now();
@@ -252,7 +256,27 @@ fn reconciles_10k_small_and_some_large_files_exactly_then_streams_maildir_delive
             let target = b.data.join("inbox/new").join(&name);
             let deadline = t + Duration::from_secs(5);
             while !fs::read(&target).is_ok_and(|d| d == body) {
-                assert!(Instant::now() < deadline, "delivery {name} not on replica");
+                if Instant::now() >= deadline {
+                    let ls = |p: &Path| {
+                        fs::read_dir(p)
+                            .map(|r| r.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                            .ok()
+                    };
+                    eprintln!(
+                        "A inbox {:?} tmp {:?} new {:?}",
+                        ls(&a.data.join("inbox")),
+                        ls(&a.data.join("inbox/tmp")),
+                        ls(&a.data.join("inbox/new"))
+                    );
+                    eprintln!(
+                        "B inbox {:?} tmp {:?} new {:?}",
+                        ls(&b.data.join("inbox")),
+                        ls(&b.data.join("inbox/tmp")),
+                        ls(&b.data.join("inbox/new"))
+                    );
+                    eprintln!("tx {:?}\nrx {:?}", tx.status(), rx.status());
+                    panic!("delivery {name} not on replica");
+                }
                 std::thread::sleep(Duration::from_micros(200));
             }
             lags.push(t.elapsed());

@@ -73,6 +73,23 @@ pub fn scan_dir(
     if depth > MAX_DEPTH {
         return Ok(());
     }
+    for sub in list_dir(root, rel, kind, ids, m, depth > 0)? {
+        scan_dir(root, &sub, kind, ids, m, depth + 1)?;
+    }
+    Ok(())
+}
+
+/// Adds the synced entries directly inside `rel` to `m` and returns the
+/// subdirectories among them. `missing_ok`: a directory that vanished
+/// meanwhile is empty rather than an error.
+pub fn list_dir(
+    root: &Path,
+    rel: &str,
+    kind: RootKind,
+    ids: &mut Ids,
+    m: &mut Manifest,
+    missing_ok: bool,
+) -> io::Result<Vec<String>> {
     let dir = if rel.is_empty() {
         root.to_path_buf()
     } else {
@@ -80,9 +97,10 @@ pub fn scan_dir(
     };
     let rd = match fs::read_dir(&dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && depth > 0 => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && missing_ok => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let mut subdirs = Vec::new();
     for de in rd {
         let de = de?;
         let Ok(name) = de.file_name().into_string() else {
@@ -102,12 +120,12 @@ pub fn scan_dir(
         };
         if md.is_dir() {
             m.insert(p.clone(), entry_of(&md, ids));
-            scan_dir(root, &p, kind, ids, m, depth + 1)?;
+            subdirs.push(p);
         } else if md.is_file() {
             m.insert(p, entry_of(&md, ids));
         }
     }
-    Ok(())
+    Ok(subdirs)
 }
 
 /// SHA-256 of a file's content (tests; the sync opens files through

@@ -87,7 +87,11 @@ impl Queue {
 }
 
 /// Merges a drained batch: a file written and then renamed before it was
-/// sent is sent once, under its final name (Maildir `tmp/`→`new/`).
+/// sent is sent once, under its final name (Maildir `tmp/`→`new/`),
+/// followed by a delete of the old name: an earlier batch may already have
+/// sent the file under that name (a directory listing found it while it
+/// was being written), and the replica must not keep it. Deleting a name
+/// the replica never had is a no-op there.
 pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::with_capacity(events.len());
     for e in events {
@@ -98,6 +102,7 @@ pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
         {
             out.remove(i);
             out.push(Event::Op { root: *root, op: Op::Write(to.clone()), at: *at });
+            out.push(Event::Op { root: *root, op: Op::Delete(from.clone()), at: *at });
             continue;
         }
         out.push(e);
@@ -195,26 +200,38 @@ impl Watcher {
     /// Watches `rel` and everything below; with `emit`, queues a Mkdir for
     /// every directory and a Write for every file found (a directory that
     /// appeared after the initial reconcile).
+    ///
+    /// Each directory is watched before it is listed: whatever appears in
+    /// it afterwards raises an event, whatever was there before is in the
+    /// listing. Listing a whole subtree first and watching afterwards lost
+    /// a file renamed from one new directory into another in between.
     fn watch_tree(&mut self, root: u8, rel: &str, emit: Option<&Queue>) -> std::io::Result<()> {
-        self.add_watch(root, rel)?;
         let (path, kind) = (
             self.roots[root as usize].path.clone(),
             self.roots[root as usize].kind,
         );
-        let mut m = Manifest::new();
-        manifest::scan_dir(&path, rel, kind, &mut self.ids, &mut m, 0)?;
-        let now = Instant::now();
-        for (p, e) in &m {
-            if e.is_dir {
-                self.add_watch(root, p)?;
-            }
+        let base_depth = rel.split('/').filter(|c| !c.is_empty()).count();
+        let mut stack = vec![rel.to_owned()];
+        while let Some(dir) = stack.pop() {
+            self.add_watch(root, &dir)?;
+            let mut m = Manifest::new();
+            let subdirs = manifest::list_dir(&path, &dir, kind, &mut self.ids, &mut m, true)?;
             if let Some(q) = emit {
-                let op = if e.is_dir {
-                    Op::Mkdir(p.clone())
-                } else {
-                    Op::Write(p.clone())
-                };
-                q.push(Event::Op { root, op, at: now });
+                let now = Instant::now();
+                for (p, e) in &m {
+                    let op = if e.is_dir {
+                        Op::Mkdir(p.clone())
+                    } else {
+                        Op::Write(p.clone())
+                    };
+                    q.push(Event::Op { root, op, at: now });
+                }
+            }
+            for sub in subdirs {
+                let depth = sub.split('/').count() - base_depth;
+                if depth <= manifest::MAX_DEPTH {
+                    stack.push(sub);
+                }
             }
         }
         Ok(())
@@ -542,6 +559,7 @@ mod tests {
             got,
             vec![
                 e(Op::Write("new/a".into())),
+                e(Op::Delete("tmp/a".into())),
                 e(Op::Write("tmp/b".into())),
                 e(Op::Delete("tmp/b".into()))
             ]
