@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -175,12 +176,29 @@ impl Postfix {
     /// with how many queue files carry each.
     #[must_use]
     pub fn queued_tokens(&self) -> BTreeMap<String, usize> {
-        let mut out = BTreeMap::new();
+        self.queued_files()
+            .into_iter()
+            .map(|(t, files)| (t, files.len()))
+            .collect()
+    }
+
+    /// Tokens of every queue file of this instance, with the files that
+    /// carry each (path in the spool, mode, size).
+    #[must_use]
+    pub fn queued_files(&self) -> BTreeMap<String, Vec<(String, u32, u64)>> {
+        let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+        let spool = self.spool();
         for q in ["incoming", "active", "deferred", "hold", "maildrop"] {
-            walk(&self.spool().join(q), &mut |p| {
+            walk(&spool.join(q), &mut |p| {
+                let Ok(md) = fs::metadata(p) else { return };
                 if let Ok(b) = fs::read(p) {
+                    let rel = p.strip_prefix(&spool).unwrap_or(p).display().to_string();
                     for t in tokens_in(&b) {
-                        *out.entry(t).or_default() += 1;
+                        out.entry(t).or_default().push((
+                            rel.clone(),
+                            md.permissions().mode() & 0o7777,
+                            md.len(),
+                        ));
                     }
                 }
             });

@@ -171,7 +171,9 @@ fn run(strict: bool) {
                 postfix::first_greeting(fd, vip, at, Duration::from_secs(15))
             })
         };
-        let held: BTreeMap<String, usize> = pf(secondary).queued_tokens();
+        let held_files = pf(secondary).queued_files();
+        let held: BTreeMap<String, usize> =
+            held_files.iter().map(|(t, f)| (t.clone(), f.len())).collect();
         c.wait_mode(secondary, "primary", Duration::from_secs(10));
         wait(
             "Postfix on the new primary",
@@ -218,6 +220,9 @@ fn run(strict: bool) {
             first,
             load.failed
         );
+        for t in &held_lost {
+            eprintln!("held but not delivered: {t} in {:?}", held_files.get(*t));
+        }
         assert!(
             held_lost.is_empty(),
             "kill {kill}: messages the new primary held were not delivered: {held_lost:?}"

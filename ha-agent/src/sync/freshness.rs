@@ -41,6 +41,8 @@ pub struct Freshness {
     out_of_sync_since: Option<Instant>,
     /// The mark changed since the last [`take_changed_mark`](Self::take_changed_mark).
     mark_changed: bool,
+    /// The receiver's verification count at the last observation.
+    verified: u64,
 }
 
 impl Freshness {
@@ -52,6 +54,7 @@ impl Freshness {
             marked,
             out_of_sync_since: None,
             mark_changed: false,
+            verified: 0,
         }
     }
 
@@ -97,7 +100,13 @@ impl Freshness {
     /// whether the peer is heard right now and active.
     pub fn observe_passive(&mut self, now: Instant, r: &SyncStatus, peer_active: bool) -> Verdict {
         let current = r.connected && r.in_sync && r.failed_ops == 0;
-        if current {
+        // A verification since the last look counts even when the session
+        // is already gone again (the peer died right after it): sampling
+        // `in_sync` alone missed those and kept a current replica outdated.
+        // A smaller count is a restarted receiver: nothing verified.
+        let verified_since = r.verified > self.verified && r.failed_ops == 0;
+        self.verified = r.verified;
+        if current || verified_since {
             if self.marked {
                 info!("replica verified in sync again: outdated mark cleared");
             }
@@ -219,6 +228,35 @@ mod tests {
             }
         );
         assert_eq!(f.take_changed_mark(), Some(false));
+    }
+
+    #[test]
+    fn a_verification_between_two_looks_clears_the_mark() {
+        let t0 = Instant::now();
+        let mut f = Freshness::new(LAG, false);
+        let v = f.observe_passive(t0 + Duration::from_millis(300), &st(false, false, 0), true);
+        let v = if v.outdated {
+            v
+        } else {
+            f.observe_passive(t0 + Duration::from_millis(600), &st(false, false, 0), true)
+        };
+        assert!(v.outdated, "a node that starts behind an active peer is behind");
+        // The session reached in sync and ended before the next look.
+        let gone = SyncStatus {
+            verified: 1,
+            ..st(false, false, 0)
+        };
+        let v = f.observe_passive(t0 + Duration::from_millis(700), &gone, false);
+        assert!(!v.outdated, "verified in sync: the mark is cleared");
+        assert_eq!(f.take_changed_mark(), Some(false));
+        // The same count again is no new verification.
+        let v = f.observe_passive(t0 + Duration::from_millis(800), &gone, true);
+        assert!(!v.lag_zero);
+        let v = f.observe_passive(t0 + Duration::from_millis(1200), &gone, true);
+        assert!(v.outdated, "behind again while the peer is active");
+        // A restarted receiver counts from zero: no verification.
+        let v = f.observe_passive(t0 + Duration::from_millis(1300), &st(false, false, 0), true);
+        assert!(v.outdated);
     }
 
     #[test]

@@ -1203,6 +1203,7 @@ impl<'a> Session<'a> {
             if in_sync_now && replicate && !s.in_sync {
                 s.in_sync = true;
                 s.outdated = false;
+                s.verified += 1;
                 info!(seq = acked, "replica in sync with the primary");
             }
         });

@@ -15,6 +15,10 @@ pub struct SyncStatus {
     /// Receiver: the replica may be behind (disconnected, or reconcile not
     /// finished). Never promote such a node silently.
     pub outdated: bool,
+    /// Receiver: how many times a replica session has been verified in
+    /// sync (reconcile durable, nothing failed). A counter, not a flag, so
+    /// that a session that ends right after its verification still counts.
+    pub verified: u64,
     /// Last time data was made durable on the receiver (ack received / sent).
     pub last_sync: Option<SystemTime>,
     /// Sender: age of the oldest change not yet acknowledged.
