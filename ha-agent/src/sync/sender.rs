@@ -28,7 +28,7 @@ use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::plan::{self, Op, Plan};
 use super::proto::{self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError};
-use super::spool::{MoveCoalescer, RootKind};
+use super::spool::{self, MoveCoalescer, RootKind};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
 use super::{AckedOp, Shared, SyncConfig, SyncHandle};
@@ -517,9 +517,12 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                 return Ok(());
             }
             refresh(ctx);
-            for (root, p, at) in due_retries(ctx) {
+            for (root, p) in due_retries(ctx) {
                 info!(root, path = %p, "retrying a failed sync operation");
-                send_path(ctx, &mut c, root, &p, at)?;
+                // Stamped with the time the path is read: what goes out is
+                // its state now (the failed entry keeps the first time for
+                // the lag and the failback watermark).
+                send_path(ctx, &mut c, root, &p, Instant::now())?;
             }
             let events = watcher::coalesce(ctx.queue.drain(Duration::from_millis(100)));
             let mut now_ops: Vec<(u8, Op, Instant)> = Vec::new();
@@ -557,13 +560,16 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
             }
             for (root, op, at) in now_ops {
                 let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
-                if !send_op(ctx, &mut c, root, op, at)?
-                    && let Some(p) = path
-                {
-                    if vanished.len() > 10_000 {
-                        vanished.clear();
+                let sent = send_op(ctx, &mut c, root, op, at)?;
+                if let Some(p) = path {
+                    if sent {
+                        vanished.remove(&(root, p));
+                    } else {
+                        if vanished.len() > 10_000 {
+                            vanished.clear();
+                        }
+                        vanished.insert((root, p));
                     }
-                    vanished.insert((root, p));
                 }
             }
             c.flush()?;
@@ -626,7 +632,11 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
                     }
                 };
                 (f, None)
-            } else if !md.is_file() {
+            } else if !md.is_file()
+                || spool::being_written(ctx.cfg.roots[root as usize].kind, p, e.attrs.mode)
+            {
+                // Not a file, or a queue file Postfix is still writing: its
+                // completion raises the event that sends it whole.
                 return Ok(false);
             } else if matches!(op, Op::Attr(_)) {
                 (
@@ -840,7 +850,7 @@ fn on_peer_error(
 /// Failed paths whose retry is due; each is then not due again until its
 /// retry is answered (an ack clears it, an error reschedules it) or the
 /// longest pause has passed.
-fn due_retries(ctx: &Ctx) -> Vec<(u8, String, Instant)> {
+fn due_retries(ctx: &Ctx) -> Vec<(u8, String)> {
     let now = Instant::now();
     let mut j = ctx.journal.lock().unwrap_or_else(|p| p.into_inner());
     j.failed
@@ -848,7 +858,7 @@ fn due_retries(ctx: &Ctx) -> Vec<(u8, String, Instant)> {
         .filter(|(_, f)| f.retry_at <= now)
         .map(|((root, p), f)| {
             f.retry_at = now + MAX_RETRY_PAUSE;
-            (*root, p.clone(), f.at)
+            (*root, p.clone())
         })
         .collect()
 }

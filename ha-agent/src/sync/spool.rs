@@ -101,6 +101,25 @@ pub fn queue_id(kind: RootKind, rel: &str) -> Option<&str> {
     }
 }
 
+/// Queues Postfix writes new queue files into: `cleanup` (incoming) and
+/// `postdrop` (maildrop) create them under a temporary name, rename them to
+/// their queue ID at once and only then write the message.
+pub const POSTFIX_WRITTEN_QUEUES: &[&str] = &["incoming", "maildrop"];
+
+/// Whether a regular file of a root of `kind` at `rel` with permission bits
+/// `mode` is a Postfix queue file still being written. Postfix marks a
+/// queue file complete by giving it mode 0700 (owner read, write and
+/// execute) after its last write and before its fsync and close; its queue
+/// manager and `pickup` ignore a file without those bits. A copy of a file
+/// without them is partial: it is never sent (its completion raises an
+/// attribute change and a close-write, which send it whole).
+pub fn being_written(kind: RootKind, rel: &str, mode: u32) -> bool {
+    kind == RootKind::PostfixSpool
+        && rel.contains('/')
+        && POSTFIX_WRITTEN_QUEUES.contains(&rel.split('/').next().unwrap_or(""))
+        && mode & 0o700 != 0o700
+}
+
 /// Where each message of a replica spool is: queue ID to its one queue
 /// file. The receiver keeps it so that a message is held once, whatever
 /// order its moves arrive in.
@@ -230,6 +249,16 @@ impl MoveCoalescer {
                     let mut out = self.release(id);
                     out.push(op);
                     out
+                }
+                (SpoolEntry::Other, SpoolEntry::Queue { id }) => {
+                    // A new queue file named: Postfix renames its temporary
+                    // name to the queue ID before writing the message. The
+                    // replica never had the temporary name (an unfinished
+                    // file is never sent), so the rename could not be
+                    // applied there: the file goes whole under its queue ID
+                    // instead, once complete (see `being_written`).
+                    self.moves.remove(id);
+                    vec![Op::Write(to.clone())]
                 }
                 _ => vec![op],
             },
@@ -564,6 +593,43 @@ mod tests {
         out.sort_by(|a, b| a.path().cmp(b.path()));
         assert_eq!(out, vec![Op::Write("defer/A/AAAAAA1".into())]);
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_queue_file_being_written_is_not_sent() {
+        let k = RootKind::PostfixSpool;
+        // cleanup's file before and after it is marked complete.
+        assert!(being_written(k, "incoming/4VzqXv1Jc8z2lG", 0o600));
+        assert!(!being_written(k, "incoming/4VzqXv1Jc8z2lG", 0o700));
+        // Its temporary name, and postdrop's files.
+        assert!(being_written(k, "incoming/856760.1776", 0o600));
+        assert!(being_written(k, "maildrop/ABC123", 0o644));
+        assert!(!being_written(k, "maildrop/ABC123", 0o744));
+        // Other queues are only ever entered complete; logs have no mark.
+        assert!(!being_written(k, "deferred/A/ABC123", 0o600));
+        assert!(!being_written(k, "corrupt/ABC123", 0o400));
+        assert!(!being_written(k, "defer/A/ABC123", 0o600));
+        assert!(!being_written(k, "incoming", 0o600));
+        assert!(!being_written(RootKind::MailDir, "incoming/ABC123", 0o600));
+    }
+
+    #[test]
+    fn a_new_queue_file_named_goes_whole_under_its_queue_id() {
+        let mut c = MoveCoalescer::default();
+        let t = Instant::now();
+        // cleanup: temporary name -> queue ID, then the mode change that
+        // marks it complete, then its close-write.
+        assert_eq!(
+            c.take(ren("incoming/856760.1776", "incoming/4VzqXv1Jc8z2lG"), t),
+            vec![Op::Write("incoming/4VzqXv1Jc8z2lG".into())]
+        );
+        assert!(c.take(Op::Attr("incoming/4VzqXv1Jc8z2lG".into()), t).is_empty());
+        let w = Op::Write("incoming/4VzqXv1Jc8z2lG".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        assert!(c.is_empty());
+        // Out of the queues, a rename stays a rename.
+        let r = ren("incoming/4VzqXv1Jc8z2lG", "saved/4VzqXv1Jc8z2lG");
+        assert_eq!(c.take(r.clone(), t), vec![r]);
     }
 
     #[test]
