@@ -11,7 +11,7 @@
 //! Files the receiver holds are not resent: equal size+mtime (hash where
 //! those cannot decide) are skipped, and moves are replayed as renames.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::TcpStream;
@@ -517,12 +517,22 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                 return Ok(());
             }
             refresh(ctx);
-            for (root, p) in due_retries(ctx) {
-                info!(root, path = %p, "retrying a failed sync operation");
+            // Removals first: on a Postfix spool a removal removes the
+            // message wherever the replica holds it, so the two paths of a
+            // failed move (its source gone, its destination written) must
+            // end with the write.
+            let mut retries: Vec<(u8, Op)> = (due_retries(ctx).into_iter())
+                .filter_map(|(root, p)| {
+                    info!(root, path = %p, "retrying a failed sync operation");
+                    path_op(ctx, root, &p).map(|op| (root, op))
+                })
+                .collect();
+            retries.sort_by_key(|(_, op)| !matches!(op, Op::Delete(_)));
+            for (root, op) in retries {
                 // Stamped with the time the path is read: what goes out is
                 // its state now (the failed entry keeps the first time for
                 // the lag and the failback watermark).
-                send_path(ctx, &mut c, root, &p, Instant::now())?;
+                send_op(ctx, &mut c, root, op, Instant::now())?;
             }
             let events = watcher::coalesce(ctx.queue.drain(Duration::from_millis(100)));
             let mut now_ops: Vec<(u8, Op, Instant)> = Vec::new();
@@ -558,19 +568,27 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                     );
                 }
             }
-            for (root, op, at) in now_ops {
+            let mut now_ops: VecDeque<_> = now_ops.into();
+            while let Some((root, op, at)) = now_ops.pop_front() {
                 let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
                 let sent = send_op(ctx, &mut c, root, op, at)?;
-                if let Some(p) = path {
-                    if sent {
-                        vanished.remove(&(root, p));
-                    } else {
-                        if vanished.len() > 10_000 {
-                            vanished.clear();
-                        }
-                        vanished.insert((root, p));
-                    }
+                let Some(p) = path else { continue };
+                if sent {
+                    vanished.remove(&(root, p));
+                    continue;
                 }
+                // A move of this file already held cannot be applied on
+                // the replica: it goes now, as content.
+                if let Some(op) = (held.get_mut(root as usize))
+                    .and_then(Option::as_mut)
+                    .and_then(|h| h.not_sent(&p))
+                {
+                    now_ops.push_front((root, op, at));
+                }
+                if vanished.len() > 10_000 {
+                    vanished.clear();
+                }
+                vanished.insert((root, p));
             }
             c.flush()?;
         }
@@ -863,19 +881,19 @@ fn due_retries(ctx: &Ctx) -> Vec<(u8, String)> {
         .collect()
 }
 
-/// Sends what a path holds here now: its content, its directory, or its
-/// removal. Retries a failed operation without trusting its old form.
-fn send_path(ctx: &Ctx, c: &mut Conn, root: u8, path: &str, at: Instant) -> Result<(), SyncError> {
-    let op = match ctx.trees[root as usize].open_read(path) {
+/// What sends the state a path holds here now: its content, its
+/// directory, or its removal. Retries a failed operation without trusting
+/// its old form.
+fn path_op(ctx: &Ctx, root: u8, path: &str) -> Option<Op> {
+    Some(match ctx.trees[root as usize].open_read(path) {
         Ok(f) => match f.metadata() {
             Ok(md) if md.is_dir() => Op::Mkdir(path.to_owned()),
             Ok(md) if md.is_file() => Op::Write(path.to_owned()),
             _ => Op::Delete(path.to_owned()),
         },
-        Err(FsError::Path { .. }) => return Ok(()),
+        Err(FsError::Path { .. }) => return None,
         Err(_) => Op::Delete(path.to_owned()),
-    };
-    send_op(ctx, c, root, op, at).map(|_| ())
+    })
 }
 
 fn on_ack(ctx: &Ctx, seq: u64) {

@@ -212,6 +212,9 @@ pub struct MoveCoalescer {
     moves: HashMap<String, HeldMove>,
     /// Log path -> latest operation on it (write or delete).
     logs: HashMap<String, (Op, Instant)>,
+    /// The last operation taken, when it was the write of a queue file:
+    /// (queue ID, path).
+    last_write: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -231,6 +234,12 @@ impl MoveCoalescer {
     /// [`due`](Self::due).
     pub fn take(&mut self, op: Op, at: Instant) -> Vec<Op> {
         let kind = RootKind::PostfixSpool;
+        let last_write = self.last_write.take();
+        if let Op::Write(p) = &op
+            && let SpoolEntry::Queue { id } = classify(kind, p)
+        {
+            self.last_write = Some((id.to_owned(), p.clone()));
+        }
         match &op {
             Op::Rename { from, to } => match (classify(kind, from), classify(kind, to)) {
                 (SpoolEntry::Queue { id: a }, SpoolEntry::Queue { id: b }) if a == b => {
@@ -275,6 +284,18 @@ impl MoveCoalescer {
                 }
                 _ => vec![op],
             },
+            Op::Delete(p)
+                if classify(kind, p) != SpoolEntry::Other
+                    && last_write.is_some_and(|(id, q)| queue_id(kind, p) == Some(&id) && q != *p) =>
+            {
+                // A file written and moved before it was read goes whole
+                // under its new name, followed by the removal of the old
+                // name (see `watcher::coalesce`). The replica holds a
+                // message once: the write already replaced any older file
+                // of it, and a removal there removes the message wherever
+                // it is, so this one would remove what was just written.
+                Vec::new()
+            }
             Op::Write(p) | Op::Delete(p) => match classify(kind, p) {
                 SpoolEntry::Queue { id } => {
                     // The write carries content and attributes, and the
@@ -292,6 +313,19 @@ impl MoveCoalescer {
             },
             Op::Mkdir(_) => vec![op],
         }
+    }
+
+    /// A write of `path` was not sent: the file had moved on, or was
+    /// unfinished. The replica does not hold it there, so a move held from
+    /// `path` could not be applied: it comes out now as a write of where
+    /// the message is (the caller sends it, and tells again if that one is
+    /// not sent either).
+    pub fn not_sent(&mut self, path: &str) -> Option<Op> {
+        let id = queue_id(RootKind::PostfixSpool, path)?;
+        if self.moves.get(id).is_none_or(|m| m.from != path) {
+            return None;
+        }
+        self.moves.remove(id).map(|m| Op::Write(m.to))
     }
 
     fn release(&mut self, id: &str) -> Vec<Op> {
@@ -347,6 +381,7 @@ impl MoveCoalescer {
     pub fn clear(&mut self) {
         self.moves.clear();
         self.logs.clear();
+        self.last_write = None;
     }
 
     /// Held operations (moves and logs).
@@ -630,6 +665,56 @@ mod tests {
         // Out of the queues, a rename stays a rename.
         let r = ren("incoming/4VzqXv1Jc8z2lG", "saved/4VzqXv1Jc8z2lG");
         assert_eq!(c.take(r.clone(), t), vec![r]);
+    }
+
+    #[test]
+    fn a_move_of_a_file_the_replica_lacks_becomes_a_write_at_once() {
+        let mut c = MoveCoalescer::default();
+        let t = Instant::now();
+        // qmgr moved the file twice before its write could be read: the
+        // write of active/ was not sent, the move from there was held.
+        assert!(
+            c.take(ren("active/AAAAAA1", "deferred/A/AAAAAA1"), t)
+                .is_empty()
+        );
+        assert_eq!(c.not_sent("incoming/AAAAAA1"), None);
+        assert_eq!(
+            c.not_sent("active/AAAAAA1"),
+            Some(Op::Write("deferred/A/AAAAAA1".into()))
+        );
+        assert!(c.is_empty());
+        assert_eq!(c.not_sent("deferred/A/AAAAAA1"), None);
+        assert_eq!(c.not_sent("defer/A/AAAAAA1"), None);
+    }
+
+    #[test]
+    fn the_old_name_of_a_message_written_under_its_new_one_is_not_removed() {
+        let mut c = MoveCoalescer::default();
+        let t = Instant::now();
+        // close-write of incoming/, then qmgr's move, read as one batch:
+        // the write goes under active/, and the old name's removal would
+        // remove the message on the replica.
+        let w = Op::Write("active/AAAAAA1".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        assert!(c.take(Op::Delete("incoming/AAAAAA1".into()), t).is_empty());
+        // A removal of the message where it was written is sent.
+        let w = Op::Write("active/BBBBBB2".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        let d = Op::Delete("active/BBBBBB2".into());
+        assert_eq!(c.take(d.clone(), t), vec![d]);
+        // So is a removal that does not follow the write at once, and one
+        // of another message.
+        let w = Op::Write("active/CCCCCC3".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        let d = Op::Delete("incoming/DDDDDD4".into());
+        assert_eq!(c.take(d.clone(), t), vec![d]);
+        let d = Op::Delete("incoming/CCCCCC3".into());
+        assert_eq!(c.take(d.clone(), t), vec![d]);
+        // The per-message logs are not queue files.
+        let w = Op::Write("active/EEEEEE5".into());
+        assert_eq!(c.take(w.clone(), t), vec![w]);
+        assert!(c.take(Op::Delete("defer/E/EEEEEE5".into()), t).is_empty());
+        assert_eq!(c.all(), vec![Op::Delete("defer/E/EEEEEE5".into())]);
     }
 
     #[test]
