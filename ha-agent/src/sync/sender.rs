@@ -511,6 +511,7 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
         let mut held: Vec<Option<MoveCoalescer>> = (ctx.cfg.roots.iter())
             .map(|r| (r.kind == RootKind::PostfixSpool).then(MoveCoalescer::default))
             .collect();
+        let mut next_burst = Instant::now();
         while !ctx.shared.stopping() && !dead.load(Ordering::Relaxed) {
             if ctx.shared.resync.swap(false, Ordering::Relaxed) {
                 info!("full resync requested");
@@ -559,7 +560,15 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                 }
             }
             let now = Instant::now();
-            for (root, h) in held.iter_mut().enumerate() {
+            // Held moves go out in bursts, a few times per delay: on the
+            // replica a move between two file writes ends a group commit,
+            // and moves released one by one as each ripens ended nearly
+            // every group under load.
+            let burst = now >= next_burst;
+            if burst {
+                next_burst = now + MOVE_DELAY / 4;
+            }
+            for (root, h) in held.iter_mut().enumerate().filter(|_| burst) {
                 if let Some(h) = h {
                     now_ops.extend(
                         h.due(now, MOVE_DELAY)
