@@ -172,8 +172,10 @@ fn run(strict: bool) {
             })
         };
         let held_files = pf(secondary).queued_files();
-        let held: BTreeMap<String, usize> =
-            held_files.iter().map(|(t, f)| (t.clone(), f.len())).collect();
+        let held: BTreeMap<String, usize> = held_files
+            .iter()
+            .map(|(t, f)| (t.clone(), f.len()))
+            .collect();
         c.wait_mode(secondary, "primary", Duration::from_secs(10));
         wait(
             "Postfix on the new primary",
@@ -221,7 +223,23 @@ fn run(strict: bool) {
             load.failed
         );
         for t in &held_lost {
-            eprintln!("held but not delivered: {t} in {:?}", held_files.get(*t));
+            let files = held_files.get(*t);
+            eprintln!(
+                "held but not delivered: {t}: at the fault in {files:?}; now on the new primary in {:?}",
+                pf(secondary).queued_files().get(*t)
+            );
+            for (path, _, _) in files.into_iter().flatten() {
+                let id = path.rsplit('/').next().unwrap_or_default();
+                for l in c.log(secondary).lines().filter(|l| l.contains(id)) {
+                    eprintln!("  {l}");
+                }
+                let mailq = std::process::Command::new("postqueue")
+                    .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                eprintln!("  postqueue -p on the new primary:\n{mailq}");
+            }
         }
         assert!(
             held_lost.is_empty(),

@@ -28,7 +28,7 @@ use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::plan::{self, Op, Plan};
 use super::proto::{self, DecodeError, ErrorCode, Frame, FrameError, Hello, Purpose, ReadError};
-use super::spool::{MoveCoalescer, RootKind};
+use super::spool::{self, MoveCoalescer, RootKind};
 use super::state::{StateFile, SyncState};
 use super::watcher::{self, Event, Queue, Watcher};
 use super::{AckedOp, Shared, SyncConfig, SyncHandle};
@@ -556,6 +556,12 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
                 }
             }
             for (root, op, at) in now_ops {
+                // A queue file's removal may be half of a move whose other
+                // half the watcher did not pair: the message is elsewhere.
+                let op = match op {
+                    Op::Delete(p) if spool_queue_file(ctx, root, &p) => gone(ctx, root, &p),
+                    op => op,
+                };
                 let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
                 if !send_op(ctx, &mut c, root, op, at)?
                     && let Some(p) = path
@@ -856,16 +862,58 @@ fn due_retries(ctx: &Ctx) -> Vec<(u8, String, Instant)> {
 /// Sends what a path holds here now: its content, its directory, or its
 /// removal. Retries a failed operation without trusting its old form.
 fn send_path(ctx: &Ctx, c: &mut Conn, root: u8, path: &str, at: Instant) -> Result<(), SyncError> {
-    let op = match ctx.trees[root as usize].open_read(path) {
+    let tree = &ctx.trees[root as usize];
+    let op = match tree.open_read(path) {
         Ok(f) => match f.metadata() {
             Ok(md) if md.is_dir() => Op::Mkdir(path.to_owned()),
             Ok(md) if md.is_file() => Op::Write(path.to_owned()),
-            _ => Op::Delete(path.to_owned()),
+            _ => gone(ctx, root, path),
         },
         Err(FsError::Path { .. }) => return Ok(()),
-        Err(_) => Op::Delete(path.to_owned()),
+        Err(_) => gone(ctx, root, path),
     };
     send_op(ctx, c, root, op, at).map(|_| ())
+}
+
+fn spool_queue_file(ctx: &Ctx, root: u8, path: &str) -> bool {
+    ctx.cfg
+        .roots
+        .get(root as usize)
+        .is_some_and(|r| spool::queue_id(r.kind, path).is_some())
+}
+
+/// What to send for a path that is no longer here. In a Postfix spool a
+/// queue file that moved on is the same message under its new name: the
+/// peer gets that file (which replaces any other copy of the message
+/// there). Only a message found nowhere is removed; a removal of a queue
+/// file takes the message off the replica wherever it is held.
+fn gone(ctx: &Ctx, root: u8, path: &str) -> Op {
+    let Some(r) = ctx.cfg.roots.get(root as usize) else {
+        return Op::Delete(path.to_owned());
+    };
+    let Some(id) = spool::queue_id(r.kind, path) else {
+        return Op::Delete(path.to_owned());
+    };
+    let tree = &ctx.trees[root as usize];
+    let list = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(r.path.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    };
+    let is_file = |p: &str| {
+        tree.open_read(p)
+            .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
+    };
+    match spool::locate(id, list, is_file) {
+        Some(cur) => {
+            debug!(root, from = %path, to = %cur, "message moved on: sending it under its current name");
+            Op::Write(cur)
+        }
+        None => Op::Delete(path.to_owned()),
+    }
 }
 
 fn on_ack(ctx: &Ctx, seq: u64) {
