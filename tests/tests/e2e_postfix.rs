@@ -233,13 +233,21 @@ fn run(strict: bool) {
                 for l in c.log(secondary).lines().filter(|l| l.contains(id)) {
                     eprintln!("  {l}");
                 }
-                let mailq = std::process::Command::new("postqueue")
-                    .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                eprintln!("  postqueue -p on the new primary:\n{mailq}");
             }
+        }
+        if !held_lost.is_empty() {
+            let mailq = std::process::Command::new("postqueue")
+                .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("postqueue -p on the new primary:\n{mailq}");
+        }
+        if !held_lost.is_empty() {
+            eprintln!(
+                "mail log of the new primary (last 80 lines):\n{}",
+                pf(secondary).maillog_tail(80)
+            );
         }
         assert!(
             held_lost.is_empty(),
