@@ -30,9 +30,12 @@ pub const MAX_MSG: usize = 80 << 20;
 pub enum Msg {
     /// Receiver → pusher after authentication: what it runs now.
     State { view: SyncedView, checksum: String },
-    /// One step: cluster view to run, and the files (first step only).
+    /// One step: cluster view to run, the view the pusher runs while it
+    /// pushes it (checked by the receiver against the lease rule), and
+    /// the files (first step only).
     Push {
         view: SyncedView,
+        running: SyncedView,
         bundle: Option<Bundle>,
     },
     /// The step is applied and durable.
@@ -151,6 +154,10 @@ pub enum WireError {
     /// The peer refused a push.
     #[error("peer refused: {0}")]
     Refused(String),
+    /// This side refused a pushed timing that breaks the lease rule against
+    /// the pusher's running timing (the refusal was sent to the pusher).
+    #[error("{0}")]
+    LeaseRule(String),
 }
 
 impl WireError {
@@ -164,6 +171,7 @@ impl WireError {
             Self::Auth(e) => e.label(),
             Self::Handshake(_) => "protocol",
             Self::Refused(_) => "refused",
+            Self::LeaseRule(_) => "lease_rule",
         }
     }
 }
