@@ -217,8 +217,16 @@ fn push_unsafe_against_the_pushers_running_timing_is_refused_and_nothing_applied
     for d in [a.path(), b.path()] {
         fs::create_dir_all(d.join("postfix")).unwrap();
     }
-    fs::write(a.path().join("postfix/main.cf"), "relayhost = [10.200.6.6]\n").unwrap();
-    fs::write(b.path().join("postfix/main.cf"), "relayhost = [10.200.9.9]\n").unwrap();
+    fs::write(
+        a.path().join("postfix/main.cf"),
+        "relayhost = [10.200.6.6]\n",
+    )
+    .unwrap();
+    fs::write(
+        b.path().join("postfix/main.cf"),
+        "relayhost = [10.200.9.9]\n",
+    )
+    .unwrap();
     let cb = agent_config("b", b.path(), "10ms", "60ms");
     let applied: Arc<Mutex<Vec<SyncedView>>> = Arc::default();
     let rx = {
@@ -244,6 +252,7 @@ fn push_unsafe_against_the_pushers_running_timing_is_refused_and_nothing_applied
         node: "a",
         cluster: 1,
         password: b"config-test",
+        encrypt: false,
     };
     let est = channel::connect(&s, local, Purpose::Config, channel::HANDSHAKE_DEADLINE).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

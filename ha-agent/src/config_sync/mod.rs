@@ -62,6 +62,8 @@ pub struct ConfigSyncConfig {
     pub after_apply: Option<String>,
     /// The shared cluster password.
     pub key: Vec<u8>,
+    /// `cluster.encrypt`: sessions are encrypted.
+    pub encrypt: bool,
     /// Receiver: where to listen.
     pub listen: SocketAddr,
     /// Pusher: the peers' receivers. Receiver: only these addresses (the
@@ -96,6 +98,7 @@ impl ConfigSyncConfig {
             exclude: cfg.config_sync.exclude_matcher()?,
             after_apply: cfg.config_sync.after_apply.clone(),
             key: cfg.cluster.password.expose().to_vec(),
+            encrypt: cfg.cluster.encrypt,
             listen,
             peers,
             poll: Duration::from_millis(500),
@@ -166,6 +169,7 @@ impl ConfigSyncConfig {
             node: &self.node,
             cluster: self.cluster_id,
             password: &self.key,
+            encrypt: self.encrypt,
         }
     }
 }

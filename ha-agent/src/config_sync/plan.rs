@@ -188,7 +188,11 @@ peer = "10.200.1.2"
         let e = check_against_pusher(&b, &view(10, 200), &view(10, 60)).unwrap_err();
         assert!(matches!(e, PlanError::AgainstPusher { .. }), "{e}");
         let msg = e.to_string();
-        for key in ["cluster.lease", "cluster.lost_threshold", "cluster.heartbeat_interval"] {
+        for key in [
+            "cluster.lease",
+            "cluster.lost_threshold",
+            "cluster.heartbeat_interval",
+        ] {
             assert!(msg.contains(key), "{msg}");
         }
         // The other way round too: the pusher's lease against ours.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::bundle::Bundle;
+use crate::channel::record::{RecordOpener, RecordSealer};
 use crate::channel::{Established, FrameError, HandshakeError, Opener, Sealer, TAG_LEN};
 use crate::cluster::manifest::Manifest;
 use crate::cluster::store::ApplyReport;
@@ -181,6 +182,8 @@ pub struct Conn<S = TcpStream> {
     s: S,
     seal: Sealer,
     open: Opener,
+    /// Set when the session is encrypted: every byte goes through them.
+    records: Option<(RecordSealer, RecordOpener)>,
     /// The peer's proved node name.
     pub peer: String,
 }
@@ -189,11 +192,13 @@ impl<S: Read + Write> Conn<S> {
     /// Wraps a stream whose channel handshake gave `est`.
     pub fn new(s: S, est: Established) -> Self {
         let peer = est.peer.clone();
-        let (seal, open) = est.split();
+        let (mut seal, mut open) = est.split();
+        let records = seal.take_records().zip(open.take_records());
         Self {
             s,
             seal,
             open,
+            records,
             peer,
         }
     }
@@ -209,7 +214,10 @@ impl<S: Read + Write> Conn<S> {
     /// The message is too large or the connection failed.
     pub fn send(&mut self, m: &Msg) -> Result<(), WireError> {
         let out = encode(m, &mut self.seal)?;
-        self.s.write_all(&out)?;
+        match &mut self.records {
+            Some((rec, _)) => rec.write_all(&mut self.s, &out)?,
+            None => self.s.write_all(&out)?,
+        }
         Ok(())
     }
 
@@ -220,7 +228,15 @@ impl<S: Read + Write> Conn<S> {
     /// The connection failed, or the message is oversize, forged or
     /// undecodable.
     pub fn recv(&mut self) -> Result<Msg, WireError> {
-        decode(&mut self.s, &mut self.open)
+        match &mut self.records {
+            None => decode(&mut self.s, &mut self.open),
+            Some((_, rec)) => decode(&mut rec.reader(&mut self.s), &mut self.open).map_err(|e| {
+                match (e, rec.failure()) {
+                    (WireError::Io(_), Some(f)) => WireError::Auth(f.clone()),
+                    (e, _) => e,
+                }
+            }),
+        }
     }
 }
 
