@@ -9,9 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,6 +170,14 @@ impl Postfix {
              on_failed = \"{env} {HOOKS}/postfix-demote\"\n\
              on_off = \"{env} {HOOKS}/postfix-demote\"\n"
         )
+    }
+
+    /// The last `n` lines of this instance's mail log (for failure reports).
+    #[must_use]
+    pub fn maillog_tail(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.dir.join("log/maillog")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// Tokens (`Subject:` values) of every queue file of this instance,

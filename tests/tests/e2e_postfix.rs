@@ -172,8 +172,10 @@ fn run(strict: bool) {
             })
         };
         let held_files = pf(secondary).queued_files();
-        let held: BTreeMap<String, usize> =
-            held_files.iter().map(|(t, f)| (t.clone(), f.len())).collect();
+        let held: BTreeMap<String, usize> = held_files
+            .iter()
+            .map(|(t, f)| (t.clone(), f.len()))
+            .collect();
         c.wait_mode(secondary, "primary", Duration::from_secs(10));
         wait(
             "Postfix on the new primary",
@@ -190,7 +192,9 @@ fn run(strict: bool) {
         // Relay up: everything queued on the new primary goes out.
         let sink = Sink::start(&c.topo.c.ns, relay, delivered.clone());
         let want: BTreeSet<&String> = accepted.iter().chain(held.keys()).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: Postfix's own back-off after the relay was down decides
+        // when the queue drains, and a busy machine stretches it.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = (0usize, Instant::now());
         loop {
             let got = delivered.lock().unwrap();
@@ -221,7 +225,31 @@ fn run(strict: bool) {
             load.failed
         );
         for t in &held_lost {
-            eprintln!("held but not delivered: {t} in {:?}", held_files.get(*t));
+            let files = held_files.get(*t);
+            eprintln!(
+                "held but not delivered: {t}: at the fault in {files:?}; now on the new primary in {:?}",
+                pf(secondary).queued_files().get(*t)
+            );
+            for (path, _, _) in files.into_iter().flatten() {
+                let id = path.rsplit('/').next().unwrap_or_default();
+                for l in c.log(secondary).lines().filter(|l| l.contains(id)) {
+                    eprintln!("  {l}");
+                }
+            }
+        }
+        if !held_lost.is_empty() {
+            let mailq = std::process::Command::new("postqueue")
+                .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("postqueue -p on the new primary:\n{mailq}");
+        }
+        if !held_lost.is_empty() {
+            eprintln!(
+                "mail log of the new primary (last 80 lines):\n{}",
+                pf(secondary).maillog_tail(80)
+            );
         }
         assert!(
             held_lost.is_empty(),
@@ -263,7 +291,13 @@ fn run(strict: bool) {
         let passive = settled(&c);
         assert!(
             passive.is_some(),
-            "kill {kill}: the passive node's Postfix runs, or roles moved again"
+            "kill {kill}: the passive node's Postfix runs, or roles moved again: A {:?} hook {:?} postfix running {}; B {:?} hook {:?} postfix running {}",
+            c.status(Node::A).map(|s| s.effective_mode),
+            c.status(Node::A).map(|s| s.hook_running),
+            pf(Node::A).running(),
+            c.status(Node::B).map(|s| s.effective_mode),
+            c.status(Node::B).map(|s| s.hook_running),
+            pf(Node::B).running(),
         );
         let dual = c.log(primary).matches("both nodes active").count()
             + c.log(secondary).matches("both nodes active").count()

@@ -240,7 +240,10 @@ mod tests {
         } else {
             f.observe_passive(t0 + Duration::from_millis(600), &st(false, false, 0), true)
         };
-        assert!(v.outdated, "a node that starts behind an active peer is behind");
+        assert!(
+            v.outdated,
+            "a node that starts behind an active peer is behind"
+        );
         // The session reached in sync and ended before the next look.
         let gone = SyncStatus {
             verified: 1,

@@ -579,6 +579,12 @@ fn session(ctx: &Arc<Ctx>) -> Result<(), SyncError> {
             }
             let mut now_ops: VecDeque<_> = now_ops.into();
             while let Some((root, op, at)) = now_ops.pop_front() {
+                // A queue file's removal may be half of a move whose other
+                // half the watcher did not pair: the message is elsewhere.
+                let op = match op {
+                    Op::Delete(p) if spool_queue_file(ctx, root, &p) => gone(ctx, root, &p),
+                    op => op,
+                };
                 let path = matches!(op, Op::Write(_)).then(|| op.path().to_owned());
                 let sent = send_op(ctx, &mut c, root, op, at)?;
                 let Some(p) = path else { continue };
@@ -720,25 +726,24 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
     c.frame(&frame, seq)?;
     if let Some((f, size)) = body {
         c.flush()?;
-        // The body is hashed with pread, then goes from the page cache to
-        // the socket by sendfile: the stream carries no userspace copy.
         let before = stamp(&f)?;
         let mut h = c.body_hasher();
-        h.update_file(&f, size).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                SyncError::FileShrank(op.path().to_owned())
-            } else {
-                SyncError::Io(e)
-            }
-        })?;
-        let mut off = 0u64;
-        while off < size {
-            let want = (size - off).min(1 << 30) as usize;
-            match rustix::fs::sendfile(&c.inner, &f, Some(&mut off), want) {
-                Ok(0) => return Err(SyncError::FileShrank(op.path().to_owned())),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                Err(e) => return Err(SyncError::Io(e.into())),
+        if c.encrypted() {
+            send_sealed_body(c, &f, size, &mut h).map_err(|e| shrank_or_io(e, &op))?;
+        } else {
+            // The body is hashed with pread, then goes from the page cache
+            // to the socket by sendfile: the stream carries no userspace
+            // copy.
+            h.update_file(&f, size).map_err(|e| shrank_or_io(e, &op))?;
+            let mut off = 0u64;
+            while off < size {
+                let want = (size - off).min(1 << 30) as usize;
+                match rustix::fs::sendfile(&c.inner, &f, Some(&mut off), want) {
+                    Ok(0) => return Err(SyncError::FileShrank(op.path().to_owned())),
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                    Err(e) => return Err(SyncError::Io(e.into())),
+                }
             }
         }
         if stamp(&f)? == before {
@@ -756,6 +761,41 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// An encrypted session's body: the kernel cannot seal it, so it is read
+/// with pread into one buffer, hashed and written through the records
+/// chunk by chunk (`sendfile` cannot be used).
+fn send_sealed_body(
+    c: &mut Conn,
+    f: &File,
+    size: u64,
+    h: &mut channel::BodyHasher,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; usize::try_from(size.min(256 * 1024)).unwrap_or(256 * 1024)];
+    let mut off = 0u64;
+    while off < size {
+        let want = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = f.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            // What went out cannot be taken back: the session ends and the
+            // file is sent again in the next one.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        h.update(&buf[..n]);
+        c.body(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn shrank_or_io(e: io::Error, op: &Op) -> SyncError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        SyncError::FileShrank(op.path().to_owned())
+    } else {
+        SyncError::Io(e)
+    }
 }
 
 /// What changes when a file is written to: size, mtime, ctime.
@@ -898,11 +938,52 @@ fn path_op(ctx: &Ctx, root: u8, path: &str) -> Option<Op> {
         Ok(f) => match f.metadata() {
             Ok(md) if md.is_dir() => Op::Mkdir(path.to_owned()),
             Ok(md) if md.is_file() => Op::Write(path.to_owned()),
-            _ => Op::Delete(path.to_owned()),
+            _ => gone(ctx, root, path),
         },
         Err(FsError::Path { .. }) => return None,
-        Err(_) => Op::Delete(path.to_owned()),
+        Err(_) => gone(ctx, root, path),
     })
+}
+
+fn spool_queue_file(ctx: &Ctx, root: u8, path: &str) -> bool {
+    ctx.cfg
+        .roots
+        .get(root as usize)
+        .is_some_and(|r| spool::queue_id(r.kind, path).is_some())
+}
+
+/// What to send for a path that is no longer here. In a Postfix spool a
+/// queue file that moved on is the same message under its new name: the
+/// peer gets that file (which replaces any other copy of the message
+/// there). Only a message found nowhere is removed; a removal of a queue
+/// file takes the message off the replica wherever it is held.
+fn gone(ctx: &Ctx, root: u8, path: &str) -> Op {
+    let Some(r) = ctx.cfg.roots.get(root as usize) else {
+        return Op::Delete(path.to_owned());
+    };
+    let Some(id) = spool::queue_id(r.kind, path) else {
+        return Op::Delete(path.to_owned());
+    };
+    let tree = &ctx.trees[root as usize];
+    let list = |dir: &str| -> Vec<String> {
+        std::fs::read_dir(r.path.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    };
+    let is_file = |p: &str| {
+        tree.open_read(p)
+            .is_ok_and(|f| f.metadata().is_ok_and(|m| m.is_file()))
+    };
+    match spool::locate(id, list, is_file) {
+        Some(cur) => {
+            debug!(root, from = %path, to = %cur, "message moved on: sending it under its current name");
+            Op::Write(cur)
+        }
+        None => Op::Delete(path.to_owned()),
+    }
 }
 
 fn on_ack(ctx: &Ctx, seq: u64) {

@@ -120,6 +120,47 @@ pub fn being_written(kind: RootKind, rel: &str, mode: u32) -> bool {
         && mode & 0o700 != 0o700
 }
 
+/// How deep hashed queue subdirectories are searched (Postfix's
+/// `hash_queue_depth` is 1 by default; more than a few is never used).
+const MAX_HASH_DEPTH: usize = 4;
+
+/// Where message `id` is in a Postfix spool now: its queue file in any
+/// queue, hashed subdirectories included (`None`: the message is gone).
+/// `list` names the entries of a spool directory (empty when it is
+/// missing), `is_file` says whether a spool path is a regular file.
+///
+/// The sender asks this before it retries a path that no longer exists:
+/// a queue file that moved on (qmgr took it from `incoming/` to `active/`)
+/// is not a removed message, and a removal would take the message off the
+/// replica wherever it holds it.
+pub fn locate(
+    id: &str,
+    list: impl Fn(&str) -> Vec<String>,
+    is_file: impl Fn(&str) -> bool,
+) -> Option<String> {
+    if !is_queue_id(id) {
+        return None;
+    }
+    let mut stack: Vec<(String, usize)> = POSTFIX_QUEUES
+        .iter()
+        .map(|q| ((*q).to_owned(), 0))
+        .collect();
+    while let Some((dir, depth)) = stack.pop() {
+        let candidate = format!("{dir}/{id}");
+        if is_file(&candidate) {
+            return Some(candidate);
+        }
+        if depth < MAX_HASH_DEPTH {
+            for e in list(&dir) {
+                if e.len() == 1 && e.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    stack.push((format!("{dir}/{e}"), depth + 1));
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Where each message of a replica spool is: queue ID to its one queue
 /// file. The receiver keeps it so that a message is held once, whatever
 /// order its moves arrive in.
@@ -286,7 +327,8 @@ impl MoveCoalescer {
             },
             Op::Delete(p)
                 if classify(kind, p) != SpoolEntry::Other
-                    && last_write.is_some_and(|(id, q)| queue_id(kind, p) == Some(&id) && q != *p) =>
+                    && last_write
+                        .is_some_and(|(id, q)| queue_id(kind, p) == Some(&id) && q != *p) =>
             {
                 // A file written and moved before it was read goes whole
                 // under its new name, followed by the removal of the old
@@ -520,6 +562,47 @@ mod tests {
     }
 
     #[test]
+    fn locate_finds_a_message_in_any_queue_and_hashed_directory() {
+        let files = [
+            "active/AAAAAA1",
+            "deferred/4/4jgCff2FXQzR1mN",
+            "hold/B/C/BC12AB",
+            "defer/4/QQQQQQ",
+        ];
+        let dirs: &[(&str, &[&str])] = &[
+            ("active", &["AAAAAA1"]),
+            ("deferred", &["4", "F"]),
+            ("deferred/4", &["4jgCff2FXQzR1mN"]),
+            ("hold", &["B"]),
+            ("hold/B", &["C"]),
+            ("hold/B/C", &["BC12AB"]),
+        ];
+        let list = |d: &str| {
+            dirs.iter()
+                .find(|(n, _)| *n == d)
+                .map(|(_, e)| e.iter().map(|s| (*s).to_owned()).collect())
+                .unwrap_or_default()
+        };
+        let is_file = |p: &str| files.contains(&p);
+        assert_eq!(
+            locate("AAAAAA1", list, is_file).as_deref(),
+            Some("active/AAAAAA1")
+        );
+        assert_eq!(
+            locate("4jgCff2FXQzR1mN", list, is_file).as_deref(),
+            Some("deferred/4/4jgCff2FXQzR1mN")
+        );
+        assert_eq!(
+            locate("BC12AB", list, is_file).as_deref(),
+            Some("hold/B/C/BC12AB")
+        );
+        // A log is not the message; a removed message is nowhere.
+        assert_eq!(locate("QQQQQQ", list, is_file), None);
+        assert_eq!(locate("ZZZZZZ", list, is_file), None);
+        assert_eq!(locate("../x", list, is_file), None);
+    }
+
+    #[test]
     fn queue_ids_of_queue_files_only() {
         for (p, id) in [
             ("incoming/4VzqXv1Jc8z2lG", Some("4VzqXv1Jc8z2lG")),
@@ -658,7 +741,10 @@ mod tests {
             c.take(ren("incoming/856760.1776", "incoming/4VzqXv1Jc8z2lG"), t),
             vec![Op::Write("incoming/4VzqXv1Jc8z2lG".into())]
         );
-        assert!(c.take(Op::Attr("incoming/4VzqXv1Jc8z2lG".into()), t).is_empty());
+        assert!(
+            c.take(Op::Attr("incoming/4VzqXv1Jc8z2lG".into()), t)
+                .is_empty()
+        );
         let w = Op::Write("incoming/4VzqXv1Jc8z2lG".into());
         assert_eq!(c.take(w.clone(), t), vec![w]);
         assert!(c.is_empty());
