@@ -60,7 +60,6 @@ fn power_loss_of_the_primary_under_smtp_load() {
 /// The same with the acceptance proxy in strict mode: a 250 is only
 /// relayed once the peer holds the message, so nothing answered 250 is lost.
 #[test]
-#[ignore = "the proxy answers 451 peer_away to nearly every message in this setup (the peer's acknowledgement of a queue file arrives about a second late); enable once that is fixed"]
 fn power_loss_of_the_primary_with_synchronous_acceptance() {
     run(true);
 }
