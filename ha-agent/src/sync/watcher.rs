@@ -93,21 +93,58 @@ impl Queue {
 /// was being written), and the replica must not keep it. Deleting a name
 /// the replica never had is a no-op there.
 pub fn coalesce(events: Vec<Event>) -> Vec<Event> {
-    let mut out: Vec<Event> = Vec::with_capacity(events.len());
+    // Linear in the batch: a backlog makes batches large, and a quadratic
+    // pass made a sender that fell behind fall further behind.
+    let mut out: Vec<Option<Event>> = Vec::with_capacity(events.len());
+    // (root, path) -> index in `out` of a write that is the last event
+    // naming that path (as its path or as a rename's source).
+    let mut last_write: HashMap<(u8, String), usize> = HashMap::new();
+    fn push(out: &mut Vec<Option<Event>>, last_write: &mut HashMap<(u8, String), usize>, e: Event) {
+        if let Event::Op { root, op, .. } = &e {
+            if let Some(from) = op_source(op) {
+                last_write.remove(&(*root, from.to_owned()));
+            }
+            let key = (*root, op.path().to_owned());
+            if matches!(op, Op::Write(_)) {
+                last_write.insert(key, out.len());
+            } else {
+                last_write.remove(&key);
+            }
+        }
+        out.push(Some(e));
+    }
     for e in events {
-        if let Event::Op { root, op: Op::Rename { from, to }, at } = &e
-            && let Some(i) = out.iter().rposition(|x| matches!(x, Event::Op { root: r, op, .. } if r == root && op.path() == from))
-            && matches!(&out[i], Event::Op { op: Op::Write(_), .. })
-            && !out[i + 1..].iter().any(|x| matches!(x, Event::Op { root: r, op, .. } if r == root && (op.path() == from || op_source(op) == Some(from.as_str()))))
+        if let Event::Op {
+            root,
+            op: Op::Rename { from, to },
+            at,
+        } = &e
+            && let Some(i) = last_write.get(&(*root, from.clone())).copied()
         {
-            out.remove(i);
-            out.push(Event::Op { root: *root, op: Op::Write(to.clone()), at: *at });
-            out.push(Event::Op { root: *root, op: Op::Delete(from.clone()), at: *at });
+            out[i] = None;
+            push(
+                &mut out,
+                &mut last_write,
+                Event::Op {
+                    root: *root,
+                    op: Op::Write(to.clone()),
+                    at: *at,
+                },
+            );
+            push(
+                &mut out,
+                &mut last_write,
+                Event::Op {
+                    root: *root,
+                    op: Op::Delete(from.clone()),
+                    at: *at,
+                },
+            );
             continue;
         }
-        out.push(e);
+        push(&mut out, &mut last_write, e);
     }
-    out
+    out.into_iter().flatten().collect()
 }
 
 fn op_source(op: &Op) -> Option<&str> {
@@ -562,6 +599,37 @@ mod tests {
                 e(Op::Delete("tmp/a".into())),
                 e(Op::Write("tmp/b".into())),
                 e(Op::Delete("tmp/b".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn coalesce_keeps_a_rename_after_another_event_on_its_source() {
+        let at = Instant::now();
+        let e = |op| Event::Op { root: 0, op, at };
+        let ren = |a: &str, b: &str| {
+            e(Op::Rename {
+                from: a.into(),
+                to: b.into(),
+            })
+        };
+        let batch = vec![
+            e(Op::Write("a".into())),
+            e(Op::Attr("a".into())),
+            ren("a", "b"),
+            e(Op::Write("c".into())),
+            ren("c", "d"),
+            ren("d", "e"),
+        ];
+        assert_eq!(
+            coalesce(batch),
+            vec![
+                e(Op::Write("a".into())),
+                e(Op::Attr("a".into())),
+                ren("a", "b"),
+                e(Op::Delete("c".into())),
+                e(Op::Write("e".into())),
+                e(Op::Delete("d".into())),
             ]
         );
     }
