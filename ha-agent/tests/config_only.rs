@@ -165,6 +165,13 @@ fn a_change_reaches_every_member_and_a_bad_one_is_refused_per_member() {
             fs::read_to_string(m.etc.join("main.cf")).ok().as_deref() == Some("relayhost = c\n")
         });
     }
+    // The member's install is over (its drift baseline recorded) once it
+    // holds the primary's version: an edit before that moment is part of
+    // the install as far as the member can tell.
+    wait("third version in force on member 1", || {
+        let want = p.core.state().content;
+        want.is_some() && members[0].core.state().content == want
+    });
     fs::write(members[0].etc.join("main.cf"), "edited by hand\n").unwrap();
     wait("drift repaired", || {
         fs::read_to_string(members[0].etc.join("main.cf"))
