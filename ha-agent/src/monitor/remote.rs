@@ -62,6 +62,14 @@ impl Service {
     }
 }
 
+/// The first line a service sent, as [`Service::accepts`] judges it:
+/// lossily decoded, line end and trailing blanks removed; `None` when the
+/// server sent nothing at all.
+#[must_use]
+pub fn first_line(raw: &[u8]) -> Option<String> {
+    (!raw.is_empty()).then(|| String::from_utf8_lossy(raw).trim_end().to_owned())
+}
+
 fn is_http_status_line(line: &str) -> bool {
     let mut parts = line.split_ascii_whitespace();
     let version_ok = parts.next().is_some_and(|v| v.starts_with("HTTP/"));
@@ -184,10 +192,9 @@ pub async fn check(
     .map_err(|_| timed_out(Phase::Reply))?
     .map_err(io_err)?;
 
-    if line.is_empty() {
+    let Some(line) = first_line(&line) else {
         return Err(RemoteError::Closed { service, addr });
-    }
-    let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+    };
     if !service.accepts(&line) {
         return Err(RemoteError::UnexpectedReply {
             service,
