@@ -53,6 +53,7 @@ fn node(dir: &Path, i: u8, port: u16, key: &[u8], validate: Option<&str>) -> Nod
         node: format!("m{i}"),
         cluster: 7,
         key: key.to_vec(),
+        encrypt: false,
         listen: SocketAddr::new(addr(i), port),
         apply,
         generations: 3,

@@ -31,6 +31,7 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer: "127.0.0.1:1".parse().unwrap(),
         key: KEY.to_vec(),
+        encrypt: false,
         cluster_id: 1,
         state_dir: d.path().join("state"),
         max_lag: Duration::from_secs(2),
@@ -56,6 +57,7 @@ fn a_write_error_mid_body_never_turns_body_bytes_into_frames() {
         node: "raw",
         cluster: 1,
         password: KEY,
+        encrypt: false,
     };
     let est = channel::connect(&s, local, Purpose::Replicate, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -207,3 +207,82 @@ fn wrong_password_is_refused_and_nothing_is_written() {
     tx.stop();
     rx.stop();
 }
+
+#[test]
+fn push_unsafe_against_the_pushers_running_timing_is_refused_and_nothing_applied() {
+    use ha_agent::channel::{self, Local, Purpose};
+    use ha_agent::config_sync::{bundle, wire};
+
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for d in [a.path(), b.path()] {
+        fs::create_dir_all(d.join("postfix")).unwrap();
+    }
+    fs::write(
+        a.path().join("postfix/main.cf"),
+        "relayhost = [10.200.6.6]\n",
+    )
+    .unwrap();
+    fs::write(
+        b.path().join("postfix/main.cf"),
+        "relayhost = [10.200.9.9]\n",
+    )
+    .unwrap();
+    let cb = agent_config("b", b.path(), "10ms", "60ms");
+    let applied: Arc<Mutex<Vec<SyncedView>>> = Arc::default();
+    let rx = {
+        let applied = applied.clone();
+        ConfigReceiver::spawn(
+            settings(&cb),
+            cb.clone(),
+            Box::new(move |c: &Config| applied.lock().unwrap().push(c.synced_view())),
+        )
+        .unwrap()
+    };
+
+    // A pusher that holds the password and says it runs 10ms/60ms, but
+    // pushes 10ms/200ms in one step: the receiver's derived lease (170ms)
+    // would outlive the pusher's 60ms threshold, so the pusher could take
+    // over while the receiver's gate is still open.
+    let ca = agent_config("a", a.path(), "10ms", "60ms");
+    let wide = agent_config("a", a.path(), "10ms", "200ms");
+    let sa = settings(&ca);
+    let files = bundle::collect(&sa.paths, &sa.exclude).unwrap();
+    let s = std::net::TcpStream::connect(rx.local_addr().unwrap()).unwrap();
+    let local = Local {
+        node: "a",
+        cluster: 1,
+        password: b"config-test",
+        encrypt: false,
+    };
+    let est = channel::connect(&s, local, Purpose::Config, channel::HANDSHAKE_DEADLINE).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c = wire::Conn::new(s, est);
+    assert!(matches!(c.recv().unwrap(), wire::Msg::State { .. }));
+    c.send(&wire::Msg::Push {
+        view: wide.synced_view(),
+        running: ca.synced_view(),
+        bundle: Some(files),
+    })
+    .unwrap();
+    let reason = match c.recv().unwrap() {
+        wire::Msg::Refused { reason } => reason,
+        m => panic!("expected a refusal, got {m:?}"),
+    };
+    for key in [
+        "cluster.lease",
+        "cluster.lost_threshold",
+        "cluster.heartbeat_interval",
+    ] {
+        assert!(reason.contains(key), "{reason}");
+    }
+    wait_for("refusal counted", Duration::from_secs(5), || {
+        rx.status().rejected.get("lease_rule") == Some(&1)
+    });
+    // Nothing applied: neither the timing nor the files.
+    assert!(applied.lock().unwrap().is_empty());
+    assert_eq!(
+        fs::read_to_string(b.path().join("postfix/main.cf")).unwrap(),
+        "relayhost = [10.200.9.9]\n"
+    );
+    rx.stop();
+}

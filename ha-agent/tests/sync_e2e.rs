@@ -46,6 +46,7 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr, kind: RootKind) -> SyncConfi
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: KEY.to_vec(),
+        encrypt: false,
         state_dir: state.to_owned(),
         max_lag: Duration::from_secs(2),
         retry: Duration::from_millis(100),
@@ -386,6 +387,7 @@ impl Raw {
             node: "evil",
             cluster: 1,
             password: key,
+            encrypt: false,
         };
         let est = channel::connect(&s, local, Purpose::Replicate, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -569,6 +571,7 @@ fn hostile_peer_with_the_password_cannot_write_outside_the_root() {
             node: "evil",
             cluster: 1,
             password: KEY,
+            encrypt: false,
         },
         Purpose::Replicate,
         handshake::nonce(),

@@ -23,6 +23,7 @@ fn cfg(
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"test-password".to_vec(),
+        encrypt: false,
         cluster_id: 1,
         state_dir: state.to_owned(),
         max_lag: Duration::from_secs(5),

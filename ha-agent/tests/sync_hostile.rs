@@ -57,6 +57,7 @@ fn cfg(name: &str, n: &Node, peer: SocketAddr) -> SyncConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: KEY.to_vec(),
+        encrypt: false,
         state_dir: n.state.clone(),
         max_lag: Duration::from_secs(5),
         retry: Duration::from_millis(100),
@@ -306,6 +307,7 @@ fn reflected_proof_and_replayed_handshake_fail() {
         node: "x",
         cluster: 1,
         password: b"not the password",
+        encrypt: false,
     };
     let (_, hello) = Client::start(attacker, Purpose::Replicate, handshake::nonce());
     s.write_all(&hello).unwrap();
@@ -436,6 +438,7 @@ fn only_the_configured_peer_address_is_served() {
         node: "a",
         cluster: 1,
         password: KEY,
+        encrypt: false,
     };
     let s = connect_from([127, 0, 0, 1], addr);
     let e = channel::connect(&s, local, Purpose::Replicate, Duration::from_secs(5)).unwrap_err();
@@ -500,6 +503,7 @@ fn idle_flood_and_slow_handshake_are_cut_while_the_peer_still_syncs() {
                 node: "slow",
                 cluster: 1,
                 password: KEY,
+                encrypt: false,
             },
             Purpose::Replicate,
             handshake::nonce(),

@@ -32,6 +32,7 @@ fn cfg(root: &Path, state: &Path, peer: std::net::SocketAddr) -> SyncConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"spool-test".to_vec(),
+        encrypt: false,
         state_dir: state.to_owned(),
         max_lag: Duration::from_secs(2),
         retry: Duration::from_millis(100),

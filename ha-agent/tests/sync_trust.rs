@@ -45,6 +45,7 @@ fn cfg(root: &Path, state: &Path, peer: SocketAddr) -> SyncConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: KEY.to_vec(),
+        encrypt: false,
         state_dir: state.to_owned(),
         max_lag: Duration::from_secs(2),
         retry: Duration::from_millis(100),
@@ -125,6 +126,7 @@ fn fake_receiver_handshake(s: &TcpStream) -> Liar {
         node: "liar",
         cluster: 1,
         password: KEY,
+        encrypt: false,
     };
     let est = channel::accept(
         s,
@@ -398,6 +400,7 @@ impl Raw {
             node: "raw",
             cluster: 1,
             password: KEY,
+            encrypt: false,
         };
         let est = channel::connect(&s, local, purpose, Duration::from_secs(5)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

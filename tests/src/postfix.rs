@@ -172,6 +172,14 @@ impl Postfix {
         )
     }
 
+    /// The last `n` lines of this instance's mail log (for failure reports).
+    #[must_use]
+    pub fn maillog_tail(&self, n: usize) -> String {
+        let log = fs::read_to_string(self.dir.join("log/maillog")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
     /// Tokens (`Subject:` values) of every queue file of this instance,
     /// with how many queue files carry each.
     #[must_use]

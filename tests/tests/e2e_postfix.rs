@@ -192,7 +192,9 @@ fn run(strict: bool) {
         // Relay up: everything queued on the new primary goes out.
         let sink = Sink::start(&c.topo.c.ns, relay, delivered.clone());
         let want: BTreeSet<&String> = accepted.iter().chain(held.keys()).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: Postfix's own back-off after the relay was down decides
+        // when the queue drains, and a busy machine stretches it.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let mut last = (0usize, Instant::now());
         loop {
             let got = delivered.lock().unwrap();
@@ -233,13 +235,21 @@ fn run(strict: bool) {
                 for l in c.log(secondary).lines().filter(|l| l.contains(id)) {
                     eprintln!("  {l}");
                 }
-                let mailq = std::process::Command::new("postqueue")
-                    .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                eprintln!("  postqueue -p on the new primary:\n{mailq}");
             }
+        }
+        if !held_lost.is_empty() {
+            let mailq = std::process::Command::new("postqueue")
+                .args(["-c", &pf(secondary).etc().display().to_string(), "-p"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            eprintln!("postqueue -p on the new primary:\n{mailq}");
+        }
+        if !held_lost.is_empty() {
+            eprintln!(
+                "mail log of the new primary (last 80 lines):\n{}",
+                pf(secondary).maillog_tail(80)
+            );
         }
         assert!(
             held_lost.is_empty(),
@@ -281,7 +291,13 @@ fn run(strict: bool) {
         let passive = settled(&c);
         assert!(
             passive.is_some(),
-            "kill {kill}: the passive node's Postfix runs, or roles moved again"
+            "kill {kill}: the passive node's Postfix runs, or roles moved again: A {:?} hook {:?} postfix running {}; B {:?} hook {:?} postfix running {}",
+            c.status(Node::A).map(|s| s.effective_mode),
+            c.status(Node::A).map(|s| s.hook_running),
+            pf(Node::A).running(),
+            c.status(Node::B).map(|s| s.effective_mode),
+            c.status(Node::B).map(|s| s.hook_running),
+            pf(Node::B).running(),
         );
         let dual = c.log(primary).matches("both nodes active").count()
             + c.log(secondary).matches("both nodes active").count()

@@ -326,6 +326,7 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer,
         key: b"postfix-test".to_vec(),
+        encrypt: false,
         state_dir: state,
         max_lag: Duration::from_secs(1),
         retry: Duration::from_millis(100),

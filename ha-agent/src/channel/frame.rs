@@ -18,6 +18,8 @@ use std::io;
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
+use super::record::{RecordOpener, RecordSealer};
+
 /// Bytes of a frame tag.
 pub const TAG_LEN: usize = 16;
 /// Bytes of a body hash.
@@ -28,8 +30,7 @@ pub const BODY_HASH_LEN: usize = 32;
 pub struct DirKeys {
     pub(super) mac: [u8; 32],
     pub(super) body: [u8; 32],
-    /// Reserved for an encrypted framing; not used by the authenticated one.
-    #[allow(dead_code, reason = "derived for the optional encryption")]
+    /// Key of the encrypted records (`cluster.encrypt`).
     pub(super) aead: [u8; 32],
 }
 
@@ -48,6 +49,15 @@ pub enum FrameError {
         /// The counter of the message that carried the hash.
         counter: u64,
     },
+    /// An encrypted record does not open (altered, injected, replayed,
+    /// reordered or cut).
+    #[error(
+        "encrypted record {counter} failed authentication (altered, injected, replayed or out of order)"
+    )]
+    BadRecord {
+        /// The record counter the receiver expected.
+        counter: u64,
+    },
     /// 2^64 messages in one session.
     #[error("frame counter exhausted")]
     Exhausted,
@@ -57,7 +67,7 @@ impl FrameError {
     /// Counter label.
     pub fn label(&self) -> &'static str {
         match self {
-            Self::BadTag { .. } | Self::Exhausted => "frame_auth",
+            Self::BadTag { .. } | Self::BadRecord { .. } | Self::Exhausted => "frame_auth",
             Self::BadBody { .. } => "body_auth",
         }
     }
@@ -76,11 +86,24 @@ fn tag(key: &[u8; 32], counter: u64, msg: &[u8]) -> [u8; TAG_LEN] {
 pub struct Sealer {
     keys: DirKeys,
     next: u64,
+    records: Option<RecordSealer>,
 }
 
 impl Sealer {
-    pub(super) fn new(keys: DirKeys) -> Self {
-        Self { keys, next: 0 }
+    pub(super) fn new(keys: DirKeys, encrypt: bool) -> Self {
+        let records = encrypt.then(|| RecordSealer::new(&keys.aead));
+        Self {
+            keys,
+            next: 0,
+            records,
+        }
+    }
+
+    /// The sealer of the session's encrypted records, when the session is
+    /// encrypted: whoever writes to the socket takes it and puts every
+    /// byte through it (frames, bodies).
+    pub fn take_records(&mut self) -> Option<RecordSealer> {
+        self.records.take()
     }
 
     /// The tag of the next message.
@@ -107,11 +130,24 @@ impl Sealer {
 pub struct Opener {
     keys: DirKeys,
     next: u64,
+    records: Option<RecordOpener>,
 }
 
 impl Opener {
-    pub(super) fn new(keys: DirKeys) -> Self {
-        Self { keys, next: 0 }
+    pub(super) fn new(keys: DirKeys, encrypt: bool) -> Self {
+        let records = encrypt.then(|| RecordOpener::new(&keys.aead));
+        Self {
+            keys,
+            next: 0,
+            records,
+        }
+    }
+
+    /// The opener of the session's encrypted records, when the session is
+    /// encrypted: whoever reads from the socket takes it and reads every
+    /// byte through it.
+    pub fn take_records(&mut self) -> Option<RecordOpener> {
+        self.records.take()
     }
 
     /// Checks the next message's tag.
@@ -210,7 +246,7 @@ pub(crate) fn test_pair() -> (Sealer, Opener) {
         body: [2; 32],
         aead: [3; 32],
     };
-    (Sealer::new(k.clone()), Opener::new(k))
+    (Sealer::new(k.clone(), false), Opener::new(k, false))
 }
 
 #[cfg(test)]
@@ -225,7 +261,7 @@ mod tests {
             body: [2; 32],
             aead: [3; 32],
         };
-        (Sealer::new(k.clone()), Opener::new(k))
+        (Sealer::new(k.clone(), false), Opener::new(k, false))
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! server → client  Verdict      0 (or a refusal code)
 //! ```
 //!
+//! The purpose byte's high bit ([`ENCRYPTED`]) says whether the sender
+//! runs with `cluster.encrypt`: a server with the other setting refuses
+//! the hello ([`Refusal::Encryption`]), and since both hellos are in the
+//! transcript that every proof covers, flipping the bit in flight breaks
+//! the handshake rather than downgrading it.
+//!
 //! Keys: `PRK = HKDF-Extract(salt = nonce_c || nonce_s, ikm = password)`,
 //! then one `HKDF-Expand` per key with `info = label || purpose || cluster
 //! || client name || server name`, the label naming the direction and the
@@ -43,6 +49,8 @@ pub const VERSION: u8 = 2;
 pub const NONCE_LEN: usize = 32;
 /// Length of a handshake proof.
 pub const PROOF_LEN: usize = 32;
+/// Bit of the purpose byte set by a node that encrypts its sessions.
+pub const ENCRYPTED: u8 = 0x80;
 /// Longest node name carried.
 pub const MAX_NAME: usize = 64;
 /// Fixed part of a client hello (the name follows).
@@ -70,6 +78,8 @@ pub enum Refusal {
     Busy = 6,
     /// The hello does not parse.
     Malformed = 7,
+    /// One node encrypts its sessions (`cluster.encrypt`), the other not.
+    Encryption = 8,
 }
 
 impl Refusal {
@@ -82,6 +92,7 @@ impl Refusal {
             5 => Self::Auth,
             6 => Self::Busy,
             7 => Self::Malformed,
+            8 => Self::Encryption,
             _ => return None,
         })
     }
@@ -95,6 +106,20 @@ impl Refusal {
             Self::Auth => "auth",
             Self::Busy => "busy",
             Self::Malformed => "malformed",
+            Self::Encryption => "encryption",
+        }
+    }
+    /// What an operator should look at.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Self::Version => "the nodes run different versions",
+            Self::Purpose => "that endpoint does not serve this session now",
+            Self::Cluster => "cluster.id differs between the nodes",
+            Self::Identity => "the peer claims this node's name",
+            Self::Auth => "wrong password, replay or relay",
+            Self::Busy => "too many connections being authenticated",
+            Self::Malformed => "the hello does not parse",
+            Self::Encryption => "cluster.encrypt differs between the nodes",
         }
     }
     /// The two bytes that carry this refusal.
@@ -115,7 +140,7 @@ pub enum HandshakeError {
         why: String,
     },
     /// The peer refused this side.
-    #[error("the peer refused us ({}), it speaks channel v{version}", .code.label())]
+    #[error("the peer refused us ({}: {}), it speaks channel v{version}", .code.label(), .code.hint())]
     PeerRefused {
         /// The peer's reason.
         code: Refusal,
@@ -159,6 +184,12 @@ fn refused(code: Refusal, why: impl Into<String>) -> HandshakeError {
     }
 }
 
+/// The purpose byte on the wire: the purpose, and [`ENCRYPTED`] when this
+/// node encrypts.
+fn wire_purpose(purpose: Purpose, encrypt: bool) -> u8 {
+    purpose as u8 | if encrypt { ENCRYPTED } else { 0 }
+}
+
 /// A parsed hello (either side's; the server's without status and proof).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Hello {
@@ -179,15 +210,9 @@ fn wire_name(name: &str) -> &str {
     &name[..end]
 }
 
-fn put_hello(
-    out: &mut Vec<u8>,
-    purpose: Purpose,
-    cluster: u32,
-    nonce: &[u8; NONCE_LEN],
-    name: &str,
-) {
+fn put_hello(out: &mut Vec<u8>, purpose: u8, cluster: u32, nonce: &[u8; NONCE_LEN], name: &str) {
     out.push(VERSION);
-    out.push(purpose as u8);
+    out.push(purpose);
     out.extend_from_slice(&cluster.to_be_bytes());
     out.extend_from_slice(nonce);
     let name = wire_name(name).as_bytes();
@@ -300,6 +325,8 @@ pub struct Established {
     pub peer: String,
     /// What the session is for.
     pub purpose: Purpose,
+    /// Both sides encrypt the session (`cluster.encrypt`).
+    pub encrypted: bool,
     send: DirKeys,
     recv: DirKeys,
 }
@@ -309,6 +336,7 @@ impl std::fmt::Debug for Established {
         f.debug_struct("Established")
             .field("peer", &self.peer)
             .field("purpose", &self.purpose)
+            .field("encrypted", &self.encrypted)
             .finish_non_exhaustive()
     }
 }
@@ -316,7 +344,10 @@ impl std::fmt::Debug for Established {
 impl Established {
     /// The sealer of what this side sends and the opener of what it receives.
     pub fn split(self) -> (Sealer, Opener) {
-        (Sealer::new(self.send), Opener::new(self.recv))
+        (
+            Sealer::new(self.send, self.encrypted),
+            Opener::new(self.recv, self.encrypted),
+        )
     }
 }
 
@@ -328,6 +359,7 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 /// The connecting side, between its hello and the server's.
 pub struct Client {
     purpose: Purpose,
+    encrypt: bool,
     cluster: u32,
     node: String,
     password: Vec<u8>,
@@ -339,9 +371,16 @@ impl Client {
     /// Starts a handshake; returns the client hello to send.
     pub fn start(local: Local<'_>, purpose: Purpose, nonce: [u8; NONCE_LEN]) -> (Self, Vec<u8>) {
         let mut hello = MAGIC.to_vec();
-        put_hello(&mut hello, purpose, local.cluster, &nonce, local.node);
+        put_hello(
+            &mut hello,
+            wire_purpose(purpose, local.encrypt),
+            local.cluster,
+            &nonce,
+            local.node,
+        );
         let c = Self {
             purpose,
+            encrypt: local.encrypt,
             cluster: local.cluster,
             node: wire_name(local.node).to_owned(),
             password: local.password.to_vec(),
@@ -371,7 +410,10 @@ impl Client {
         }
         let (body, tag) = reply.split_at(reply.len() - PROOF_LEN);
         let h = parse_hello(&body[1..])?;
-        if h.version != VERSION || h.purpose != self.purpose as u8 || h.cluster != self.cluster {
+        if h.version != VERSION
+            || h.purpose != wire_purpose(self.purpose, self.encrypt)
+            || h.cluster != self.cluster
+        {
             return Err(HandshakeError::Malformed(
                 "server hello does not echo version, purpose and cluster",
             ));
@@ -403,6 +445,7 @@ impl Client {
             Established {
                 peer: h.name,
                 purpose: self.purpose,
+                encrypted: self.encrypt,
                 send: ks.c2s,
                 recv: ks.s2c,
             },
@@ -438,7 +481,7 @@ impl Server {
                 format!("peer speaks channel v{}, this node v{VERSION}", h.version),
             ));
         }
-        let purpose = Purpose::from_u8(h.purpose)
+        let purpose = Purpose::from_u8(h.purpose & !ENCRYPTED)
             .filter(|p| serves.contains(p))
             .ok_or_else(|| {
                 refused(
@@ -459,8 +502,24 @@ impl Server {
                 format!("the client claims this node's own name {:?}", h.name),
             ));
         }
+        let theirs = h.purpose & ENCRYPTED != 0;
+        if theirs != local.encrypt {
+            return Err(refused(
+                Refusal::Encryption,
+                format!(
+                    "{:?} runs with cluster.encrypt = {theirs}, this node with {}: set it alike on both",
+                    h.name, local.encrypt
+                ),
+            ));
+        }
         let mut reply = vec![0u8];
-        put_hello(&mut reply, purpose, local.cluster, &nonce, node);
+        put_hello(
+            &mut reply,
+            wire_purpose(purpose, local.encrypt),
+            local.cluster,
+            &nonce,
+            node,
+        );
         let ks = derive(
             local.password,
             &h.nonce,
@@ -481,6 +540,7 @@ impl Server {
                 session: Established {
                     peer: h.name,
                     purpose,
+                    encrypted: local.encrypt,
                     send: ks.s2c,
                     recv: ks.c2s,
                 },
@@ -541,6 +601,7 @@ mod tests {
             node,
             cluster: 7,
             password: PW,
+            encrypt: false,
         }
     }
 
@@ -718,6 +779,52 @@ mod tests {
         assert_eq!(e.label(), "busy");
         assert!(on_verdict(0).is_ok());
         assert_eq!(on_verdict(5).unwrap_err().label(), "auth");
+    }
+
+    #[test]
+    fn encryption_setting_must_match_and_cannot_be_stripped_in_flight() {
+        let enc = |n| Local {
+            encrypt: true,
+            ..local(n)
+        };
+        let (cs, ss) = run(enc("a"), enc("b"), Purpose::Replicate).unwrap();
+        assert!(cs.encrypted && ss.encrypted);
+        let (cs, _) = run(local("a"), local("b"), Purpose::Config).unwrap();
+        assert!(!cs.encrypted);
+        // One side encrypts, the other not: refused, naming the setting.
+        for (c, s) in [(enc("a"), local("b")), (local("a"), enc("b"))] {
+            let (_, hello) = Client::start(c, Purpose::Replicate, nonce());
+            let e = Server::on_client_hello(s, ALL, &hello, nonce())
+                .err()
+                .unwrap();
+            assert_eq!(e.label(), "encryption");
+            assert!(e.to_string().contains("cluster.encrypt"), "{e}");
+        }
+        let (client, _) = Client::start(local("a"), Purpose::Replicate, nonce());
+        let e = client
+            .on_server_hello(&Refusal::Encryption.encode())
+            .unwrap_err();
+        assert_eq!(e.label(), "encryption");
+        assert!(e.to_string().contains("cluster.encrypt"), "{e}");
+        // A downgrade in flight: the bit cleared towards a plain server and
+        // set again in its reply. The transcripts differ: no proof holds.
+        let n = nonce();
+        let (client, hello) = Client::start(enc("a"), Purpose::Replicate, n);
+        let mut h = hello.clone();
+        h[5] &= !ENCRYPTED;
+        let (server, reply) = Server::on_client_hello(local("b"), ALL, &h, nonce()).unwrap();
+        assert!(client.on_server_hello(&reply).is_err(), "echo differs");
+        let (client, _) = Client::start(enc("a"), Purpose::Replicate, n);
+        let mut r = reply.clone();
+        r[2] |= ENCRYPTED;
+        assert_eq!(client.on_server_hello(&r).unwrap_err().label(), "auth");
+        let (client, hello) = Client::start(enc("a"), Purpose::Replicate, nonce());
+        let (_, reply) = Server::on_client_hello(enc("b"), ALL, &hello, nonce()).unwrap();
+        let (finish, _) = client.on_server_hello(&reply).unwrap();
+        assert_eq!(
+            server.on_client_finish(&finish).unwrap_err().label(),
+            "auth"
+        );
     }
 
     #[test]

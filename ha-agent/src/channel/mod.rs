@@ -11,6 +11,8 @@
 //!   frame cannot be injected, altered, replayed, reordered or dropped; a
 //!   file body sent with `sendfile(2)` is covered by a keyed hash in a
 //!   trailer frame.
+//! - [`record`] (pure): with `cluster.encrypt`, every byte after the
+//!   handshake in ChaCha20-Poly1305 records keyed from the same handshake.
 //! - [`stream`]: the handshake on a blocking TCP socket, under one deadline.
 //! - [`listen`]: what a listener does before authentication: peer address
 //!   check, a cap on unauthenticated sessions, back-off on accept errors.
@@ -18,6 +20,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod listen;
+pub mod record;
 pub mod stream;
 
 pub use frame::{BodyHasher, FrameError, Opener, Sealer, TAG_LEN};
@@ -70,6 +73,9 @@ pub struct Local<'a> {
     pub cluster: u32,
     /// The shared password (input of the key derivation only).
     pub password: &'a [u8],
+    /// `cluster.encrypt`: this node's sessions are encrypted; a peer with
+    /// the other setting is refused in the handshake.
+    pub encrypt: bool,
 }
 
 impl std::fmt::Debug for Local<'_> {
@@ -77,6 +83,7 @@ impl std::fmt::Debug for Local<'_> {
         f.debug_struct("Local")
             .field("node", &self.node)
             .field("cluster", &self.cluster)
+            .field("encrypt", &self.encrypt)
             .finish_non_exhaustive()
     }
 }

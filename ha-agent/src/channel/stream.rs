@@ -207,6 +207,7 @@ mod tests {
             node,
             cluster: 1,
             password: b"pw",
+            encrypt: false,
         }
     }
 

@@ -35,6 +35,8 @@ pub struct MemberSettings {
     pub cluster: u32,
     /// The cluster password.
     pub key: Vec<u8>,
+    /// `cluster.encrypt`: sessions are encrypted.
+    pub encrypt: bool,
     /// `config_sync.address` and the config sync port.
     pub listen: SocketAddr,
     /// How to install.
@@ -447,6 +449,7 @@ fn session(
         node: &core.st.node,
         cluster,
         password: &core.st.key,
+        encrypt: core.st.encrypt,
     };
     let est = channel::accept(
         &s,

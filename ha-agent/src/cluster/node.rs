@@ -103,6 +103,7 @@ impl ConfigNode {
             node: cfg.node.name.clone(),
             cluster: cfg.cluster.id,
             key: cfg.cluster.password.expose().to_vec(),
+            encrypt: cfg.cluster.encrypt,
             listen: SocketAddr::new(address, port),
             apply,
             generations: cs.generations,

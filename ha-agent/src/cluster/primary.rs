@@ -495,6 +495,7 @@ fn session(
         node: &core.st.node,
         cluster,
         password: &core.st.key,
+        encrypt: core.st.encrypt,
     };
     let est = channel::connect(
         &s,

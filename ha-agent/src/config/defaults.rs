@@ -28,6 +28,10 @@ pub const PROMOTE_OUTDATED: bool = false;
 /// `cluster.forward`: off; forwarding is an opt-in for networks where
 /// clients keep stale ARP entries across a failover.
 pub const FORWARD: bool = false;
+/// `cluster.encrypt`: off; the heartbeat links are meant to be dedicated
+/// cables, where authentication is enough and the cost of encrypting every
+/// synced byte buys nothing.
+pub const ENCRYPT: bool = false;
 /// `cluster.fence_ports`: SMTP, so a fenced node's MTA cannot deliver a
 /// queue the new primary also delivers.
 pub const FENCE_PORTS: &[u16] = &[25];

@@ -60,6 +60,7 @@ pub const KEYS: &[&str] = &[
     "cluster.forward",
     "cluster.fence_ports",
     "cluster.startup_wait",
+    "cluster.encrypt",
     "heartbeat.interface",
     "heartbeat.local",
     "heartbeat.peer",

@@ -180,6 +180,8 @@ pub struct Cluster {
     pub fence_ports: Vec<u16>,
     /// How long a starting node listens for a peer before acting alone.
     pub startup_wait: Duration,
+    /// Sync and config-sync sessions are encrypted, not only authenticated.
+    pub encrypt: bool,
 }
 
 impl Cluster {

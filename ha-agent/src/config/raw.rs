@@ -50,6 +50,7 @@ pub(crate) struct RawCluster {
     pub forward: Option<bool>,
     pub fence_ports: Option<Vec<u16>>,
     pub startup_wait: Option<String>,
+    pub encrypt: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -62,6 +62,8 @@ pub struct ConfigSyncConfig {
     pub after_apply: Option<String>,
     /// The shared cluster password.
     pub key: Vec<u8>,
+    /// `cluster.encrypt`: sessions are encrypted.
+    pub encrypt: bool,
     /// Receiver: where to listen.
     pub listen: SocketAddr,
     /// Pusher: the peers' receivers. Receiver: only these addresses (the
@@ -96,6 +98,7 @@ impl ConfigSyncConfig {
             exclude: cfg.config_sync.exclude_matcher()?,
             after_apply: cfg.config_sync.after_apply.clone(),
             key: cfg.cluster.password.expose().to_vec(),
+            encrypt: cfg.cluster.encrypt,
             listen,
             peers,
             poll: Duration::from_millis(500),
@@ -166,6 +169,7 @@ impl ConfigSyncConfig {
             node: &self.node,
             cluster: self.cluster_id,
             password: &self.key,
+            encrypt: self.encrypt,
         }
     }
 }
@@ -386,6 +390,7 @@ fn push_one(
     for (i, view) in steps.iter().enumerate() {
         s.send(&Msg::Push {
             view: view.clone(),
+            running: running.synced_view(),
             bundle: (i == 0).then(|| bundle.clone()),
         })?;
         match s.recv()? {
@@ -524,6 +529,9 @@ fn accept_loop(
                             if matches!(e, WireError::Auth(_)) {
                                 warn!(%peer, error = %e, "config sync message failed authentication");
                                 sh.reject(e.label(), format!("from {peer}: {e}"));
+                            } else if matches!(e, WireError::LeaseRule(_)) {
+                                warn!(%peer, error = %e, "pushed cluster settings refused, nothing applied");
+                                sh.reject(e.label(), format!("from {peer}: {e}"));
                             } else {
                                 sh.error(format!("from {peer}: {e}"));
                             }
@@ -580,8 +588,12 @@ fn serve(
         checksum: sum,
     })?;
     loop {
-        let (view, bundle) = match s.recv() {
-            Ok(Msg::Push { view, bundle }) => (view, bundle),
+        let (view, pusher, bundle) = match s.recv() {
+            Ok(Msg::Push {
+                view,
+                running,
+                bundle,
+            }) => (view, running, bundle),
             Ok(m) => return Err(WireError::Handshake(format!("expected push, got {m:?}"))),
             // The pusher closes the connection after its last step.
             Err(WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
@@ -598,6 +610,15 @@ fn serve(
                 return Err(WireError::Refused(reason));
             }
         };
+        // While this step propagates, the pusher runs `pusher`: the pair
+        // must keep the lease rule both ways, whatever the pusher planned.
+        if let Err(e) = plan::check_against_pusher(cfg, &view, &pusher) {
+            let reason = e.to_string();
+            s.send(&Msg::Refused {
+                reason: reason.clone(),
+            })?;
+            return Err(WireError::LeaseRule(reason));
+        }
         let mut hook = None;
         if let Some(b) = &bundle {
             match bundle::apply(b, &st.paths, &st.exclude) {

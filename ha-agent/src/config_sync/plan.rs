@@ -31,6 +31,23 @@ pub enum PlanError {
         #[source]
         source: Box<ConfigError>,
     },
+    /// The pushed timing and the timing the pusher runs now break the
+    /// lease rule between them: one node's gate could outlive the other's
+    /// takeover while the push propagates.
+    #[error(
+        "pushed timing {pushed} breaks the lease rule against the pusher's running timing \
+         {pusher} (cluster.heartbeat_interval + cluster.lease + margin must stay below the \
+         other node's cluster.lost_threshold): {source}"
+    )]
+    AgainstPusher {
+        /// The timing pushed, as it would run here.
+        pushed: Timing,
+        /// The timing the pusher says it runs.
+        pusher: Timing,
+        /// The side of the rule that fails.
+        #[source]
+        source: crate::config::TimingError,
+    },
 }
 
 fn timing_of(base: &Config, v: &SyncedView) -> Result<Timing, ConfigError> {
@@ -39,6 +56,29 @@ fn timing_of(base: &Config, v: &SyncedView) -> Result<Timing, ConfigError> {
 
 fn pair_safe(a: &Timing, b: &Timing) -> bool {
     a.check_against_peer(b.lost_threshold).is_ok() && b.check_against_peer(a.lost_threshold).is_ok()
+}
+
+/// Receiver side: checks a pushed view against the timing the pusher runs
+/// while it pushes it (`pusher`). The pusher plans its steps so that every
+/// step is safe against what it runs; a step that is not (a hostile or
+/// broken pusher) is refused here, whatever the pusher planned.
+///
+/// # Errors
+/// Either view does not validate on `base`, or the pair breaks the rule.
+pub fn check_against_pusher(
+    base: &Config,
+    pushed: &SyncedView,
+    pusher: &SyncedView,
+) -> Result<(), PlanError> {
+    let ours = timing_of(base, pushed).map_err(|e| PlanError::Invalid(Box::new(e)))?;
+    let theirs = timing_of(base, pusher).map_err(|e| PlanError::Invalid(Box::new(e)))?;
+    ours.check_against_peer(theirs.lost_threshold)
+        .and_then(|()| theirs.check_against_peer(ours.lost_threshold))
+        .map_err(|source| PlanError::AgainstPusher {
+            pushed: ours,
+            pusher: theirs,
+            source,
+        })
 }
 
 /// The views to apply, in order, to move both nodes from the views they run
@@ -130,6 +170,38 @@ peer = "10.200.1.2"
             lease: None,
             startup_wait: Duration::from_secs(30),
             ..base().synced_view()
+        }
+    }
+
+    #[test]
+    fn receiver_refuses_a_view_unsafe_against_the_pushers_timing() {
+        let b = base();
+        // Safe in one step against 10ms/60ms: a higher threshold with the
+        // same fixed lease.
+        let fixed = SyncedView {
+            lease: Some(Duration::from_millis(30)),
+            ..view(10, 70)
+        };
+        check_against_pusher(&b, &fixed, &view(10, 60)).unwrap();
+        // The derived lease of 10ms/200ms outlives the pusher's 60ms
+        // threshold: the pusher would take over while this gate is open.
+        let e = check_against_pusher(&b, &view(10, 200), &view(10, 60)).unwrap_err();
+        assert!(matches!(e, PlanError::AgainstPusher { .. }), "{e}");
+        let msg = e.to_string();
+        for key in [
+            "cluster.lease",
+            "cluster.lost_threshold",
+            "cluster.heartbeat_interval",
+        ] {
+            assert!(msg.contains(key), "{msg}");
+        }
+        // The other way round too: the pusher's lease against ours.
+        assert!(check_against_pusher(&b, &view(10, 60), &view(10, 200)).is_err());
+        // Every step the planner makes passes the receiver's check.
+        let mut running = view(10, 60);
+        for step in timing_steps(&b, &[running.clone(), running.clone()], &view(10, 200)).unwrap() {
+            check_against_pusher(&b, &step, &running).unwrap();
+            running = step;
         }
     }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::bundle::Bundle;
+use crate::channel::record::{RecordOpener, RecordSealer};
 use crate::channel::{Established, FrameError, HandshakeError, Opener, Sealer, TAG_LEN};
 use crate::cluster::manifest::Manifest;
 use crate::cluster::store::ApplyReport;
@@ -30,9 +31,12 @@ pub const MAX_MSG: usize = 80 << 20;
 pub enum Msg {
     /// Receiver → pusher after authentication: what it runs now.
     State { view: SyncedView, checksum: String },
-    /// One step: cluster view to run, and the files (first step only).
+    /// One step: cluster view to run, the view the pusher runs while it
+    /// pushes it (checked by the receiver against the lease rule), and
+    /// the files (first step only).
     Push {
         view: SyncedView,
+        running: SyncedView,
         bundle: Option<Bundle>,
     },
     /// The step is applied and durable.
@@ -151,6 +155,10 @@ pub enum WireError {
     /// The peer refused a push.
     #[error("peer refused: {0}")]
     Refused(String),
+    /// This side refused a pushed timing that breaks the lease rule against
+    /// the pusher's running timing (the refusal was sent to the pusher).
+    #[error("{0}")]
+    LeaseRule(String),
 }
 
 impl WireError {
@@ -164,6 +172,7 @@ impl WireError {
             Self::Auth(e) => e.label(),
             Self::Handshake(_) => "protocol",
             Self::Refused(_) => "refused",
+            Self::LeaseRule(_) => "lease_rule",
         }
     }
 }
@@ -173,6 +182,8 @@ pub struct Conn<S = TcpStream> {
     s: S,
     seal: Sealer,
     open: Opener,
+    /// Set when the session is encrypted: every byte goes through them.
+    records: Option<(RecordSealer, RecordOpener)>,
     /// The peer's proved node name.
     pub peer: String,
 }
@@ -181,11 +192,13 @@ impl<S: Read + Write> Conn<S> {
     /// Wraps a stream whose channel handshake gave `est`.
     pub fn new(s: S, est: Established) -> Self {
         let peer = est.peer.clone();
-        let (seal, open) = est.split();
+        let (mut seal, mut open) = est.split();
+        let records = seal.take_records().zip(open.take_records());
         Self {
             s,
             seal,
             open,
+            records,
             peer,
         }
     }
@@ -201,7 +214,10 @@ impl<S: Read + Write> Conn<S> {
     /// The message is too large or the connection failed.
     pub fn send(&mut self, m: &Msg) -> Result<(), WireError> {
         let out = encode(m, &mut self.seal)?;
-        self.s.write_all(&out)?;
+        match &mut self.records {
+            Some((rec, _)) => rec.write_all(&mut self.s, &out)?,
+            None => self.s.write_all(&out)?,
+        }
         Ok(())
     }
 
@@ -212,7 +228,15 @@ impl<S: Read + Write> Conn<S> {
     /// The connection failed, or the message is oversize, forged or
     /// undecodable.
     pub fn recv(&mut self) -> Result<Msg, WireError> {
-        decode(&mut self.s, &mut self.open)
+        match &mut self.records {
+            None => decode(&mut self.s, &mut self.open),
+            Some((_, rec)) => decode(&mut rec.reader(&mut self.s), &mut self.open).map_err(|e| {
+                match (e, rec.failure()) {
+                    (WireError::Io(_), Some(f)) => WireError::Auth(f.clone()),
+                    (e, _) => e,
+                }
+            }),
+        }
     }
 }
 

@@ -43,8 +43,13 @@ pub const RETIRED_EPOCHS: usize = 32;
 pub enum RefusalKind {
     /// Bad tag: wrong password or altered bytes.
     Forged,
-    /// An old or repeated sequence number.
+    /// An old or repeated sequence number on its link: a copy someone
+    /// recorded (never a genuine frame read late: see `Late`).
     Replayed,
+    /// A genuine frame, in order on its link, read so late that the other
+    /// link's copies are far ahead (the socket was not read during a
+    /// stall). Refused like a replay, counted apart: it is no attack.
+    Late,
     /// A retired peer epoch, or a new one that echoes an old epoch of ours.
     StaleEpoch,
     /// A new peer epoch that has not heard us yet (normal for a moment at
@@ -66,9 +71,10 @@ pub enum RefusalKind {
 
 impl RefusalKind {
     /// Every kind, in counter order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Forged,
         Self::Replayed,
+        Self::Late,
         Self::StaleEpoch,
         Self::Unconfirmed,
         Self::Reflected,
@@ -85,6 +91,7 @@ impl RefusalKind {
         match self {
             Self::Forged => "forged",
             Self::Replayed => "replayed",
+            Self::Late => "late",
             Self::StaleEpoch => "stale_epoch",
             Self::Unconfirmed => "unconfirmed",
             Self::Reflected => "reflected",
@@ -189,7 +196,8 @@ impl Refusal {
             Self::Decode(_) => RefusalKind::Malformed,
             Self::Reflected => RefusalKind::Reflected,
             Self::Timing(_) => RefusalKind::TimingMismatch,
-            Self::Replayed { .. } | Self::LateCopy { .. } => RefusalKind::Replayed,
+            Self::Replayed { .. } => RefusalKind::Replayed,
+            Self::LateCopy { .. } => RefusalKind::Late,
             Self::RetiredEpoch { .. } | Self::EchoesOldEpoch { .. } | Self::StaleEcho { .. } => {
                 RefusalKind::StaleEpoch
             }
@@ -703,8 +711,29 @@ mod tests {
         // Link 1 never saw seq 5..: a held-back copy of seq 5 is too old.
         let r = p.on_frame(1, &hb(PEER1, 5, (US, 100)), 100).unwrap_err();
         assert!(matches!(r, Refusal::LateCopy { .. }));
-        assert_eq!(r.kind(), RefusalKind::Replayed);
+        assert_eq!(r.kind(), RefusalKind::Late);
         assert!(p.on_frame(1, &hb(PEER1, 6, (US, 100)), 100).is_ok());
+    }
+
+    #[test]
+    fn genuine_frames_read_late_after_a_stall_are_late_not_replayed() {
+        let mut p = established(5);
+        // Both links carried seq 6..=45 while the agent was stopped; link 0's
+        // socket is read first, then link 1's backlog, in order.
+        for seq in 6..=45 {
+            p.on_frame(0, &hb(PEER1, seq, (US, 100)), 100).unwrap();
+        }
+        let mut kinds = std::collections::BTreeMap::new();
+        for seq in 6..=45 {
+            if let Err(r) = p.on_frame(1, &hb(PEER1, seq, (US, 100)), 100) {
+                *kinds.entry(r.kind()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(kinds.get(&RefusalKind::Replayed), None, "{kinds:?}");
+        assert!(kinds.get(&RefusalKind::Late).is_some_and(|n| *n > 0), "{kinds:?}");
+        // A copy of a frame link 1 already carried is a replay.
+        let r = p.on_frame(1, &hb(PEER1, 45, (US, 100)), 100).unwrap_err();
+        assert_eq!(r.kind(), RefusalKind::Replayed);
     }
 
     #[test]

@@ -100,6 +100,8 @@ pub struct SyncConfig {
     pub peer: SocketAddr,
     /// The shared cluster password.
     pub key: Vec<u8>,
+    /// `cluster.encrypt`: sessions are encrypted.
+    pub encrypt: bool,
     /// Where the small state files live (per instance).
     pub state_dir: PathBuf,
     /// Lag an operator is promised; above it the sender raises an alarm.
@@ -115,6 +117,7 @@ impl SyncConfig {
             node: &self.node,
             cluster: self.cluster_id,
             password: &self.key,
+            encrypt: self.encrypt,
         }
     }
 
@@ -159,6 +162,7 @@ impl SyncConfig {
             listen: SocketAddr::new(link.local, port),
             peer: SocketAddr::new(link.peer, port),
             key: cfg.cluster.password.expose().to_vec(),
+            encrypt: cfg.cluster.encrypt,
             state_dir: cfg.runtime.state_dir.clone(),
             max_lag: cfg.backup.max_lag,
             retry: Duration::from_secs(1),

@@ -22,6 +22,7 @@ use thiserror::Error;
 
 use super::path::{self, PathError};
 use crate::channel::frame::BODY_HASH_LEN;
+use crate::channel::record::{RecordOpener, RecordSealer};
 pub use crate::channel::{FrameError, Opener, Purpose, Sealer, TAG_LEN};
 
 /// `"HS"`: ha sync.
@@ -717,21 +718,51 @@ pub enum ReadError {
 
 /// The reading half of a session: frames are checked in order.
 pub struct Reader<R> {
-    /// The byte stream (a body is read from it directly).
+    /// The byte stream (for timeouts and polling; bodies are read with
+    /// [`Reader::body`]).
     pub inner: R,
     open: Opener,
+    /// Set when the session is encrypted: every byte is read through it.
+    records: Option<RecordOpener>,
 }
 
 impl<R: std::io::Read> Reader<R> {
-    pub fn new(inner: R, open: Opener) -> Self {
-        Self { inner, open }
+    pub fn new(inner: R, mut open: Opener) -> Self {
+        let records = open.take_records();
+        Self {
+            inner,
+            open,
+            records,
+        }
     }
     /// The next frame.
     ///
     /// # Errors
     /// I/O, decoding or authentication failed: the session must end.
     pub fn frame(&mut self) -> Result<(u64, Frame), ReadError> {
-        read_frame(&mut self.inner, &mut self.open)
+        match &mut self.records {
+            None => read_frame(&mut self.inner, &mut self.open),
+            Some(rec) => {
+                let r = read_frame(&mut rec.reader(&mut self.inner), &mut self.open);
+                r.map_err(|e| sealed_failure(rec, e))
+            }
+        }
+    }
+    /// Reads body bytes (through the records when encrypted).
+    ///
+    /// # Errors
+    /// The connection failed, or an encrypted record failed to open.
+    pub fn body(&mut self, buf: &mut [u8]) -> Result<usize, ReadError> {
+        match &mut self.records {
+            None => Ok(self.inner.read(buf)?),
+            Some(rec) => rec
+                .read(&mut self.inner, buf)
+                .map_err(|e| sealed_failure(rec, ReadError::Io(e))),
+        }
+    }
+    /// Bytes already opened and not yet read (beyond what `inner` buffers).
+    pub fn opened(&self) -> usize {
+        self.records.as_ref().map_or(0, RecordOpener::buffered)
     }
     /// Hasher of a body being received (checked against the next frame).
     pub fn body_hasher(&self) -> crate::channel::BodyHasher {
@@ -739,20 +770,51 @@ impl<R: std::io::Read> Reader<R> {
     }
 }
 
+/// An I/O error that is the failure of an encrypted record: an
+/// authentication failure, counted as such.
+fn sealed_failure(rec: &RecordOpener, e: ReadError) -> ReadError {
+    match (e, rec.failure()) {
+        (ReadError::Io(_), Some(f)) => ReadError::Auth(f.clone()),
+        (e, _) => e,
+    }
+}
+
 /// The writing half of a session, with a small frame buffer.
 pub struct Writer<W> {
-    /// The byte stream (a body is sent to it directly).
+    /// The byte stream (a body is sent to it directly when the session is
+    /// not encrypted).
     pub inner: W,
     seal: Sealer,
     out: BytesMut,
+    /// Set when the session is encrypted: every byte goes through it.
+    records: Option<RecordSealer>,
 }
 
 impl<W: std::io::Write> Writer<W> {
-    pub fn new(inner: W, seal: Sealer) -> Self {
+    pub fn new(inner: W, mut seal: Sealer) -> Self {
+        let records = seal.take_records();
         Self {
             inner,
             seal,
             out: BytesMut::new(),
+            records,
+        }
+    }
+    /// The session is encrypted: bodies must go through [`Writer::body`],
+    /// not straight to `inner`.
+    pub fn encrypted(&self) -> bool {
+        self.records.is_some()
+    }
+    /// Writes body bytes through the records (frames buffered before them
+    /// are flushed first).
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub fn body(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.flush()?;
+        match &mut self.records {
+            Some(rec) => rec.write_all(&mut self.inner, b),
+            None => self.inner.write_all(b),
         }
     }
     /// Buffers a frame (written once 64 KiB are pending, or on flush).
@@ -772,7 +834,10 @@ impl<W: std::io::Write> Writer<W> {
     /// The connection failed.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            self.inner.write_all(&self.out)?;
+            match &mut self.records {
+                Some(rec) => rec.write_all(&mut self.inner, &self.out)?,
+                None => self.inner.write_all(&self.out)?,
+            }
             self.out.clear();
         }
         Ok(())

@@ -14,7 +14,7 @@
 //! under load many share one flush.
 
 use std::collections::HashMap;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::net::SocketAddr;
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
@@ -562,6 +562,7 @@ impl<'a> Session<'a> {
                 return SessionEnd::Io(io::Error::other("this node became active"));
             }
             if !self.batch.is_empty()
+                && r.opened() == 0
                 && input_idle(&r.inner)
                 && let Err(e) = self.commit(w)
             {
@@ -1079,7 +1080,7 @@ impl<'a> Session<'a> {
         let mut buf = vec![0u8; 256 * 1024];
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
-            let n = r.inner.read(&mut buf[..want])?;
+            let n = r.body(&mut buf[..want])?;
             if n == 0 {
                 Tree::discard(&t);
                 return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
@@ -1334,7 +1335,7 @@ fn drain(r: &mut Rx, size: u64, hash: &mut channel::BodyHasher) -> Result<(), Se
     let mut buf = vec![0u8; 64 * 1024];
     while left > 0 {
         let want = left.min(buf.len() as u64) as usize;
-        let n = r.inner.read(&mut buf[..want])?;
+        let n = r.body(&mut buf[..want])?;
         if n == 0 {
             return Err(SessionEnd::Io(io::ErrorKind::UnexpectedEof.into()));
         }

@@ -689,25 +689,24 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
     c.frame(&frame, seq)?;
     if let Some((f, size)) = body {
         c.flush()?;
-        // The body is hashed with pread, then goes from the page cache to
-        // the socket by sendfile: the stream carries no userspace copy.
         let before = stamp(&f)?;
         let mut h = c.body_hasher();
-        h.update_file(&f, size).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                SyncError::FileShrank(op.path().to_owned())
-            } else {
-                SyncError::Io(e)
-            }
-        })?;
-        let mut off = 0u64;
-        while off < size {
-            let want = (size - off).min(1 << 30) as usize;
-            match rustix::fs::sendfile(&c.inner, &f, Some(&mut off), want) {
-                Ok(0) => return Err(SyncError::FileShrank(op.path().to_owned())),
-                Ok(_) => {}
-                Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
-                Err(e) => return Err(SyncError::Io(e.into())),
+        if c.encrypted() {
+            send_sealed_body(c, &f, size, &mut h).map_err(|e| shrank_or_io(e, &op))?;
+        } else {
+            // The body is hashed with pread, then goes from the page cache
+            // to the socket by sendfile: the stream carries no userspace
+            // copy.
+            h.update_file(&f, size).map_err(|e| shrank_or_io(e, &op))?;
+            let mut off = 0u64;
+            while off < size {
+                let want = (size - off).min(1 << 30) as usize;
+                match rustix::fs::sendfile(&c.inner, &f, Some(&mut off), want) {
+                    Ok(0) => return Err(SyncError::FileShrank(op.path().to_owned())),
+                    Ok(_) => {}
+                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                    Err(e) => return Err(SyncError::Io(e.into())),
+                }
             }
         }
         if stamp(&f)? == before {
@@ -725,6 +724,41 @@ fn send_op(ctx: &Ctx, c: &mut Conn, root: u8, op: Op, at: Instant) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// An encrypted session's body: the kernel cannot seal it, so it is read
+/// with pread into one buffer, hashed and written through the records
+/// chunk by chunk (`sendfile` cannot be used).
+fn send_sealed_body(
+    c: &mut Conn,
+    f: &File,
+    size: u64,
+    h: &mut channel::BodyHasher,
+) -> io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let mut buf = vec![0u8; usize::try_from(size.min(256 * 1024)).unwrap_or(256 * 1024)];
+    let mut off = 0u64;
+    while off < size {
+        let want = usize::try_from((size - off).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = f.read_at(&mut buf[..want], off)?;
+        if n == 0 {
+            // What went out cannot be taken back: the session ends and the
+            // file is sent again in the next one.
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        h.update(&buf[..n]);
+        c.body(&buf[..n])?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn shrank_or_io(e: io::Error, op: &Op) -> SyncError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        SyncError::FileShrank(op.path().to_owned())
+    } else {
+        SyncError::Io(e)
+    }
 }
 
 /// What changes when a file is written to: size, mtime, ctime.

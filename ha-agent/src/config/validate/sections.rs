@@ -108,6 +108,7 @@ pub(super) fn cluster(
         forward: raw.forward.unwrap_or(d::FORWARD),
         fence_ports,
         startup_wait,
+        encrypt: raw.encrypt.unwrap_or(d::ENCRYPT),
     })
 }
 
