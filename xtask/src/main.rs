@@ -4,6 +4,7 @@
 
 mod cmd;
 mod deb;
+mod fuzz;
 mod install;
 mod setup;
 
@@ -40,6 +41,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the fuzz targets of `fuzz/` (nightly, libFuzzer) and run one or all of them.
+    Fuzz(fuzz::FuzzArgs),
     /// Live demo on this machine: two nodes in network namespaces, a failover, cleanup.
     Demo,
     /// Benchmarks that print figures: `dataplane`, `failover`, `sync`, `acceptance`.
@@ -68,8 +71,22 @@ fn main() -> Result<()> {
         }
         Command::Test { args } => {
             setup::run(true)?;
-            cmd::test(&args)
+            let tests = cmd::test(&args);
+            // A filtered run asks for some tests, not for fuzzing.
+            match fuzz::seconds_in_test_run().filter(|_| args.is_empty()) {
+                Some(time) => {
+                    let fuzzed = fuzz::fuzz(&fuzz::FuzzArgs { time, target: None });
+                    tests.and(fuzzed)
+                }
+                None => {
+                    eprintln!(
+                        "xtask test: fuzz targets not run (they run under CI, with HA_FUZZ_SECONDS=N, or by `cargo xtask fuzz`)"
+                    );
+                    tests
+                }
+            }
         }
+        Command::Fuzz(args) => fuzz::fuzz(&args),
         Command::Demo => {
             setup::run(true)?;
             cmd::run_tool("ha-demo", &[])

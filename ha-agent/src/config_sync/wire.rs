@@ -240,8 +240,25 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
+/// The body of one message as it goes on the wire (before length and tag).
+///
+/// # Errors
+/// The message cannot be serialised (never for the types above).
+pub fn to_body(m: &Msg) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(m)
+}
+
+/// One message from an authenticated body: the only parsing of peer bytes
+/// on this channel.
+///
+/// # Errors
+/// The body is not a message.
+pub fn from_body(body: &[u8]) -> Result<Msg, serde_json::Error> {
+    serde_json::from_slice(body)
+}
+
 fn encode(m: &Msg, seal: &mut Sealer) -> Result<Vec<u8>, WireError> {
-    let body = serde_json::to_vec(m)?;
+    let body = to_body(m)?;
     if body.len() > MAX_MSG {
         return Err(WireError::Oversize(body.len()));
     }
@@ -265,7 +282,7 @@ fn decode(r: &mut impl Read, open: &mut Opener) -> Result<Msg, WireError> {
     r.read_exact(&mut buf[4..])?;
     let (msg, tag) = buf.split_at(4 + n);
     open.open(msg, tag)?;
-    Ok(serde_json::from_slice(&msg[4..])?)
+    Ok(from_body(&msg[4..])?)
 }
 
 #[cfg(test)]

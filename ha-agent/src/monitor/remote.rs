@@ -62,7 +62,21 @@ impl Service {
     }
 }
 
+/// The first line a service sent, as [`Service::accepts`] judges it:
+/// up to the first line feed, lossily decoded, line end and trailing
+/// blanks removed; `None` when the server sent nothing at all.
+#[must_use]
+pub fn first_line(raw: &[u8]) -> Option<String> {
+    let line = raw.split_inclusive(|b| *b == b'\n').next()?;
+    Some(String::from_utf8_lossy(line).trim_end().to_owned())
+}
+
+/// `HTTP/x.y NNN ...` from the line's first byte: a server that sends
+/// something else first is not speaking HTTP.
 fn is_http_status_line(line: &str) -> bool {
+    if !line.starts_with("HTTP/") {
+        return false;
+    }
     let mut parts = line.split_ascii_whitespace();
     let version_ok = parts.next().is_some_and(|v| v.starts_with("HTTP/"));
     let code_ok = parts
@@ -184,10 +198,9 @@ pub async fn check(
     .map_err(|_| timed_out(Phase::Reply))?
     .map_err(io_err)?;
 
-    if line.is_empty() {
+    let Some(line) = first_line(&line) else {
         return Err(RemoteError::Closed { service, addr });
-    }
-    let line = String::from_utf8_lossy(&line).trim_end().to_owned();
+    };
     if !service.accepts(&line) {
         return Err(RemoteError::UnexpectedReply {
             service,
@@ -246,9 +259,25 @@ mod tests {
             (Http, "HTTP/1.1 OK", false),
             (Http, "SSH-2.0-OpenSSH_9.2", false),
             (Smtp, "", false),
+            // Found by fuzzing: the status line must start the reply.
+            (Http, "\n\nHTTP/\n\n555", false),
+            (Http, "\x0cHTTP/1.1 200 OK", false),
         ] {
             assert_eq!(svc.accepts(line), ok, "{svc:?} {line:?}");
         }
+    }
+
+    #[test]
+    fn only_the_first_line_is_judged() {
+        // Found by fuzzing: lines after the first never make a reply good.
+        let raw = b"\n\n\nHTTP/\n\n555";
+        assert_eq!(first_line(raw).as_deref(), Some(""));
+        assert!(!Service::Http.accepts(&first_line(raw).unwrap()));
+        assert_eq!(first_line(b"").as_deref(), None);
+        assert_eq!(
+            first_line(b"220 mail ESMTP\r\n250 x\r\n").as_deref(),
+            Some("220 mail ESMTP")
+        );
     }
 
     #[test]
