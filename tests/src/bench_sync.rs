@@ -13,7 +13,11 @@
 //! 2. steady state: a writer delivers Maildir-style (write in `tmp/`,
 //!    rename into `new/`) at a fixed rate; the lag of each message is from
 //!    its rename on the primary to the sender receiving the receiver's
-//!    acknowledgement (durable on the replica, plus the way back).
+//!    acknowledgement (durable on the replica, plus the way back). Run
+//!    twice: as the machine is, then with `stress-ng --cpu 2` hogging the
+//!    CPUs (skipped with `--no-stress` or when stress-ng is missing);
+//! 3. what the channel's protection costs, as rows of one table (see
+//!    [`Cost`]).
 //!
 //! The sender's CPU time is read from its threads' `/proc` entries.
 
@@ -47,10 +51,11 @@ struct Opts {
     dir: PathBuf,
     /// Also time the initial sync with `cluster.encrypt` on.
     encrypt: bool,
+    stress: bool,
 }
 
 fn usage() -> &'static str {
-    "usage: ha-bench sync [--small] [--messages N] [--steady-secs S] [--rate MSG_PER_S] [--dir PATH] [--encrypt]"
+    "usage: ha-bench sync [--small] [--messages N] [--steady-secs S] [--rate MSG_PER_S] [--dir PATH] [--no-stress] [--encrypt]"
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -60,6 +65,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         rate: 500,
         dir: PathBuf::from(format!("/var/tmp/ha-bench-sync-{}", std::process::id())),
         encrypt: false,
+        stress: true,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -77,6 +83,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--rate" => o.rate = val()?.parse()?,
             "--dir" => o.dir = PathBuf::from(val()?),
             "--encrypt" => o.encrypt = true,
+            "--no-stress" => o.stress = false,
             _ => bail!("unknown argument {a:?}; {}", usage()),
         }
     }
@@ -146,8 +153,10 @@ pub fn run(args: &[String]) -> Result<()> {
         check_same(&src, &dst)?;
         eprintln!("{label}: {:.1} s", d.as_secs_f64());
         rows.push((label.to_owned(), d, None));
-        fs::remove_dir_all(&dst)?;
-        syncfs(&work.0)?;
+        // The copy stays until the end: on ext4 a file created shortly
+        // after many were deleted nearby pays a scan past the freed inodes
+        // (most of all without a journal), which would tax the next
+        // contestant, not this one.
     }
 
     let dst = work.0.join("ha");
@@ -231,7 +240,18 @@ pub fn run(args: &[String]) -> Result<()> {
     // (and the deleted rsync trees') settle first.
     syncfs(&work.0)?;
     std::thread::sleep(Duration::from_secs(2));
-    let steady = steady_state(&tx, &src, &o)?;
+    let steady = steady_state(&tx, &src, &o, "quiet")?;
+    let loaded = if !o.stress {
+        None
+    } else if !which("stress-ng") {
+        eprintln!("stress-ng not installed: no steady-state run under CPU load");
+        None
+    } else {
+        let _hog = Hog::start(o.steady + Duration::from_secs(15))?;
+        // Let the hog take the CPUs before the writer starts.
+        std::thread::sleep(Duration::from_secs(1));
+        Some(steady_state(&tx, &src, &o, "stress-ng --cpu 2")?)
+    };
     tx.stop();
     rx.stop();
 
@@ -269,17 +289,99 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     println!();
     steady.print();
+    if let Some(l) = &loaded {
+        l.print();
+    }
     println!();
-    auth_cost(&src, files, bytes, ha)?;
+    let mut costs = vec![auth_cost(&src, files)?];
+    if let (Some((_, _, Some(enc))), Some((_, _, Some(plain)))) = (rows.get(3), rows.get(2)) {
+        costs.push(Cost {
+            label: "encryption (ChaCha20-Poly1305)".into(),
+            cpu_s: enc.saturating_sub(*plain).as_secs_f64(),
+            bytes,
+            how: "sender CPU of the encrypted initial sync minus the plain one, same tree (--encrypt)"
+                .into(),
+        });
+    } else {
+        println!("encryption (cluster.encrypt): run with --encrypt for its row");
+    }
+    print_costs(&costs, bytes, ha);
     Ok(())
+}
+
+/// A CPU hog on every core (`stress-ng --cpu 2`), stopped on drop.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start(max: Duration) -> Result<Self> {
+        let child = Command::new("stress-ng")
+            .args(["--cpu", "2", "--timeout"])
+            .arg(format!("{}s", max.as_secs().max(1)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting stress-ng")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        // SIGTERM lets stress-ng stop its workers; bounded wait, then kill.
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One row of the protection-cost table: work the channel adds to a bulk
+/// sync, measured on its own over the same bytes. New kinds of protection
+/// (encryption) add a row.
+struct Cost {
+    label: String,
+    /// CPU seconds the work took (one thread).
+    cpu_s: f64,
+    /// Bytes it covered.
+    bytes: u64,
+    /// How it was measured.
+    how: String,
+}
+
+fn print_costs(costs: &[Cost], tree_bytes: u64, ha_s: f64) {
+    println!(
+        "cost of the channel's protection on this tree ({:.0} MB; ha's bulk sync took {ha_s:.2} s):",
+        mb(tree_bytes)
+    );
+    println!(
+        "{:<34} {:>8} {:>9} {:>10}  how",
+        "work", "CPU s", "MB/s", "% of ha"
+    );
+    for c in costs {
+        println!(
+            "{:<34} {:>8.3} {:>9.0} {:>9.1}%  {}",
+            c.label,
+            c.cpu_s,
+            mb(c.bytes) / c.cpu_s.max(1e-9),
+            100.0 * c.cpu_s / ha_s,
+            c.how
+        );
+    }
 }
 
 /// The channel's authentication, measured on its own over the same tree:
 /// the keyed hash of every body read with pread (what the sender adds
-/// per file) and the tag of a typical frame. ha has no switch to turn
-/// authentication off, so the cost is measured as the work it adds, and
-/// set against the bulk run's time.
-fn auth_cost(src: &Path, files: usize, bytes: u64, ha_s: f64) -> Result<()> {
+/// per file; the receiver hashes the same bytes as they arrive) and the tag
+/// of two frames per file. ha has no switch to turn authentication off, so
+/// the cost is measured as the work it adds, and set against the bulk
+/// run's time.
+fn auth_cost(src: &Path, files: usize) -> Result<Cost> {
     use ha_agent::channel::handshake::{Client, Server, nonce};
     use ha_agent::channel::{Local, Purpose};
     let local = |node| Local {
@@ -333,32 +435,18 @@ fn auth_cost(src: &Path, files: usize, bytes: u64, ha_s: f64) -> Result<()> {
     // Two tagged frames per file on the sender (FileData, BodyEnd), one ack
     // per batch on the receiver: count two per file.
     let frames = 2.0 * files as f64;
-    let total = body + frames * per_frame;
-    println!("channel authentication (measured on its own, one thread, same tree):");
-    println!("{:<34} {:>12} {:>12}", "work", "CPU s", "per unit");
-    println!(
-        "{:<34} {:>12.3} {:>9.2} s/GB",
-        "body hashes (keyed BLAKE3, mmap)",
-        body,
-        body / gb(hashed.max(1))
-    );
-    println!(
-        "{:<34} {:>12.3} {:>9.0} ns/frame",
-        "frame tags (120-byte frame)",
-        frames * per_frame,
-        per_frame * 1e9
-    );
-    println!(
-        "authentication adds {:.2} CPU s to the {:.0} MB bulk sync ({:.1}% of the ha run's {:.1} s)",
-        total,
-        mb(bytes),
-        100.0 * total / ha_s,
-        ha_s
-    );
-    println!(
-        "encryption (cluster.encrypt): the \"ha encrypted\" row of the initial sync (--encrypt)"
-    );
-    Ok(())
+    Ok(Cost {
+        label: "authentication (keyed BLAKE3 + tags)".into(),
+        cpu_s: body + frames * per_frame,
+        bytes: hashed,
+        how: format!(
+            "one side: bodies hashed through pread {:.3} s ({:.2} s/GB, page cache warm) + {:.0} frame tags at {:.0} ns",
+            body,
+            body / gb(hashed.max(1)),
+            frames,
+            per_frame * 1e9
+        ),
+    })
 }
 
 fn which(prog: &str) -> bool {
@@ -552,6 +640,8 @@ fn sender_cpu() -> Duration {
 }
 
 struct Steady {
+    /// What ran beside the writer.
+    load: &'static str,
     rate: u32,
     secs: f64,
     sent: usize,
@@ -560,6 +650,8 @@ struct Steady {
     missing: usize,
     cpu: Duration,
     late_writes: usize,
+    /// Operations still unacknowledged when the writer started.
+    backlog_at_start: u64,
 }
 
 impl Steady {
@@ -572,12 +664,14 @@ impl Steady {
         };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "steady state: writer at {} msg/s for {:.0} s, Maildir tmp/ -> new/, {} messages, {:.0} MB ({} behind schedule)",
+            "steady state ({}): writer at {} msg/s for {:.0} s, Maildir tmp/ -> new/, {} messages, {:.0} MB ({} behind schedule, backlog at start {})",
+            self.load,
             self.rate,
             self.secs,
             self.sent,
             mb(self.bytes),
-            self.late_writes
+            self.late_writes,
+            self.backlog_at_start
         );
         println!("lag rename on primary -> ack of durable copy received by the sender:");
         println!(
@@ -599,13 +693,20 @@ impl Steady {
 
 /// Delivers `o.rate` messages per second for `o.steady` and measures each
 /// one's lag from its rename to the acknowledgement of its durable copy.
-fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
+fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts, load: &'static str) -> Result<Steady> {
     let acks = tx.subscribe_acks();
-    let (tmp, new) = (src.join("inbox/tmp"), src.join("inbox/new"));
+    // Each run its own mailbox: names never collide with an earlier run.
+    let inbox = format!("inbox-{}", load.split_whitespace().next().unwrap_or("x"));
+    let (tmp, new) = (src.join(&inbox).join("tmp"), src.join(&inbox).join("new"));
     fs::create_dir_all(&tmp)?;
     fs::create_dir_all(&new)?;
-    // Let the two directory creations reach the replica first.
-    wait(tx, Duration::from_secs(10), |s| s.backlog_ops == 0)?;
+    // Let the two directory creations (and what an earlier run left
+    // behind) reach the replica first; a backlog still there after a
+    // minute is reported, not hidden.
+    let backlog_at_start = match wait(tx, Duration::from_secs(60), |s| s.backlog_ops == 0) {
+        Ok(()) => 0,
+        Err(_) => tx.status().backlog_ops,
+    };
     while acks.try_recv().is_ok() {}
     let mut rng = StdRng::seed_from_u64(5);
     let mut pool = vec![0u8; 256 << 10];
@@ -615,11 +716,12 @@ fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
     let mut renamed: HashMap<String, Instant> = HashMap::with_capacity(n);
     let mut lags = Vec::with_capacity(n);
     let (mut bytes, mut late) = (0u64, 0usize);
+    let prefix = format!("{inbox}/new/");
     let collect = |acks: &mpsc::Receiver<ha_agent::sync::AckedOp>,
                    renamed: &mut HashMap<String, Instant>,
                    lags: &mut Vec<Duration>| {
         while let Ok(a) = acks.try_recv() {
-            if let Some(name) = a.path.strip_prefix("inbox/new/")
+            if let Some(name) = a.path.strip_prefix(prefix.as_str())
                 && let Some(t) = renamed.remove(name)
             {
                 lags.push(a.acked.saturating_duration_since(t));
@@ -653,12 +755,14 @@ fn steady_state(tx: &SyncHandle, src: &Path, o: &Opts) -> Result<Steady> {
     let cpu = sender_cpu().saturating_sub(cpu0);
     lags.sort();
     Ok(Steady {
+        load,
         rate: o.rate,
         secs,
         sent: n,
         bytes,
         lags,
         missing: renamed.len(),
+        backlog_at_start,
         cpu,
         late_writes: late,
     })

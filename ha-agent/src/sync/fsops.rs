@@ -149,6 +149,13 @@ impl Tree {
         })
     }
 
+    /// `syncfs` of the file system holding the root: every write made so
+    /// far on that file system (file data, names, attributes) is durable.
+    pub fn sync_fs(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.root)?;
+        Ok(())
+    }
+
     /// From now on, remember the directories in which walks create missing
     /// directories; [`take_created`](Self::take_created) hands them over.
     pub fn track_created_dirs(&self) {

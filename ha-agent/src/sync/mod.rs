@@ -3,7 +3,8 @@
 //! authenticated TCP channel (`crate::channel`); see `docs/sync.md`.
 //!
 //! Pure parts: [`proto`] (wire format), [`path`], [`plan`]
-//! (reconcile and failback planning), [`spool`]. I/O: [`fsops`] (receiver
+//! (reconcile and failback planning), [`spool`], [`group`] (when the
+//! receiver commits and how it flushes). I/O: [`fsops`] (receiver
 //! file operations confined to a root), [`manifest`] (scans), [`watcher`]
 //! (inotify), [`sender`], [`receiver`], [`state`].
 //!
@@ -14,6 +15,7 @@
 
 pub mod freshness;
 pub mod fsops;
+pub mod group;
 pub mod ids;
 pub mod manifest;
 pub mod path;

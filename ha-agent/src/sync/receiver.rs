@@ -3,15 +3,14 @@
 //! are durable, committing in groups.
 //!
 //! Group commit: file bodies go to temporary names, their writeback started
-//! at once; when the input queue is empty (nothing buffered, nothing
-//! readable on the socket) or the batch is large, the batch is made durable
-//! (an fsync per file, issued concurrently so that they share journal
-//! commits), renamed into place,
-//! the touched directories are fsynced, and the highest sequence of the
-//! batch is acknowledged. Never `syncfs`: it would also wait for every other
-//! writer's dirty data on a file system the spool usually shares. A lone
-//! message in steady state is therefore committed as soon as it arrives;
-//! under load many share one flush.
+//! at once; when the input is idle or the group is large (see
+//! [`group::Planner`]), the group is made durable, renamed into place, the
+//! names made durable too, and the highest sequence of the group is
+//! acknowledged. During a session's reconcile a group is large and flushed
+//! with `syncfs` (before the renames and after); in steady state a lone
+//! message is committed as soon as it arrives, with an fsync per file
+//! (issued concurrently, so that they share journal commits) and per
+//! touched directory, never waiting for other writers on the file system.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, Write};
@@ -27,6 +26,7 @@ use rustix::event::{PollFd, PollFlags};
 use tracing::{debug, error, info, warn};
 
 use super::fsops::{FsError, TempFile, Tree};
+use super::group::{self, Flush, Planner};
 use super::ids::Ids;
 use super::manifest::{self, Manifest};
 use super::path;
@@ -38,10 +38,6 @@ use super::state::{StateFile, SyncState};
 use super::{Shared, SyncConfig, SyncHandle};
 use crate::channel::{self, Gate, HandshakeError, listen::Backoff};
 
-/// Files per batch before a commit is forced.
-const BATCH_FILES: usize = 512;
-/// Body bytes per batch before a commit is forced.
-const BATCH_BYTES: u64 = 64 << 20;
 /// Handshake must complete within this.
 const HANDSHAKE_TIMEOUT: Duration = channel::HANDSHAKE_DEADLINE;
 /// The receiver's acked sequence is persisted at most this often (and at
@@ -359,7 +355,8 @@ fn session(
         queues: Vec::new(),
         handin: Vec::new(),
         failed: HashMap::new(),
-        fd_budget: fd_budget(),
+        planner: Planner::new(fd_budget()),
+        buf: Vec::new(),
     };
     if replicate {
         sess.index_queues();
@@ -534,8 +531,10 @@ struct Session<'a> {
     /// this node holds or took on at its promotion (a hand-in never brings
     /// one back), and how many messages were handed in.
     handin: Vec<Option<HandIn>>,
-    /// Most descriptors a batch may hold before it is committed.
-    fd_budget: usize,
+    /// When to commit and how to flush (reconcile or steady state).
+    planner: Planner,
+    /// Receive buffer for file bodies.
+    buf: Vec<u8>,
     /// Operations that failed in this session and were not redone since,
     /// by (wire root, path), with the failed sequence.
     failed: HashMap<(u8, String), u64>,
@@ -563,7 +562,7 @@ impl<'a> Session<'a> {
             }
             if !self.batch.is_empty()
                 && r.opened() == 0
-                && input_idle(&r.inner)
+                && input_idle(&r.inner, self.planner.idle_wait())
                 && let Err(e) = self.commit(w)
             {
                 return e;
@@ -575,9 +574,11 @@ impl<'a> Session<'a> {
             if let Err(e) = self.handle(seq, frame, r, w) {
                 return e;
             }
-            if (self.batch.files.len() >= BATCH_FILES
-                || self.batch.bytes >= BATCH_BYTES
-                || self.batch_fds() >= self.fd_budget)
+            // The reconcile's end is committed at once: the replica is
+            // known in sync without waiting for the input to go quiet.
+            let insync_due = self.planner.commit_on_insync()
+                && self.insync_seq.is_some_and(|s| s <= self.batch.max_seq);
+            if (insync_due || self.planner.full(&self.pending()))
                 && let Err(e) = self.commit(w)
             {
                 return e;
@@ -942,6 +943,15 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// What the pending group holds, for the planner.
+    fn pending(&self) -> group::Pending {
+        group::Pending {
+            files: self.batch.files.len(),
+            bytes: self.batch.bytes,
+            fds: self.batch_fds(),
+        }
+    }
+
     /// Descriptors the pending batch holds: a pending file holds its
     /// temporary file, its directory and maybe its destination directory;
     /// each directory to fsync holds one.
@@ -1077,7 +1087,12 @@ impl<'a> Session<'a> {
             }
         };
         let mut left = size;
-        let mut buf = vec![0u8; 256 * 1024];
+        // One buffer per session: zeroing a fresh one per file cost as
+        // much CPU as hashing the body.
+        if self.buf.is_empty() {
+            self.buf = vec![0u8; 256 * 1024];
+        }
+        let buf = &mut self.buf;
         while left > 0 {
             let want = left.min(buf.len() as u64) as usize;
             let n = r.body(&mut buf[..want])?;
@@ -1136,8 +1151,18 @@ impl<'a> Session<'a> {
             self.batch = Batch::default();
             return Err(SessionEnd::Io(io::Error::other("this node became active")));
         }
+        let flush = self.planner.flush(&self.pending());
         let b = std::mem::take(&mut self.batch);
-        let failed = fsync_all(&b.files);
+        // The file systems this group touched (one per root at most).
+        let mut roots: Vec<usize> = (b.files.iter().map(|f| f.1))
+            .chain(b.dirs.keys().map(|k| k.0))
+            .collect();
+        roots.sort_unstable();
+        roots.dedup();
+        let failed = match flush {
+            Flush::EachFile => fsync_all(&b.files),
+            Flush::FileSystem => self.sync_roots(&roots),
+        };
         if let Some(e) = failed {
             for (_, _, _, t) in &b.files {
                 Tree::discard(t);
@@ -1177,13 +1202,26 @@ impl<'a> Session<'a> {
         for (k, fd) in extra_dirs {
             b.dirs.insert(k, fd);
         }
-        for fd in b.dirs.values() {
-            if let Err(e) = rustix::fs::fsync(fd.as_fd()) {
-                return Err(SessionEnd::Io(e.into()));
+        match flush {
+            Flush::EachFile => {
+                for fd in b.dirs.values() {
+                    if let Err(e) = rustix::fs::fsync(fd.as_fd()) {
+                        return Err(SessionEnd::Io(e.into()));
+                    }
+                }
+            }
+            // Names, new directories and attributes of the whole group.
+            Flush::FileSystem => {
+                if let Some(e) = self.sync_roots(&roots) {
+                    return Err(SessionEnd::Io(io::Error::other(e.to_string())));
+                }
             }
         }
         let acked = b.max_seq;
         send(w, &Frame::Ack, acked)?;
+        if self.insync_seq.is_some_and(|s| s <= acked) {
+            self.planner.reconciled();
+        }
         // In sync: the reconcile is durable and nothing failed since.
         let in_sync_now = self.insync_seq.is_some_and(|s| s <= acked) && self.failed.is_empty();
         let failed = self.failed.len() as u64;
@@ -1208,9 +1246,20 @@ impl<'a> Session<'a> {
                 info!(seq = acked, "replica in sync with the primary");
             }
         });
-        debug!(seq = acked, files, "sync batch committed");
+        debug!(seq = acked, files, ?flush, "sync batch committed");
         self.persist(false);
         Ok(())
+    }
+
+    /// `syncfs` of the file system of each root in `roots`: every write
+    /// made so far on it is durable when this returns `None`.
+    fn sync_roots(&self, roots: &[usize]) -> Option<FsError> {
+        roots.iter().find_map(|&ri| {
+            self.ctx.trees[ri].sync_fs().err().map(|e| {
+                let root = self.ctx.cfg.roots[ri].path.display().to_string();
+                FsError::from_io(&root, e)
+            })
+        })
     }
 
     fn persist(&mut self, force: bool) {
@@ -1326,7 +1375,7 @@ fn fd_budget() -> usize {
         .current
         .unwrap_or(u64::MAX);
     let budget = soft.saturating_sub(FD_RESERVE) / 4 * 3;
-    usize::try_from(budget.clamp(8, 4 * BATCH_FILES as u64)).unwrap_or(8)
+    usize::try_from(budget.clamp(8, 3 * group::MAX_FILES as u64)).unwrap_or(8)
 }
 
 /// Reads and hashes a body that is not kept.
@@ -1398,15 +1447,16 @@ fn fsync_all(files: &[(u64, usize, String, TempFile)]) -> Option<FsError> {
     failed.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// True when nothing is buffered and nothing is readable right now.
-fn input_idle(r: &BufReader<TcpStream>) -> bool {
+/// True when nothing is buffered and nothing becomes readable within
+/// `wait` (zero: right now).
+fn input_idle(r: &BufReader<TcpStream>, wait: Duration) -> bool {
     if !r.buffer().is_empty() {
         return false;
     }
     let mut fds = [PollFd::new(r.get_ref(), PollFlags::IN)];
-    let zero = rustix::fs::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+    let wait = rustix::fs::Timespec {
+        tv_sec: wait.as_secs() as i64,
+        tv_nsec: i64::from(wait.subsec_nanos()),
     };
-    rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(1) == 0
+    rustix::event::poll(&mut fds, Some(&wait)).unwrap_or(1) == 0
 }
