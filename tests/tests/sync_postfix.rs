@@ -359,9 +359,11 @@ fn replicated_postfix_queue_is_delivered_after_promotion() {
     // Moves between queues are held back by design (a deferred queue
     // retried every second costs one move per message and period), so the
     // last ones reach the replica up to that period later.
-    wait_for("replica holds the deferred mail", Duration::from_secs(10), || {
-        pb.files_in("deferred") >= MESSAGES
-    });
+    wait_for(
+        "replica holds the deferred mail",
+        Duration::from_secs(10),
+        || pb.files_in("deferred") >= MESSAGES,
+    );
     tx.stop();
     rx.stop();
 

@@ -99,7 +99,13 @@ fn ensure_nightly() -> Result<()> {
         .is_ok_and(|s| s.success());
     if !present {
         eprintln!("xtask fuzz: installing the nightly toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
     Ok(())
 }
@@ -132,7 +138,13 @@ fn build(root: &Path) -> Result<PathBuf> {
         // and none of the eBPF toolchain.
         .env("AYA_BUILD_SKIP", "1");
     // Set by `cargo run` for the stable toolchain xtask runs under.
-    for var in ["CARGO", "RUSTC", "RUSTDOC", "RUSTUP_TOOLCHAIN", "CARGO_ENCODED_RUSTFLAGS"] {
+    for var in [
+        "CARGO",
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_ENCODED_RUSTFLAGS",
+    ] {
         c.env_remove(var);
     }
     let started = Instant::now();
@@ -213,7 +225,10 @@ pub fn fuzz(args: &FuzzArgs) -> Result<()> {
         if o.ok {
             summary.push(format!("  {t}: {} s, {execs} inputs, no crash", args.time));
         } else {
-            let what = o.crash.as_deref().unwrap_or("(no input saved: see the log above)");
+            let what = o
+                .crash
+                .as_deref()
+                .unwrap_or("(no input saved: see the log above)");
             summary.push(format!("  {t}: FAILED after {execs} inputs; input: {what}"));
             failed.push(format!(
                 "{t}: reproduce with {} {what}",

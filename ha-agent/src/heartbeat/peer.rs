@@ -730,7 +730,10 @@ mod tests {
             }
         }
         assert_eq!(kinds.get(&RefusalKind::Replayed), None, "{kinds:?}");
-        assert!(kinds.get(&RefusalKind::Late).is_some_and(|n| *n > 0), "{kinds:?}");
+        assert!(
+            kinds.get(&RefusalKind::Late).is_some_and(|n| *n > 0),
+            "{kinds:?}"
+        );
         // A copy of a frame link 1 already carried is a replay.
         let r = p.on_frame(1, &hb(PEER1, 45, (US, 100)), 100).unwrap_err();
         assert_eq!(r.kind(), RefusalKind::Replayed);
