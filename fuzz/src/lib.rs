@@ -337,6 +337,7 @@ fn config_sync_seeds() -> Vec<(String, Vec<u8>)> {
             "push",
             Msg::Push {
                 view: view.clone(),
+                running: view.clone(),
                 bundle: None,
             },
         ),

@@ -191,13 +191,23 @@ impl Postfix {
     }
 
     /// Tokens of every queue file of this instance, with the files that
-    /// carry each (path in the spool, mode, size).
+    /// carry each (path in the spool, mode, size); sync temporaries are
+    /// not queue files.
     #[must_use]
     pub fn queued_files(&self) -> BTreeMap<String, Vec<(String, u32, u64)>> {
         let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
         let spool = self.spool();
         for q in ["incoming", "active", "deferred", "hold", "maildrop"] {
             walk(&spool.join(q), &mut |p| {
+                // A sync temporary is a copy in flight, not yet committed
+                // nor acknowledged: the replica does not hold that message.
+                if p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(ha_agent::sync::path::is_temp_name)
+                {
+                    return;
+                }
                 let Ok(md) = fs::metadata(p) else { return };
                 if let Ok(b) = fs::read(p) {
                     let rel = p.strip_prefix(&spool).unwrap_or(p).display().to_string();
