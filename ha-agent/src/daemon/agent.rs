@@ -536,7 +536,7 @@ fn promotion_prep(cfg: &Config) -> Option<hooks::BeforePrimary> {
                     {
                         error!(spool = %root.display(), error = %e, "cannot record the promoted queue IDs; a hand-back may bring some back");
                     }
-                    info!(spool = %root.display(), messages = r.messages, duplicates_removed = r.duplicates.len(), temps_removed = r.temps, ms = t.elapsed().as_millis() as u64, "spool ready for promotion");
+                    info!(spool = %root.display(), messages = r.messages, duplicates_removed = r.duplicates.len(), temps_removed = r.temps, requeued = r.requeued, ms = t.elapsed().as_millis() as u64, "spool ready for promotion");
                 }
                 Err(e) => {
                     error!(spool = %root.display(), error = %e, "spool could not be prepared for promotion");

@@ -445,15 +445,23 @@ pub struct PromotionReport {
     pub duplicates: Vec<String>,
     /// Temporary files of an interrupted transfer, removed.
     pub temps: usize,
+    /// Messages moved from `active/` to `incoming/`.
+    pub requeued: usize,
     /// Queue IDs of the messages this node took on.
     pub ids: Vec<String>,
 }
 
 /// Turns a replica spool into a queue its MTA delivers exactly once: no
 /// temporary file of the sync left, one file per queue ID (the newest
-/// kept). Run after the replica sessions ended and before the MTA starts.
-/// Moving `active/` back is Postfix's own job: its queue manager moves
-/// every `active/` file to `incoming/` when it starts.
+/// kept), and every message of `active/` moved to `incoming/` stamped now.
+/// Run after the replica sessions ended and before the MTA starts.
+///
+/// Postfix's queue manager would move `active/` to `incoming/` itself when
+/// it starts, but stamps the files into the future (to let deliveries in
+/// progress finish): its start-up scan of `incoming/` skips them, and
+/// `incoming/` is scanned again only on the next trigger, which a quiet
+/// node may not get for a long time. A message moved here is taken by that
+/// first scan.
 pub fn prepare_promotion(root: &std::path::Path) -> std::io::Result<PromotionReport> {
     let temps = super::fsops::Tree::open(root)?.clean_temps()?;
     let m = super::manifest::scan(
@@ -469,12 +477,33 @@ pub fn prepare_promotion(root: &std::path::Path) -> std::io::Result<PromotionRep
             Err(e) => return Err(e),
         }
     }
+    let mut requeued = 0;
+    for (id, path) in &ix.by_id {
+        if !path.starts_with("active/") {
+            continue;
+        }
+        let to = root.join(handin_path(id));
+        if to.exists() {
+            continue;
+        }
+        std::fs::rename(root.join(path), &to)?;
+        std::fs::File::options()
+            .write(true)
+            .open(&to)?
+            .set_modified(std::time::SystemTime::now())?;
+        requeued += 1;
+    }
+    if requeued > 0 {
+        std::fs::File::open(root.join("incoming"))?.sync_all()?;
+        std::fs::File::open(root.join("active"))?.sync_all()?;
+    }
     let mut ids: Vec<String> = ix.by_id.keys().cloned().collect();
     ids.sort();
     Ok(PromotionReport {
         messages: ix.len(),
         duplicates,
         temps,
+        requeued,
         ids,
     })
 }
@@ -559,6 +588,29 @@ mod tests {
         ] {
             assert!(!is_synced(RootKind::PostfixSpool, p), "{p}");
         }
+    }
+
+    #[test]
+    fn promotion_moves_active_messages_to_incoming_stamped_now() {
+        let d = tempfile::tempdir().unwrap();
+        for q in ["incoming", "active", "deferred/A"] {
+            std::fs::create_dir_all(d.path().join(q)).unwrap();
+        }
+        std::fs::write(d.path().join("active/AAAAAA1"), b"m1").unwrap();
+        std::fs::write(d.path().join("deferred/A/ABBBBB2"), b"m2").unwrap();
+        let old = std::time::SystemTime::now() + Duration::from_secs(300);
+        std::fs::File::options()
+            .write(true)
+            .open(d.path().join("active/AAAAAA1"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let r = prepare_promotion(d.path()).unwrap();
+        assert_eq!((r.messages, r.requeued), (2, 1));
+        assert!(!d.path().join("active/AAAAAA1").exists());
+        let md = std::fs::metadata(d.path().join("incoming/AAAAAA1")).unwrap();
+        assert!(md.modified().unwrap() <= std::time::SystemTime::now());
+        assert!(d.path().join("deferred/A/ABBBBB2").exists(), "deferred stays");
     }
 
     #[test]
