@@ -201,8 +201,7 @@ impl Postfix {
             walk(&spool.join(q), &mut |p| {
                 // A sync temporary is a copy in flight, not yet committed
                 // nor acknowledged: the replica does not hold that message.
-                if p
-                    .file_name()
+                if p.file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(ha_agent::sync::path::is_temp_name)
                 {

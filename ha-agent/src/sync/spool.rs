@@ -610,7 +610,10 @@ mod tests {
         assert!(!d.path().join("active/AAAAAA1").exists());
         let md = std::fs::metadata(d.path().join("incoming/AAAAAA1")).unwrap();
         assert!(md.modified().unwrap() <= std::time::SystemTime::now());
-        assert!(d.path().join("deferred/A/ABBBBB2").exists(), "deferred stays");
+        assert!(
+            d.path().join("deferred/A/ABBBBB2").exists(),
+            "deferred stays"
+        );
     }
 
     #[test]
