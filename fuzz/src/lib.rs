@@ -1,5 +1,5 @@
 //! What the fuzz targets share: the key and cluster they authenticate
-//! with, the record format of the SMTP target, and the seed inputs, built
+//! with, the record format of the SMTP target, and the starting inputs, built
 //! with the product's own encoders (`seed-corpus` writes them to
 //! `fuzz/corpus/<target>/`).
 

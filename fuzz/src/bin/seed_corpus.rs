@@ -1,4 +1,4 @@
-//! Writes the seed corpus of every fuzz target to `fuzz/corpus/<target>/`,
+//! Writes the starting corpus of every fuzz target to `fuzz/corpus/<target>/`,
 //! built with the product's own encoders. Run it again after a change of a
 //! wire format, and commit the result.
 
